@@ -11,6 +11,7 @@ Must not import faust, redis, `offline/` or `stream/`.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,8 +81,8 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[str, Any]]:
                 record["properties"] = json.loads(props) if props.strip() else {}
             except ValueError:
                 record["properties"] = props  # the contract names the field
-        elif props is None:
-            record["properties"] = {}
+        elif props is None or (isinstance(props, float) and math.isnan(props)):
+            record["properties"] = {}  # a null cell (pandas reads it as NaN)
         yield f"{path.name}:{n}", record
 
 

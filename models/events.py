@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -31,6 +32,7 @@ MAX_EVENT_BYTES: Final = 64 * 1024
 MAX_ID_LENGTH: Final = 256
 MAX_TYPE_LENGTH: Final = 64
 SCHEMA_PATH: Final = Path(__file__).with_name("event.schema.json")
+_EXAMPLE: Final = "2026-01-05T13:04:05+00:00"
 
 #: The types the default catalog knows. Any other type is accepted and counts only
 #: toward the type-agnostic features (events, active days, recency, tenure).
@@ -39,11 +41,17 @@ BUILTIN_TYPES: Final = frozenset(
 )
 
 
+_DATE_TIME_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
 def _string_only(value: Any) -> Any:
-    # The lax datetime parser would also take Unix numbers; the contract says RFC 3339.
+    # The lax datetime parser would also take Unix numbers, even as text; the contract
+    # says RFC 3339, so anything not shaped like a date and time is turned away here.
     if not isinstance(value, str):
+        raise PydanticCustomError("string_type", f"must be an RFC 3339 string such as {_EXAMPLE}")
+    if not _DATE_TIME_START.match(value):
         raise PydanticCustomError(
-            "string_type", "must be an RFC 3339 string such as 2026-01-05T13:04:05+00:00"
+            "datetime_format", f"{value[:40]!r} is not RFC 3339 (e.g. {_EXAMPLE})"
         )
     return value
 
@@ -246,7 +254,10 @@ def parse_time(text: str) -> float:
     >>> parse_time("2026-01-02"), parse_time("2026-01-02T00:00:00+01:00")
     (1767312000.0, 1767308400.0)
     """
-    value = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    try:
+        value = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an RFC 3339 time ({exc})") from None
     if value.tzinfo is None:
         if len(text.strip()) > 10:
             raise ValueError(f"{text!r} has no zone offset; add Z or +00:00")

@@ -1,0 +1,297 @@
+"""Synthetic event histories with known ground truth.
+
+Owns the generator of fake product usage: customers drawn from behavioural personas,
+some signing up mid-history, some churning, some migrating to another persona, with
+optional duplicate and late delivery. It writes the JSONL event contract plus the
+truth and migration CSVs that training and evaluation compare against.
+
+Imports only numpy, pandas and the standard library (nothing from `models/`, `stream/`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
+
+#: Types drawn from per-day Poisson rates, in the order of `Persona.rates`.
+RATE_TYPES = (
+    "session_start", "feature_used", "purchase", "support_ticket", "email_open", "page_view",
+)  # fmt: skip
+EVENT_TYPES = ("signup", *RATE_TYPES)
+FEATURES = (
+    "export", "search", "dashboard", "api", "share", "report", "import", "alerts",
+    "billing", "settings", "comments", "calendar", "integrations", "automations",
+    "templates", "audit_log",
+)  # fmt: skip
+
+SIGNUP_SHARE = 0.30
+MULTIPLIER_SIGMA = 0.25
+FADE_DAYS = 14
+_DAY_US = 86_400_000_000
+_HOUR_US = 3_600_000_000
+_CHUNK = 4096  # customers per block; bounds the (customers, days, types) rate cube in memory
+_NEVER = np.iinfo(np.int64).max // 2
+_HMS = [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(86_400)]
+
+
+@dataclass(frozen=True)
+class Persona:
+    """Mean per-day event rates of one behavioural segment, purchase amounts, feature pool."""
+
+    sessions: float
+    feature_uses: float
+    purchases: float
+    support_tickets: float
+    email_opens: float
+    page_views: float
+    amount_median: float  # purchase amounts are lognormal around this median
+    amount_sigma: float
+    features: tuple[str, ...]
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """Per-day rates in `RATE_TYPES` order."""
+        return (
+            self.sessions,
+            self.feature_uses,
+            self.purchases,
+            self.support_tickets,
+            self.email_opens,
+            self.page_views,
+        )
+
+
+# Each persona dominates at least one rolling count, so k-means can tell them apart.
+PERSONAS: dict[str, Persona] = {
+    "power_user": Persona(1.0, 1.8, 0.04, 0.02, 0.10, 0.05, 30.0, 0.5, FEATURES),
+    "big_spender": Persona(0.30, 0.25, 0.35, 0.02, 0.10, 0.05, 150.0, 0.6, FEATURES[:4]),
+    "casual": Persona(0.22, 0.12, 0.02, 0.003, 0.06, 0.05, 8.0, 0.4, FEATURES[:3]),
+    "support_heavy": Persona(0.60, 0.35, 0.02, 0.45, 0.10, 0.05, 15.0, 0.5, FEATURES[6:11]),
+    "email_reader": Persona(0.04, 0.02, 0.005, 0.005, 0.80, 0.05, 10.0, 0.4, FEATURES[1:3]),
+}
+
+
+@dataclass(frozen=True)
+class History:
+    """Events in delivery order and one ground-truth row per customer."""
+
+    events: pd.DataFrame
+    truth: pd.DataFrame
+
+
+def _check(customers: int, days: int, rates: dict[str, float], shares: dict[str, float]) -> None:
+    if customers < 1:
+        raise ValueError(f"customers must be >= 1, got {customers}")
+    if days < 1:
+        raise ValueError(f"days must be >= 1, got {days}")
+    for name, rate in rates.items():
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {rate}")
+    for name, share in shares.items():
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {share}")
+    if sum(shares.values()) > 1.0:
+        raise ValueError(f"churn_share + migrate_share must be <= 1, got {sum(shares.values())}")
+
+
+def _dates(start_us: int, day: np.ndarray, applies: np.ndarray) -> pd.Series:
+    at = pd.to_datetime(start_us + np.where(applies, day, 0) * _DAY_US, unit="us", utc=True)
+    return pd.Series(at.as_unit("ns")).where(applies)
+
+
+def generate_history(
+    customers: int,
+    days: int,
+    seed: int,
+    *,
+    start: datetime = DEFAULT_START,
+    duplicate_rate: float = 0.0,
+    late_rate: float = 0.0,
+    churn_share: float = 0.15,
+    migrate_share: float = 0.10,
+) -> History:
+    """Generate `days` days of events for `customers` customers, deterministically from `seed`.
+
+    `start` (naive means UTC) is truncated to 00:00 UTC; day d is [start + d, start + d + 1).
+
+    >>> h = generate_history(10, 14, seed=7)
+    >>> h.truth["persona"].value_counts().tolist()
+    [2, 2, 2, 2, 2]
+    """
+    _check(
+        customers,
+        days,
+        {"duplicate_rate": duplicate_rate, "late_rate": late_rate},
+        {"churn_share": churn_share, "migrate_share": migrate_share},
+    )
+    rng = np.random.default_rng(seed)
+    n, n_p, n_t = customers, len(PERSONAS), len(RATE_TYPES)
+    start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+    start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    start_us = int(start.timestamp()) * 1_000_000
+    specs = list(PERSONAS.values())
+    rate_table = np.array([p.rates for p in specs])
+    pool_size = np.array([len(p.features) for p in specs])
+    pool = np.zeros((n_p, len(FEATURES)), dtype=np.int64)
+    for i, p in enumerate(specs):
+        pool[i, : len(p.features)] = [FEATURES.index(f) for f in p.features]
+
+    # Balanced shares keep every persona present even in tiny histories.
+    persona = rng.permutation(np.arange(n) % n_p)
+    mult = rng.lognormal(0.0, MULTIPLIER_SIGMA, n)
+    order = rng.permutation(n)
+    n_churn = round(churn_share * n)
+    n_mig = min(round(migrate_share * n), n - n_churn)
+    churn = np.full(n, _NEVER, dtype=np.int64)
+    hi = max(days - 10, 1)
+    churn[order[:n_churn]] = np.minimum(rng.integers(min(20, hi), hi + 1, n_churn), days - 1)
+    mig = np.full(n, _NEVER, dtype=np.int64)
+    lo = days // 3
+    mig[order[n_churn : n_churn + n_mig]] = rng.integers(lo, max(days - 14, lo) + 1, n_mig)
+    target = (persona + rng.integers(1, n_p, n)) % n_p
+    # Signup day >= 1, so first_day > start iff the customer signed up; churners and
+    # migrators keep some normal life before their change, or do not sign up at all.
+    last_signup = np.minimum(days - 1, np.minimum(churn - 2 * FADE_DAYS, mig - FADE_DAYS))
+    signs_up = (rng.random(n) < SIGNUP_SHARE) & (last_signup >= 1)
+    first = np.where(signs_up, rng.integers(1, np.maximum(last_signup, 1) + 1), 0)
+    signup_off = rng.integers(0, _DAY_US * 3 // 4, n)
+
+    day = np.arange(days)
+    parts: list[tuple[np.ndarray, ...]] = []
+    for b in range(0, n, _CHUNK):
+        c = slice(b, b + _CHUNK)
+        fade = np.clip((churn[c, None] - day) / (FADE_DAYS + 1), 0.0, 1.0)
+        factor = np.where(day < first[c, None], 0.0, fade)
+        pers = np.where(day >= mig[c, None], target[c, None], persona[c, None])
+        counts = rng.poisson(rate_table[pers] * (mult[c, None, None] * factor[:, :, None]))
+        cell = np.repeat(np.arange(counts.size), counts.ravel())
+        cust = b + cell // (days * n_t)
+        ev_day = cell // n_t % days
+        # On the signup day every event falls after the signup moment.
+        lo_off = np.where(signs_up[cust] & (ev_day == first[cust]), signup_off[cust], -1)
+        off = lo_off + 1 + (rng.random(cust.size) * (_DAY_US - lo_off - 1)).astype(np.int64)
+        kind = (cell % n_t + 1).astype(np.int8)
+        parts.append((cust, ev_day * _DAY_US + off, kind, pers.ravel()[cell // n_t]))
+    signers = np.flatnonzero(signs_up)
+    signup_ts = first[signers] * _DAY_US + signup_off[signers]
+    parts.append((signers, signup_ts, np.zeros(signers.size, np.int8), persona[signers]))
+    cust, ts, etype, ev_pers = (np.concatenate(x) for x in zip(*parts, strict=True))
+    srt = np.argsort(ts, kind="stable")
+    cust, ts, etype, ev_pers = cust[srt], ts[srt] + start_us, etype[srt], ev_pers[srt]
+
+    total = ts.size
+    feat = np.full(total, -1)
+    is_feat = np.flatnonzero(etype == EVENT_TYPES.index("feature_used"))
+    fp = ev_pers[is_feat]
+    feat[is_feat] = pool[fp, (rng.random(fp.size) * pool_size[fp]).astype(np.int64)]
+    amount = np.full(total, np.nan)
+    is_buy = np.flatnonzero(etype == EVENT_TYPES.index("purchase"))
+    bp = ev_pers[is_buy]
+    med, sig = np.log([p.amount_median for p in specs]), np.array([p.amount_sigma for p in specs])
+    amount[is_buy] = np.round(rng.lognormal(med[bp], sig[bp]), 2)
+
+    # Delivery order: late events are held back up to 48 h, duplicates re-sent within a day.
+    key = ts.copy()
+    late = np.flatnonzero(rng.random(total) < late_rate)
+    key[late] += rng.integers(1_000_000, 48 * _HOUR_US + 1, late.size)
+    dup = np.flatnonzero(rng.random(total) < duplicate_rate)
+    dup_key = key[dup] + rng.integers(1, _DAY_US + 1, dup.size)
+    rows = np.concatenate([np.arange(total), dup])
+    rows = rows[np.argsort(np.concatenate([key, dup_key]), kind="stable")]
+
+    width = len(str(n))
+    ids = pd.array([f"c{i:0{width}d}" for i in range(n)], dtype="str")
+    names = pd.array(list(PERSONAS), dtype="str")
+    # Arrow-backed take and concat: per-event Python strings would dominate the run time.
+    events = pd.DataFrame(
+        {
+            "event_id": f"e-{seed}-" + pd.Series(rows).astype("str"),
+            "customer_id": ids.take(cust[rows]),
+            "type": pd.array(EVENT_TYPES, dtype="str").take(etype[rows]),
+            "ts": pd.to_datetime(ts[rows], unit="us", utc=True).as_unit("ns"),
+            "feature": pd.array(FEATURES, dtype="str").take(feat[rows], allow_fill=True),
+            "amount": amount[rows],
+        }
+    )
+    is_mig = mig < _NEVER
+    truth = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "persona": names.take(persona),
+            "first_day": _dates(start_us, first, np.ones(n, dtype=bool)),
+            "churn_day": _dates(start_us, churn, churn < _NEVER),
+            "migration_day": _dates(start_us, mig, is_mig),
+            "to_persona": names.take(np.where(is_mig, target, -1), allow_fill=True),
+        }
+    )
+    return History(events=events, truth=truth)
+
+
+def _ts_parts(ts: pd.Series) -> tuple[list[str], list[str], list[int]]:
+    # Date, HH:MM:SS and microseconds from lookup tables: strftime per event is far slower.
+    day, tod = np.divmod(pd.DatetimeIndex(ts).as_unit("us").asi8, _DAY_US)
+    uniq, inv = np.unique(day, return_inverse=True)
+    dates = [str(d) for d in uniq.astype("datetime64[D]")]
+    sec, frac = np.divmod(tod, 1_000_000)
+    return [dates[i] for i in inv.tolist()], [_HMS[s] for s in sec.tolist()], frac.tolist()
+
+
+def _quoted(col: pd.Series) -> list[str]:
+    """JSON string literals of a str column ("" for NA), escaping each distinct value once."""
+    codes, uniques = pd.factorize(col)
+    values = pd.Series(uniques, dtype="str")
+    if values.str.contains(r'[\x00-\x1f"\\]', regex=True).any():
+        table = [json.dumps(v) for v in values.tolist()]
+    else:
+        table = ('"' + values + '"').tolist()
+    table.append("")  # code -1 (NA) indexes this
+    return [table[k] for k in codes.tolist()]
+
+
+def write_history(history: History, out_dir: Path) -> dict[str, Path]:
+    """Write out_dir/events.jsonl, out_dir/truth.csv and out_dir/migrations.csv; return their paths.
+
+    Events are written in delivery order, one compact JSON object per line.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "events": out_dir / "events.jsonl",
+        "truth": out_dir / "truth.csv",
+        "migrations": out_dir / "migrations.csv",
+    }
+    line = '{"event_id":%s,"customer_id":%s,"type":%s,"ts":"%sT%s.%06d+00:00","properties":%s}\n'
+    ev = history.events
+    with paths["events"].open("w", encoding="utf-8", newline="\n") as fh:
+        for b in range(0, len(ev), 500_000):
+            chunk = ev.iloc[b : b + 500_000]
+            props = [f'{{"feature":{f}}}' if f else "{}" for f in _quoted(chunk["feature"])]
+            amounts = chunk["amount"].to_numpy()
+            for i in np.flatnonzero(~np.isnan(amounts)).tolist():
+                props[i] = f'{{"amount":{amounts[i]:.2f}}}'
+            ids = [_quoted(chunk[col]) for col in ("event_id", "customer_id", "type")]
+            rows = zip(*ids, *_ts_parts(chunk["ts"]), props, strict=True)
+            fh.write("".join([line % row for row in rows]))
+
+    truth = history.truth.copy()
+    for col in ("first_day", "churn_day", "migration_day"):
+        truth[col] = truth[col].dt.strftime("%Y-%m-%d")
+    truth.to_csv(paths["truth"], index=False, lineterminator="\n")
+    movers = history.truth.dropna(subset=["migration_day"])
+    changed_at = zip(*_ts_parts(movers["migration_day"]), strict=True)
+    migrations = pd.DataFrame(
+        {
+            "customer_id": movers["customer_id"],
+            "changed_at": [f"{d}T{t}.{u:06d}+00:00" for d, t, u in changed_at],
+            "to_persona": movers["to_persona"],
+        }
+    )
+    migrations.to_csv(paths["migrations"], index=False, lineterminator="\n")
+    return paths

@@ -1,0 +1,208 @@
+"""The `segstream` command line: one entry point for every job.
+
+Each command parses its options, builds what it needs once, and hands over to `offline/`
+or `stream/`; no business logic lives here. This is the only place (with `stream/app.py`,
+the faust entry point) that reads the environment.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="segstream keeps every customer assigned to a behavioral segment in real time.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+EventsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--events", exists=True, dir_okay=False, help="History file: .jsonl, .csv or .parquet."
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help="TOML config; its [catalog] section adds features (see README).",
+    ),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    # Plain text, one line: user input in the message must not be read as rich markup.
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for events.jsonl and truth.csv.")],
+    customers: Annotated[int, typer.Option(help="How many customers.")] = 1000,
+    days: Annotated[int, typer.Option(help="How many days of history.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 1,
+    start: Annotated[str, typer.Option(help="First day of the history (UTC date).")] = "2026-01-01",
+    duplicates: Annotated[
+        float, typer.Option(help="Share of events delivered twice (0 to <1).")
+    ] = 0.0,
+    late: Annotated[
+        float, typer.Option(help="Share of events delivered up to 48 h late (0 to <1).")
+    ] = 0.0,
+) -> None:
+    """Write a synthetic event history with its ground truth (personas, churn, migrations)."""
+    from datetime import UTC, datetime
+
+    from offline.synthetic import generate_history, write_history
+
+    try:
+        begin = datetime.fromisoformat(start).replace(tzinfo=UTC)
+        t0 = time.perf_counter()
+        history = generate_history(
+            customers, days, seed, start=begin, duplicate_rate=duplicates, late_rate=late
+        )
+        paths = write_history(history, out)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    elapsed = time.perf_counter() - t0
+    n = len(history.events)
+    console.print(
+        f"wrote {n:,} events for {customers:,} customers in {elapsed:.1f} s "
+        f"({n / max(elapsed, 1e-9):,.0f} events/s)"
+    )
+    for name, path in paths.items():
+        console.print(f"  {name}: {path}")
+
+
+@app.command()
+def features(
+    events: EventsOpt,
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="RFC 3339 time, e.g. 2026-03-31T00:00:00Z.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write (customer_id, features...).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Compute the feature catalog for every customer at a time, with the batch reference."""
+    from models.catalog import CatalogError, load_catalog
+    from models.eventfile import ReadStats
+    from models.events import parse_time
+    from offline.reference import features_at, load_frame
+
+    try:
+        catalog = load_catalog(config)
+        at = parse_time(as_of)
+        stats = ReadStats()
+        frame = load_frame(events, catalog, stats)
+    except (CatalogError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    table = features_at(frame, catalog, at)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, float_format="%.10g")
+    console.print(
+        f"{len(table):,} customers x {len(catalog.names)} features -> {out} "
+        f"({stats.valid:,} valid events, {sum(stats.rejected.values()):,} rejected)"
+    )
+    for example in stats.examples:
+        console.print(f"  rejected {example}")
+
+
+@app.command()
+def catalog(
+    config: ConfigOpt = None,
+    markdown: Annotated[bool, typer.Option(help="Print the README table.")] = True,
+) -> None:
+    """Show the feature catalog (defaults plus the config's features)."""
+    from models.catalog import CatalogError, load_catalog
+
+    try:
+        cat = load_catalog(config)
+    except CatalogError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(cat.markdown_table() if markdown else "\n".join(cat.names))
+
+
+@app.command()
+def schema(
+    out: Annotated[
+        Path | None, typer.Option(help="Write here instead of models/event.schema.json.")
+    ] = None,
+) -> None:
+    """Write the event contract's JSON Schema."""
+    from models.events import SCHEMA_PATH, write_json_schema
+
+    path = write_json_schema(out or SCHEMA_PATH)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def train(
+    events: EventsOpt,
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="Train on what was known at this RFC 3339 time.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Model folder; the bundle goes to OUT/<version>/.")
+    ],
+    k: Annotated[
+        str | None, typer.Option("--k", help="Number of segments, or 'auto' (3 to 8).")
+    ] = None,
+    churn_horizon_days: Annotated[
+        int | None,
+        typer.Option("--churn-horizon-days", help="Churn = no qualifying event in these days."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            exists=True,
+            dir_okay=False,
+            help="TOML config: [catalog] features, [segments] k and names, [churn] types.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed, the same bundle.")] = 0,
+) -> None:
+    """Learn segments, churn risk and early-life segments; publish a verified bundle."""
+    from datetime import UTC, datetime
+
+    from models.bundle import BundleError
+    from models.catalog import CatalogError, load_catalog
+    from models.events import parse_time
+    from offline.train import load_settings, parse_k, summary_tables
+    from offline.train import train as run_training
+
+    t0 = time.perf_counter()
+    try:
+        catalog = load_catalog(config)
+        at = parse_time(as_of)
+        settings = load_settings(
+            config,
+            k=parse_k(k) if k is not None else None,
+            churn_horizon_days=churn_horizon_days,
+            seed=seed,
+        )
+        result = run_training(
+            events, at, out, catalog, settings, now=datetime.now(UTC), console=console
+        )
+    except (CatalogError, BundleError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    for table in summary_tables(result):
+        console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(
+        f"published {result.bundle.path} as {out / 'current'} in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

