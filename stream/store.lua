@@ -1,146 +1,161 @@
--- segstream feature store: apply events to customers' rolling state and read features.
+-- segstream feature store: apply events to customers' rolling state (see stream/store.py).
 --
 -- One call handles any number of customers (KEYS), all in one hash slot on a cluster.
--- A customer's state is one msgpack string (see stream/store.py for the layout):
---   v = format version, f = first event ts, n = newest event ts,
---   l = {latest ts per recency filter, false when none},
---   d = {[utc_day] = {counter_1..counter_C, sum_1..sum_S, distinct_1..distinct_D, fps}}
--- where distinct_k is a string of 8-byte value fingerprints and fps a string of 6-byte
--- event fingerprints (the idempotency record of that day).
+-- A customer's state is one binary string, little-endian:
+--   B version | d first | d newest | d last_1..last_L | I nA | I nS | I nE | I nV
+--   A: nA x (H day, H counter_1..counter_C)      one per active UTC day, sorted by day
+--   S: nS x (H day, B j, d value)                non-zero sums, sorted by day then j
+--   E: nE x (H day, c4 event fingerprint)        the idempotency record, sorted by day
+--   V: nV x (H day, B k, c4 value fingerprint)   distinct values per day, sorted by day
+-- Aggregation over windows happens in Python on the returned state, vectorized over a
+-- batch, so this script stays O(events), not O(days).
 --
--- ARGV[1] = msgpack {retention_days, ttl_seconds, windows, n_counters, n_sums,
---                    n_distincts, n_lasts, actives}
--- ARGV[2] = msgpack list aligned with KEYS: {at, events}; each event is
---           {ts, fp, counters, sums, distincts, lasts} with sums = {{j, amount}, ...}
---           and distincts = {{k, value_fp}, ...}.
--- Returns a list aligned with KEYS of msgpack {t, statuses, aggregates}: statuses per
--- event (0 applied, 1 duplicate, 2 too_late), aggregates in Layout.columns order, all
--- evaluated at t = max(at, newest event ts). A customer with no state returns false.
+-- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L}
+-- ARGV[2] = msgpack list aligned with KEYS; each item is a list of events
+--           {ts, fp4, counters, sums, distincts, lasts}, sums = {{j, amount}, ...},
+--           distincts = {{k, fp4}, ...}.
+-- Returns a list aligned with KEYS: {statuses, state} where statuses has one code per
+-- event (0 applied, 1 duplicate, 2 too_late), state is the string after the call
+-- (false when the customer has none).
 
 local DAY = 86400
-local FP = 6
-local VFP = 8
+local MAXC = 65535
 
 local spec = cmsgpack.unpack(ARGV[1])
-local retention, ttl, windows = spec[1], spec[2], spec[3]
-local nc, ns, nd, nl, actives = spec[4], spec[5], spec[6], spec[7], spec[8]
+local retention, ttl, C, L = spec[1], spec[2], spec[3], spec[4]
 local inputs = cmsgpack.unpack(ARGV[2])
 
-local function has_fp(s, fp, width)
+local HEAD = 'Bdd' .. string.rep('d', L) .. 'IIII'
+local HEAD_LEN = 1 + 8 * (2 + L) + 16
+local RA = 2 + 2 * C
+local A_FMT = '<' .. string.rep('H', C + 1)
+
+local function day_at(s, pos)
+  return struct.unpack('<H', s, pos)
+end
+
+-- Index (1-based byte offset) where a record of `day` goes so that s stays sorted;
+-- scans from the end because events mostly arrive in time order.
+local function insert_at(s, width, day)
+  local pos = #s - width + 1
+  while pos >= 1 and day_at(s, pos) > day do pos = pos - width end
+  return pos + width
+end
+
+local function find_aligned(s, needle, width, offset)
   local i = 1
   while true do
-    local pos = string.find(s, fp, i, true)
-    if not pos then return false end
-    if (pos - 1) % width == 0 then return true end
+    local pos = string.find(s, needle, i, true)
+    if not pos then return nil end
+    if (pos - 1) % width == offset then return pos end
     i = pos + 1
   end
 end
 
-local function new_day()
-  local e = {}
-  for i = 1, nc + ns do e[i] = 0 end
-  for i = nc + ns + 1, nc + ns + nd + 1 do e[i] = '' end
-  return e
+local function cut_before(s, width, oldest)
+  local pos = 1
+  while pos <= #s and day_at(s, pos) < oldest do pos = pos + width end
+  if pos == 1 then return s end
+  return string.sub(s, pos)
 end
 
-local function apply(st, events, statuses)
-  local newest_day = math.floor(st.n / DAY)
+local function apply(key, events)
+  local raw = redis.call('GET', key)
+  local head, A, S, E, V
+  if raw then
+    head = {struct.unpack('<' .. HEAD, raw)}
+    local nA, nS, nE, nV = head[L + 4], head[L + 5], head[L + 6], head[L + 7]
+    local p = HEAD_LEN + 1
+    A = string.sub(raw, p, p + nA * RA - 1); p = p + nA * RA
+    S = string.sub(raw, p, p + nS * 11 - 1); p = p + nS * 11
+    E = string.sub(raw, p, p + nE * 6 - 1); p = p + nE * 6
+    V = string.sub(raw, p, p + nV * 7 - 1)
+  else
+    head = {1, 0, 0}
+    for m = 1, L do head[3 + m] = 0 end
+    A, S, E, V = '', '', '', ''
+  end
+  local first, newest = head[2], head[3]
+  local newest_day = math.floor(newest / DAY)
   for _, ev in ipairs(events) do
     local d = math.floor(ev[1] / DAY)
     if d > newest_day then newest_day = d end
   end
-  local oldest_day = newest_day - retention + 1
-  local changed = false
+  local oldest = newest_day - retention + 1
+  local statuses, changed = {}, false
   for idx, ev in ipairs(events) do
     local ts, fp = ev[1], ev[2]
     local d = math.floor(ts / DAY)
-    if d < oldest_day then
+    if d < oldest then
       statuses[idx] = 2
+    elseif find_aligned(E, struct.pack('<H', d) .. fp, 6, 0) then
+      statuses[idx] = 1
     else
-      local e = st.d[d]
-      if not e then e = new_day(); st.d[d] = e end
-      local fpi = nc + ns + nd + 1
-      if has_fp(e[fpi], fp, FP) then
-        statuses[idx] = 1
+      statuses[idx] = 0
+      changed = true
+      local dkey = struct.pack('<H', d)
+      local pos = insert_at(E, 6, d)
+      E = string.sub(E, 1, pos - 1) .. dkey .. fp .. string.sub(E, pos)
+      -- the day's counters
+      pos = insert_at(A, RA, d)
+      local rec
+      if pos > RA and day_at(A, pos - RA) == d then
+        pos = pos - RA
+        rec = {struct.unpack(A_FMT, A, pos)}
+        A = string.sub(A, 1, pos - 1) .. string.sub(A, pos + RA)
       else
-        statuses[idx] = 0
-        changed = true
-        e[fpi] = e[fpi] .. fp
-        for _, i in ipairs(ev[3]) do e[i] = e[i] + 1 end
-        for _, sv in ipairs(ev[4]) do e[nc + sv[1]] = e[nc + sv[1]] + sv[2] end
-        for _, kv in ipairs(ev[5]) do
-          local slot = nc + ns + kv[1]
-          if not has_fp(e[slot], kv[2], VFP) then e[slot] = e[slot] .. kv[2] end
-        end
-        for _, m in ipairs(ev[6]) do
-          if not st.l[m] or ts > st.l[m] then st.l[m] = ts end
-        end
-        if st.f == 0 or ts < st.f then st.f = ts end
-        if ts > st.n then st.n = ts end
+        rec = {d}
+        for i = 1, C do rec[i + 1] = 0 end
       end
-    end
-  end
-  for d, _ in pairs(st.d) do
-    if d < oldest_day then st.d[d] = nil; changed = true end
-  end
-  return changed
-end
-
-local function aggregates(st, t)
-  local tday = math.floor(t / DAY)
-  local out = {}
-  for _, w in ipairs(windows) do
-    local lo = tday - w + 1
-    local counts, act, sums, seen, distinct = {}, {}, {}, {}, {}
-    for i = 1, nc do counts[i] = 0; act[i] = 0 end
-    for j = 1, ns do sums[j] = 0 end
-    for k = 1, nd do seen[k] = {}; distinct[k] = 0 end
-    for d, e in pairs(st.d) do
-      if d >= lo and d <= tday then
-        for i = 1, nc do
-          if e[i] > 0 then counts[i] = counts[i] + e[i]; act[i] = act[i] + 1 end
-        end
-        for j = 1, ns do sums[j] = sums[j] + e[nc + j] end
-        for k = 1, nd do
-          local s = e[nc + ns + k]
-          for p = 1, #s, VFP do
-            local v = string.sub(s, p, p + VFP - 1)
-            if not seen[k][v] then seen[k][v] = true; distinct[k] = distinct[k] + 1 end
+      for _, i in ipairs(ev[3]) do
+        if rec[i + 1] < MAXC then rec[i + 1] = rec[i + 1] + 1 end
+      end
+      rec[C + 2] = nil  -- struct.unpack appends the next offset
+      A = string.sub(A, 1, pos - 1) .. struct.pack(A_FMT, unpack(rec)) .. string.sub(A, pos)
+      -- sums, kept sparse: most days have none
+      for _, sv in ipairs(ev[4]) do
+        if sv[2] ~= 0 then
+          local prefix = struct.pack('<HB', d, sv[1])
+          local at = find_aligned(S, prefix, 11, 0)
+          if at then
+            local old = struct.unpack('<d', S, at + 3)
+            S = string.sub(S, 1, at + 2) .. struct.pack('<d', old + sv[2]) .. string.sub(S, at + 11)
+          else
+            at = insert_at(S, 11, d)
+            S = string.sub(S, 1, at - 1) .. prefix .. struct.pack('<d', sv[2]) .. string.sub(S, at)
           end
         end
       end
+      for _, kv in ipairs(ev[5]) do
+        local item = struct.pack('<HB', d, kv[1]) .. kv[2]
+        if not find_aligned(V, item, 7, 0) then
+          local at = insert_at(V, 7, d)
+          V = string.sub(V, 1, at - 1) .. item .. string.sub(V, at)
+        end
+      end
+      for _, m in ipairs(ev[6]) do
+        if ts > head[3 + m] then head[3 + m] = ts end
+      end
+      if first == 0 or ts < first then first = ts end
+      if ts > newest then newest = ts end
     end
-    for i = 1, nc do out[#out + 1] = counts[i] end
-    for _, i in ipairs(actives) do out[#out + 1] = act[i + 1] end
-    for j = 1, ns do out[#out + 1] = sums[j] end
-    for k = 1, nd do out[#out + 1] = distinct[k] end
   end
-  for m = 1, nl do out[#out + 1] = st.l[m] or false end
-  out[#out + 1] = st.f
-  return out
+  if changed then
+    A = cut_before(A, RA, oldest)
+    S = cut_before(S, 11, oldest)
+    E = cut_before(E, 6, oldest)
+    V = cut_before(V, 7, oldest)
+    head[2], head[3] = first, newest
+    head[L + 4], head[L + 5], head[L + 6], head[L + 7] = #A / RA, #S / 11, #E / 6, #V / 7
+    raw = struct.pack('<' .. HEAD, unpack(head, 1, L + 7)) .. A .. S .. E .. V
+    redis.call('SET', key, raw, 'EX', ttl)
+  end
+  return statuses, raw
 end
 
 local results = {}
 for c, key in ipairs(KEYS) do
-  local input = inputs[c]
-  local raw = redis.call('GET', key)
-  local st
-  if raw then
-    st = cmsgpack.unpack(raw)
-  else
-    st = {v = 1, f = 0, n = 0, l = {}, d = {}}
-  end
-  local statuses = {}
-  local events = input[2]
-  if #events > 0 and apply(st, events, statuses) then
-    redis.call('SET', key, cmsgpack.pack(st), 'EX', ttl)
-  end
-  if st.n == 0 then
-    results[c] = false
-  else
-    local t = input[1]
-    if t < st.n then t = st.n end
-    results[c] = cmsgpack.pack({t, statuses, aggregates(st, t)})
-  end
+  local statuses, state = apply(key, inputs[c])
+  results[c] = {statuses, state or false}
 end
 return results

@@ -1,22 +1,26 @@
 """The feature store: customers' rolling features in Redis, exact, idempotent, one round trip.
 
-`RedisFeatureStore.apply(events)` adds a batch of validated events and returns the features
-of every customer it touched; `read(customer_ids, at)` returns features at any later time
-(a silent customer's recency grows, its windows empty). Both cost one Redis round trip per
-batch: one Lua call (`store.lua`, loaded once, called by SHA) on a single server, one
-pipeline of per-slot calls on a Redis Cluster.
+`RedisFeatureStore.apply(events)` adds a batch of validated events and returns, for every
+event, the features of its customer right after it (so decisions do not depend on how a
+stream was cut into batches); `read(customer_ids, at)` returns features at any later time
+(a silent customer's recency grows, its windows empty out).
+
+Each call is one Redis round trip: one pipeline of `EVALSHA` calls of `store.lua` (loaded
+once, called by SHA). Within a batch, call r carries the r-th event of every customer in
+it, so most batches are a single call; on a Redis Cluster each call is split by hash slot.
+The script does O(events) work and returns the customers' states; `stream.state` sums the
+windows for the whole batch with numpy.
 
 Key layout: one string per customer, ``{prefix}:f:{<customer_id>}``. The braces are the
-Redis Cluster hash tag, so every key of one customer (the assignment state of the
-stream engine lives at ``{prefix}:a:{<customer_id>}``) shares a slot. The value is msgpack:
-the first and newest event times, the latest time of each recency filter, and one entry per
-UTC day within the retention holding that day's counters, sums, distinct-value
-fingerprints and the 6-byte fingerprints of the event ids applied that day.
+Redis Cluster hash tag, so every key of one customer (the stream engine keeps its
+assignment state at ``{prefix}:a:{<customer_id>}``) shares a slot. The value's binary
+format is documented in `stream/state.py`.
 
-Idempotency: an event is identified by its event_id within its customer and UTC day. A
-redelivery of any event still within the retention is recognised and ignored; an event
-older than the retention (counted from the customer's newest event) is rejected as
-``too_late``, so it cannot be counted twice either.
+Idempotency: an event is identified by a 32-bit fingerprint of its event_id within its
+customer and UTC day, kept for as long as that day is in the retention. A redelivery
+within the retention is recognised and ignored; an event older than the retention
+(counted from the customer's newest event) is rejected as ``too_late``, so it cannot be
+counted twice either.
 
 Expiry: days leaving the retention are trimmed inside the same call; the key itself
 expires `retention_days` after its last write, so customers silent that long vanish.
@@ -40,6 +44,7 @@ from redis.exceptions import NoScriptError
 
 from models.catalog import Catalog, distinct_key, numeric_value
 from models.events import Event
+from stream.state import StateCodec
 
 SCRIPT: Final = resources.files("stream").joinpath("store.lua").read_text()
 EventStatus = Literal["applied", "duplicate", "too_late"]
@@ -59,15 +64,16 @@ def feature_key(prefix: str, customer_id: str) -> str:
 
 
 def event_fingerprint(event_id: str) -> bytes:
-    """6 bytes that stand for an event id in the idempotency record.
+    """4 bytes that stand for an event id in the idempotency record of its day.
 
-    48 bits keep a false duplicate below one in 10^9 for a customer with 500 events a day.
+    A false duplicate needs two ids of one customer and one UTC day to collide in 32 bits:
+    about one in 10^7 for a customer with 30 events that day.
     """
-    return hashlib.blake2b(event_id.encode(), digest_size=6).digest()
+    return hashlib.blake2b(event_id.encode(), digest_size=4).digest()
 
 
 def _value_fingerprint(value: str) -> bytes:
-    return hashlib.blake2b(value.encode(), digest_size=8).digest()
+    return hashlib.blake2b(value.encode(), digest_size=4).digest()
 
 
 @dataclass(frozen=True)
@@ -75,22 +81,25 @@ class Features:
     """Features of some customers at their evaluation times (one row each)."""
 
     names: tuple[str, ...]  # the catalog's feature names, one per column
-    customers: list[str]
-    at: np.ndarray  # Unix seconds, per customer
-    values: np.ndarray  # (customers, features)
+    customers: list[str]  # whose features each row holds
+    at: np.ndarray  # Unix seconds, per row: when the features were evaluated
+    values: np.ndarray  # (rows, features)
 
     def row(self, customer_id: str) -> dict[str, float] | None:
-        """One customer's features by name (None when the customer is not here)."""
-        try:
-            i = self.customers.index(customer_id)
-        except ValueError:
-            return None
-        return dict(zip(self.names, self.values[i].tolist(), strict=True))
+        """The customer's latest row by feature name (None when the customer is not here)."""
+        for i in range(len(self.customers) - 1, -1, -1):
+            if self.customers[i] == customer_id:
+                return dict(zip(self.names, self.values[i].tolist(), strict=True))
+        return None
 
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What a batch did: a status per input event and the touched customers' features."""
+    """What a batch did: per input event, its status and its customer's features after it.
+
+    `features` has one row per event, in input order (a duplicate's row shows the state it
+    found); `features.row(c)` is customer c's state after the whole batch.
+    """
 
     statuses: list[EventStatus]
     features: Features
@@ -144,7 +153,7 @@ class _EventEncoder:
 
 
 class RedisFeatureStore:
-    """The catalog's features per customer in Redis (standalone, Sentinel-free or Cluster).
+    """The catalog's features per customer in Redis (a server or a Redis Cluster).
 
     `client` is a `redis.asyncio.Redis` or `RedisCluster` made by `stream.redis_conn`.
     """
@@ -163,22 +172,13 @@ class RedisFeatureStore:
         self.ttl_seconds = ttl_seconds or catalog.retention_days * 86_400
         lay = catalog.layout
         self._spec = msgpack.packb(
-            [
-                catalog.retention_days,
-                self.ttl_seconds,
-                list(lay.windows),
-                len(lay.counters),
-                len(lay.sums),
-                len(lay.distincts),
-                len(lay.lasts),
-                list(lay.actives),
-            ]
+            [catalog.retention_days, self.ttl_seconds, len(lay.counters), len(lay.lasts)]
         )
         self._encoder = _EventEncoder(catalog)
-        self._columns = lay.columns
+        self._codec = StateCodec(catalog)
         self._sha: str | None = None
         self._cluster = isinstance(client, RedisCluster)
-        #: Round trips made so far (one per `apply` or `read` call); tests and metrics read it.
+        #: Round trips made so far (one per `apply` or `read`); tests and metrics read it.
         self.round_trips = 0
 
     async def load(self) -> None:
@@ -186,62 +186,82 @@ class RedisFeatureStore:
         self._sha = await self.client.script_load(SCRIPT)
 
     async def apply(self, events: Sequence[Event], *, at: float | None = None) -> ApplyResult:
-        """Apply a batch; return each event's status and the touched customers' features.
+        """Apply a batch; return each event's status and its customer's features after it.
 
         Features are evaluated at max(`at`, the customer's newest event time).
         """
-        order: dict[str, list[int]] = {}
+        if not events:
+            return ApplyResult([], self._features([], [], np.empty(0)))
+        rounds: list[dict[str, int]] = []
+        seen: dict[str, int] = {}
         for idx, event in enumerate(events):
-            order.setdefault(event.customer_id, []).append(idx)
-        inputs = {
-            cid: [at or 0.0, [self._encoder.encode(events[i]) for i in idxs]]
-            for cid, idxs in order.items()
-        }
-        replies = await self._call(inputs)
+            r = seen.get(event.customer_id, 0)
+            seen[event.customer_id] = r + 1
+            if r == len(rounds):
+                rounds.append({})
+            rounds[r][event.customer_id] = idx
+        calls = [
+            (
+                [feature_key(self.prefix, cid) for cid in group],
+                msgpack.packb(
+                    [[self._encoder.encode(events[rnd[cid]])] for cid in group],
+                    use_bin_type=False,
+                ),
+                [rnd[cid] for cid in group],
+            )
+            for rnd in rounds
+            for group in self._by_slot(list(rnd))
+        ]
+        replies = await self._evalsha([(keys, payload) for keys, payload, _ in calls])
         statuses: list[EventStatus] = ["applied"] * len(events)
-        for cid, reply in replies.items():
-            if reply is not None:
-                for idx, code in zip(order[cid], reply[1], strict=True):
-                    statuses[idx] = _STATUS[code]
-        return ApplyResult(statuses=statuses, features=self._features(replies))
+        states: list[bytes | None] = [None] * len(events)
+        for (_, _, idxs), reply in zip(calls, replies, strict=True):
+            for idx, (codes, state) in zip(idxs, reply, strict=True):
+                statuses[idx] = _STATUS[codes[0]]
+                states[idx] = state or None
+        known = [i for i, st in enumerate(states) if st is not None]
+        features = self._features(
+            [events[i].customer_id for i in known],
+            [states[i] for i in known],  # type: ignore[misc]
+            np.full(len(known), at or 0.0),
+        )
+        return ApplyResult(statuses=statuses, features=features)
 
     async def read(self, customer_ids: Sequence[str], *, at: float) -> Features:
         """Features of known customers at time `at` (unknown ids are left out)."""
-        replies = await self._call({cid: [at, []] for cid in dict.fromkeys(customer_ids)})
-        return self._features(replies)
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids:
+            return self._features([], [], np.empty(0))
+        self.round_trips += 1
+        pipe = self.client.pipeline(transaction=False)
+        for cid in ids:
+            pipe.get(feature_key(self.prefix, cid))
+        values = await pipe.execute()
+        found = [(cid, v) for cid, v in zip(ids, values, strict=True) if v]
+        return self._features(
+            [cid for cid, _ in found], [v for _, v in found], np.full(len(found), at)
+        )
 
-    async def _call(self, inputs: dict[str, list[Any]]) -> dict[str, list[Any] | None]:
-        if not inputs:
-            return {}
+    def _by_slot(self, customers: list[str]) -> list[list[str]]:
+        if not self._cluster:
+            return [customers]
+        groups: dict[int, list[str]] = {}
+        for cid in customers:
+            groups.setdefault(key_slot(feature_key(self.prefix, cid).encode()), []).append(cid)
+        return list(groups.values())
+
+    async def _evalsha(self, calls: list[tuple[list[str], bytes]]) -> list[Any]:
         if self._sha is None:
             await self.load()
-        groups: dict[int, list[str]] = {}
-        if self._cluster:
-            for cid in inputs:
-                groups.setdefault(key_slot(feature_key(self.prefix, cid).encode()), []).append(cid)
-        else:
-            groups[0] = list(inputs)
         self.round_trips += 1
         try:
-            raw = await self._send(groups, inputs)
+            return await self._send(calls)
         except NoScriptError:
             # The server lost its script cache (restart, failover): load and retry once.
             await self.load()
-            raw = await self._send(groups, inputs)
-        out: dict[str, list[Any] | None] = {}
-        for cids, reply in zip(groups.values(), raw, strict=True):
-            for cid, item in zip(cids, reply, strict=True):
-                out[cid] = msgpack.unpackb(item) if item else None
-        return out
+            return await self._send(calls)
 
-    async def _send(self, groups: dict[int, list[str]], inputs: dict[str, list[Any]]) -> list[Any]:
-        calls = [
-            (
-                [feature_key(self.prefix, cid) for cid in cids],
-                msgpack.packb([inputs[cid] for cid in cids], use_bin_type=False),
-            )
-            for cids in groups.values()
-        ]
+    async def _send(self, calls: list[tuple[list[str], bytes]]) -> list[Any]:
         if len(calls) == 1:
             keys, payload = calls[0]
             return [await self.client.evalsha(self._sha, len(keys), *keys, self._spec, payload)]  # type: ignore[arg-type]
@@ -250,16 +270,10 @@ class RedisFeatureStore:
             pipe.evalsha(self._sha, len(keys), *keys, self._spec, payload)  # type: ignore[arg-type]
         return list(await pipe.execute())
 
-    def _features(self, replies: dict[str, list[Any] | None]) -> Features:
-        known = [(cid, r) for cid, r in replies.items() if r is not None]
-        n, width = len(known), len(self._columns)
-        base = np.empty((n, width), dtype=float)
-        at = np.empty(n, dtype=float)
-        for row, (_, reply) in enumerate(known):
-            at[row] = reply[0]
-            base[row] = [np.nan if v is None or v is False else v for v in reply[2]]
-        columns = {name: base[:, i] for i, name in enumerate(self._columns)}
-        values = self.catalog.assemble(columns, at) if n else np.empty((0, len(self.catalog.names)))
-        return Features(
-            names=self.catalog.names, customers=[cid for cid, _ in known], at=at, values=values
-        )
+    def _features(self, customers: list[str], states: list[bytes], at: np.ndarray) -> Features:
+        if not states:
+            values = np.empty((0, len(self.catalog.names)))
+            return Features(self.catalog.names, [], np.empty(0), values)
+        base, when = self._codec.aggregate(states, at)
+        values = self.catalog.assemble(base, when)
+        return Features(self.catalog.names, customers, when, values)
