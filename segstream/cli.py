@@ -166,7 +166,7 @@ def train(
             "--config",
             exists=True,
             dir_okay=False,
-            help="TOML config: [catalog] features, [segments] k and names, [churn] types.",
+            help="TOML config: \\[catalog] features, \\[segments] k and names, \\[churn] types.",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed, the same bundle.")] = 0,
@@ -202,6 +202,76 @@ def train(
     console.print(
         f"published {result.bundle.path} as {out / 'current'} in {time.perf_counter() - t0:.1f} s"
     )
+
+
+@app.command()
+def replay(
+    events: EventsOpt,
+    model: Annotated[Path, typer.Option("--model", help="A bundle: DIR/current or DIR/<version>.")],
+    alerts_out: Annotated[Path, typer.Option("--alerts-out", help="Alerts, one JSON per line.")],
+    state_out: Annotated[
+        Path | None, typer.Option("--state-out", help="CSV: segment, churn risk, features.")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Stop and evaluate at this time (default: last event)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Events per batch.")] = 1000,
+    keep_state: Annotated[
+        bool, typer.Option(help="Keep the Redis state (under a replay-<id> prefix).")
+    ] = False,
+) -> None:
+    """Run a history through the same engine as the worker, without Kafka.
+
+    Uses SEGSTREAM_REDIS_URL (default: an embedded Valkey) under a fresh key prefix, so
+    it never touches a live worker's state.
+    """
+    import asyncio
+    import uuid
+
+    from models.bundle import BundleError
+    from models.catalog import CatalogError
+    from models.events import parse_time
+    from stream.redis_conn import RedisUnavailable
+    from stream.replay import replay as run_replay
+    from stream.runtime import drop_prefix, open_runtime
+    from stream.settings import StreamSettings
+
+    settings = StreamSettings()
+    prefix = f"{settings.key_prefix}-replay-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        runtime = await open_runtime(settings, model_path=model, prefix=prefix)
+        try:
+            t0 = time.perf_counter()
+            summary = await run_replay(
+                runtime.engine,
+                events,
+                alerts_out,
+                state_out=state_out,
+                as_of=parse_time(as_of) if as_of else None,
+                batch_size=batch_size,
+            )
+            elapsed = time.perf_counter() - t0
+            console.print(
+                f"{summary.events:,} events ({dict(summary.statuses)}), "
+                f"{summary.customers:,} customers in {elapsed:.1f} s "
+                f"({summary.events / max(elapsed, 1e-9):,.0f} events/s)"
+            )
+            console.print(f"alerts: {dict(summary.alerts)} -> {alerts_out}")
+            if summary.rejected:
+                console.print(f"rejected by the contract: {dict(summary.rejected)}")
+            if state_out:
+                console.print(f"state -> {state_out}")
+        finally:
+            if not keep_state:
+                await drop_prefix(runtime.connection, prefix)
+            await runtime.close()
+
+    try:
+        asyncio.run(main())
+    except (CatalogError, BundleError, RedisUnavailable, ValueError) as exc:
+        raise _fail(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,8 @@ import redis
 from offline.synthetic import History, generate_history, write_history
 from stream.redis_conn import start_embedded
 
+pytest_plugins = ["tests.kafka_support"]
+
 
 def _system_url() -> str | None:
     url = os.environ.get("SEGSTREAM_REDIS_URL")

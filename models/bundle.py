@@ -1,0 +1,423 @@
+"""The model bundle: its on-disk format, writing, loading, verification and publishing.
+
+A bundle is one directory `DIR/<version>/` (version: UTC creation time plus a short hash,
+e.g. `20260401T093000Z-3f9a1c`, so versions sort by age) holding:
+
+- `manifest.json`: format and bundle version, as-of time, training-data fingerprint,
+  the feature catalog (definition and fingerprint), the feature columns used, the
+  segments with their profiles, metrics, thresholds and the sha256 of every other file;
+- `model.json`: the segmentation as plain numbers (which columns, which get log1p,
+  scaler means and scales, centroids), so the stream assigns without scikit-learn;
+- `early.skops`, `churn.skops`: the classifiers, loaded with an explicit list of
+  trusted types (never `trusted=True`);
+- `report.html` and its `*.png` figures.
+
+`DIR/current` is a symlink to the newest verified bundle; it is swapped atomically.
+Anything else in a bundle (a pickle, a stray file, a wrong hash) makes it refused.
+
+The stream worker imports this module: it must not import pandas, matplotlib,
+`offline/` or `stream/` (skops is imported lazily, only to load or save classifiers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from models.catalog import Catalog
+
+FORMAT_VERSION: Final = 1
+MANIFEST: Final = "manifest.json"
+MODEL: Final = "model.json"
+EARLY: Final = "early.skops"
+CHURN: Final = "churn.skops"
+CURRENT: Final = "current"
+#: File kinds a bundle may hold besides the manifest; anything else is refused.
+ALLOWED_SUFFIXES: Final = frozenset({".json", ".skops", ".html", ".png"})
+PICKLE_SUFFIXES: Final = frozenset({".pkl", ".pickle", ".joblib", ".pck", ".dill"})
+#: Types outside skops' default trust that the trainer's classifiers are made of. Loading
+#: refuses a classifier that needs any other type, so a crafted file cannot run code.
+TRUSTED_TYPES: Final = (
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+)
+_REQUIRED_KEYS: Final = (
+    "format_version",
+    "bundle_version",
+    "created_at",
+    "as_of",
+    "catalog",
+    "features",
+    "k",
+    "segments",
+    "metrics",
+    "thresholds",
+    "artifacts",
+)
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: the message says which file and why."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ScaledSpace:
+    """The segmentation's input transform and centroids, as plain arrays.
+
+    `index` picks the used columns from a full catalog row; columns with `log1p` True
+    are log-transformed (after clipping at 0); then `(x - mean) / scale`.
+
+    >>> space = ScaledSpace(index=np.array([1]), log1p=np.array([True]),
+    ...                     mean=np.array([0.0]), scale=np.array([1.0]),
+    ...                     centroids=np.array([[0.0], [2.0]]), segment_ids=(0, 1))
+    >>> space.nearest(np.array([[5.0, 0.0], [5.0, 9.0]])).tolist()
+    [0, 1]
+    """
+
+    index: np.ndarray
+    log1p: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    centroids: np.ndarray
+    segment_ids: tuple[int, ...]
+
+    def scale_rows(self, features: np.ndarray) -> np.ndarray:
+        """(n, n_catalog) raw features -> (n, d) points in the scaled space."""
+        x = np.asarray(features, dtype=float)[:, self.index]
+        x = np.where(self.log1p, np.log1p(np.maximum(x, 0.0)), x)
+        scaled: np.ndarray = (x - self.mean) / self.scale
+        return scaled
+
+    def nearest(self, features: np.ndarray) -> np.ndarray:
+        """Segment id of the nearest centroid for each row of raw features."""
+        z = self.scale_rows(features)
+        dist = ((z[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)
+        ids: np.ndarray = np.asarray(self.segment_ids, dtype=np.int64)[np.argmin(dist, axis=1)]
+        return ids
+
+    def to_json(self, catalog: Catalog) -> dict[str, Any]:
+        """The `model.json` document (column names rather than positions)."""
+        columns = [catalog.names[i] for i in self.index]
+        return {
+            "columns": columns,
+            "log1p": [c for c, flag in zip(columns, self.log1p, strict=True) if flag],
+            "mean": [float(v) for v in self.mean],
+            "scale": [float(v) for v in self.scale],
+            "segment_ids": list(self.segment_ids),
+            "centroids": [[float(v) for v in row] for row in self.centroids],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], catalog: Catalog) -> ScaledSpace:
+        """Parse and check `model.json` against the catalog; BundleError when inconsistent."""
+        try:
+            columns = [str(c) for c in doc["columns"]]
+            log_cols = {str(c) for c in doc["log1p"]}
+            mean = np.asarray(doc["mean"], dtype=float)
+            scale = np.asarray(doc["scale"], dtype=float)
+            centroids = np.asarray(doc["centroids"], dtype=float)
+            ids = tuple(int(i) for i in doc["segment_ids"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{MODEL}: malformed ({exc})") from None
+        unknown = [c for c in columns if c not in catalog.names]
+        if unknown:
+            raise BundleError(f"{MODEL}: columns not in the catalog: {', '.join(unknown)}")
+        d = len(columns)
+        if mean.shape != (d,) or scale.shape != (d,) or centroids.shape != (len(ids), d):
+            raise BundleError(f"{MODEL}: shapes of mean/scale/centroids do not match columns")
+        if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            raise BundleError(f"{MODEL}: scales must be finite and > 0")
+        return cls(
+            index=np.array([catalog.names.index(c) for c in columns], dtype=np.int64),
+            log1p=np.array([c in log_cols for c in columns], dtype=bool),
+            mean=mean,
+            scale=scale,
+            centroids=centroids,
+            segment_ids=ids,
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle, ready to assign customers.
+
+    Every method takes the full catalog feature matrix, columns in `catalog.names` order.
+    """
+
+    path: Path
+    version: str
+    manifest: dict[str, Any]
+    segment_ids: list[int]
+    segment_names: dict[int, str]
+    churn_threshold: float
+    space: ScaledSpace = field(repr=False)
+    early_model: Any = field(default=None, repr=False)
+    churn_model: Any = field(default=None, repr=False)
+
+    def scale(self, features: np.ndarray) -> np.ndarray:
+        """(n, n_catalog_features) raw catalog order -> (n, d) scaled space."""
+        return self.space.scale_rows(self._check(features))
+
+    def nearest(self, features: np.ndarray) -> np.ndarray:
+        """Segment id per row: the nearest centroid in the scaled space."""
+        return self.space.nearest(self._check(features))
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """(k, d) centroids, rows in `segment_ids` order."""
+        return self.space.centroids
+
+    def early_segment(self, features: np.ndarray) -> np.ndarray:
+        """Segment id per row from the early-life classifier (for customers < 30 days old)."""
+        if self.early_model is None:
+            raise BundleError(f"{self.version}: this bundle has no early-life classifier")
+        return np.asarray(self.early_model.predict(self._check(features)), dtype=np.int64)
+
+    def churn_probability(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated probability of churn within the bundle's horizon, per row."""
+        if self.churn_model is None:
+            raise BundleError(f"{self.version}: this bundle has no churn model")
+        proba = self.churn_model.predict_proba(self._check(features))
+        return np.asarray(proba[:, list(self.churn_model.classes_).index(1)], dtype=float)
+
+    def _check(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=float)
+        width = len(self.manifest["catalog"]["names"])
+        if x.ndim != 2 or x.shape[1] != width:
+            raise BundleError(f"expected an (n, {width}) catalog feature matrix, got {x.shape}")
+        return x
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    if not file.is_file():
+        raise BundleError(f"{path}: no {MANIFEST}; not a bundle (or not complete)")
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{file}: not valid JSON, truncated or corrupt ({exc})") from None
+    if not isinstance(doc, dict):
+        raise BundleError(f"{file}: must be a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in doc]
+    if missing:
+        raise BundleError(f"{file}: missing key(s) {', '.join(missing)}")
+    if doc["format_version"] != FORMAT_VERSION:
+        raise BundleError(
+            f"{file}: format version {doc['format_version']!r}, this code reads {FORMAT_VERSION}"
+        )
+    return doc
+
+
+def _check_catalog(manifest: Mapping[str, Any], catalog: Catalog, path: Path) -> None:
+    recorded = manifest["catalog"]
+    if recorded.get("fingerprint") == catalog.fingerprint:
+        return
+    theirs = [str(n) for n in recorded.get("names", [])]
+    added = [n for n in catalog.names if n not in theirs]
+    removed = [n for n in theirs if n not in catalog.names]
+    detail = []
+    if added:
+        detail.append(f"only in the running catalog: {', '.join(added)}")
+    if removed:
+        detail.append(f"only in the bundle: {', '.join(removed)}")
+    raise BundleError(
+        f"{path}: trained on another feature catalog (fingerprint "
+        f"{str(recorded.get('fingerprint'))[:12]}, running catalog {catalog.fingerprint[:12]}"
+        f"{'; ' + '; '.join(detail) if detail else '; same names, different definitions'}); "
+        "retrain the bundle or run with the catalog it was trained on"
+    )
+
+
+def _check_files(path: Path, artifacts: Mapping[str, str]) -> None:
+    present = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    for file in present:
+        rel = file.relative_to(path).as_posix()
+        head = file.read_bytes()[:2] if file.is_file() else b""
+        # Protocol 2+ pickles start with 0x80 and a protocol number; refuse them by content
+        # too, so renaming a pickle does not smuggle it in.
+        if file.suffix.lower() in PICKLE_SUFFIXES or (
+            len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+        ):
+            raise BundleError(f"{file}: pickle files are refused (bundles use JSON and skops)")
+        if rel == MANIFEST:
+            continue
+        if rel not in artifacts or file.suffix.lower() not in ALLOWED_SUFFIXES:
+            raise BundleError(f"{file}: unexpected artifact, not listed in {MANIFEST}")
+    for name, digest in artifacts.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in {MANIFEST} but missing")
+        actual = sha256_file(file)
+        if actual != digest:
+            raise BundleError(
+                f"{file}: sha256 mismatch (manifest {str(digest)[:12]}, file {actual[:12]}); "
+                "the artifact was modified or corrupted"
+            )
+
+
+def _load_skops(file: Path) -> Any:
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=file)
+    except Exception as exc:  # skops raises several types on a corrupt zip
+        raise BundleError(f"{file}: cannot read the skops file ({exc})") from None
+    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unknown:
+        raise BundleError(f"{file}: refused, it needs untrusted type(s) {', '.join(unknown)}")
+    return sio.load(file, trusted=list(TRUSTED_TYPES))
+
+
+def load_bundle(path: Path, catalog: Catalog) -> Bundle:
+    """Load and verify a bundle (a version directory, or `DIR/current`).
+
+    Refused with `BundleError`: a missing or truncated manifest, another format version,
+    another feature catalog, a pickle or unlisted file, a missing file or sha256 mismatch,
+    and classifiers that need types outside `TRUSTED_TYPES`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle")
+    path = path.resolve()
+    manifest = _read_manifest(path)
+    _check_catalog(manifest, catalog, path)
+    artifacts = manifest["artifacts"]
+    if not isinstance(artifacts, dict) or MODEL not in artifacts:
+        raise BundleError(f"{path / MANIFEST}: artifacts must list at least {MODEL}")
+    _check_files(path, artifacts)
+    try:
+        model_doc = json.loads((path / MODEL).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path / MODEL}: not valid JSON ({exc})") from None
+    space = ScaledSpace.from_json(model_doc, catalog)
+    segments = manifest["segments"]
+    names = {int(s["id"]): str(s["name"]) for s in segments}
+    if sorted(names) != sorted(space.segment_ids) or len(segments) != manifest["k"]:
+        raise BundleError(f"{path}: segments in {MANIFEST} and {MODEL} disagree")
+    early = _load_skops(path / EARLY) if EARLY in artifacts else None
+    churn = _load_skops(path / CHURN) if CHURN in artifacts else None
+    width = len(catalog.names)
+    for name, model in ((EARLY, early), (CHURN, churn)):
+        if model is not None and getattr(model, "n_features_in_", width) != width:
+            raise BundleError(
+                f"{path / name}: expects {model.n_features_in_} features, not {width}"
+            )
+    if churn is not None and 1 not in list(churn.classes_):
+        raise BundleError(f"{path / CHURN}: has no churn (1) class")
+    threshold = manifest["thresholds"].get("churn")
+    return Bundle(
+        path=path,
+        version=str(manifest["bundle_version"]),
+        manifest=manifest,
+        segment_ids=list(space.segment_ids),
+        segment_names=names,
+        churn_threshold=float(threshold) if threshold is not None else float("nan"),
+        space=space,
+        early_model=early,
+        churn_model=churn,
+    )
+
+
+def resolve_current(model_dir: Path) -> Path:
+    """The version directory `model_dir/current` points at; BundleError when there is none."""
+    link = Path(model_dir) / CURRENT
+    if not link.exists():
+        raise BundleError(f"{link}: no current bundle (train one with `segstream train`)")
+    return link.resolve()
+
+
+def bundle_version(created: datetime, content_hash: str) -> str:
+    """Sortable version name: UTC creation time plus the first 6 hex digits of a hash.
+
+    >>> bundle_version(datetime(2026, 4, 1, tzinfo=UTC), "3f9a1c77")
+    '20260401T000000Z-3f9a1c'
+    """
+    return f"{created.astimezone(UTC):%Y%m%dT%H%M%SZ}-{content_hash[:6]}"
+
+
+def dump_skops(model: Any, file: Path) -> None:
+    """Save a classifier with skops (the only way classifiers enter a bundle)."""
+    import skops.io as sio
+
+    sio.dump(model, file)
+
+
+def write_bundle(
+    model_dir: Path,
+    manifest: dict[str, Any],
+    write_artifacts: Callable[[Path, str], None],
+    created: datetime,
+) -> Path:
+    """Write a complete bundle under `model_dir/<version>/` and return its path.
+
+    The version's hash is taken from `manifest` (data fingerprint, model, metrics), so
+    different trainings get different names. `write_artifacts(staging, version)` writes
+    every artifact into a staging directory; their hashes go into the manifest, written
+    last, and the staging directory is renamed into place only once all is on disk.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    content = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    version = bundle_version(created, content)
+    target = model_dir / version
+    if target.exists():
+        raise BundleError(f"{target}: already exists")
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        write_artifacts(staging, version)
+        artifacts = {
+            p.relative_to(staging).as_posix(): sha256_file(p)
+            for p in sorted(staging.rglob("*"))
+            if p.is_file()
+        }
+        full = {
+            "format_version": FORMAT_VERSION,
+            "bundle_version": version,
+            "created_at": created.astimezone(UTC).isoformat(),
+            **manifest,
+            "artifacts": artifacts,
+        }
+        (staging / MANIFEST).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+        staging.chmod(0o755)  # mkdtemp makes it 0700; readers (the stream) may be other users
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def publish(model_dir: Path, version_dir: Path, catalog: Catalog) -> Bundle:
+    """Verify a bundle by loading it, then point `model_dir/current` at it atomically.
+
+    The symlink is swapped with `os.replace`, so a reader sees the old or the new bundle,
+    never a missing or half-written one. A bundle that fails to load leaves `current` as is.
+    """
+    bundle = load_bundle(version_dir, catalog)
+    model_dir = Path(model_dir)
+    tmp = model_dir / f".{CURRENT}-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(Path(version_dir).name, tmp, target_is_directory=True)
+    os.replace(tmp, model_dir / CURRENT)
+    return bundle

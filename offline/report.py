@@ -1,0 +1,234 @@
+"""The analyst report: `report.html` plus PNG figures beside it, in the bundle.
+
+Owns the figures (elbow and silhouette, 2-D PCA of the segments, churn calibration) and
+the HTML page (profile table, outcome table, churn metrics, early-life accuracy, notes),
+each section with a short explanation. matplotlib runs with the Agg backend.
+
+Must not import `stream/`; it only renders numbers the trainer already computed.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.decomposition import PCA
+
+from offline.naming import SegmentProfile
+from offline.segmentation import KScore
+
+FIGURES = ("k_selection.png", "segments_pca.png", "churn_calibration.png")
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows."""
+
+    version: str
+    as_of: str
+    k: int
+    k_scores: Sequence[KScore]
+    silhouette: float
+    stability: float | None
+    scaled: np.ndarray
+    labels: np.ndarray
+    names: Mapping[int, str]
+    profiles: Sequence[SegmentProfile]
+    outcomes: pd.DataFrame | None
+    outcome_note: str
+    churn: Mapping[str, Any] | None
+    churn_holdout: tuple[np.ndarray, np.ndarray] | None
+    early: Mapping[str, Any] | None
+    notes: Sequence[str] = field(default_factory=list)
+    seed: int = 0
+
+
+def _k_figure(data: ReportInputs, path: Path) -> None:
+    ks = [s.k for s in data.k_scores]
+    fig, left = plt.subplots(figsize=(6.5, 3.6))
+    left.plot(ks, [s.inertia for s in data.k_scores], "o-", color="tab:blue")
+    left.set_xlabel("number of segments k")
+    left.set_ylabel("inertia (elbow)", color="tab:blue")
+    right = left.twinx()
+    right.plot(ks, [s.silhouette for s in data.k_scores], "s--", color="tab:orange")
+    right.set_ylabel("silhouette", color="tab:orange")
+    left.axvline(data.k, color="grey", linestyle=":")
+    left.set_title(f"Choosing k (chosen: {data.k})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pca_figure(data: ReportInputs, path: Path) -> None:
+    rng = np.random.default_rng(data.seed)
+    n = len(data.labels)
+    rows = rng.choice(n, size=min(n, 5000), replace=False)
+    xy = PCA(n_components=2, random_state=data.seed).fit_transform(data.scaled[rows])
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for seg in range(data.k):
+        pick = data.labels[rows] == seg
+        ax.scatter(xy[pick, 0], xy[pick, 1], s=6, alpha=0.5, label=f"{seg}: {data.names[seg]}")
+    ax.set_xlabel("first principal component")
+    ax.set_ylabel("second principal component")
+    ax.legend(markerscale=3, fontsize=8, loc="best")
+    ax.set_title("Segments in the scaled feature space (PCA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _calibration_figure(y: np.ndarray, proba: np.ndarray, path: Path) -> None:
+    frac, mean = calibration_curve(y, proba, n_bins=10, strategy="quantile")
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
+    ax.plot(mean, frac, "o-", label="churn model")
+    ax.set_xlabel("predicted probability of churn")
+    ax.set_ylabel("observed churn rate")
+    ax.set_title("Calibration on the held-out snapshot")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f2f2f2; }
+p.explain { color: #555; }
+"""
+
+
+def write_report(data: ReportInputs, out_dir: Path) -> list[Path]:
+    """Write report.html and its figures into `out_dir`; return the files written."""
+    out_dir = Path(out_dir)
+    written = [out_dir / "report.html", out_dir / FIGURES[0], out_dir / FIGURES[1]]
+    _k_figure(data, written[1])
+    _pca_figure(data, written[2])
+    parts = [
+        f"<h1>Segmentation bundle {html.escape(data.version)}</h1>",
+        f"<p>Customers as of <b>{html.escape(data.as_of)}</b>: {len(data.labels):,} customers "
+        f"in {data.k} segments.</p>",
+        "<h2>How many segments</h2>",
+        "<p class='explain'>Each k from the candidate range was fitted. Inertia (blue) always "
+        "falls as k grows; the elbow is where it stops falling fast. Silhouette (orange) "
+        "measures how well separated the segments are (higher is better); the chosen k has "
+        f"the best silhouette: {_fmt(data.silhouette)}. Stability is the adjusted Rand index "
+        "between refits on bootstrap resamples and the main fit (1 means identical "
+        f"segments): {_fmt(data.stability) if data.stability is not None else 'not measured'}."
+        "</p>",
+        f"<img src='{FIGURES[0]}' alt='elbow and silhouette'>",
+        "<h2>The segments</h2>",
+        "<p class='explain'>Each dot is a customer, projected on the two directions of "
+        "largest variance of the scaled features. Overlap in this picture can still be "
+        "separation in the full space.</p>",
+        f"<img src='{FIGURES[1]}' alt='segments PCA scatter'>",
+        "<h2>Profiles</h2>",
+        "<p class='explain'>What sets each segment apart: the features whose segment mean "
+        "differs most from the population, in population standard deviations (z, on the "
+        "log-scaled features). Means and medians are in the feature's own units. The names "
+        "come from fixed rules on these differences and can be overridden in the config "
+        "file's <code>[segments.names]</code>.</p>",
+    ]
+    rows = []
+    for p in data.profiles:
+        for rank, feat in enumerate(p.top(4)):
+            s = p.features[feat]
+            lead = [p.id, data.names[p.id], f"{p.size:,}", f"{p.share:.1%}"]
+            stats = [s["z"], s["mean"], s["pop_mean"], s["median"], s["pop_median"]]
+            rows.append([*(lead if rank == 0 else [""] * 4), feat, *(_fmt(v, 2) for v in stats)])
+    header = ["id", "name", "size", "share", "feature", "z", "mean", "pop. mean", "median"]
+    parts.append(_table([*header, "pop. median"], rows))
+    parts.append("<h2>Outcomes after as-of</h2>")
+    parts.append(
+        "<p class='explain'>Segments should differ on what they were not clustered on: "
+        "whether customers came back (any event) and what they spent in the days after "
+        f"as-of. {html.escape(data.outcome_note.capitalize())}.</p>"
+    )
+    if data.outcomes is not None:
+        out_rows = [
+            [seg, data.names[seg], f"{int(r['customers']):,}", f"{r['retention']:.1%}",
+             f"{r['revenue_per_customer']:,.2f}", f"{r['revenue_total']:,.0f}"]
+            for seg, r in zip(data.outcomes.index.astype(int), data.outcomes.to_dict("records"),
+                              strict=True)
+        ]  # fmt: skip
+        header = ["id", "name", "customers", "retention", "revenue per customer", "revenue"]
+        parts.append(_table(header, out_rows))
+    parts.append("<h2>Churn risk</h2>")
+    if data.churn is None or data.churn_holdout is None:
+        parts.append("<p>No churn model in this bundle.</p>")
+    else:
+        c = data.churn
+        _calibration_figure(*data.churn_holdout, out_dir / FIGURES[2])
+        written.append(out_dir / FIGURES[2])
+        parts.append(
+            "<p class='explain'>A customer active in the 30 days before a snapshot churns when "
+            "they have no qualifying event in the horizon after it. The model learned from "
+            "older snapshots and is scored on the most recent one it never saw. ROC AUC is "
+            "the chance a churner ranks above a non-churner; at the alert threshold (chosen "
+            "for the best F1 on the training snapshots) precision is the share of alerts that "
+            "were right and recall the share of churners alerted. The calibration plot shows "
+            "predicted probabilities against observed churn rates.</p>"
+        )
+        parts.append(
+            _table(
+                ["metric", "value"],
+                [[k, _fmt(v)] for k, v in c.items() if not isinstance(v, dict)],
+            )
+        )
+        parts.append(f"<img src='{FIGURES[2]}' alt='churn calibration'>")
+    parts.append("<h2>Early-life segment</h2>")
+    if data.early is None:
+        parts.append("<p>No early-life classifier in this bundle.</p>")
+    else:
+        e = data.early
+        parts.append(
+            "<p class='explain'>New customers are assigned a segment before their behaviour "
+            "settles: a classifier learned from customers' first weeks (snapshots at several "
+            "ages) which segment they end up in at as-of. Accuracy is measured on customers "
+            "held out of training.</p>"
+        )
+        by_age = e.get("accuracy_by_age", {})
+        parts.append(
+            _table(
+                ["age (days)", "accuracy"],
+                [["all", _fmt(e["accuracy"])], *[[a, _fmt(v)] for a, v in by_age.items()]],
+            )
+        )
+    if data.notes:
+        parts.append("<h2>Notes</h2><ul>")
+        parts += [f"<li>{html.escape(n)}</li>" for n in data.notes]
+        parts.append("</ul>")
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>segstream bundle {html.escape(data.version)}</title><style>{_STYLE}</style>"
+        "</head><body>" + "\n".join(parts) + "</body></html>\n"
+    )
+    written[0].write_text(page, encoding="utf-8")
+    return written
