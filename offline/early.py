@@ -111,11 +111,13 @@ class EarlyTrainer(BaseEstimator):  # type: ignore[misc]
     def __init__(
         self,
         test_size: float = 0.25,
-        n_estimators: int = 200,
+        n_estimators: int = 60,
         min_samples_leaf: int = 10,
         max_leaf_nodes: int = 256,
         random_state: int = 0,
     ) -> None:
+        # The stream scores every young customer's event with this forest, and prediction
+        # costs about 0.15 ms per tree per call: 60 trees keep a batch under 10 ms.
         # Large leaves generalise better here (measured: 0.94 vs 0.89 held-out accuracy on
         # stable customers with leaves of 10 vs 2) and bound the bundle's size together
         # with max_leaf_nodes (fully grown trees made a 100 MB file at 10k customers).

@@ -1,0 +1,336 @@
+"""Alert decisions: from a customer's features and state to segment and churn alerts.
+
+The pure core of the stream. `Decider.decide` takes evaluation rows (a customer's features
+right after one of its events, or at a scheduled re-score), the customers' assignment
+states and the model, and returns the new states and the alerts. It knows nothing of
+Kafka, faust or Redis; the live worker and `segstream replay` both call it.
+
+Rules (thresholds in `Rules`):
+- first segment: the first evaluation of a customer assigns a segment
+  (`segment_assigned`, `first: true`), which onboarding flows key on;
+- placement: customers younger than `early_days` are placed by the bundle's early-life
+  classifier, older ones by the nearest online center (`stream.assign`);
+- migration with hysteresis: a different segment becomes a candidate only when it is
+  nearer than the current one by the relative `migration_margin`, and the move is made
+  only when the candidate held for `migration_dwell_days` of event time; then
+  `segment_migration` (with the 3 features that drove the move) and `segment_assigned`;
+- churn risk: rising edge of `P(churn) >= threshold`, at most once per `churn_cooldown_days`.
+
+Alert ids are deterministic: a hash of the type, the customer, the model version and what
+triggered the decision (the event id, or the day of a scheduled re-score), so a replay or
+a redelivery produces the same ids and consumers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+import numpy as np
+
+SCHEMA_VERSION: Final = 1
+DAY: Final = 86_400.0
+
+
+class Model(Protocol):
+    """What decisions need of a model bundle (see `models.bundle.Bundle`)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def segment_names(self) -> dict[int, str]: ...
+    @property
+    def churn_threshold(self) -> float: ...
+
+    def scale(self, features: np.ndarray) -> np.ndarray: ...
+    def early_segment(self, features: np.ndarray) -> np.ndarray: ...
+    def churn_probability(self, features: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Thresholds of the alert decisions (defaults backed by the backtest, see README)."""
+
+    early_days: float = 30.0
+    migration_margin: float = 0.10
+    migration_dwell_days: float = 3.0
+    churn_cooldown_days: float = 14.0
+    drivers: int = 3
+
+
+@dataclass(frozen=True)
+class CustomerState:
+    """What the stream remembers of a customer between events (besides its features)."""
+
+    segment: int | None = None
+    since: float = 0.0  # event time the current segment was assigned
+    candidate: int | None = None
+    candidate_since: float = 0.0
+    anchor: bytes = b""  # float32 catalog features when last seen firmly in `segment`
+    churn_high: bool = False
+    churn_alerted_at: float = -1e18
+    model_version: str = ""
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.segment,
+            self.since,
+            self.candidate,
+            self.candidate_since,
+            self.anchor,
+            self.churn_high,
+            self.churn_alerted_at,
+            self.model_version,
+        ]
+
+    @classmethod
+    def from_list(cls, items: Sequence[Any]) -> CustomerState:
+        seg, since, cand, cand_since, anchor, high, alerted, version = items
+        return cls(seg, since, cand, cand_since, bytes(anchor), high, alerted, version)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One evaluation: a customer's features at time `at`, and what triggered it."""
+
+    customer_id: str
+    at: float
+    trigger: str  # the event id, or "rescore:<day>"
+
+
+@dataclass
+class Alert:
+    """One alert to publish: its kind (which picks the topic), key and JSON body."""
+
+    kind: str
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Decisions:
+    """The outcome of one batch of rows."""
+
+    states: dict[str, CustomerState] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)  # per row
+    churn: list[float] = field(default_factory=list)  # per row
+
+
+def alert_id(kind: str, customer_id: str, model_version: str, trigger: str) -> str:
+    """Deterministic id of a decision: the same decision replayed gets the same id.
+
+    >>> alert_id("churn_risk", "c1", "v1", "e9") == alert_id("churn_risk", "c1", "v1", "e9")
+    True
+    """
+    text = "\x1f".join((kind, customer_id, model_version, trigger))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def iso(ts: float) -> str:
+    """RFC 3339 (UTC) for an alert body."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Decider:
+    """Turns evaluation rows into assignment states and alerts (see the module docstring).
+
+    `scaled_columns` are the catalog positions of the model's scaled space; `typical` is a
+    catalog row of typical values (the reference for churn drivers).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        segment_ids: Sequence[int],
+        feature_names: Sequence[str],
+        scaled_columns: Sequence[int],
+        typical: np.ndarray,
+        rules: Rules = Rules(),
+    ) -> None:
+        self.model = model
+        self.segment_ids = list(segment_ids)
+        self.feature_names = list(feature_names)
+        self.scaled_columns = list(scaled_columns)
+        self.typical = np.asarray(typical, dtype=float)
+        self.rules = rules
+        self._tenure = self.feature_names.index("tenure_days")
+
+    def decide(
+        self,
+        rows: Sequence[Row],
+        features: np.ndarray,
+        scaled: np.ndarray,
+        distances: np.ndarray,
+        states: dict[str, CustomerState],
+    ) -> Decisions:
+        """Decide every row in order; rows of one customer see each other's effects."""
+        out = Decisions(states=dict(states))
+        if not rows:
+            return out
+        young = features[:, self._tenure] < self.rules.early_days
+        early = np.full(len(rows), -1, dtype=np.int64)
+        if young.any():
+            early[young] = self.model.early_segment(features[young])
+        churn = self.model.churn_probability(features)
+        nearest_idx = np.argmin(distances, axis=1)
+        for i, row in enumerate(rows):
+            state = out.states.get(row.customer_id, CustomerState())
+            target = int(early[i]) if young[i] else self.segment_ids[int(nearest_idx[i])]
+            state = self._assign(row, state, target, bool(young[i]), features[i], distances[i], out)
+            state = self._churn(row, state, float(churn[i]), features, i, out)
+            out.states[row.customer_id] = state
+            out.segments.append(state.segment if state.segment is not None else -1)
+            out.churn.append(float(churn[i]))
+        return out
+
+    def _base(self, kind: str, row: Row) -> dict[str, Any]:
+        version = self.model.version
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "alert_id": alert_id(kind, row.customer_id, version, row.trigger),
+            "type": kind,
+            "customer_id": row.customer_id,
+            "event_time": iso(row.at),
+            "model_version": version,
+        }
+
+    def _name(self, segment: int | None) -> str | None:
+        return None if segment is None else self.model.segment_names.get(segment, str(segment))
+
+    def _assign(
+        self,
+        row: Row,
+        state: CustomerState,
+        target: int,
+        young: bool,
+        x: np.ndarray,
+        dist: np.ndarray,
+        out: Decisions,
+    ) -> CustomerState:
+        anchor = x.astype(np.float32).tobytes()
+        version = self.model.version
+        if state.segment is None:
+            body = self._base("segment_assigned", row)
+            body.update(
+                segment_id=target,
+                segment_name=self._name(target),
+                previous_segment_id=None,
+                previous_segment_name=None,
+                first=True,
+                placed_by="early_life_classifier" if young else "nearest_centroid",
+            )
+            out.alerts.append(Alert("segment_assigned", row.customer_id, body))
+            return replace(
+                state,
+                segment=target,
+                since=row.at,
+                candidate=None,
+                anchor=anchor,
+                model_version=version,
+            )
+        if target == state.segment:
+            return replace(state, candidate=None, anchor=anchor)
+        if not young and not self._clear_margin(state.segment, target, dist):
+            return state  # too close to the border to even start counting dwell
+        if state.candidate != target:
+            return replace(state, candidate=target, candidate_since=row.at)
+        if row.at - state.candidate_since < self.rules.migration_dwell_days * DAY:
+            return state
+        return self._migrate(row, state, target, x, out)
+
+    def _clear_margin(self, current: int, target: int, dist: np.ndarray) -> bool:
+        d_cur = float(dist[self.segment_ids.index(current)])
+        d_new = float(dist[self.segment_ids.index(target)])
+        return d_cur > 0 and (d_cur - d_new) / d_cur >= self.rules.migration_margin
+
+    def _migrate(
+        self, row: Row, state: CustomerState, target: int, x: np.ndarray, out: Decisions
+    ) -> CustomerState:
+        before = np.frombuffer(state.anchor, dtype=np.float32).astype(float) if state.anchor else x
+        # The features that moved most in the model's own (scaled) units drove the move.
+        move = self.model.scale(x[None, :])[0] - self.model.scale(before[None, :])[0]
+        order = np.argsort(-np.abs(move))[: self.rules.drivers]
+        drivers = []
+        for j in order:
+            col = self.scaled_columns[j]
+            drivers.append(
+                {
+                    "feature": self.feature_names[col],
+                    "before": round(float(before[col]), 4),
+                    "after": round(float(x[col]), 4),
+                }
+            )
+        body = self._base("segment_migration", row)
+        body.update(
+            from_segment_id=state.segment,
+            from_segment_name=self._name(state.segment),
+            to_segment_id=target,
+            to_segment_name=self._name(target),
+            dwell_days=round((row.at - state.candidate_since) / DAY, 3),
+            drivers=drivers,
+        )
+        out.alerts.append(Alert("segment_migration", row.customer_id, body))
+        assigned = self._base("segment_assigned", row)
+        assigned.update(
+            segment_id=target,
+            segment_name=self._name(target),
+            previous_segment_id=state.segment,
+            previous_segment_name=self._name(state.segment),
+            first=False,
+            placed_by="migration",
+        )
+        out.alerts.append(Alert("segment_assigned", row.customer_id, assigned))
+        anchor = x.astype(np.float32).tobytes()
+        return replace(state, segment=target, since=row.at, candidate=None, anchor=anchor)
+
+    def _churn(
+        self,
+        row: Row,
+        state: CustomerState,
+        p: float,
+        features: np.ndarray,
+        i: int,
+        out: Decisions,
+    ) -> CustomerState:
+        threshold = self.model.churn_threshold
+        high = p >= threshold
+        rising = high and not state.churn_high
+        cooled = row.at - state.churn_alerted_at >= self.rules.churn_cooldown_days * DAY
+        if not (rising and cooled):
+            return replace(state, churn_high=high)
+        body = self._base("churn_risk", row)
+        body.update(
+            probability=round(p, 4),
+            threshold=threshold,
+            segment_id=state.segment,
+            segment_name=self._name(state.segment),
+            drivers=self._churn_drivers(features[i], p),
+        )
+        out.alerts.append(Alert("churn_risk", row.customer_id, body))
+        return replace(state, churn_high=True, churn_alerted_at=row.at)
+
+    def _churn_drivers(self, x: np.ndarray, p: float) -> list[dict[str, Any]]:
+        """The features whose value raised the probability most, by ablation to typical."""
+        ref = self.typical
+        candidates = [j for j in range(len(x)) if np.isfinite(ref[j]) and x[j] != ref[j]]
+        if not candidates:
+            return []
+        trials = np.repeat(x[None, :], len(candidates), axis=0)
+        for row_i, j in enumerate(candidates):
+            trials[row_i, j] = ref[j]
+        drop = p - self.model.churn_probability(trials)
+        best = np.argsort(-drop)[: self.rules.drivers]
+        return [
+            {
+                "feature": self.feature_names[candidates[b]],
+                "value": round(float(x[candidates[b]]), 4),
+                "typical": round(float(ref[candidates[b]]), 4),
+                "raises_probability_by": round(float(drop[b]), 4),
+            }
+            for b in best
+            if drop[b] > 0
+        ]

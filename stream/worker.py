@@ -1,0 +1,335 @@
+"""The live worker's core: raw Kafka messages of a batch in, records to publish out.
+
+`Worker.handle(messages)` decodes every raw value with the event contract (wall clock as
+`now`), sends contract failures and the store's ``too_late`` events to the dead-letter
+list, runs `Engine.process` on the valid events, re-scores silent customers once per day
+of event time when the clock is the event-time watermark (exactly as `stream.replay`
+does), adds the model-health alerts (population shift, retrain recommended) and records
+the metrics. It returns ``(topic, key, value)`` records; the faust agent in `stream.app`
+publishes them and waits for the acks before taking the next batch.
+
+Redis errors never escape: the failed step is retried with exponential backoff (0.2 s
+doubling to 5 s), each failure counted in ``segstream_redis_errors_total`` and logged with
+the redacted URL. The batch is never dropped.
+
+Must not import faust or aiokafka: tests drive it without a broker.
+
+>>> Output("events-dlq", "c1", b"{}").topic
+'events-dlq'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+from redis.exceptions import RedisError
+
+from models.events import Event, EventError, decode_event
+from stream.decide import DAY, SCHEMA_VERSION, Alert, alert_id, iso
+from stream.engine import BatchResult, Engine
+from stream.metrics import Metrics
+from stream.redis_conn import redact
+from stream.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Backoff of a failed Redis step: first wait, factor, longest wait (seconds).
+RETRY_FIRST, RETRY_FACTOR, RETRY_MAX = 0.2, 2.0, 5.0
+
+
+class Message(NamedTuple):
+    """One raw input record: its value and where it came from."""
+
+    value: bytes
+    partition: int
+    offset: int
+
+
+class Output(NamedTuple):
+    """One record to publish."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
+def dlq_record(
+    message: Message, topic: str, reason: str, field: str, error: str
+) -> dict[str, Any]:
+    """The dead-letter row of a rejected message (the payload as text, bad UTF-8 replaced).
+
+    >>> dlq_record(Message(b"\\xffx", 2, 7), "events", "not_json", "<event>", "bad")["raw"]
+    '\\ufffdx'
+    """
+    return {
+        "raw": message.value.decode("utf-8", errors="replace"),
+        "reason": reason,
+        "field": field,
+        "error": error,
+        "topic": topic,
+        "partition": message.partition,
+        "offset": message.offset,
+    }
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Worker:
+    """Turns batches of raw messages into alerts and dead-letter rows (see module docstring).
+
+    `clock` is the wall clock (Unix seconds) and `sleep` the backoff wait; both are passed
+    in so tests can drive time. `partitions` returns the input partitions this worker owns
+    (for the re-score); by default, every partition it has seen.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: StreamSettings,
+        metrics: Metrics,
+        *,
+        redis_url: str = "",
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        partitions: Callable[[], Iterable[int]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.redis_url = redact(redis_url)
+        self.clock = clock
+        self.sleep = sleep
+        self._owned = partitions
+        self.topics = {
+            "segment_assigned": settings.assignments_topic,
+            "segment_migration": settings.migrations_topic,
+            "churn_risk": settings.churn_topic,
+            "population_shift": settings.population_topic,
+            "retrain_recommended": settings.model_topic,
+        }
+        self.tolerance = timedelta(seconds=settings.future_tolerance_seconds)
+        self.watermark = 0.0  # newest event time seen
+        self.next_rescore = 0.0  # event-time clock: the next day boundary to re-score at
+        self.last_offsets: dict[int, int] = {}  # partition -> last offset handled
+        self.events = 0  # valid events handled
+        self._psi_high = False
+        self._retrain_sent: set[str] = set()
+        self._lock = asyncio.Lock()  # the batch, the re-score and the sync never interleave
+        metrics.set_model(engine.bundle.version)
+
+    # --- batches -------------------------------------------------------------------------
+
+    def decode(
+        self, messages: Sequence[Message]
+    ) -> tuple[list[Event], list[Message], list[Output]]:
+        """Valid events (with their messages) and the dead-letter records of the rest."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        events: list[Event] = []
+        sources: list[Message] = []
+        dead: list[Output] = []
+        for message in messages:
+            try:
+                event = decode_event(message.value, now=now, future_tolerance=self.tolerance)
+            except EventError as exc:
+                dead.append(self._dead(message, exc.reason, exc.field, exc.message))
+                continue
+            events.append(event)
+            sources.append(message)
+        return events, sources, dead
+
+    async def handle(self, messages: Sequence[Message]) -> list[Output]:
+        """Process one batch; return every record to publish (alerts, dead letters)."""
+        async with self._lock:
+            started = time.perf_counter()
+            events, sources, out = self.decode(messages)
+            parts = [m.partition for m in sources]
+            result = await self._retry("process", lambda: self.engine.process(events, parts))
+            for i, status in enumerate(result.statuses):
+                if status == "too_late":
+                    out.append(self._dead(sources[i], "too_late", "ts", "older than the "
+                                          "customer's retention window"))  # fmt: skip
+            alerts = list(result.alerts)
+            if events:
+                self.watermark = max(self.watermark, max(e.epoch for e in events))
+            if self.settings.clock == "event":
+                alerts += await self._daily_rescore()
+            alerts += self._health_alerts()
+            self.metrics.observe(
+                result.statuses,
+                [e.type for e in events],
+                alerts,
+                seconds=time.perf_counter() - started,
+                events=len(messages),
+            )
+            for message in messages:
+                previous = self.last_offsets.get(message.partition, -1)
+                self.last_offsets[message.partition] = max(previous, message.offset)
+            self.events += len(events)
+            await self._refresh_population()
+            return [self.output(a) for a in alerts] + out
+
+    async def rescore(self, now: float | None = None) -> list[Output]:
+        """Re-score customers silent for a day at `now` (default: the worker's clock).
+
+        The clock is the wall clock, or the event-time watermark when
+        ``settings.clock == "event"``.
+        """
+        async with self._lock:
+            at = self.now() if now is None else now
+            result = await self._rescore_at(at)
+            alerts = list(result.alerts) + self._health_alerts()
+            self.metrics.count_alerts(alerts)
+            await self._refresh_population()
+            return [self.output(a) for a in alerts]
+
+    async def tick(self) -> list[Output]:
+        """The periodic job: re-score on the wall clock (the event clock re-scores per batch)."""
+        if self.settings.clock == "event":
+            return []
+        return await self.rescore()
+
+    async def sync_centers(self) -> None:
+        """Share online-center movement with the group (see `Engine.sync_centers`)."""
+        async with self._lock:
+            await self._retry("sync_centers", self.engine.sync_centers)
+            self._set_drift()
+
+    def now(self) -> float:
+        """What drives re-scores: the wall clock, or the event-time watermark."""
+        return self.watermark if self.settings.clock == "event" else self.clock()
+
+    def partitions(self) -> list[int]:
+        owned = self._owned() if self._owned is not None else self.last_offsets.keys()
+        return sorted(set(owned)) or [0]
+
+    def lag(self, partition: int, highwater: int) -> int:
+        """Records of `partition` not yet handled, given its highwater (next offset)."""
+        return highwater - 1 - self.last_offsets.get(partition, -1)
+
+    def output(self, alert: Alert) -> Output:
+        return Output(self.topics[alert.kind], alert.key, _json(alert.body))
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _dead(self, message: Message, reason: str, field: str, error: str) -> Output:
+        self.metrics.reject(reason) if reason != "too_late" else None
+        row = dlq_record(message, self.settings.input_topic, reason, field, error)
+        return Output(self.settings.dlq_topic, f"{message.partition}:{message.offset}", _json(row))
+
+    async def _daily_rescore(self) -> list[Alert]:
+        # As replay does: once per day of event time, after the batch that crossed the day.
+        if self.watermark < self.next_rescore or not self.watermark:
+            return []
+        alerts: list[Alert] = []
+        if self.next_rescore:
+            alerts = (await self._rescore_at(self.watermark)).alerts
+        self.next_rescore = float((np.floor(self.watermark / DAY) + 1) * DAY)
+        return alerts
+
+    async def _rescore_at(self, at: float) -> BatchResult:
+        parts = self.partitions()
+        return await self._retry("rescore", lambda: self.engine.rescore(at, parts))
+
+    def _health_alerts(self) -> list[Alert]:
+        """Population shift (rising edge over the PSI threshold) and retrain recommended."""
+        alerts: list[Alert] = []
+        bundle = self.engine.bundle
+        names = bundle.segment_names
+        shift = self.engine.population_shift()
+        self.metrics.set_psi(shift["psi"])
+        # PSI over a part-filled window is noise: judge only a full window.
+        high = shift["window"] >= self.settings.psi_window and shift["psi"] > (
+            self.settings.psi_threshold
+        )
+        at = self.now()
+        if high and not self._psi_high:
+            trigger = f"psi:{int(at // DAY)}"
+            body = self._model_body("population_shift", trigger, at)
+            body.update(
+                psi=round(shift["psi"], 4),
+                threshold=self.settings.psi_threshold,
+                window=shift["window"],
+                observed={names.get(s, str(s)): round(v, 4) for s, v in shift["observed"].items()},
+                expected={names.get(s, str(s)): round(v, 4) for s, v in shift["expected"].items()},
+            )
+            alerts.append(Alert("population_shift", bundle.version, body))
+        self._psi_high = high
+        drift = self._set_drift()
+        if drift.size and bundle.version not in self._retrain_sent:
+            worst = float(drift.max())
+            if worst > self.settings.drift_bound:
+                body = self._model_body("retrain_recommended", "drift", at)
+                body.update(
+                    max_drift=round(worst, 4),
+                    drift_bound=self.settings.drift_bound,
+                    drift={
+                        names.get(s, str(s)): round(float(d), 4)
+                        for s, d in zip(bundle.segment_ids, drift, strict=True)
+                    },
+                )
+                alerts.append(Alert("retrain_recommended", bundle.version, body))
+                self._retrain_sent.add(bundle.version)
+        return alerts
+
+    def _model_body(self, kind: str, trigger: str, at: float) -> dict[str, Any]:
+        version = self.engine.bundle.version
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "alert_id": alert_id(kind, "", version, trigger),
+            "type": kind,
+            "event_time": iso(at),
+            "model_version": version,
+        }
+
+    def _set_drift(self) -> np.ndarray:
+        bundle = self.engine.bundle
+        drift = np.asarray(self.engine.centers.drift(), dtype=float)
+        if drift.size:
+            self.metrics.set_drift(drift.tolist(), bundle.segment_ids, bundle.segment_names)
+        return drift
+
+    async def _refresh_population(self) -> None:
+        # A gauge only: one failed read is counted and skipped, never retried.
+        bundle = self.engine.bundle
+        started = time.perf_counter()
+        try:
+            counts = await self.engine.assignments.population(bundle.version)
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_error()
+            log.warning("Redis at %s: population read failed: %s", self.redis_url, exc)
+            return
+        self.metrics.store_time("population", time.perf_counter() - started)
+        self.metrics.set_population(counts, bundle.segment_names)
+        self.metrics.set_model(bundle.version)
+
+    async def _retry(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        delay = RETRY_FIRST
+        while True:
+            started = time.perf_counter()
+            try:
+                value = await step()
+            except (RedisError, OSError) as exc:
+                self.metrics.redis_error()
+                log.warning(
+                    "Redis at %s failed during %s (%s: %s); retrying in %.1f s",
+                    self.redis_url, what, type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                await self.sleep(delay)
+                delay = min(delay * RETRY_FACTOR, RETRY_MAX)
+                continue
+            self.metrics.store_time(what, time.perf_counter() - started)
+            return value
+
+
+__all__ = ["Message", "Output", "Worker", "dlq_record"]
