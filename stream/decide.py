@@ -158,6 +158,8 @@ class Decider:
         self.typical = np.asarray(typical, dtype=float)
         self.rules = rules
         self._tenure = self.feature_names.index("tenure_days")
+        self.has_early = getattr(model, "early_model", True) is not None
+        self.has_churn = getattr(model, "churn_model", True) is not None
 
     def decide(
         self,
@@ -171,11 +173,17 @@ class Decider:
         out = Decisions(states=dict(states))
         if not rows:
             return out
+        # A bundle may lack a classifier (too little history to train one): then young
+        # customers are placed by the centers too, and no churn alert is decided.
         young = features[:, self._tenure] < self.rules.early_days
+        if not self.has_early:
+            young[:] = False
         early = np.full(len(rows), -1, dtype=np.int64)
         if young.any():
             early[young] = self.model.early_segment(features[young])
-        churn = self.model.churn_probability(features)
+        churn = (
+            self.model.churn_probability(features) if self.has_churn else np.full(len(rows), np.nan)
+        )
         nearest_idx = np.argmin(distances, axis=1)
         for i, row in enumerate(rows):
             state = out.states.get(row.customer_id, CustomerState())

@@ -110,7 +110,9 @@ async def write_state(engine: Engine, customers: list[str], at: float, path: Pat
             feats = await engine.features.read(chunk, at=at)
             states = await engine.assignments.load(feats.customers)
             churn = (
-                engine.bundle.churn_probability(feats.values) if feats.customers else np.empty(0)
+                engine.bundle.churn_probability(feats.values)
+                if feats.customers and engine.bundle.churn_model is not None
+                else np.full(len(feats.customers), np.nan)
             )
             for i, cid in enumerate(feats.customers):
                 seg = states[cid].segment if cid in states else None

@@ -1,0 +1,138 @@
+"""`segstream replay`: the engine over a generated history, judged by its ground truth.
+
+The bundle is trained on the first 100 days of a 150-day history; the alerts decided in
+the 50 days after the training date are compared with what the generator did. Before
+that date the replay starts from an empty store, so windows are still filling (warm-up).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from models.catalog import default_catalog
+from models.eventfile import read_events
+from offline.reference import events_frame, features_at
+from offline.synthetic import generate_history, write_history
+from segstream.cli import app
+
+AS_OF = "2026-04-10T00:00:00Z"
+END = pd.Timestamp("2026-05-31T00:00:00Z")
+REQUIRED = {"schema_version", "alert_id", "type", "customer_id", "event_time", "model_version"}
+
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict[str, str]) -> str:
+    result = runner.invoke(app, list(args), env=env)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory, embedded_redis_url: str) -> Path:
+    root = tmp_path_factory.mktemp("replay")
+    write_history(generate_history(1000, 150, seed=21), root)
+    env = {"SEGSTREAM_REDIS_URL": embedded_redis_url}
+    invoke(
+        "train", "--events", str(root / "events.jsonl"), "--as-of", AS_OF,
+        "--out", str(root / "models"), env=env,
+    )  # fmt: skip
+    invoke(
+        "replay", "--events", str(root / "events.jsonl"), "--model", str(root / "models/current"),
+        "--alerts-out", str(root / "alerts.jsonl"), "--state-out", str(root / "state.csv"),
+        env=env,
+    )  # fmt: skip
+    return root
+
+
+def load_alerts(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_customer_gets_one_first_segment(replayed: Path) -> None:
+    alerts = load_alerts(replayed / "alerts.jsonl")
+    truth = pd.read_csv(replayed / "truth.csv")
+    firsts = Counter(
+        a["customer_id"] for a in alerts if a["type"] == "segment_assigned" and a["first"]
+    )
+    assert set(firsts) == set(truth["customer_id"])
+    assert set(firsts.values()) == {1}
+    assert all(a.keys() >= REQUIRED for a in alerts)
+    ids = [a["alert_id"] for a in alerts]
+    assert len(ids) == len(set(ids)), "alert ids must be unique per decision"
+
+
+def test_alerts_after_training_match_the_ground_truth(replayed: Path) -> None:
+    """Measured on this seed: churn recall 0.98 with 9% of stable customers alerted;
+    migration recall 0.93 with 12% of stable customers alerted (0.08 per 30 days).
+    The bounds leave room for model noise, not for an alert storm."""
+    as_of = pd.Timestamp(AS_OF)
+    alerts = [
+        a
+        for a in load_alerts(replayed / "alerts.jsonl")
+        if pd.Timestamp(str(a["event_time"])) > as_of
+    ]
+    truth = pd.read_csv(replayed / "truth.csv")
+    churn_day = pd.to_datetime(truth["churn_day"], utc=True)
+    migration_day = pd.to_datetime(truth["migration_day"], utc=True)
+    stable = set(truth.loc[churn_day.isna() & migration_day.isna(), "customer_id"])
+    churned = set(
+        truth.loc[
+            churn_day.notna() & (churn_day > as_of) & (churn_day < END - pd.Timedelta(days=14)),
+            "customer_id",
+        ]
+    )
+    migrated = set(truth.loc[migration_day.notna() & (migration_day > as_of), "customer_id"])
+    churn_alerted = {a["customer_id"] for a in alerts if a["type"] == "churn_risk"}
+    moved = {a["customer_id"] for a in alerts if a["type"] == "segment_migration"}
+    assert len(churned) >= 20 and len(migrated) >= 20
+    assert len(churned & churn_alerted) / len(churned) >= 0.8
+    assert len(stable & churn_alerted) / len(stable) <= 0.2
+    assert len(migrated & moved) / len(migrated) >= 0.7
+    assert len(stable & moved) / len(stable) <= 0.25
+    for alert in alerts:
+        if alert["type"] == "segment_migration":
+            drivers = alert["drivers"]
+            assert isinstance(drivers, list) and len(drivers) == 3
+            assert alert["from_segment_id"] != alert["to_segment_id"]
+        if alert["type"] == "churn_risk":
+            assert float(alert["probability"]) >= float(alert["threshold"])  # type: ignore[arg-type]
+
+
+def test_state_holds_every_feature_as_the_reference_computes_it(replayed: Path) -> None:
+    state = pd.read_csv(replayed / "state.csv").set_index("customer_id")
+    catalog = default_catalog()
+    assert list(state.columns) == ["segment_id", "segment_name", "churn_risk", *catalog.names]
+    events = list(read_events(replayed / "events.jsonl"))
+    at = max(e.epoch for e in events)
+    expected = features_at(events_frame(events, catalog), catalog, at)
+    got = state.loc[expected.index, list(catalog.names)].to_numpy()
+    np.testing.assert_allclose(got, expected.to_numpy(), rtol=1e-9, atol=1e-6)
+    assert state["segment_id"].notna().all()
+    assert state["churn_risk"].between(0, 1).all()
+
+
+def test_alerts_do_not_depend_on_the_batch_size(
+    replayed: Path, tmp_path: Path, embedded_redis_url: str
+) -> None:
+    head = tmp_path / "head.jsonl"
+    lines = (replayed / "events.jsonl").read_text().splitlines(keepends=True)
+    head.write_text("".join(lines[:15_000]))
+    runs = []
+    for size in ("1000", "173"):
+        out = tmp_path / f"alerts-{size}.jsonl"
+        invoke(
+            "replay", "--events", str(head), "--model", str(replayed / "models/current"),
+            "--alerts-out", str(out), "--batch-size", size,
+            env={"SEGSTREAM_REDIS_URL": embedded_redis_url},
+        )  # fmt: skip
+        runs.append(sorted(out.read_text().splitlines()))
+    assert runs[0] == runs[1]
+    assert len(runs[0]) > 100
