@@ -14,7 +14,8 @@ Rules (thresholds in `Rules`):
   nearer than the current one by the relative `migration_margin`, and the move is made
   only when the candidate held for `migration_dwell_days` of event time; then
   `segment_migration` (with the 3 features that drove the move) and `segment_assigned`;
-- churn risk: rising edge of `P(churn) >= threshold`, at most once per `churn_cooldown_days`.
+- churn risk: judged at each customer's daily re-score (churn is the absence of events):
+  rising edge of `P(churn) >= threshold`, at most once per `churn_cooldown_days`.
 
 Alert ids are deterministic: a hash of the type, the customer, the model version and what
 triggered the decision (the event id, or the day of a scheduled re-score), so a replay or
@@ -168,8 +169,14 @@ class Decider:
         scaled: np.ndarray,
         distances: np.ndarray,
         states: dict[str, CustomerState],
+        *,
+        score_churn: bool = True,
     ) -> Decisions:
-        """Decide every row in order; rows of one customer see each other's effects."""
+        """Decide every row in order; rows of one customer see each other's effects.
+
+        `score_churn` is set for the daily re-score rows only: churn is the absence of
+        events, so it is judged once a day per customer rather than at every event.
+        """
         out = Decisions(states=dict(states))
         if not rows:
             return out
@@ -182,14 +189,17 @@ class Decider:
         if young.any():
             early[young] = self.model.early_segment(features[young])
         churn = (
-            self.model.churn_probability(features) if self.has_churn else np.full(len(rows), np.nan)
+            self.model.churn_probability(features)
+            if self.has_churn and score_churn
+            else np.full(len(rows), np.nan)
         )
         nearest_idx = np.argmin(distances, axis=1)
         for i, row in enumerate(rows):
             state = out.states.get(row.customer_id, CustomerState())
             target = int(early[i]) if young[i] else self.segment_ids[int(nearest_idx[i])]
             state = self._assign(row, state, target, bool(young[i]), features[i], distances[i], out)
-            state = self._churn(row, state, float(churn[i]), features, i, out)
+            if score_churn:
+                state = self._churn(row, state, float(churn[i]), features, i, out)
             out.states[row.customer_id] = state
             out.segments.append(state.segment if state.segment is not None else -1)
             out.churn.append(float(churn[i]))

@@ -37,13 +37,22 @@ def state_key(prefix: str, customer_id: str) -> str:
 
 _WRITE_SCRIPT = """
 -- KEYS = state keys..., due keys..., population key; ARGV = ttl, n_states, n_due,
--- state values..., per due key: count, then member, score pairs; then segment, change pairs
+-- state values..., per due key: mode (NX: keep an existing time, SET: replace it),
+-- count, then member, score pairs;
+-- then segment, change pairs
 local ttl, ns, nd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, ns do redis.call('SET', KEYS[i], ARGV[3 + i], 'EX', ttl) end
 local a = 4 + ns
 for d = 1, nd do
-  local n = tonumber(ARGV[a]); a = a + 1
-  for j = 1, n do redis.call('ZADD', KEYS[ns + d], ARGV[a + 1], ARGV[a]); a = a + 2 end
+  local mode, n = ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
+  for j = 1, n do
+    if mode == 'NX' then
+      redis.call('ZADD', KEYS[ns + d], 'NX', ARGV[a + 1], ARGV[a])
+    else
+      redis.call('ZADD', KEYS[ns + d], ARGV[a + 1], ARGV[a])
+    end
+    a = a + 2
+  end
 end
 while a < #ARGV do
   redis.call('HINCRBY', KEYS[ns + nd + 1], ARGV[a], ARGV[a + 1]); a = a + 2
@@ -112,7 +121,11 @@ class AssignmentStore:
         due: dict[int, dict[str, float]],
         population: Counter[int],
         version: str,
+        *,
+        reschedule: bool = False,
     ) -> None:
+        """Write states, population changes and re-score times (with `reschedule` False
+        a customer already scheduled keeps its time, so activity never postpones it)."""
         if not states and not due:
             return
         if len(self._cache) + len(states) > self.cache_size:
@@ -128,7 +141,7 @@ class AssignmentStore:
             for key, value in packed.items():
                 pipe.set(key, value, ex=self.ttl_seconds)
             for partition, members in due.items():
-                pipe.zadd(self.due_key(partition), members)  # type: ignore[arg-type]
+                pipe.zadd(self.due_key(partition), members, nx=not reschedule)  # type: ignore[arg-type]
             for segment, change in changes.items():
                 pipe.hincrby(self.population_key(version), str(segment), change)
             await pipe.execute()
@@ -136,7 +149,7 @@ class AssignmentStore:
         keys = [*packed, *(self.due_key(p) for p in due), self.population_key(version)]
         args: list[Any] = [self.ttl_seconds, len(packed), len(due), *packed.values()]
         for members in due.values():
-            args.append(len(members))
+            args += ["SET" if reschedule else "NX", len(members)]
             for member, score in members.items():
                 args += [member, repr(score)]
         for segment, change in changes.items():
@@ -251,7 +264,7 @@ class Engine:
     async def rescore(
         self, now: float, partitions: Sequence[int] = (0,), limit: int = 5000
     ) -> BatchResult:
-        """Re-evaluate customers due for a re-score (silent for a day) at time `now`."""
+        """Re-score customers whose daily check is due at time `now` (churn risk included)."""
         rows: list[Row] = []
         parts: list[int] = []
         found: list[tuple[str, int]] = []
@@ -264,20 +277,25 @@ class Engine:
         trigger = f"rescore:{int(now // DAY)}"
         rows = [Row(cid, now, trigger) for cid in feats.customers]
         parts = [owner[cid] for cid in feats.customers]
-        result = await self._decide(rows, feats.values, parts)
+        result = await self._decide(rows, feats.values, parts, rescore=True)
         result.features = feats
         return result
 
-    async def _decide(self, rows: list[Row], x: np.ndarray, parts: list[int]) -> BatchResult:
+    async def _decide(
+        self, rows: list[Row], x: np.ndarray, parts: list[int], *, rescore: bool = False
+    ) -> BatchResult:
         if not rows:
             return BatchResult()
         customers = list(dict.fromkeys(r.customer_id for r in rows))
         before = await self.assignments.load(customers)
         z = self.bundle.scale(x)
-        decisions: Decisions = self.decider.decide(rows, x, z, self.centers.distances(z), before)
-        old = tenure_ok = x[:, self.catalog.names.index("tenure_days")] >= self.rules.early_days
-        if tenure_ok.any():
-            self.centers.learn_many(z[old])
+        decisions: Decisions = self.decider.decide(
+            rows, x, z, self.centers.distances(z), before, score_churn=rescore
+        )
+        # Young customers are placed by the classifier; only settled ones teach the centers.
+        settled = x[:, self.catalog.names.index("tenure_days")] >= self.rules.early_days
+        if settled.any():
+            self.centers.learn_many(z[settled])
         population: Counter[int] = Counter()
         for cid in customers:
             prev = before.get(cid)
@@ -291,7 +309,9 @@ class Engine:
         for row, p in zip(rows, parts, strict=True):
             due.setdefault(p, {})[row.customer_id] = row.at + DAY
         changed = {cid: decisions.states[cid] for cid in customers}
-        await self.assignments.save(changed, due, population, self.bundle.version)
+        await self.assignments.save(
+            changed, due, population, self.bundle.version, reschedule=rescore
+        )
         self.recent.extend(decisions.segments)
         return BatchResult(
             rows=rows, alerts=decisions.alerts, segments=decisions.segments, churn=decisions.churn

@@ -37,6 +37,7 @@ from stream.engine import BatchResult, Engine
 from stream.metrics import Metrics
 from stream.redis_conn import redact
 from stream.settings import StreamSettings
+from stream.store import EventStatus
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ class Output(NamedTuple):
     value: bytes
 
 
-def dlq_record(
-    message: Message, topic: str, reason: str, field: str, error: str
-) -> dict[str, Any]:
+def dlq_record(message: Message, topic: str, reason: str, field: str, error: str) -> dict[str, Any]:
     """The dead-letter row of a rejected message (the payload as text, bad UTF-8 replaced).
 
     >>> dlq_record(Message(b"\\xffx", 2, 7), "events", "not_json", "<event>", "bad")["raw"]
@@ -79,6 +78,15 @@ def dlq_record(
         "partition": message.partition,
         "offset": message.offset,
     }
+
+
+def next_midnight(ts: float) -> float:
+    """The first UTC midnight after `ts` (the event clock's next re-score).
+
+    >>> next_midnight(DAY + 5.0) == 2 * DAY
+    True
+    """
+    return float((np.floor(ts / DAY) + 1) * DAY)
 
 
 def _json(body: dict[str, Any]) -> bytes:
@@ -120,7 +128,8 @@ class Worker:
         }
         self.tolerance = timedelta(seconds=settings.future_tolerance_seconds)
         self.watermark = 0.0  # newest event time seen
-        self.next_rescore = 0.0  # event-time clock: the next day boundary to re-score at
+        self.boundary: float | None = None  # event clock: the next midnight to re-score at
+        self.reached: dict[int, float] = {}  # event clock: newest event time per partition
         self.last_offsets: dict[int, int] = {}  # partition -> last offset handled
         self.events = 0  # valid events handled
         self._psi_high = False
@@ -153,20 +162,38 @@ class Worker:
         async with self._lock:
             started = time.perf_counter()
             events, sources, out = self.decode(messages)
-            parts = [m.partition for m in sources]
-            result = await self._retry("process", lambda: self.engine.process(events, parts))
-            for i, status in enumerate(result.statuses):
+            statuses: list[EventStatus] = []
+            alerts: list[Alert] = []
+            cut = 0
+            if self.settings.clock == "event":
+                # As replay does: when event time crosses midnight, finish the events
+                # before it, then re-score and sync centers at midnight itself, so the
+                # alerts do not depend on how the stream was cut into batches. Event time
+                # is the low watermark of the owned partitions (the newest event time each
+                # has reached, the least of these), so a partition that runs ahead does
+                # not re-score the customers of one that lags; with one partition it is
+                # replay's delivery order exactly.
+                owned = set(self.partitions())
+                for i, event in enumerate(events):
+                    p = sources[i].partition
+                    self.reached[p] = max(self.reached.get(p, event.epoch), event.epoch)
+                    low = min(t for q, t in self.reached.items() if q in owned or q == p)
+                    if self.boundary is None:
+                        self.boundary = next_midnight(event.epoch)
+                    elif low >= self.boundary:
+                        await self._process(events[cut:i], sources[cut:i], statuses, alerts)
+                        cut = i
+                        alerts += await self._midnight(self.boundary)
+                        self.boundary = next_midnight(low)
+            await self._process(events[cut:], sources[cut:], statuses, alerts)
+            for i, status in enumerate(statuses):
                 if status == "too_late":
                     out.append(self._dead(sources[i], "too_late", "ts", "older than the "
                                           "customer's retention window"))  # fmt: skip
-            alerts = list(result.alerts)
-            if events:
-                self.watermark = max(self.watermark, max(e.epoch for e in events))
-            if self.settings.clock == "event":
-                alerts += await self._daily_rescore()
+            self.watermark = max([self.watermark, *(e.epoch for e in events)])
             alerts += self._health_alerts()
             self.metrics.observe(
-                result.statuses,
+                statuses,
                 [e.type for e in events],
                 alerts,
                 seconds=time.perf_counter() - started,
@@ -194,20 +221,29 @@ class Worker:
             return [self.output(a) for a in alerts]
 
     async def tick(self) -> list[Output]:
-        """The periodic job: re-score on the wall clock (the event clock re-scores per batch)."""
+        """The periodic job: re-score on the wall clock (the event clock does it at midnights)."""
         if self.settings.clock == "event":
             return []
         return await self.rescore()
 
     async def sync_centers(self) -> None:
-        """Share online-center movement with the group (see `Engine.sync_centers`)."""
+        """Share online-center movement with the group (see `Engine.sync_centers`).
+
+        The periodic job of the wall clock; the event clock syncs at each midnight.
+        """
+        if self.settings.clock == "event":
+            return
         async with self._lock:
+            started = time.perf_counter()
             await self._retry("sync_centers", self.engine.sync_centers)
+            self.metrics.store_time("sync_centers", time.perf_counter() - started)
             self._set_drift()
 
     def now(self) -> float:
         """What drives re-scores: the wall clock, or the event-time watermark."""
-        return self.watermark if self.settings.clock == "event" else self.clock()
+        if self.settings.clock == "event" and self.watermark:
+            return self.watermark
+        return self.clock()
 
     def partitions(self) -> list[int]:
         owned = self._owned() if self._owned is not None else self.last_offsets.keys()
@@ -223,19 +259,29 @@ class Worker:
     # --- internals -----------------------------------------------------------------------
 
     def _dead(self, message: Message, reason: str, field: str, error: str) -> Output:
-        self.metrics.reject(reason) if reason != "too_late" else None
+        if reason != "too_late":  # too_late is counted with the batch's statuses
+            self.metrics.reject(reason)
         row = dlq_record(message, self.settings.input_topic, reason, field, error)
         return Output(self.settings.dlq_topic, f"{message.partition}:{message.offset}", _json(row))
 
-    async def _daily_rescore(self) -> list[Alert]:
-        # As replay does: once per day of event time, after the batch that crossed the day.
-        if self.watermark < self.next_rescore or not self.watermark:
-            return []
-        alerts: list[Alert] = []
-        if self.next_rescore:
-            alerts = (await self._rescore_at(self.watermark)).alerts
-        self.next_rescore = float((np.floor(self.watermark / DAY) + 1) * DAY)
-        return alerts
+    async def _process(
+        self,
+        events: list[Event],
+        sources: list[Message],
+        statuses: list[EventStatus],
+        alerts: list[Alert],
+    ) -> None:
+        if not events:
+            return
+        parts = [m.partition for m in sources]
+        result = await self._retry("process", lambda: self.engine.process(events, parts))
+        statuses += result.statuses
+        alerts += result.alerts
+
+    async def _midnight(self, at: float) -> list[Alert]:
+        result = await self._rescore_at(at)
+        await self._retry("sync_centers", self.engine.sync_centers)
+        return result.alerts
 
     async def _rescore_at(self, at: float) -> BatchResult:
         parts = self.partitions()
@@ -316,9 +362,8 @@ class Worker:
     async def _retry(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         delay = RETRY_FIRST
         while True:
-            started = time.perf_counter()
             try:
-                value = await step()
+                return await step()
             except (RedisError, OSError) as exc:
                 self.metrics.redis_error()
                 log.warning(
@@ -327,9 +372,6 @@ class Worker:
                 )  # fmt: skip
                 await self.sleep(delay)
                 delay = min(delay * RETRY_FACTOR, RETRY_MAX)
-                continue
-            self.metrics.store_time(what, time.perf_counter() - started)
-            return value
 
 
 __all__ = ["Message", "Output", "Worker", "dlq_record"]

@@ -1,0 +1,225 @@
+"""The faust application: the thin agent around `stream.worker.Worker`.
+
+Owns the wiring only: topics, the agent that reads batches with
+``stream.take_events(batch_size, within=batch_seconds)``, publishes what the core returns
+and waits for every broker ack before asking for the next batch (so the offsets faust
+commits later cover only durable work), the re-score and center-sync timers, the
+Prometheus ``/metrics`` server on ``metrics_port`` and the read API (`stream.web`) on the
+faust web server (``web_port``). Decoding, features, decisions and metrics live elsewhere.
+
+Run it with ``segstream worker`` or ``faust -A stream.app worker -l info``; both build the
+settings once from ``SEGSTREAM_*`` variables (module-level `app`).
+
+Exceptions never escape the agent's loop body (faust would ack the batch and lose it):
+Redis failures are retried inside `Worker`, publish failures and anything unexpected are
+retried here with the same backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import faust
+from prometheus_client import CollectorRegistry, start_http_server
+
+from stream.metrics import Metrics
+from stream.runtime import Runtime, open_runtime
+from stream.settings import StreamSettings
+from stream.worker import RETRY_FACTOR, RETRY_FIRST, RETRY_MAX, Message, Output, Worker
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[StreamSettings], Awaitable[Runtime]]
+
+#: Consumer-group timings: Tansu (and Kafka) answer a join after a share of the session
+#: timeout, so a short session makes joins take seconds; the heartbeat stays below a third.
+SESSION_TIMEOUT = 6.0
+HEARTBEAT_INTERVAL = 0.5
+
+
+class SegstreamApp(faust.App):  # type: ignore[misc]
+    """A faust app that carries its `Pipeline` (for the web views and tests)."""
+
+    segstream: Pipeline
+
+
+class Pipeline:
+    """What the agent, the timers and the web views share: the runtime and the core.
+
+    The runtime is opened once, on first use (the startup task asks first).
+    """
+
+    def __init__(
+        self, settings: StreamSettings, runtime_factory: RuntimeFactory, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.runtime_factory = runtime_factory
+        self.metrics = metrics
+        self.runtime: Runtime | None = None
+        self.core: Worker | None = None
+        self.owned: Callable[[], Sequence[int]] | None = None
+        self._lock = asyncio.Lock()
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    async def worker(self) -> Worker:
+        """The core, opening the runtime (Redis, bundle) on first use."""
+        if self.core is not None:
+            return self.core
+        async with self._lock:
+            if self.core is None:
+                runtime = await self.runtime_factory(self.settings)
+                self.runtime = runtime
+                self.core = Worker(
+                    runtime.engine,
+                    self.settings,
+                    self.metrics,
+                    redis_url=runtime.connection.url,
+                    partitions=self.owned,
+                )
+                log.info(
+                    "segstream worker: model %s, Redis %s",
+                    runtime.engine.bundle.version, runtime.connection.url,
+                )  # fmt: skip
+            return self.core
+
+    def serve_metrics(self) -> None:
+        if self.settings.metrics_port and self._http is None:
+            self._http = start_http_server(
+                self.settings.metrics_port, registry=self.metrics.registry
+            )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = None
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+            self.core = None
+
+
+async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
+    """Run `step` until it succeeds, backing off; nothing escapes but cancellation."""
+    delay = RETRY_FIRST
+    while True:
+        try:
+            return await step()
+        except Exception:
+            log.exception("%s failed; retrying in %.1f s", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * RETRY_FACTOR, RETRY_MAX)
+
+
+def create_app(
+    settings: StreamSettings,
+    runtime_factory: RuntimeFactory = open_runtime,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> SegstreamApp:
+    """The faust app for `settings`; `runtime_factory` opens the engine (tests pass theirs).
+
+    The pipeline is reachable as ``app.segstream`` (a `Pipeline`).
+    """
+    from stream.web import register
+
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    app = SegstreamApp(
+        settings.app_id,
+        broker=settings.broker_url,
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.input_partitions,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=SESSION_TIMEOUT,
+        broker_heartbeat_interval=HEARTBEAT_INTERVAL,
+        broker_rebalance_timeout=settings.rebalance_timeout_seconds,
+        web_enabled=bool(settings.web_port),
+        web_port=settings.web_port or 6066,
+        web_in_thread=False,
+    )
+    pipeline = Pipeline(settings, runtime_factory, metrics)
+    app.segstream = pipeline
+
+    def topic(name: str) -> Any:
+        return app.topic(
+            name,
+            partitions=settings.input_partitions,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    source = topic(settings.input_topic)
+    sinks: dict[str, Any] = {}
+
+    def owned() -> list[int]:
+        return sorted(
+            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.input_topic
+        )
+
+    pipeline.owned = owned
+
+    async def publish(outputs: list[Output]) -> None:
+        async def send_all() -> None:
+            pending = []
+            for out in outputs:
+                sink = sinks.get(out.topic)
+                if sink is None:
+                    sink = sinks[out.topic] = topic(out.topic)
+                pending.append(await sink.send(key=out.key.encode(), value=out.value))
+            await asyncio.gather(*pending)  # every broker ack, before the next batch
+
+        if outputs:
+            await _until_done("publishing", send_all)
+
+    def update_lag(core: Worker) -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic == settings.input_topic:
+                highwater = app.consumer.highwater(tp)
+                if highwater is not None:
+                    metrics.set_lag(tp.partition, core.lag(tp.partition, highwater))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def start() -> None:
+        pipeline.serve_metrics()
+        await _until_done("opening the runtime", pipeline.worker)
+
+    @app.agent(source)
+    async def segment(stream: Any) -> None:  # a faust.Stream (StreamT lacks take_events)
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_seconds):
+            messages = [Message(e.value, e.message.partition, e.message.offset) for e in events]
+            core = await _until_done("opening the runtime", pipeline.worker)
+            outputs = await _until_done("processing a batch", partial(core.handle, messages))
+            await publish(outputs)
+            update_lag(core)
+
+    @app.timer(settings.rescore_interval_seconds)  # type: ignore[untyped-decorator]
+    async def rescore() -> None:
+        core = await _until_done("opening the runtime", pipeline.worker)
+        await publish(await _until_done("re-scoring", core.tick))
+
+    @app.timer(settings.centers_sync_seconds)  # type: ignore[untyped-decorator]
+    async def sync_centers() -> None:
+        core = await _until_done("opening the runtime", pipeline.worker)
+        await _until_done("syncing centers", core.sync_centers)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close(sender: Any, **kwargs: Any) -> None:
+        await pipeline.close()
+
+    register(app, pipeline)
+    return app
+
+
+app = create_app(StreamSettings())
+
+__all__ = ["Pipeline", "app", "create_app"]
