@@ -274,5 +274,35 @@ def replay(
         raise _fail(str(exc)) from None
 
 
+@app.command()
+def worker(
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Run the live worker: events in, segment and churn alerts out, in real time.
+
+    Every setting comes from SEGSTREAM_* variables (see the README's configuration
+    table): it consumes SEGSTREAM_INPUT_TOPIC in batches, publishes alerts to the
+    assignment, migration, churn, population and model topics and bad events to
+    SEGSTREAM_DLQ_TOPIC, serves Prometheus metrics on SEGSTREAM_METRICS_PORT and
+    GET /customers/{id} on SEGSTREAM_WEB_PORT. The same as `faust -A stream.app worker`.
+    """
+    from models.bundle import BundleError
+    from models.catalog import CatalogError, load_catalog
+
+    try:
+        from stream import app as faust_app  # builds StreamSettings() from the environment
+        from stream.runtime import load_model
+
+        settings = faust_app.app.segstream.settings
+        load_model(settings, load_catalog(settings.config_file))  # fail fast on a bad bundle
+    except (CatalogError, BundleError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    import faust
+
+    faust.Worker(faust_app.app, loglevel=log_level).execute_from_commandline()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
