@@ -212,6 +212,17 @@ def create_app(
         core = await _until_done("opening the runtime", pipeline.worker)
         await _until_done("syncing centers", core.sync_centers)
 
+    @app.timer(settings.model_poll_seconds)  # type: ignore[untyped-decorator]
+    async def reload_model() -> None:
+        core = await _until_done("opening the runtime", pipeline.worker)
+        await core.check_model()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # Another worker may now write these customers' states: read them again later.
+        if pipeline.core is not None:
+            pipeline.core.engine.assignments.forget()
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close(sender: Any, **kwargs: Any) -> None:
         await pipeline.close()

@@ -249,9 +249,15 @@ class Engine:
     async def process(
         self, events: Sequence[Event], partitions: Sequence[int] | None = None
     ) -> BatchResult:
-        """Apply a batch of valid events and decide for every applied one."""
+        """Apply a batch of valid events and decide for every one that is not too late.
+
+        A redelivered event (status `duplicate`) changes no feature but is decided again:
+        if its first delivery's decisions were lost (a crash or a failed write between the
+        store and the alerts), the same decisions and alert ids come out again; if they
+        were kept, the saved state makes the decision a no-op.
+        """
         applied = await self.features.apply(events)
-        keep = [i for i, s in enumerate(applied.statuses) if s == "applied"]
+        keep = [i for i, s in enumerate(applied.statuses) if s != "too_late"]
         rows = [Row(events[i].customer_id, float(applied.features.at[i]), events[i].event_id)
                 for i in keep]  # fmt: skip
         parts = [partitions[i] if partitions else 0 for i in keep]

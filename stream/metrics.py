@@ -101,6 +101,12 @@ class Metrics:
             ["segment"],
             registry=r,
         )
+        self.model_reloads = Counter(
+            "segstream_model_reloads",
+            "Model bundles that `current` pointed at, by outcome (loaded or refused).",
+            ["outcome"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "segstream_model_info", "The model bundle in use (value 1).", ["version"], registry=r
         )

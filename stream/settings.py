@@ -53,6 +53,9 @@ class StreamSettings(BaseSettings):
     rescore_interval_seconds: float = Field(60.0, gt=0, description="How often to look.")
     centers_sync_seconds: float = Field(30.0, gt=0, description="Online centers sync period.")
     centers_halflife: float = Field(0.001, ge=0, le=1, description="Online k-means step.")
+    model_poll_seconds: float = Field(
+        10.0, gt=0, description="How often to look for a new `current` bundle (hot reload)."
+    )
     rebalance_timeout_seconds: float = Field(60.0, gt=0, description="faust group rebalance.")
     early_days: float = 30.0
     migration_margin: float = 0.10

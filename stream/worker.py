@@ -36,6 +36,7 @@ from stream.decide import DAY, SCHEMA_VERSION, Alert, alert_id, iso
 from stream.engine import BatchResult, Engine
 from stream.metrics import Metrics
 from stream.redis_conn import redact
+from stream.reload import ModelWatcher
 from stream.settings import StreamSettings
 from stream.store import EventStatus
 
@@ -135,7 +136,32 @@ class Worker:
         self._psi_high = False
         self._retrain_sent: set[str] = set()
         self._lock = asyncio.Lock()  # the batch, the re-score and the sync never interleave
+        self.watcher = ModelWatcher(settings.model_dir, engine.catalog, serving=engine.bundle.path)
         metrics.set_model(engine.bundle.version)
+
+    # --- model hot reload ----------------------------------------------------------------
+
+    async def check_model(self) -> bool:
+        """Switch to a new `current` bundle once it is verified; True when switched.
+
+        A refused bundle is logged with its reason and counted; the one in service stays.
+        The switch happens between batches, so no event is scored half by each model.
+        """
+        found = self.watcher.poll()
+        if found is None:
+            return False
+        if found.bundle is None:
+            self.metrics.model_reloads.labels("refused").inc()
+            log.error("refused model bundle %s, keeping %s: %s",
+                      found.target, self.engine.bundle.version, found.error)  # fmt: skip
+            return False
+        async with self._lock:
+            previous = self.engine.bundle.version
+            self.engine.use(found.bundle)
+        self.metrics.model_reloads.labels("loaded").inc()
+        self.metrics.set_model(found.bundle.version)
+        log.info("switched model bundle %s -> %s", previous, found.bundle.version)
+        return True
 
     # --- batches -------------------------------------------------------------------------
 

@@ -8,19 +8,28 @@ that date the replay starts from an empty store, so windows are still filling (w
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
+from models.bundle import resolve_current
 from models.catalog import default_catalog
 from models.eventfile import read_events
 from offline.reference import events_frame, features_at
 from offline.synthetic import generate_history, write_history
 from segstream.cli import app
+from stream.metrics import Metrics
+from stream.runtime import drop_prefix, open_runtime
+from stream.settings import StreamSettings
+from stream.worker import Worker
+from tests.support import run
 
 AS_OF = "2026-04-10T00:00:00Z"
 END = pd.Timestamp("2026-05-31T00:00:00Z")
@@ -136,3 +145,62 @@ def test_alerts_do_not_depend_on_the_batch_size(
         runs.append(sorted(out.read_text().splitlines()))
     assert runs[0] == runs[1]
     assert len(runs[0]) > 100
+
+
+def test_hot_reload_under_traffic_loses_nothing_and_refuses_a_bad_bundle(
+    replayed: Path, tmp_path: Path, embedded_redis_url: str
+) -> None:
+    """The worker switches bundles between batches: every event still counts exactly
+    once, alerts after the switch carry the new version, a tampered bundle is refused."""
+    models = tmp_path / "models"
+    shutil.copytree(replayed / "models", models, symlinks=True)
+    settings = StreamSettings(redis_url=embedded_redis_url, model_dir=models)
+    events = list(read_events(replayed / "events.jsonl"))[:20_000]
+    catalog = default_catalog()
+
+    async def body() -> None:
+        runtime = await open_runtime(settings, prefix=f"reload-{uuid.uuid4().hex[:8]}")
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        worker = Worker(runtime.engine, settings, metrics)
+        engine = runtime.engine
+        first = engine.bundle.version
+        alerts_after = []
+        try:
+            for i in range(0, len(events), 1000):
+                if i == 10_000:
+                    invoke(
+                        "train", "--events", str(replayed / "events.jsonl"), "--as-of", AS_OF,
+                        "--out", str(models), "--seed", "1", env={},
+                    )  # fmt: skip
+                    assert await worker.check_model()
+                result = await engine.process(events[i : i + 1000])
+                if i >= 10_000:
+                    alerts_after += result.alerts
+            second = engine.bundle.version
+            assert second != first
+            assert alerts_after and {a.body["model_version"] for a in alerts_after} == {second}
+            at = events[-1].epoch
+            expected = features_at(events_frame(events, catalog), catalog, at)
+            got = await engine.features.read(list(expected.index), at=at)
+            np.testing.assert_allclose(
+                got.values, expected.loc[got.customers].to_numpy(), rtol=1e-9, atol=1e-9
+            )
+            # A bundle altered after it was hashed is refused; the model in service stays.
+            bad = models / "tampered"
+            shutil.copytree(resolve_current(models), bad)
+            (bad / "model.json").write_text((bad / "model.json").read_text().replace("1", "2"))
+            link = models / ".current-tmp"
+            link.symlink_to("tampered", target_is_directory=True)
+            link.replace(models / "current")
+            assert not await worker.check_model()
+            assert engine.bundle.version == second
+            refused = registry.get_sample_value(
+                "segstream_model_reloads_total", {"outcome": "refused"}
+            )
+            assert refused == 1.0
+        finally:
+            await drop_prefix(runtime.connection, engine.features.prefix)
+            await runtime.close()
+
+    run(body())
