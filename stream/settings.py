@@ -31,14 +31,16 @@ class StreamSettings(BaseSettings):
     model_dir: Path = Field(Path("models-out"), description="Folder holding `current`.")
     config_file: Path | None = Field(None, description="TOML config with extra features.")
     app_id: str = Field("segstream", description="Kafka consumer group / faust app id.")
-    input_topic: str = "events"
-    input_partitions: int = 8
-    assignments_topic: str = "segment-assignments"
-    migrations_topic: str = "segment-migrations"
-    churn_topic: str = "churn-alerts"
-    population_topic: str = "population-alerts"
-    model_topic: str = "model-alerts"
-    dlq_topic: str = "events-dlq"
+    input_topic: str = Field("events", description="Topic of product events.")
+    input_partitions: int = Field(8, ge=1, description="Partitions of topics it creates.")
+    assignments_topic: str = Field(
+        "segment-assignments", description="`segment_assigned` alerts (first and changes)."
+    )
+    migrations_topic: str = Field("segment-migrations", description="`segment_migration` alerts.")
+    churn_topic: str = Field("churn-alerts", description="`churn_risk` alerts.")
+    population_topic: str = Field("population-alerts", description="`population_shift` alerts.")
+    model_topic: str = Field("model-alerts", description="`retrain_recommended` alerts.")
+    dlq_topic: str = Field("events-dlq", description="Rejected input with the reason and offset.")
     metrics_port: int = Field(9464, description="Prometheus /metrics port (0: off).")
     web_port: int = Field(6066, description="Read API port (GET /customers/{id}).")
     batch_size: int = Field(1000, ge=1, description="Most events per batch.")
@@ -50,20 +52,34 @@ class StreamSettings(BaseSettings):
         description="What drives the daily re-score: the wall clock, or the event-time "
         "watermark (for replaying history through Kafka).",
     )
-    rescore_interval_seconds: float = Field(60.0, gt=0, description="How often to look.")
+    rescore_interval_seconds: float = Field(
+        60.0, gt=0, description="How often to look for due re-scores."
+    )
     centers_sync_seconds: float = Field(30.0, gt=0, description="Online centers sync period.")
     centers_halflife: float = Field(0.001, ge=0, le=1, description="Online k-means step.")
     model_poll_seconds: float = Field(
         10.0, gt=0, description="How often to look for a new `current` bundle (hot reload)."
     )
     rebalance_timeout_seconds: float = Field(60.0, gt=0, description="faust group rebalance.")
-    early_days: float = 30.0
-    migration_margin: float = 0.10
-    migration_dwell_days: float = 3.0
-    churn_cooldown_days: float = 14.0
-    psi_threshold: float = 0.25
-    psi_window: int = 5000
-    drift_bound: float = 1.0
+    early_days: float = Field(
+        30.0, gt=0, description="Younger customers are placed by the early-life classifier."
+    )
+    migration_margin: float = Field(
+        0.10, ge=0, description="A new segment must be this much nearer (relative distance)."
+    )
+    migration_dwell_days: float = Field(
+        3.0, ge=0, description="...and stay nearer this long (event time) before a migration."
+    )
+    churn_cooldown_days: float = Field(
+        14.0, ge=0, description="At most one churn alert per customer in this many days."
+    )
+    psi_threshold: float = Field(
+        0.25, gt=0, description="Population stability index that raises `population_shift`."
+    )
+    psi_window: int = Field(5000, ge=100, description="Recent assignments the PSI compares.")
+    drift_bound: float = Field(
+        1.0, gt=0, description="Center drift (scaled units) that raises `retrain_recommended`."
+    )
 
     def rules(self) -> Rules:
         """The decision thresholds as the core takes them."""

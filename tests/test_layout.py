@@ -1,0 +1,58 @@
+"""What the README promises about the project itself: boundaries, settings, CI."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from stream.settings import StreamSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def imported_packages(package: str) -> set[str]:
+    found: set[str] = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("offline", {"stream", "faust", "segstream"}),
+        ("stream", {"offline", "segstream"}),
+        ("models", {"offline", "stream", "faust", "segstream"}),
+    ],
+)
+def test_offline_and_stream_never_import_each_other(package: str, forbidden: set[str]) -> None:
+    assert not imported_packages(package) & forbidden
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    missing = [
+        f"SEGSTREAM_{name.upper()}"
+        for name in StreamSettings.model_fields
+        if f"`SEGSTREAM_{name.upper()}`" not in README
+    ]
+    assert not missing, f"README lacks {missing}"
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
+    block = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    ci = [
+        line.strip()
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and not re.match(r"(set|cd) ", line)
+    ]
+    assert ci == ["make test"]
