@@ -232,6 +232,7 @@ def replay(
     from models.bundle import BundleError
     from models.catalog import CatalogError
     from models.events import parse_time
+    from stream.health import HealthMonitor
     from stream.redis_conn import RedisUnavailable
     from stream.replay import replay as run_replay
     from stream.runtime import drop_prefix, open_runtime
@@ -244,6 +245,11 @@ def replay(
         runtime = await open_runtime(settings, model_path=model, prefix=prefix)
         try:
             t0 = time.perf_counter()
+            health = HealthMonitor(
+                psi_threshold=settings.psi_threshold,
+                psi_window=settings.psi_window,
+                drift_bound=settings.drift_bound,
+            )
             summary = await run_replay(
                 runtime.engine,
                 events,
@@ -251,6 +257,7 @@ def replay(
                 state_out=state_out,
                 as_of=parse_time(as_of) if as_of else None,
                 batch_size=batch_size,
+                health=health,
             )
             elapsed = time.perf_counter() - t0
             console.print(
@@ -302,6 +309,60 @@ def worker(
     import faust
 
     faust.Worker(faust_app.app, loglevel=log_level).execute_from_commandline()
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="How many customers to generate.")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of history; the last 14 stream live.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed of the history and the bundle.")] = 1,
+    rate: Annotated[float, typer.Option(help="Events per second in the live part.")] = 500.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after this many seconds of streaming (default: the history's end)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Work folder (default: a temporary one).")
+    ] = None,
+) -> None:
+    """Run everything on this machine and watch customers move between segments live.
+
+    Starts an embedded Kafka-compatible broker (Tansu) and an embedded Valkey on free
+    loopback ports (or uses SEGSTREAM_BROKER_URL and SEGSTREAM_REDIS_URL), generates a
+    history, trains a bundle on all but its last 14 days, runs the worker, replays the
+    history (fast up to the last 14 days, then at --rate) and shows the output live.
+    Ctrl-C stops it and everything it started.
+    """
+    import os
+    import tempfile
+
+    from rich.console import Console as StdoutConsole
+
+    from stream.demo import DemoError, DemoOptions, run_demo, summary_lines
+
+    screen = StdoutConsole(soft_wrap=True)  # plain lines stay whole in CI logs
+    with tempfile.TemporaryDirectory(prefix="segstream-demo-") as scratch:
+        try:
+            options = DemoOptions(
+                out=out or Path(scratch),
+                customers=customers,
+                days=days,
+                seed=seed,
+                rate=rate,
+                duration=duration,
+                broker_url=os.environ.get("SEGSTREAM_BROKER_URL") or None,
+                redis_url=os.environ.get("SEGSTREAM_REDIS_URL") or None,
+            )
+            summary = run_demo(options, screen)
+        except DemoError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted during setup; everything started was stopped", err=True)
+            raise typer.Exit(130) from None
+    for line in summary_lines(summary):
+        screen.print(line, highlight=False, markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,6 +75,9 @@ class Pipeline:
             if self.core is None:
                 runtime = await self.runtime_factory(self.settings)
                 self.runtime = runtime
+                # Resume the group's online centers (checkpointed in Redis) before the
+                # first batch, rather than one sync interval later.
+                await runtime.engine.sync_centers()
                 self.core = Worker(
                     runtime.engine,
                     self.settings,

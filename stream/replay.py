@@ -24,6 +24,7 @@ from models.eventfile import ReadStats, read_events
 from models.events import Event
 from stream.decide import DAY, Alert
 from stream.engine import Engine
+from stream.health import HealthMonitor
 
 
 @dataclass
@@ -52,8 +53,13 @@ async def replay(
     state_out: Path | None = None,
     as_of: float | None = None,
     batch_size: int = 1000,
+    health: HealthMonitor | None = None,
 ) -> ReplaySummary:
-    """Replay a history through `engine`; write alerts (JSONL) and the final state (CSV)."""
+    """Replay a history through `engine`; write alerts (JSONL) and the final state (CSV).
+
+    `health` (built from the same settings as the worker's) adds the population-shift and
+    retrain alerts after every batch, as the worker does.
+    """
     summary = ReplaySummary()
     stats = ReadStats()
     seen: set[str] = set()
@@ -67,6 +73,8 @@ async def replay(
             summary.events += len(batch)
             summary.statuses.update(result.statuses)
             _write(out, result.alerts, summary)
+            if health is not None:
+                _write(out, health.check(engine, max(e.epoch for e in batch)), summary)
             batch.clear()
 
     with alerts_out.open("w") as out:

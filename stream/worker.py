@@ -32,8 +32,9 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from models.events import Event, EventError, decode_event
-from stream.decide import DAY, SCHEMA_VERSION, Alert, alert_id, iso
+from stream.decide import DAY, Alert
 from stream.engine import BatchResult, Engine
+from stream.health import HealthMonitor
 from stream.metrics import Metrics
 from stream.redis_conn import redact
 from stream.reload import ModelWatcher
@@ -133,8 +134,11 @@ class Worker:
         self.reached: dict[int, float] = {}  # event clock: newest event time per partition
         self.last_offsets: dict[int, int] = {}  # partition -> last offset handled
         self.events = 0  # valid events handled
-        self._psi_high = False
-        self._retrain_sent: set[str] = set()
+        self.health = HealthMonitor(
+            psi_threshold=settings.psi_threshold,
+            psi_window=settings.psi_window,
+            drift_bound=settings.drift_bound,
+        )
         self._lock = asyncio.Lock()  # the batch, the re-score and the sync never interleave
         self.watcher = ModelWatcher(settings.model_dir, engine.catalog, serving=engine.bundle.path)
         metrics.set_model(engine.bundle.version)
@@ -263,7 +267,9 @@ class Worker:
             started = time.perf_counter()
             await self._retry("sync_centers", self.engine.sync_centers)
             self.metrics.store_time("sync_centers", time.perf_counter() - started)
-            self._set_drift()
+            bundle = self.engine.bundle
+            drift = self.engine.centers.drift()
+            self.metrics.set_drift(drift.tolist(), bundle.segment_ids, bundle.segment_names)
 
     def now(self) -> float:
         """What drives re-scores: the wall clock, or the event-time watermark."""
@@ -314,62 +320,15 @@ class Worker:
         return await self._retry("rescore", lambda: self.engine.rescore(at, parts))
 
     def _health_alerts(self) -> list[Alert]:
-        """Population shift (rising edge over the PSI threshold) and retrain recommended."""
-        alerts: list[Alert] = []
+        """Population shift and retrain recommended (see `stream.health`), with metrics."""
+        alerts = self.health.check(self.engine, self.now())
         bundle = self.engine.bundle
-        names = bundle.segment_names
-        shift = self.engine.population_shift()
-        self.metrics.set_psi(shift["psi"])
-        # PSI over a part-filled window is noise: judge only a full window.
-        high = shift["window"] >= self.settings.psi_window and shift["psi"] > (
-            self.settings.psi_threshold
-        )
-        at = self.now()
-        if high and not self._psi_high:
-            trigger = f"psi:{int(at // DAY)}"
-            body = self._model_body("population_shift", trigger, at)
-            body.update(
-                psi=round(shift["psi"], 4),
-                threshold=self.settings.psi_threshold,
-                window=shift["window"],
-                observed={names.get(s, str(s)): round(v, 4) for s, v in shift["observed"].items()},
-                expected={names.get(s, str(s)): round(v, 4) for s, v in shift["expected"].items()},
+        self.metrics.set_psi(self.health.psi)
+        if self.health.drift.size:
+            self.metrics.set_drift(
+                self.health.drift.tolist(), bundle.segment_ids, bundle.segment_names
             )
-            alerts.append(Alert("population_shift", bundle.version, body))
-        self._psi_high = high
-        drift = self._set_drift()
-        if drift.size and bundle.version not in self._retrain_sent:
-            worst = float(drift.max())
-            if worst > self.settings.drift_bound:
-                body = self._model_body("retrain_recommended", "drift", at)
-                body.update(
-                    max_drift=round(worst, 4),
-                    drift_bound=self.settings.drift_bound,
-                    drift={
-                        names.get(s, str(s)): round(float(d), 4)
-                        for s, d in zip(bundle.segment_ids, drift, strict=True)
-                    },
-                )
-                alerts.append(Alert("retrain_recommended", bundle.version, body))
-                self._retrain_sent.add(bundle.version)
         return alerts
-
-    def _model_body(self, kind: str, trigger: str, at: float) -> dict[str, Any]:
-        version = self.engine.bundle.version
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "alert_id": alert_id(kind, "", version, trigger),
-            "type": kind,
-            "event_time": iso(at),
-            "model_version": version,
-        }
-
-    def _set_drift(self) -> np.ndarray:
-        bundle = self.engine.bundle
-        drift = np.asarray(self.engine.centers.drift(), dtype=float)
-        if drift.size:
-            self.metrics.set_drift(drift.tolist(), bundle.segment_ids, bundle.segment_names)
-        return drift
 
     async def _refresh_population(self) -> None:
         # A gauge only: one failed read is counted and skipped, never retried.

@@ -1,0 +1,78 @@
+"""Model-health alerts: a population shift and a recommended retrain.
+
+`HealthMonitor.check` looks at the engine after a batch: the population stability index
+of the recent assignments against the bundle's segment shares (a rising edge over the
+threshold, judged only on a full window) and the drift of the online centers from the
+bundle's centroids (past the bound, once per model version). Pure: the live worker and
+replay both call it, and publish what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from stream.decide import DAY, SCHEMA_VERSION, Alert, alert_id, iso
+from stream.engine import Engine
+
+
+class HealthMonitor:
+    """Remembers what it already raised, so each condition alerts once per episode."""
+
+    def __init__(self, *, psi_threshold: float, psi_window: int, drift_bound: float) -> None:
+        self.psi_threshold = psi_threshold
+        self.psi_window = psi_window
+        self.drift_bound = drift_bound
+        self.psi = 0.0
+        self.drift = np.empty(0)
+        self._psi_high = False
+        self._retrain_sent: set[str] = set()
+
+    def check(self, engine: Engine, at: float) -> list[Alert]:
+        """Alerts due after a batch decided at time `at` (also updates `psi`, `drift`)."""
+        alerts: list[Alert] = []
+        bundle = engine.bundle
+        names = bundle.segment_names
+        shift = engine.population_shift()
+        self.psi = float(shift["psi"])
+        # PSI over a part-filled window is noise: judge only a full window.
+        high = shift["window"] >= self.psi_window and self.psi > self.psi_threshold
+        if high and not self._psi_high:
+            body = self._body(engine, "population_shift", f"psi:{int(at // DAY)}", at)
+            body.update(
+                psi=round(self.psi, 4),
+                threshold=self.psi_threshold,
+                window=shift["window"],
+                observed={names.get(s, str(s)): round(v, 4) for s, v in shift["observed"].items()},
+                expected={names.get(s, str(s)): round(v, 4) for s, v in shift["expected"].items()},
+            )
+            alerts.append(Alert("population_shift", bundle.version, body))
+        self._psi_high = high
+        self.drift = np.asarray(engine.centers.drift(), dtype=float)
+        if self.drift.size and bundle.version not in self._retrain_sent:
+            worst = float(self.drift.max())
+            if worst > self.drift_bound:
+                body = self._body(engine, "retrain_recommended", "drift", at)
+                body.update(
+                    max_drift=round(worst, 4),
+                    drift_bound=self.drift_bound,
+                    drift={
+                        names.get(s, str(s)): round(float(d), 4)
+                        for s, d in zip(bundle.segment_ids, self.drift, strict=True)
+                    },
+                )
+                alerts.append(Alert("retrain_recommended", bundle.version, body))
+                self._retrain_sent.add(bundle.version)
+        return alerts
+
+    @staticmethod
+    def _body(engine: Engine, kind: str, trigger: str, at: float) -> dict[str, Any]:
+        version = engine.bundle.version
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "alert_id": alert_id(kind, "", version, trigger),
+            "type": kind,
+            "event_time": iso(at),
+            "model_version": version,
+        }
