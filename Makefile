@@ -16,10 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job: a synthetic history, its features with the batch reference, a model bundle.
+# The main job: embedded broker and Valkey, a history, a bundle, the worker, a live view.
 demo: $(STAMP)
-	$(BIN)/segstream generate --customers 5000 --days 90 --seed 1 --out $(OUT)/history
-	$(BIN)/segstream features --events $(OUT)/history/events.jsonl --as-of 2026-03-31T23:59:59Z --out $(OUT)/features.csv
+	$(BIN)/segstream demo --duration 90
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -491,9 +491,11 @@ async def _stream(options: DemoOptions, plan: _Plan, console: Console) -> DemoSu
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     stop = asyncio.Event()
-    streaming = False
+    streaming = stopping = False
 
     def on_signal() -> None:
+        if stopping:  # the shutdown is under way (and bounded): let it finish
+            return
         if (stop.is_set() or not streaming) and main is not None:
             main.cancel()
         stop.set()
@@ -588,7 +590,7 @@ async def _stream(options: DemoOptions, plan: _Plan, console: Console) -> DemoSu
         tasks = [loop.create_task(consume()), loop.create_task(produce())]
         summary.reason = await _watch(view, app, options, console, stop, tasks[1], started)
     finally:
-        streaming = False
+        streaming, stopping = False, True
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

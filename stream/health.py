@@ -73,6 +73,7 @@ class HealthMonitor:
             "schema_version": SCHEMA_VERSION,
             "alert_id": alert_id(kind, "", version, trigger),
             "type": kind,
+            "customer_id": None,  # about the whole population, not one customer
             "event_time": iso(at),
             "model_version": version,
         }

@@ -58,7 +58,7 @@ async def replay(
     """Replay a history through `engine`; write alerts (JSONL) and the final state (CSV).
 
     `health` (built from the same settings as the worker's) adds the population-shift and
-    retrain alerts after every batch, as the worker does.
+    retrain alerts, judged at each midnight as the worker does on the event clock.
     """
     summary = ReplaySummary()
     stats = ReadStats()
@@ -73,8 +73,6 @@ async def replay(
             summary.events += len(batch)
             summary.statuses.update(result.statuses)
             _write(out, result.alerts, summary)
-            if health is not None:
-                _write(out, health.check(engine, max(e.epoch for e in batch)), summary)
             batch.clear()
 
     with alerts_out.open("w") as out:
@@ -92,6 +90,8 @@ async def replay(
                 rescored = await engine.rescore(boundary)
                 _write(out, rescored.alerts, summary)
                 await engine.sync_centers()
+                if health is not None:
+                    _write(out, health.check(engine, boundary), summary)
                 boundary = float((np.floor(event.epoch / DAY) + 1) * DAY)
             batch.append(event)
             summary.watermark = max(summary.watermark, event.epoch)

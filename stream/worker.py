@@ -221,7 +221,8 @@ class Worker:
                     out.append(self._dead(sources[i], "too_late", "ts", "older than the "
                                           "customer's retention window"))  # fmt: skip
             self.watermark = max([self.watermark, *(e.epoch for e in events)])
-            alerts += self._health_alerts()
+            if self.settings.clock == "wall":
+                alerts += self._health_alerts()  # the event clock judges at midnight
             self.metrics.observe(
                 statuses,
                 [e.type for e in events],
@@ -313,15 +314,15 @@ class Worker:
     async def _midnight(self, at: float) -> list[Alert]:
         result = await self._rescore_at(at)
         await self._retry("sync_centers", self.engine.sync_centers)
-        return result.alerts
+        return result.alerts + self._health_alerts(at)
 
     async def _rescore_at(self, at: float) -> BatchResult:
         parts = self.partitions()
         return await self._retry("rescore", lambda: self.engine.rescore(at, parts))
 
-    def _health_alerts(self) -> list[Alert]:
+    def _health_alerts(self, at: float | None = None) -> list[Alert]:
         """Population shift and retrain recommended (see `stream.health`), with metrics."""
-        alerts = self.health.check(self.engine, self.now())
+        alerts = self.health.check(self.engine, self.now() if at is None else at)
         bundle = self.engine.bundle
         self.metrics.set_psi(self.health.psi)
         if self.health.drift.size:
