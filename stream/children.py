@@ -1,0 +1,75 @@
+"""Child server processes (the embedded broker and Valkey): free ports and spawning.
+
+A child is started in its own session, so a Ctrl-C in our terminal is ours to handle
+(we stop it in order), and on Linux it is asked to exit when the thread that started it
+dies, so even a SIGKILL of ours leaves no server behind. Nothing here knows what the
+server is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_free(port: int) -> bool:
+    """True when `port` can be bound on the loopback address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+
+def spawn(cmd: list[str], *, cwd: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Start a server process in its own session that exits when we do."""
+    # The parent-death signal is tied to the spawning *thread*, so only use it from the
+    # main thread (a pool thread could exit and take the server with it).
+    on_linux_main = (
+        sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+    )
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if on_linux_main else None,  # noqa: PLW1509
+    )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Terminate, then kill after `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
