@@ -340,7 +340,7 @@ def demo(
 
     from rich.console import Console as StdoutConsole
 
-    from stream.demo import DemoError, DemoOptions, run_demo, summary_lines
+    from segstream.demo import DemoError, DemoOptions, run_demo, summary_lines
 
     screen = StdoutConsole(soft_wrap=True)  # plain lines stay whole in CI logs
     with tempfile.TemporaryDirectory(prefix="segstream-demo-") as scratch:

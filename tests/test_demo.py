@@ -22,7 +22,7 @@ from typing import IO
 import pytest
 import redis
 
-from stream.demo import DemoError, DemoOptions, DemoSummary, DemoView, summary_lines
+from segstream.demo import DemoError, DemoOptions, DemoSummary, DemoView, summary_lines
 from tests.kafka_support import KafkaBroker
 
 SEGSTREAM = Path(sys.executable).with_name("segstream")
