@@ -14,6 +14,7 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -100,9 +101,9 @@ class Event(BaseModel):
         "(finite number >= 0).",
     )
 
-    @property
+    @cached_property
     def epoch(self) -> float:
-        """Event time as Unix seconds (UTC)."""
+        """Event time as Unix seconds (UTC); computed once, the stream asks often."""
         return self.ts.timestamp()
 
 

@@ -135,7 +135,10 @@ class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
         )
         # Isotonic needs plenty of rows per fold; sigmoid is the safer choice when few.
         method = "isotonic" if n_rows >= 3000 else "sigmoid"
-        return CalibratedClassifierCV(booster, method=method, cv=3)
+        # One booster calibrated on out-of-fold predictions (ensemble=False), not three:
+        # the stream scores every customer daily, and three boosters cost three times as
+        # much per call for no measurable gain in AUC here.
+        return CalibratedClassifierCV(booster, method=method, cv=3, ensemble=False)
 
     def fit(self, data: ChurnData) -> Self:
         times = np.unique(data.snapshot)

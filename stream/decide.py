@@ -194,15 +194,21 @@ class Decider:
             else np.full(len(rows), np.nan)
         )
         nearest_idx = np.argmin(distances, axis=1)
+        churn_alerts: list[tuple[int, Alert]] = []
         for i, row in enumerate(rows):
             state = out.states.get(row.customer_id, CustomerState())
             target = int(early[i]) if young[i] else self.segment_ids[int(nearest_idx[i])]
             state = self._assign(row, state, target, bool(young[i]), features[i], distances[i], out)
             if score_churn:
-                state = self._churn(row, state, float(churn[i]), features, i, out)
+                before = len(out.alerts)
+                state = self._churn(row, state, float(churn[i]), out)
+                churn_alerts += [(i, a) for a in out.alerts[before:]]
             out.states[row.customer_id] = state
             out.segments.append(state.segment if state.segment is not None else -1)
             out.churn.append(float(churn[i]))
+        pending = [(a.body, features[i], float(churn[i])) for i, a in churn_alerts]
+        if pending:
+            self._add_churn_drivers(pending)
         return out
 
     def _base(self, kind: str, row: Row) -> dict[str, Any]:
@@ -305,15 +311,7 @@ class Decider:
         anchor = x.astype(np.float32).tobytes()
         return replace(state, segment=target, since=row.at, candidate=None, anchor=anchor)
 
-    def _churn(
-        self,
-        row: Row,
-        state: CustomerState,
-        p: float,
-        features: np.ndarray,
-        i: int,
-        out: Decisions,
-    ) -> CustomerState:
+    def _churn(self, row: Row, state: CustomerState, p: float, out: Decisions) -> CustomerState:
         threshold = self.model.churn_threshold
         high = p >= threshold
         rising = high and not state.churn_high
@@ -326,29 +324,35 @@ class Decider:
             threshold=threshold,
             segment_id=state.segment,
             segment_name=self._name(state.segment),
-            drivers=self._churn_drivers(features[i], p),
+            drivers=[],  # filled for the whole batch at once (see _add_churn_drivers)
         )
         out.alerts.append(Alert("churn_risk", row.customer_id, body))
         return replace(state, churn_high=True, churn_alerted_at=row.at)
 
-    def _churn_drivers(self, x: np.ndarray, p: float) -> list[dict[str, Any]]:
-        """The features whose value raised the probability most, by ablation to typical."""
+    def _add_churn_drivers(self, pending: list[tuple[dict[str, Any], np.ndarray, float]]) -> None:
+        """Fill each churn alert's drivers: the features whose value raised the probability
+        most, by setting each to its typical value (all alerts of a batch in one call)."""
         ref = self.typical
-        candidates = [j for j in range(len(x)) if np.isfinite(ref[j]) and x[j] != ref[j]]
-        if not candidates:
-            return []
-        trials = np.repeat(x[None, :], len(candidates), axis=0)
-        for row_i, j in enumerate(candidates):
-            trials[row_i, j] = ref[j]
-        drop = p - self.model.churn_probability(trials)
-        best = np.argsort(-drop)[: self.rules.drivers]
-        return [
-            {
-                "feature": self.feature_names[candidates[b]],
-                "value": round(float(x[candidates[b]]), 4),
-                "typical": round(float(ref[candidates[b]]), 4),
-                "raises_probability_by": round(float(drop[b]), 4),
-            }
-            for b in best
-            if drop[b] > 0
-        ]
+        plans = []
+        for body, x, p in pending:
+            cols = [j for j in range(len(x)) if np.isfinite(ref[j]) and x[j] != ref[j]]
+            trials = np.repeat(x[None, :], len(cols), axis=0)
+            trials[np.arange(len(cols)), cols] = ref[cols]
+            plans.append((body, x, p, cols, trials))
+        stacked = [t for *_, t in plans if len(t)]
+        probs = self.model.churn_probability(np.vstack(stacked)) if stacked else np.empty(0)
+        start = 0
+        for body, x, p, cols, trials in plans:
+            drop = p - probs[start : start + len(trials)]
+            start += len(trials)
+            best = np.argsort(-drop)[: self.rules.drivers]
+            body["drivers"] = [
+                {
+                    "feature": self.feature_names[cols[b]],
+                    "value": round(float(x[cols[b]]), 4),
+                    "typical": round(float(ref[cols[b]]), 4),
+                    "raises_probability_by": round(float(drop[b]), 4),
+                }
+                for b in best
+                if drop[b] > 0
+            ]
