@@ -1,9 +1,10 @@
-"""Redis bytes per customer and store throughput for a generated history.
+"""Redis bytes per customer and store throughput for a generated history (the store alone).
 
-Usage: python benchmarks/store_memory.py --customers 10000 --days 90 [--redis-url URL]
+Usage: python -m benchmarks.store_memory --customers 10000 --days 90 [--redis-url URL]
 
 Applies the whole history to the store in batches of 1,000 events (time order), then sums
 `MEMORY USAGE` over the customers' keys. Uses its own key prefix and deletes it afterwards.
+`python -m benchmarks.run` measures the same through the whole engine (sections 4 and 5).
 """
 
 from __future__ import annotations
@@ -12,35 +13,23 @@ import argparse
 import asyncio
 import json
 import statistics
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from models.catalog import default_catalog
+from models.eventfile import read_events
 from models.events import Event
-from offline.synthetic import generate_history
+from offline.synthetic import generate_history, write_history
 from stream.redis_conn import connect
 from stream.store import RedisFeatureStore
 
 
 def _events(customers: int, days: int, seed: int) -> list[Event]:
-    frame = generate_history(customers, days, seed).events
-    out = []
-    for row in frame.itertuples(index=False):
-        props: dict[str, object] = {}
-        if isinstance(row.feature, str):
-            props["feature"] = row.feature
-        if row.amount == row.amount:  # not NaN
-            props["amount"] = float(row.amount)
-        out.append(
-            Event(
-                event_id=row.event_id,
-                customer_id=row.customer_id,
-                type=row.type,
-                ts=row.ts.isoformat(),
-                properties=props,
-            )  # type: ignore[arg-type]
-        )
-    return out
+    with tempfile.TemporaryDirectory(prefix="segstream-bench-") as tmp:
+        path = write_history(generate_history(customers, days, seed), Path(tmp))["events"]
+        return list(read_events(path))
 
 
 async def measure(url: str, events: list[Event], batch: int) -> dict[str, float]:
@@ -57,7 +46,7 @@ async def measure(url: str, events: list[Event], batch: int) -> dict[str, float]
         pipe = conn.client.pipeline(transaction=False)
         for k in keys:
             pipe.memory_usage(k, samples=0)
-        sizes = await pipe.execute()
+        sizes = [int(s) for s in await pipe.execute()]
         return {
             "events": len(events),
             "customers": len(keys),
@@ -74,7 +63,7 @@ async def measure(url: str, events: list[Event], batch: int) -> dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--seed", type=int, default=1)

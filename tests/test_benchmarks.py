@@ -1,0 +1,77 @@
+"""The benchmark harness: the naive baseline computes the store's counts, and a quick run
+of `python -m benchmarks.run` writes results.md and results.json with every section.
+
+No timing is asserted: the figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import run
+from benchmarks.naive import NaiveEngine
+from benchmarks.report import SECTIONS
+from models.catalog import default_catalog
+from models.eventfile import read_events
+from offline.synthetic import generate_history, write_history
+from stream.redis_conn import connect
+from stream.store import RedisFeatureStore
+from tests.support import run as run_async
+
+
+def test_naive_baseline_computes_the_store_features(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    catalog = default_catalog()
+    path = write_history(generate_history(20, 40, seed=5), tmp_path)["events"]
+    events = list(read_events(path))
+    at = max(e.epoch for e in events)
+
+    async def both() -> tuple[list[str], np.ndarray, np.ndarray]:
+        conn = await connect(redis_url)
+        try:
+            naive = NaiveEngine(conn.client, catalog, None, key_prefix)  # type: ignore[arg-type]
+            await naive.run(events + events[:50])  # with redeliveries
+            store = RedisFeatureStore(conn.client, catalog, prefix=key_prefix)
+            await store.load()
+            for i in range(0, len(events), 500):
+                await store.apply(events[i : i + 500])
+            feats = await store.read(sorted({e.customer_id for e in events}), at=at)
+            rows = [await naive.features(cid, at) for cid in feats.customers]
+            return list(feats.customers), np.array(rows), feats.values
+        finally:
+            await conn.close()
+
+    customers, naive_rows, store_rows = run_async(both())
+    assert len(customers) == 20
+    np.testing.assert_allclose(naive_rows, store_rows, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_section(system_redis_url: str, tmp_path: Path) -> None:
+    code = run.main(["--quick", "--out", str(tmp_path), "--redis-url", system_redis_url])
+    assert code == 0
+    md = (tmp_path / "results.md").read_text()
+    doc = json.loads((tmp_path / "results.json").read_text())
+    for key, title in SECTIONS.items():
+        assert title in md
+        assert doc["sections"][key], f"section {key} has no figure"
+    machine = doc["machine"]
+    assert machine["cores"] >= 1 and machine["python"] and machine["redis"]
+    figures = [f for section in doc["sections"].values() for f in section]
+    for f in figures:
+        assert f["runs"] and f["value"] is not None, f
+        assert all(r is not None and math.isfinite(r) and r > 0 for r in f["runs"]), f
+    by_name = {f["name"]: f for f in figures}
+    ratio = next(f for f in figures if f["name"] == "engine / naive")
+    assert ratio["value"] > 1  # the batched engine beats one round trip per field
+    memory = [f for n, f in by_name.items() if n.startswith("Redis bytes per customer")]
+    assert memory and all(100 < f["value"] < 100_000 for f in memory)
+    latency = [f for f in doc["sections"]["latency"] if f["name"].startswith("p99")]
+    assert len(latency) == 2 and all(f["value"] < 60_000 for f in latency)
+    assert "met" in md or "missed" in md
