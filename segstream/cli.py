@@ -217,14 +217,19 @@ def replay(
         typer.Option("--as-of", help="Stop and evaluate at this time (default: last event)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Events per batch.")] = 1000,
-    keep_state: Annotated[
-        bool, typer.Option(help="Keep the Redis state (under a replay-<id> prefix).")
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            help="Write into the live key prefix (SEGSTREAM_KEY_PREFIX) and keep it: warms "
+            "up a new deployment's features and segments from history before the worker "
+            "starts. Without it, a scratch prefix is used and deleted."
+        ),
     ] = False,
 ) -> None:
     """Run a history through the same engine as the worker, without Kafka.
 
     Uses SEGSTREAM_REDIS_URL (default: an embedded Valkey) under a fresh key prefix, so
-    it never touches a live worker's state.
+    it never touches a live worker's state, unless --backfill asks for exactly that.
     """
     import asyncio
     import uuid
@@ -239,7 +244,9 @@ def replay(
     from stream.settings import StreamSettings
 
     settings = StreamSettings()
-    prefix = f"{settings.key_prefix}-replay-{uuid.uuid4().hex[:8]}"
+    prefix = (
+        settings.key_prefix if backfill else f"{settings.key_prefix}-replay-{uuid.uuid4().hex[:8]}"
+    )
 
     async def main() -> None:
         runtime = await open_runtime(settings, model_path=model, prefix=prefix)
@@ -271,7 +278,7 @@ def replay(
             if state_out:
                 console.print(f"state -> {state_out}")
         finally:
-            if not keep_state:
+            if not backfill:
                 await drop_prefix(runtime.connection, prefix)
             await runtime.close()
 

@@ -25,11 +25,13 @@ from models.eventfile import read_events
 from offline.reference import events_frame, features_at
 from offline.synthetic import generate_history, write_history
 from segstream.cli import app
+from stream.engine import AssignmentStore
 from stream.metrics import Metrics
+from stream.redis_conn import Connection
 from stream.runtime import drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from stream.worker import Worker
-from tests.support import run
+from tests.support import open_store, run
 
 AS_OF = "2026-04-10T00:00:00Z"
 END = pd.Timestamp("2026-05-31T00:00:00Z")
@@ -202,5 +204,36 @@ def test_hot_reload_under_traffic_loses_nothing_and_refuses_a_bad_bundle(
         finally:
             await drop_prefix(runtime.connection, engine.features.prefix)
             await runtime.close()
+
+    run(body())
+
+
+def test_backfill_writes_the_live_prefix_and_keeps_it(
+    replayed: Path, tmp_path: Path, embedded_redis_url: str
+) -> None:
+    head = tmp_path / "head.jsonl"
+    lines = (replayed / "events.jsonl").read_text().splitlines(keepends=True)
+    head.write_text("".join(lines[:5_000]))
+    prefix = f"live-{uuid.uuid4().hex[:8]}"
+    env = {"SEGSTREAM_REDIS_URL": embedded_redis_url, "SEGSTREAM_KEY_PREFIX": prefix}
+    invoke(
+        "replay", "--events", str(head), "--model", str(replayed / "models/current"),
+        "--alerts-out", str(tmp_path / "alerts.jsonl"), "--backfill", env=env,
+    )  # fmt: skip
+    events = list(read_events(head))
+    catalog = default_catalog()
+    at = max(e.epoch for e in events)
+    expected = features_at(events_frame(events, catalog), catalog, at)
+
+    async def body() -> None:
+        async with open_store(embedded_redis_url, catalog, prefix) as store:
+            got = await store.read(list(expected.index), at=at)
+            np.testing.assert_allclose(
+                got.values, expected.loc[got.customers].to_numpy(), rtol=1e-9, atol=1e-9
+            )
+            assert sorted(got.customers) == list(expected.index)
+            states = AssignmentStore(store.client, prefix=prefix, ttl_seconds=60)
+            assert len(await states.load(got.customers)) == len(got.customers)
+            await drop_prefix(Connection(store.client, embedded_redis_url), prefix)
 
     run(body())
