@@ -86,7 +86,10 @@ def numeric_value(value: Any) -> float:
     """The number a `sum` adds for a property value: finite numbers as is, anything else 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range, e.g. 10**400 in the JSON
+        return 0.0
     return number if np.isfinite(number) else 0.0
 
 

@@ -114,7 +114,11 @@ def _check_builtin_properties(kind: str, props: dict[str, Any]) -> None:
             raise EventError("properties.amount", "missing", "a purchase needs an amount")
         if isinstance(amount, bool) or not isinstance(amount, int | float):
             raise EventError("properties.amount", "wrong_type", "must be a number")
-        if not math.isfinite(amount) or amount < 0:
+        try:
+            finite = math.isfinite(amount)
+        except OverflowError:  # an integer beyond float range, such as 10**400 written out
+            finite = False
+        if not finite or amount < 0:
             raise EventError(
                 "properties.amount", "invalid_value", f"must be finite and >= 0, got {amount!r}"
             )

@@ -27,12 +27,12 @@ from models.catalog import Catalog
 from models.events import Event
 from stream.assign import OnlineCenters
 from stream.decide import DAY, Alert, CustomerState, Decider, Decisions, Row, Rules, iso
-from stream.store import EventStatus, Features, RedisFeatureStore
+from stream.store import EventStatus, Features, RedisFeatureStore, customer_tag
 
 
 def state_key(prefix: str, customer_id: str) -> str:
     """Key of a customer's assignment state; same hash tag as its features."""
-    return f"{prefix}:a:{{{customer_id}}}"
+    return f"{prefix}:a:{{{customer_tag(customer_id)}}}"
 
 
 _WRITE_SCRIPT = """
@@ -258,10 +258,11 @@ class Engine:
         """
         applied = await self.features.apply(events)
         keep = [i for i, s in enumerate(applied.statuses) if s != "too_late"]
-        rows = [Row(events[i].customer_id, float(applied.features.at[i]), events[i].event_id)
-                for i in keep]  # fmt: skip
+        at = [applied.rows[i] for i in keep]  # feature rows skip too_late events without state
+        rows = [Row(events[i].customer_id, float(applied.features.at[r]), events[i].event_id)
+                for i, r in zip(keep, at, strict=True)]  # fmt: skip
         parts = [partitions[i] if partitions else 0 for i in keep]
-        x = applied.features.values[keep] if keep else np.empty((0, len(self.catalog.names)))
+        x = applied.features.values[at] if keep else np.empty((0, len(self.catalog.names)))
         result = await self._decide(rows, x, parts)
         result.statuses = applied.statuses
         result.features = applied.features

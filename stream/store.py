@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final, Literal
 
@@ -51,16 +51,29 @@ EventStatus = Literal["applied", "duplicate", "too_late"]
 _STATUS: Final[tuple[EventStatus, ...]] = ("applied", "duplicate", "too_late")
 
 
+def customer_tag(customer_id: str) -> str:
+    """A customer's Redis Cluster hash tag: the id, with `%`, `{` and `}` percent-escaped.
+
+    Escaping keeps the tag inside one pair of braces whatever the id holds (an id with a
+    `}` would otherwise cut the tag short and scatter its keys over slots), and it is
+    reversible, so distinct ids always get distinct tags.
+
+    >>> customer_tag("c42"), customer_tag("x}:f:{y"), customer_tag("100%")
+    ('c42', 'x%7D:f:%7By', '100%25')
+    """
+    return customer_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
 def feature_key(prefix: str, customer_id: str) -> str:
     """The Redis key of a customer's features.
 
-    Distinct customer ids give distinct keys (the id sits between fixed text), so a
-    crafted id cannot reach another customer's state.
+    Distinct customer ids give distinct keys (the escaped id sits between fixed text),
+    so a crafted id cannot reach another customer's state.
 
     >>> feature_key("segstream", "c42")
     'segstream:f:{c42}'
     """
-    return f"{prefix}:f:{{{customer_id}}}"
+    return f"{prefix}:f:{{{customer_tag(customer_id)}}}"
 
 
 def event_fingerprint(event_id: str) -> bytes:
@@ -98,11 +111,16 @@ class ApplyResult:
     """What a batch did: per input event, its status and its customer's features after it.
 
     `features` has one row per event, in input order (a duplicate's row shows the state it
-    found); `features.row(c)` is customer c's state after the whole batch.
+    found), except a ``too_late`` event of a customer with no stored state, which has none:
+    `rows` maps each event to its row; `features.row(c)` is customer c's state after the
+    whole batch.
     """
 
     statuses: list[EventStatus]
     features: Features
+    #: Per input event, its row in `features`, or -1 when it has none (a ``too_late``
+    #: event of a customer with no stored state has no row).
+    rows: list[int] = field(default_factory=list)
 
     def count(self, status: EventStatus) -> int:
         return sum(1 for s in self.statuses if s == status)
@@ -220,12 +238,15 @@ class RedisFeatureStore:
                 statuses[idx] = _STATUS[codes[0]]
                 states[idx] = state or None
         known = [i for i, st in enumerate(states) if st is not None]
+        rows = [-1] * len(events)
+        for row, i in enumerate(known):
+            rows[i] = row
         features = self._features(
             [events[i].customer_id for i in known],
             [states[i] for i in known],  # type: ignore[misc]
             np.full(len(known), at or 0.0),
         )
-        return ApplyResult(statuses=statuses, features=features)
+        return ApplyResult(statuses=statuses, features=features, rows=rows)
 
     async def read(self, customer_ids: Sequence[str], *, at: float) -> Features:
         """Features of known customers at time `at` (unknown ids are left out)."""
@@ -266,6 +287,23 @@ class RedisFeatureStore:
             keys, payload = calls[0]
             return [await self.client.evalsha(self._sha, len(keys), *keys, self._spec, payload)]  # type: ignore[arg-type]
         pipe = self.client.pipeline(transaction=False)
+        if self._cluster:
+            # redis-py's cluster pipeline blocks its `evalsha` method, but routes a raw
+            # EVALSHA by its keys (all of one slot): still one pipeline, one per node.
+            for keys, payload in calls:
+                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, self._spec, payload)  # type: ignore[arg-type]
+            replies = list(await pipe.execute(raise_on_error=False))
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):
+                    # That node lost its script cache: EVAL runs (and caches) it there,
+                    # without re-sending the calls other nodes already applied.
+                    keys, payload = calls[i]
+                    args = (*keys, self._spec, payload)
+                    replies[i] = await self.client.eval(SCRIPT, len(keys), *args)  # type: ignore[arg-type]
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
         for keys, payload in calls:
             pipe.evalsha(self._sha, len(keys), *keys, self._spec, payload)  # type: ignore[arg-type]
         return list(await pipe.execute())
