@@ -156,6 +156,11 @@ class AssignmentStore:
             args += [str(segment), change]
         await self._write(keys=keys, args=args)
 
+    async def unschedule(self, partition: int, customer_ids: Sequence[str]) -> None:
+        """Remove customers from a partition's re-score schedule."""
+        self.round_trips += 1
+        await self.client.zrem(self.due_key(partition), *customer_ids)
+
     async def due(self, partition: int, now: float, limit: int) -> list[str]:
         self.round_trips += 1
         key = self.due_key(partition)
@@ -258,11 +263,17 @@ class Engine:
         """
         applied = await self.features.apply(events)
         keep = [i for i, s in enumerate(applied.statuses) if s != "too_late"]
-        at = [applied.rows[i] for i in keep]  # feature rows skip too_late events without state
-        rows = [Row(events[i].customer_id, float(applied.features.at[r]), events[i].event_id)
-                for i, r in zip(keep, at, strict=True)]  # fmt: skip
+        # Feature rows skip too_late events of customers without state: map, don't index.
+        feature_rows = [applied.rows[i] for i in keep]
+        when = applied.features.at
+        rows = [Row(events[i].customer_id, float(when[r]), events[i].event_id)
+                for i, r in zip(keep, feature_rows, strict=True)]  # fmt: skip
         parts = [partitions[i] if partitions else 0 for i in keep]
-        x = applied.features.values[at] if keep else np.empty((0, len(self.catalog.names)))
+        x = (
+            applied.features.values[feature_rows]
+            if keep
+            else np.empty((0, len(self.catalog.names)))
+        )
         result = await self._decide(rows, x, parts)
         result.statuses = applied.statuses
         result.features = applied.features
@@ -272,8 +283,6 @@ class Engine:
         self, now: float, partitions: Sequence[int] = (0,), limit: int = 5000
     ) -> BatchResult:
         """Re-score customers whose daily check is due at time `now` (churn risk included)."""
-        rows: list[Row] = []
-        parts: list[int] = []
         found: list[tuple[str, int]] = []
         for p in partitions:
             found += [(cid, p) for cid in await self.assignments.due(p, now, limit)]
@@ -281,6 +290,13 @@ class Engine:
             return BatchResult()
         feats = await self.features.read([cid for cid, _ in found], at=now)
         owner = dict(found)
+        # A customer silent past the retention has no features left: drop it from the
+        # schedule, or expired customers would fill every `limit` and starve the rest.
+        gone: dict[int, list[str]] = {}
+        for cid in set(owner) - set(feats.customers):
+            gone.setdefault(owner[cid], []).append(cid)
+        for p, cids in gone.items():
+            await self.assignments.unschedule(p, cids)
         trigger = f"rescore:{int(now // DAY)}"
         rows = [Row(cid, now, trigger) for cid in feats.customers]
         parts = [owner[cid] for cid in feats.customers]
