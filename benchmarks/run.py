@@ -12,7 +12,9 @@ is an embedded Tansu. Exits 1 when a section failed (the others are still report
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -340,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=ORDER, default=list(ORDER))
     parser.add_argument("--context", default="", help="A line for results.md (e.g. the load).")
     parser.add_argument("--work", type=Path, default=None, help="Keep scratch files here.")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="Keep the figures of the sections not run now from OUT/results.json (to "
+        "measure section by section; each section's notes say when it was measured).",
+    )
     args = parser.parse_args(argv)
     preset = args.size or ("quick" if args.quick else "full")
     repeats = args.repeats or (1 if preset == "quick" else 3)
@@ -370,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
                 if key not in args.only:
                     continue
                 print(f"[{time.perf_counter() - t0:7.1f}s] {key} ...", flush=True)
+                load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                bench.notes.append(
+                    f"{key}: measured from {datetime.now(UTC).isoformat(timespec='seconds')}, "
+                    f"load average then {load} (preset {preset}, {repeats} run(s) per figure)"
+                )
                 try:
                     sections[key]()
                 except Exception as exc:
@@ -378,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
                     bench.notes.append(f"section {key} failed: {type(exc).__name__}: {exc}")
             meta["seconds"] = time.perf_counter() - t0
             meta["targets"] = {k: t.text for k, t in TARGETS.items()}
-            paths = report.write(args.out, meta, bench.figures, bench.notes)
+            figures, notes = bench.figures, bench.notes
+            if args.keep:
+                figures, notes = _kept(args.out / "results.json", args.only, figures, notes)
+            paths = report.write(args.out, meta, figures, notes)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -386,6 +402,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
     print((args.out / "results.md").read_text())
     return 1 if failed else 0
+
+
+def _kept(
+    path: Path, ran: list[str], figures: list[Figure], notes: list[str]
+) -> tuple[list[Figure], list[str]]:
+    """This run's figures and notes, plus those of the sections it did not run from `path`."""
+    if not path.exists():
+        return figures, notes
+    old = json.loads(path.read_text())
+    kept: list[Figure] = []
+    for key, items in old.get("sections", {}).items():
+        if key in ran:
+            continue
+        for f in items:
+            runs = [math.nan if v is None else float(v) for v in f["runs"]]
+            kept.append(
+                Figure(f["section"], f["name"], f["unit"], runs, f["target"], f["met"], f["note"])
+            )
+    old_notes = [n for n in old.get("notes", []) if n.split(":", 1)[0] not in ran]
+    return kept + figures, old_notes + notes
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ e.g. `20260401T093000Z-3f9a1c`, so versions sort by age) holding:
   trusted types (never `trusted=True`);
 - `report.html` and its `*.png` figures.
 
-`DIR/current` is a symlink to the newest verified bundle; it is swapped atomically.
-Anything else in a bundle (a pickle, a stray file, a wrong hash) makes it refused.
+`DIR/current` is a symlink to the live bundle; it is swapped atomically, and every swap
+appends one line to `DIR/history.jsonl` (what went live, what it replaced, why), which
+`models.promote` reads to roll back. Anything else in a bundle (a pickle, a stray file, a
+wrong hash) makes it refused.
 
 The stream worker imports this module: it must not import pandas, matplotlib,
 `offline/` or `stream/` (skops is imported lazily, only to load or save classifiers).
@@ -42,6 +44,7 @@ MODEL: Final = "model.json"
 EARLY: Final = "early.skops"
 CHURN: Final = "churn.skops"
 CURRENT: Final = "current"
+HISTORY: Final = "history.jsonl"
 #: File kinds a bundle may hold besides the manifest; anything else is refused.
 ALLOWED_SUFFIXES: Final = frozenset({".json", ".skops", ".html", ".png"})
 PICKLE_SUFFIXES: Final = frozenset({".pkl", ".pickle", ".joblib", ".pck", ".dill"})
@@ -108,6 +111,13 @@ class ScaledSpace:
         x = np.where(self.log1p, np.log1p(np.maximum(x, 0.0)), x)
         scaled: np.ndarray = (x - self.mean) / self.scale
         return scaled
+
+    def typical_row(self, width: int) -> np.ndarray:
+        """A catalog row (`width` wide) of typical values: the space's centre, transformed
+        back; NaN for the columns the space does not use. Churn drivers compare with it."""
+        typical = np.full(width, np.nan)
+        typical[self.index] = np.where(self.log1p, np.expm1(self.mean), self.mean)
+        return typical
 
     def nearest(self, features: np.ndarray) -> np.ndarray:
         """Segment id of the nearest centroid for each row of raw features."""
@@ -192,7 +202,18 @@ class Bundle:
         """Segment id per row from the early-life classifier (for customers < 30 days old)."""
         if self.early_model is None:
             raise BundleError(f"{self.version}: this bundle has no early-life classifier")
-        return np.asarray(self.early_model.predict(self._check(features)), dtype=np.int64)
+        x = self._check(features)
+        trees = getattr(self.early_model, "estimators_", None)
+        if trees is None:
+            return np.asarray(self.early_model.predict(x), dtype=np.int64)
+        # A forest: sum the trees' probabilities directly. sklearn's own `predict` runs
+        # each tree through joblib and input validation, 4x slower on a stream batch
+        # (measured: 10 ms vs 2.4 ms for 300 rows and 60 trees); same votes, same ties.
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        votes = sum(tree.predict_proba(x32, check_input=False) for tree in trees)
+        classes = np.asarray(self.early_model.classes_, dtype=np.int64)
+        placed: np.ndarray = classes[np.argmax(votes, axis=1)]
+        return placed
 
     def churn_probability(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probability of churn within the bundle's horizon, per row."""
@@ -407,17 +428,61 @@ def write_bundle(
     return target
 
 
-def publish(model_dir: Path, version_dir: Path, catalog: Catalog) -> Bundle:
+def publish(
+    model_dir: Path,
+    version_dir: Path,
+    catalog: Catalog,
+    *,
+    action: str = "train",
+    at: datetime | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> Bundle:
     """Verify a bundle by loading it, then point `model_dir/current` at it atomically.
 
     The symlink is swapped with `os.replace`, so a reader sees the old or the new bundle,
     never a missing or half-written one. A bundle that fails to load leaves `current` as is.
+    The swap is then recorded in `model_dir/history.jsonl` as `action` (train, promote,
+    rollback) at time `at`, with the version it replaced and `detail`.
     """
     bundle = load_bundle(version_dir, catalog)
     model_dir = Path(model_dir)
+    link = model_dir / CURRENT
+    replaced = link.resolve().name if link.exists() else None
     tmp = model_dir / f".{CURRENT}-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(Path(version_dir).name, tmp, target_is_directory=True)
-    os.replace(tmp, model_dir / CURRENT)
+    os.replace(tmp, link)
+    entry: dict[str, Any] = {"action": action, "version": bundle.version, "replaced": replaced}
+    if at is not None:
+        entry["at"] = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    entry.update(detail or {})
+    append_history(model_dir, entry)
     return bundle
+
+
+def append_history(model_dir: Path, entry: Mapping[str, Any]) -> None:
+    """Append one JSON line to `model_dir/history.jsonl` (one write, so lines never mix)."""
+    line = json.dumps(dict(entry), sort_keys=True) + "\n"
+    fd = os.open(Path(model_dir) / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_history(model_dir: Path) -> list[dict[str, Any]]:
+    """The entries of `model_dir/history.jsonl`, oldest first (none when there is no file);
+    a line that is not a JSON object (a torn write) is skipped."""
+    file = Path(model_dir) / HISTORY
+    if not file.is_file():
+        return []
+    entries = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            entries.append(doc)
+    return entries

@@ -75,6 +75,18 @@ class EventError(ValueError):
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
+class _once(cached_property[float]):
+    """`functools.cached_property` without its per-access lock (Python 3.11 takes an RLock
+    on every first access; the stream reads `epoch` of every event several times)."""
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = self.func(instance)
+        instance.__dict__[self.attrname or self.func.__name__] = value
+        return value
+
+
 class Event(BaseModel):
     """One product event, validated.
 
@@ -84,7 +96,7 @@ class Event(BaseModel):
     ('c1', 'purchase', 12.5, 1767607200.0)
     """
 
-    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore", ignored_types=(_once,))
 
     event_id: Id = Field(description="Unique per event; a redelivery repeats it.")
     customer_id: Id = Field(description="Whose event; at most 256 characters.")
@@ -101,7 +113,7 @@ class Event(BaseModel):
         "(finite number >= 0).",
     )
 
-    @cached_property
+    @_once
     def epoch(self) -> float:
         """Event time as Unix seconds (UTC); computed once, the stream asks often."""
         return self.ts.timestamp()

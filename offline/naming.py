@@ -62,10 +62,16 @@ class SegmentProfile:
 
 
 def profile_segments(
-    raw: pd.DataFrame, scaled: np.ndarray, columns: Sequence[str], labels: np.ndarray, k: int
+    raw: pd.DataFrame,
+    scaled: np.ndarray,
+    columns: Sequence[str],
+    labels: np.ndarray,
+    k: int,
+    ids: Sequence[int] | None = None,
 ) -> list[SegmentProfile]:
     """Per-segment profiles: `raw` is the catalog features (one row per customer),
-    `scaled` the same customers in the scaled space with `columns`, `labels` their ids.
+    `scaled` the same customers in the scaled space with `columns`, `labels` their ids
+    (0..k-1, or the segment ids `ids` when given, in that order).
 
     >>> raw = pd.DataFrame({"x": [0.0, 0.0, 10.0, 12.0]})
     >>> scaled = np.array([[-1.0], [-1.0], [0.9], [1.1]])
@@ -76,7 +82,7 @@ def profile_segments(
     pop_mean = raw[list(columns)].mean()
     pop_median = raw[list(columns)].median()
     profiles = []
-    for seg in range(k):
+    for seg in range(k) if ids is None else ids:
         rows = labels == seg
         part = raw.loc[rows, list(columns)]
         z = scaled[rows].mean(axis=0) if rows.any() else np.zeros(len(columns))
@@ -123,16 +129,21 @@ def rule_name(profile: SegmentProfile) -> str:
 
 
 def name_segments(
-    profiles: Sequence[SegmentProfile], overrides: Mapping[str, str] | None = None
+    profiles: Sequence[SegmentProfile],
+    overrides: Mapping[str, str] | None = None,
+    kept: Mapping[int, str] | None = None,
 ) -> dict[int, str]:
     """Unique names for the segments: rule names, config overrides (`{"2": "Whales"}`) win,
-    and a repeated name gets " 2", " 3"... in segment id order.
+    then `kept` names (segments that keep their name from the previous bundle), and a
+    repeated name gets " 2", " 3"... in segment id order.
 
     >>> ps = [SegmentProfile(i, 1, 0.5, {"email_opens_30d": {"z": 1.0}}) for i in range(2)]
     >>> name_segments(ps)
     {0: 'Email Readers', 1: 'Email Readers 2'}
     >>> name_segments(ps, {"1": "Newsletter Fans"})
     {0: 'Email Readers', 1: 'Newsletter Fans'}
+    >>> name_segments(ps, kept={1: "Email Readers"})
+    {0: 'Email Readers 2', 1: 'Email Readers'}
     """
     ids = [p.id for p in profiles]
     overrides = dict(overrides or {})
@@ -144,6 +155,15 @@ def name_segments(
     fixed = {int(key): str(value) for key, value in overrides.items()}
     if len(set(fixed.values())) != len(fixed):
         raise ValueError("[segments.names]: two segments are given the same name")
+    for seg, name in (kept or {}).items():
+        if seg in fixed or seg not in ids:
+            continue
+        if name in fixed.values():
+            raise ValueError(
+                f"[segments.names]: {name!r} is the name segment {seg} keeps from the "
+                "previous bundle"
+            )
+        fixed[seg] = name
     names: dict[int, str] = {}
     taken = set(fixed.values())
     for p in profiles:

@@ -1,8 +1,9 @@
 """The analyst report: `report.html` plus PNG figures beside it, in the bundle.
 
 Owns the figures (elbow and silhouette, 2-D PCA of the segments, churn calibration) and
-the HTML page (profile table, outcome table, churn metrics, early-life accuracy, notes),
-each section with a short explanation. matplotlib runs with the Agg backend.
+the HTML page (profile table, outcome table, churn metrics, early-life accuracy, what
+changed since the previous model, notes), each section with a short explanation.
+matplotlib runs with the Agg backend.
 
 Must not import `stream/`; it only renders numbers the trainer already computed.
 """
@@ -52,6 +53,8 @@ class ReportInputs:
     early: Mapping[str, Any] | None
     notes: Sequence[str] = field(default_factory=list)
     seed: int = 0
+    #: The manifest's `lineage` (None for a first bundle).
+    lineage: Mapping[str, Any] | None = None
 
 
 def _k_figure(data: ReportInputs, path: Path) -> None:
@@ -76,7 +79,7 @@ def _pca_figure(data: ReportInputs, path: Path) -> None:
     rows = rng.choice(n, size=min(n, 5000), replace=False)
     xy = PCA(n_components=2, random_state=data.seed).fit_transform(data.scaled[rows])
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    for seg in range(data.k):
+    for seg in sorted(data.names):
         pick = data.labels[rows] == seg
         ax.scatter(xy[pick, 0], xy[pick, 1], s=6, alpha=0.5, label=f"{seg}: {data.names[seg]}")
     ax.set_xlabel("first principal component")
@@ -114,6 +117,53 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _lineage_section(lineage: Mapping[str, Any], names: Mapping[int, str]) -> list[str]:
+    """ "What changed since the previous model": statuses, then the from-to table."""
+    old_names = {int(r["from"][0]["id"]): r["from"][0]["name"] for r in lineage["segments"]
+                 if r["from"]}  # fmt: skip
+    old_names |= {int(r["id"]): r["name"] for r in lineage["retired"]}
+    old_names |= {int(r["previous_id"]): r["previous_name"] for r in lineage["segments"]
+                  if r["previous_id"] is not None}  # fmt: skip
+    same = lineage["same_segment_share"]
+    parts = [
+        "<h2>What changed since the previous model</h2>",
+        f"<p class='explain'>Previous bundle: <b>{html.escape(lineage['previous_version'])}"
+        f"</b> (as of {html.escape(lineage['previous_as_of'])}). The training customers "
+        "were assigned by both models; segments were matched one to one on the customers "
+        "they share and on centroid distance, so a segment that is still there keeps its id "
+        "and name. "
+        + (f"{same:.1%} of the {lineage['customers']:,} customers are in the segment with "
+           "the same id in both." if same is not None else "")
+        + " A split segment's largest part keeps the id; merged segments keep one id and "
+        "the other is retired. Retired ids are never reused.</p>",
+    ]  # fmt: skip
+    rows = []
+    for r in lineage["segments"]:
+        came = "; ".join(
+            f"{f['id']} {f['name']}: {f['share_of_previous']:.0%} of it, "
+            f"{f['share_of_new']:.0%} of this"
+            for f in r["from"]
+        )
+        rows.append([r["id"], names.get(int(r["id"]), r.get("name", "")), r["status"], came])
+    for r in lineage["retired"]:
+        went = "; ".join(f"to {f['id']}: {f['share_of_previous']:.0%}" for f in r["into"])
+        rows.append([r["id"], r["name"], f"retired ({r['cause']})", went])
+    parts.append(_table(["id", "name", "status", "significant flows"], rows))
+    cells = {(int(t["from"]), int(t["to"])): int(t["customers"]) for t in lineage["transitions"]}
+    olds = sorted({i for i, _ in cells})
+    news = sorted(names)
+    header = ["previous / new", *[f"{j} {names[j]}" for j in news], "customers"]
+    table = [
+        [f"{i} {old_names.get(i, '')}", *[f"{cells.get((i, j), 0):,}" for j in news],
+         f"{sum(cells.get((i, j), 0) for j in news):,}"]
+        for i in olds
+    ]  # fmt: skip
+    parts.append("<p class='explain'>Customers by segment in the previous model (rows) and "
+                 "in this one (columns).</p>")  # fmt: skip
+    parts.append(_table(header, table))
+    return parts
 
 
 _STYLE = """
@@ -192,7 +242,8 @@ def write_report(data: ReportInputs, out_dir: Path) -> list[Path]:
             "they have no qualifying event in the horizon after it. The model learned from "
             "older snapshots and is scored on the most recent one it never saw. ROC AUC is "
             "the chance a churner ranks above a non-churner; at the alert threshold (chosen "
-            "for the best F1 on the training snapshots) precision is the share of alerts that "
+            "on the training snapshots for a precision target, see the README's alert "
+            "quality section) precision is the share of alerts that "
             "were right and recall the share of churners alerted. The calibration plot shows "
             "predicted probabilities against observed churn rates.</p>"
         )
@@ -221,6 +272,8 @@ def write_report(data: ReportInputs, out_dir: Path) -> list[Path]:
                 [["all", _fmt(e["accuracy"])], *[[a, _fmt(v)] for a, v in by_age.items()]],
             )
         )
+    if data.lineage is not None:
+        parts += _lineage_section(data.lineage, data.names)
     if data.notes:
         parts.append("<h2>Notes</h2><ul>")
         parts += [f"<li>{html.escape(n)}</li>" for n in data.notes]

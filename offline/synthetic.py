@@ -5,12 +5,18 @@ some signing up mid-history, some churning, some migrating to another persona, w
 optional duplicate and late delivery. It writes the JSONL event contract plus the
 truth and migration CSVs that training and evaluation compare against.
 
+Population shifts (`Shift`, built with `split` or `merge`) change what the segments
+themselves look like from some day, for the model lifecycle tests: part of a persona
+takes on a new pattern (one segment becomes two), or two personas take on one common
+pattern (two segments become one). Without shifts the output is unchanged.
+
 Imports only numpy, pandas and the standard library (nothing from `models/`, `stream/`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +85,81 @@ PERSONAS: dict[str, Persona] = {
 
 
 @dataclass(frozen=True)
+class Shift:
+    """From `day` on, `share` of `persona`'s customers behave as `into`, named `name`.
+
+    The shifted customers are drawn (with their own random stream, so nothing else in the
+    history moves) among the persona's customers that do not migrate. Build shifts with
+    `split` and `merge`; `truth` gets `shift_day` and `shift_to` columns when there are any.
+    """
+
+    persona: str
+    into: Persona
+    name: str
+    day: int
+    share: float = 1.0
+
+
+def blend(a: Persona, b: Persona) -> Persona:
+    """A pattern halfway between two personas: mean rates, geometric mean purchase amount,
+    the union of their feature pools.
+
+    >>> mix = blend(PERSONAS["casual"], PERSONAS["email_reader"])
+    >>> round(mix.email_opens, 2), mix.features
+    (0.43, ('export', 'search', 'dashboard'))
+    """
+    pool = tuple(f for f in FEATURES if f in a.features or f in b.features)
+    mean = [(x + y) / 2 for x, y in zip(a.rates, b.rates, strict=True)]
+    return Persona(
+        sessions=mean[0],
+        feature_uses=mean[1],
+        purchases=mean[2],
+        support_tickets=mean[3],
+        email_opens=mean[4],
+        page_views=mean[5],
+        amount_median=float(np.sqrt(a.amount_median * b.amount_median)),
+        amount_sigma=(a.amount_sigma + b.amount_sigma) / 2,
+        features=pool,
+    )
+
+
+def split(persona: str, into: Persona, name: str, day: int, share: float = 0.5) -> tuple[Shift]:
+    """One persona becomes two: from `day`, `share` of its customers behave as `into`.
+
+    >>> split("power_user", PERSONAS["power_user"], "power_user_b", day=30)[0].share
+    0.5
+    """
+    return (Shift(persona, into, name, day, share),)
+
+
+def merge(a: str, b: str, day: int, name: str | None = None) -> tuple[Shift, Shift]:
+    """Two personas become one: from `day`, all their customers behave as `blend(a, b)`.
+
+    >>> [s.persona for s in merge("casual", "email_reader", day=40)]
+    ['casual', 'email_reader']
+    """
+    if a not in PERSONAS or b not in PERSONAS:
+        raise ValueError(f"merge: unknown persona {a if a not in PERSONAS else b!r}")
+    into, label = blend(PERSONAS[a], PERSONAS[b]), name or f"{a}+{b}"
+    return (Shift(a, into, label, day), Shift(b, into, label, day))
+
+
+def _check_shifts(shifts: Sequence[Shift], days: int) -> None:
+    into: dict[str, Persona] = {}
+    for s in shifts:
+        if s.persona not in PERSONAS:
+            raise ValueError(f"shift: unknown persona {s.persona!r}")
+        if s.name in PERSONAS or into.setdefault(s.name, s.into) != s.into:
+            raise ValueError(f"shift: name {s.name!r} is a persona or names two patterns")
+        if not 0 <= s.day < days:
+            raise ValueError(f"shift: day must be in [0, {days}), got {s.day}")
+        if not 0.0 < s.share <= 1.0:
+            raise ValueError(f"shift: share must be in (0, 1], got {s.share}")
+    if len({s.persona for s in shifts}) != len(shifts):
+        raise ValueError("shift: at most one shift per persona")
+
+
+@dataclass(frozen=True)
 class History:
     """Events in delivery order and one ground-truth row per customer."""
 
@@ -116,10 +197,12 @@ def generate_history(
     late_rate: float = 0.0,
     churn_share: float = 0.15,
     migrate_share: float = 0.10,
+    shifts: Sequence[Shift] = (),
 ) -> History:
     """Generate `days` days of events for `customers` customers, deterministically from `seed`.
 
     `start` (naive means UTC) is truncated to 00:00 UTC; day d is [start + d, start + d + 1).
+    `shifts` (see `split`, `merge`) change whole groups of customers' behaviour from a day.
 
     >>> h = generate_history(10, 14, seed=7)
     >>> h.truth["persona"].value_counts().tolist()
@@ -131,15 +214,17 @@ def generate_history(
         {"duplicate_rate": duplicate_rate, "late_rate": late_rate},
         {"churn_share": churn_share, "migrate_share": migrate_share},
     )
+    _check_shifts(shifts, days)
     rng = np.random.default_rng(seed)
     n, n_p, n_t = customers, len(PERSONAS), len(RATE_TYPES)
     start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
     start = start.replace(hour=0, minute=0, second=0, microsecond=0)
     start_us = int(start.timestamp()) * 1_000_000
-    specs = list(PERSONAS.values())
+    patterns = {s.name: s.into for s in shifts}  # shifted patterns follow the personas
+    specs = [*PERSONAS.values(), *patterns.values()]
     rate_table = np.array([p.rates for p in specs])
     pool_size = np.array([len(p.features) for p in specs])
-    pool = np.zeros((n_p, len(FEATURES)), dtype=np.int64)
+    pool = np.zeros((len(specs), len(FEATURES)), dtype=np.int64)
     for i, p in enumerate(specs):
         pool[i, : len(p.features)] = [FEATURES.index(f) for f in p.features]
 
@@ -162,6 +247,14 @@ def generate_history(
     signs_up = (rng.random(n) < SIGNUP_SHARE) & (last_signup >= 1)
     first = np.where(signs_up, rng.integers(1, np.maximum(last_signup, 1) + 1), 0)
     signup_off = rng.integers(0, _DAY_US * 3 // 4, n)
+    shift_day = np.full(n, _NEVER, dtype=np.int64)
+    shift_to = np.full(n, -1, dtype=np.int64)
+    shift_rng = np.random.default_rng((seed, 1))  # its own stream: the rest stays as is
+    for s in shifts:
+        pick = np.flatnonzero((persona == list(PERSONAS).index(s.persona)) & (mig == _NEVER))
+        pick = shift_rng.permutation(pick)[: round(s.share * pick.size)]
+        shift_day[pick] = s.day
+        shift_to[pick] = n_p + list(patterns).index(s.name)
 
     day = np.arange(days)
     parts: list[tuple[np.ndarray, ...]] = []
@@ -170,6 +263,8 @@ def generate_history(
         fade = np.clip((churn[c, None] - day) / (FADE_DAYS + 1), 0.0, 1.0)
         factor = np.where(day < first[c, None], 0.0, fade)
         pers = np.where(day >= mig[c, None], target[c, None], persona[c, None])
+        if shifts:
+            pers = np.where(day >= shift_day[c, None], shift_to[c, None], pers)
         counts = rng.poisson(rate_table[pers] * (mult[c, None, None] * factor[:, :, None]))
         cell = np.repeat(np.arange(counts.size), counts.ravel())
         cust = b + cell // (days * n_t)
@@ -231,6 +326,11 @@ def generate_history(
             "to_persona": names.take(np.where(is_mig, target, -1), allow_fill=True),
         }
     )
+    if shifts:
+        shifted = shift_day < _NEVER
+        truth["shift_day"] = _dates(start_us, shift_day, shifted)
+        shift_names = pd.array(list(patterns), dtype="str")
+        truth["shift_to"] = shift_names.take(np.where(shifted, shift_to - n_p, -1), allow_fill=True)
     return History(events=events, truth=truth)
 
 
@@ -281,8 +381,9 @@ def write_history(history: History, out_dir: Path) -> dict[str, Path]:
             fh.write("".join([line % row for row in rows]))
 
     truth = history.truth.copy()
-    for col in ("first_day", "churn_day", "migration_day"):
-        truth[col] = truth[col].dt.strftime("%Y-%m-%d")
+    for col in ("first_day", "churn_day", "migration_day", "shift_day"):
+        if col in truth:
+            truth[col] = truth[col].dt.strftime("%Y-%m-%d")
     truth.to_csv(paths["truth"], index=False, lineterminator="\n")
     movers = history.truth.dropna(subset=["migration_day"])
     changed_at = zip(*_ts_parts(movers["migration_day"]), strict=True)

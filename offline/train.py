@@ -1,9 +1,10 @@
 """The offline trainer: from an event history to a verified, published model bundle.
 
 Owns `TrainSettings` (with the `[segments]` and `[churn]` sections of the config file),
-`train` (batch-reference features -> segmentation -> profiles and names -> outcomes ->
-churn model -> early-life classifier -> bundle -> verify -> publish `current`) and
-`summary_tables` (what the CLI prints). Each step lives in its own module; this one only
+`train` (batch-reference features -> segmentation -> lineage against the previous bundle
+(stable ids and names) -> profiles and names -> outcomes -> churn model -> early-life
+classifier -> bundle -> verify -> publish `current`) and `summary_tables` (what the CLI
+prints). Each step lives in its own module; this one only
 wires them together, reports progress and decides what goes into the manifest.
 
 Must not import `stream/`; `segstream.cli` is its only caller besides tests.
@@ -15,7 +16,7 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from models.catalog import Catalog
 from models.eventfile import ReadStats
 from offline.churn import ChurnTrainer, churn_dataset, snapshot_times
 from offline.early import AGES, EarlyTrainer, early_dataset, new_customers
+from offline.lineage import Lineage, MatchRules, Previous, match_segments, relabel
 from offline.naming import name_segments, profile_segments
 from offline.outcomes import segment_outcomes
 from offline.reference import features_at, load_frame
@@ -138,6 +140,8 @@ class TrainResult:
     notes: list[str]
     early_holdout: pd.DataFrame | None
     seconds: float = 0.0
+    lineage: Lineage | None = None
+    published: bool = True
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -163,17 +167,54 @@ def train(
     *,
     now: datetime,
     console: Console | None = None,
+    previous: Path | None = None,
+    publish: bool = True,
+    rules: MatchRules | None = None,
 ) -> TrainResult:
     """Train every model on `events` as of `as_of` and publish a bundle under `out`.
 
     `now` names the bundle (the CLI passes the wall clock). `current` moves only after
-    the written bundle has been loaded back and assigns the training customers as trained.
+    the written bundle has been loaded back and assigns the training customers as trained
+    (and not at all with `publish` False). With a `previous` bundle the new segments are
+    matched to its segments (`offline.lineage`): those still there keep id and name.
     """
     unknown = [c for c in settings.exclude if c not in catalog.names]
     if unknown:
         raise ValueError(f"[segments] exclude: not in the catalog: {', '.join(unknown)}")
+    before = None
+    if previous is not None:
+        try:
+            before = fmt.load_bundle(previous, catalog)
+        except fmt.BundleError as exc:
+            raise fmt.BundleError(
+                f"previous bundle: {exc}; train with --no-previous to start new segment ids"
+            ) from None
     with threadpool_limits(limits=settings.threads):
-        return _train(events, as_of, out, catalog, settings, now, console)
+        return _train(
+            events, as_of, out, catalog, settings, now, console,
+            _Lineage(before, rules or MatchRules(), publish),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Lineage:
+    previous: fmt.Bundle | None
+    rules: MatchRules
+    publish: bool
+
+
+def used_ids(model_dir: Path) -> set[int]:
+    """Every segment id any bundle under `model_dir` used or recorded as used, so that a
+    bundle that was never promoted does not hand its ids out again."""
+    ids: set[int] = set()
+    for manifest in Path(model_dir).glob(f"*/{fmt.MANIFEST}"):
+        try:
+            doc = json.loads(manifest.read_text(encoding="utf-8"))
+            ids |= {int(s["id"]) for s in doc.get("segments", [])}
+            ids |= {int(i) for i in doc.get("segment_ids", {}).get("used", [])}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue  # not a bundle (or a broken one): load_bundle would refuse it anyway
+    return ids
 
 
 def _train(
@@ -184,6 +225,7 @@ def _train(
     settings: TrainSettings,
     now: datetime,
     console: Console | None,
+    lin: _Lineage,
 ) -> TrainResult:
     notes: list[str] = []
     columns = (
@@ -225,10 +267,25 @@ def _train(
         skipped = seg.pipeline_.named_steps["log"].skipped_
         if skipped:
             notes.append(f"kept linear (negative values, no log1p): {', '.join(skipped)}")
-        labels = pd.Series(seg.labels_, index=feats.index, name="segment")
         scaled = seg.transform(feats.drop(columns=list(settings.exclude)))
-        profiles = profile_segments(feats, scaled, seg.columns_, seg.labels_, seg.k_)
-        names = name_segments(profiles, settings.names)
+        space = seg.scaled_space(catalog)
+        prev = lin.previous
+        lineage = match_segments(
+            seg.labels_, seg.centroids_, space,
+            None if prev is None else Previous.from_manifest(prev.manifest, prev.space),
+            None if prev is None else prev.nearest(feats.to_numpy(dtype=float)),
+            reserved=used_ids(Path(out)), rules=lin.rules,
+        )  # fmt: skip
+        order = np.argsort(lineage.ids, kind="stable")  # clusters in segment id order
+        ids = [int(i) for i in lineage.ids[order]]
+        space = replace(space, centroids=space.centroids[order], segment_ids=tuple(ids))
+        stable = relabel(seg.labels_, lineage.ids)
+        labels = pd.Series(stable, index=feats.index, name="segment")
+        profiles = profile_segments(feats, scaled, seg.columns_, stable, seg.k_, ids=ids)
+        names = name_segments(profiles, settings.names, kept=lineage.kept_names)
+        lineage_doc = lineage.document(names)
+        if lineage_doc is not None:
+            notes.append(_lineage_note(lineage_doc))
         outcomes = segment_outcomes(frame, catalog, labels, as_of)
         if outcomes.table is None:
             notes.append(f"outcome validation skipped: {outcomes.note}")
@@ -268,7 +325,6 @@ def _train(
             early_holdout = early.holdout_
         bar.advance(step)
 
-        space = seg.scaled_space(catalog)
         segments_doc = []
         for p in profiles:
             doc = {"name": names[p.id], **p.to_dict()}
@@ -318,6 +374,8 @@ def _train(
             },
             "k": seg.k_,
             "segments": segments_doc,
+            "segment_ids": lineage.ids_document(),
+            "lineage": lineage_doc,
             "metrics": metrics,
             "thresholds": {"churn": threshold},
             "settings": {
@@ -341,21 +399,32 @@ def _train(
             report = ReportInputs(
                 version=version, as_of=_iso(as_of), k=seg.k_, k_scores=seg.k_scores_,
                 silhouette=seg.silhouette_, stability=seg.stability_, scaled=scaled,
-                labels=seg.labels_, names=names, profiles=profiles,
+                labels=stable, names=names, profiles=profiles,
                 outcomes=outcomes.table, outcome_note=outcomes.note, churn=churn_metrics,
                 churn_holdout=churn_holdout, early=early_metrics, notes=notes,
-                seed=settings.seed,
+                seed=settings.seed, lineage=lineage_doc,
             )  # fmt: skip
             write_report(report, staging)
 
         step = bar.add_task("writing and verifying the bundle", total=1)
         version_dir = fmt.write_bundle(Path(out), manifest, write_artifacts, now)
         bundle = fmt.load_bundle(version_dir, catalog)
-        _verify(bundle, feats, seg.labels_, early_model, churn_model)
-        bundle = fmt.publish(Path(out), version_dir, catalog)
+        _verify(bundle, feats, stable, early_model, churn_model)
+        if lin.publish:
+            bundle = fmt.publish(Path(out), version_dir, catalog, action="train", at=now)
         bar.advance(step)
     return TrainResult(
-        bundle=bundle, segments=labels, metrics=metrics, notes=notes, early_holdout=early_holdout
+        bundle=bundle, segments=labels, metrics=metrics, notes=notes,
+        early_holdout=early_holdout, lineage=lineage, published=lin.publish,
+    )  # fmt: skip
+
+
+def _lineage_note(doc: dict[str, Any]) -> str:
+    statuses = [r["status"] for r in doc["segments"]] + ["retired"] * len(doc["retired"])
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    return (
+        f"segments matched to the previous bundle {doc['previous_version']}: {counts}; "
+        f"{doc['same_segment_share']:.1%} of the customers keep their segment id"
     )
 
 
@@ -408,14 +477,24 @@ def summary_tables(result: TrainResult) -> list[Table]:
         head.add_row("churn model", "none")
     head.add_row("early-life accuracy (holdout)", f"{early['accuracy']:.3f}" if early else "none")
     head.add_row("outcomes", m["outcomes"]["note"])
+    lineage = result.bundle.manifest.get("lineage")
+    status: dict[int, str] = {}
+    if lineage:
+        head.add_row("previous bundle", lineage["previous_version"])
+        head.add_row("customers keeping their segment", f"{lineage['same_segment_share']:.1%}")
+        status = {int(r["id"]): r["status"] for r in lineage["segments"]}
+        retired = ", ".join(f"{r['id']} {r['name']} ({r['cause']})" for r in lineage["retired"])
+        head.add_row("retired segments", retired or "none")
     segs = Table(title="segments")
-    for col in ("id", "name", "size", "share", "retention 30d", "stands out on"):
+    columns = ("id", "name", "size", "share", "retention 30d", "stands out on")
+    for col in (*columns, "since previous") if status else columns:
         segs.add_column(col, justify="right" if col in ("id", "size", "share") else "left")
     for s in result.bundle.manifest["segments"]:
         out = s.get("outcomes")
         top = ", ".join(f"{t['feature']} {t['z']:+.1f}" for t in s["top_features"][:3])
-        segs.add_row(
+        row = [
             str(s["id"]), s["name"], f"{s['size']:,}", f"{s['share']:.1%}",
             f"{out['retention']:.1%}" if out else "-", top,
-        )  # fmt: skip
+        ]  # fmt: skip
+        segs.add_row(*row, *([status.get(int(s["id"]), "")] if status else []))
     return [head, segs]

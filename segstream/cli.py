@@ -59,7 +59,11 @@ def generate(
         float, typer.Option(help="Share of events delivered up to 48 h late (0 to <1).")
     ] = 0.0,
 ) -> None:
-    """Write a synthetic event history with its ground truth (personas, churn, migrations)."""
+    """Write a synthetic event history with its ground truth (personas, churn, migrations).
+
+    OUT/migrations.csv (customer_id, changed_at, to_persona) is a migration truth in the
+    format `segstream backtest --truth` reads; to_persona is an extra column it ignores.
+    """
     from datetime import UTC, datetime
 
     from offline.synthetic import generate_history, write_history
@@ -170,8 +174,31 @@ def train(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed, the same bundle.")] = 0,
+    previous: Annotated[
+        Path | None,
+        typer.Option(
+            "--previous",
+            help="Bundle whose segment ids and names to keep (default: OUT/current if any).",
+        ),
+    ] = None,
+    no_previous: Annotated[
+        bool, typer.Option("--no-previous", help="Start new segment ids; ignore OUT/current.")
+    ] = False,
+    no_publish: Annotated[
+        bool,
+        typer.Option(
+            "--no-publish",
+            help="Write and verify the bundle but leave OUT/current alone (then compare and "
+            "promote it); prints the bundle's path on stdout.",
+        ),
+    ] = False,
 ) -> None:
-    """Learn segments, churn risk and early-life segments; publish a verified bundle."""
+    """Learn segments, churn risk and early-life segments; publish a verified bundle.
+
+    When a previous bundle exists (--previous, or OUT/current), segments still there keep
+    their id and name, and the manifest and report say what split, merged, appeared or
+    retired.
+    """
     from datetime import UTC, datetime
 
     from models.bundle import BundleError
@@ -190,18 +217,26 @@ def train(
             churn_horizon_days=churn_horizon_days,
             seed=seed,
         )
+        if previous is not None and no_previous:
+            raise ValueError("--previous and --no-previous contradict each other")
+        if previous is None and not no_previous and (out / "current").exists():
+            previous = out / "current"
         result = run_training(
-            events, at, out, catalog, settings, now=datetime.now(UTC), console=console
-        )
+            events, at, out, catalog, settings, now=datetime.now(UTC), console=console,
+            previous=previous, publish=not no_publish,
+        )  # fmt: skip
     except (CatalogError, BundleError, ValueError) as exc:
         raise _fail(str(exc)) from None
     for table in summary_tables(result):
         console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")
-    console.print(
-        f"published {result.bundle.path} as {out / 'current'} in {time.perf_counter() - t0:.1f} s"
-    )
+    seconds = time.perf_counter() - t0
+    if no_publish:
+        console.print(f"wrote {result.bundle.path} in {seconds:.1f} s; current not moved")
+        typer.echo(str(result.bundle.path))
+    else:
+        console.print(f"published {result.bundle.path} as {out / 'current'} in {seconds:.1f} s")
 
 
 @app.command()
@@ -289,6 +324,71 @@ def replay(
 
 
 @app.command()
+def backtest(
+    events: EventsOpt,
+    model: Annotated[Path, typer.Option("--model", help="A bundle: DIR/current or DIR/<version>.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.html and metrics.json.")],
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Evaluate alerts from this time (default: bundle's as-of)."),
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="...until this time (default: the last event).")
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--truth",
+            exists=True,
+            dir_okay=False,
+            help="Migration truth CSV: customer_id, changed_at[, to_segment] "
+            "(`generate` writes one: migrations.csv).",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Events per batch.")] = 1000,
+) -> None:
+    """Measure how right the alerts are: replay a history through the worker's engine.
+
+    Churn alerts are judged from the history itself, migrations against --truth. Uses
+    SEGSTREAM_REDIS_URL (default: an embedded Valkey) under a scratch key prefix that is
+    deleted, and the SEGSTREAM_* alert thresholds, as `replay` does.
+    """
+    from models.bundle import BundleError
+    from models.catalog import CatalogError
+    from segstream.backtest import TruthError
+    from segstream.backtest_report import write_report
+    from segstream.backtest_run import backtest as run_backtest
+    from stream.redis_conn import RedisUnavailable
+    from stream.settings import StreamSettings
+
+    t0 = time.perf_counter()
+    try:
+        metrics, run = run_backtest(
+            StreamSettings(), events, model, out, truth=truth, start=from_, end=to,
+            batch_size=batch_size,
+        )  # fmt: skip
+    except (CatalogError, BundleError, RedisUnavailable, TruthError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    write_report(metrics, out)
+    console.print(
+        f"{run.summary.events:,} events replayed in {time.perf_counter() - t0:.1f} s; "
+        f"alerts -> {out / 'alerts.jsonl'}"
+    )
+    churn = metrics["churn"]
+    console.print(
+        f"churn: {churn['alerts']} alerts, precision {churn['precision']}, recall "
+        f"{churn['recall']}, lead time median {churn['lead_time_days']['median']} d"
+    )
+    if "migrations" in metrics:
+        m = metrics["migrations"]
+        console.print(
+            f"migrations: precision {m['precision']}, recall {m['recall']}, delay median "
+            f"{m['delay_days']['median']} d, flap rate {m['flap_rate_per_30d']} per 30 d"
+        )
+    console.print(f"report -> {out / 'report.html'}, {out / 'metrics.json'}")
+
+
+@app.command()
 def worker(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error.")
@@ -370,6 +470,163 @@ def demo(
             raise typer.Exit(130) from None
     for line in summary_lines(summary):
         screen.print(line, highlight=False, markup=False)
+
+
+@app.command()
+def compare(
+    live: Annotated[Path, typer.Option("--live", help="Live bundle: DIR/current or DIR/<ver>.")],
+    candidate: Annotated[
+        Path, typer.Option("--candidate", help="Candidate bundle: DIR/<version>.")
+    ],
+    events: EventsOpt,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Score customers at this RFC 3339 time (default: last)."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for compare.html and compare.json.")
+    ] = Path("compare"),
+    config: ConfigOpt = None,
+    early_days: Annotated[
+        float, typer.Option(help="Younger customers are placed by the early-life classifier.")
+    ] = 30.0,
+) -> None:
+    """Compare two bundles on the same customers: segments kept, churn scores, alerts."""
+    from datetime import UTC, datetime
+
+    from models.bundle import BundleError, load_bundle
+    from models.catalog import CatalogError, load_catalog
+    from models.events import parse_time
+    from offline.compare import compare as run_compare
+    from offline.compare import tables, write_html
+    from offline.reference import load_frame
+
+    try:
+        catalog = load_catalog(config)
+        live_bundle = load_bundle(live, catalog)
+        cand_bundle = load_bundle(candidate, catalog)
+        frame = load_frame(events, catalog)
+        if frame.empty:
+            raise ValueError(f"{events}: no valid event")
+        at = parse_time(as_of) if as_of else float(frame["ts"].max())
+        shown = as_of or datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+        result = run_compare(live_bundle, cand_bundle, frame, catalog, at, shown, early_days)
+        paths = write_html(result, out)
+    except (CatalogError, BundleError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    screen = Console()
+    for table in tables(result):
+        screen.print(table)
+    console.print(f"wrote {paths[0]} and {paths[1]}")
+
+
+GateDropOpt = Annotated[float | None, typer.Option(help="Override the [gates] table.")]
+
+
+@app.command()
+def promote(
+    version: Annotated[Path, typer.Argument(help="The bundle to make live: DIR/<version>.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            exists=True,
+            dir_okay=False,
+            help="TOML config: \\[catalog] (the stream's) and \\[gates.max_drop], \\[gates.min].",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even when gates fail (recorded).")
+    ] = False,
+    max_silhouette_drop: GateDropOpt = None,
+    max_stability_drop: GateDropOpt = None,
+    max_churn_auc_drop: GateDropOpt = None,
+) -> None:
+    """Make a bundle live: verify it, check the quality gates, switch DIR/current.
+
+    The gates compare the candidate's silhouette, stability and churn ROC AUC with the
+    live bundle's (by default none may drop by more than 0.05, 0.05 and 0.02). A refused
+    candidate exits with 1 and the reasons. Every switch is logged in DIR/history.jsonl.
+    """
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    from models.bundle import BundleError
+    from models.catalog import CatalogError, load_catalog
+    from models.promote import GateResult, Gates, PromotionRefused
+    from models.promote import promote as run_promote
+
+    def show(results: list[GateResult]) -> None:
+        table = Table(title="quality gates")
+        for col in ("metric", "candidate", "live", "result"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(
+                r.metric,
+                "-" if r.candidate is None else f"{r.candidate:.3f}",
+                "-" if r.live is None else f"{r.live:.3f}",
+                "pass" if r.passed else f"FAIL: {r.reason}",
+            )
+        console.print(table)
+
+    try:
+        catalog = load_catalog(config)
+        gates = Gates.load(
+            config,
+            silhouette=max_silhouette_drop,
+            stability_ari=max_stability_drop,
+            churn_auc=max_churn_auc_drop,
+        )
+        done = run_promote(version, catalog, gates, force=force, at=datetime.now(UTC))
+    except PromotionRefused as exc:
+        show(exc.results)
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(1) from None
+    except (CatalogError, BundleError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    show(done.results)
+    if not done.changed:
+        console.print(f"{done.bundle.version} is already live; nothing changed")
+        return
+    if done.forced:
+        failed = "; ".join(r.reason for r in done.results if not r.passed)
+        console.print(
+            f"[bold red]FORCED: {done.bundle.version} promoted although its gates failed "
+            f"({failed}); recorded in history.jsonl[/]",
+            markup=True,
+            highlight=False,
+        )
+    console.print(
+        f"promoted {done.bundle.version} (was {done.previous or 'none'}); "
+        f"roll back with `segstream rollback {done.bundle.path.parent}`"
+    )
+
+
+@app.command()
+def rollback(
+    model_dir: Annotated[
+        Path,
+        typer.Argument(
+            envvar="SEGSTREAM_MODEL_DIR", help="Model folder holding current and history.jsonl."
+        ),
+    ],
+    config: ConfigOpt = None,
+) -> None:
+    """Make the version that was live before the live one live again (verified first)."""
+    from datetime import UTC, datetime
+
+    from models.bundle import BundleError, resolve_current
+    from models.catalog import CatalogError, load_catalog
+    from models.promote import rollback as run_rollback
+
+    try:
+        catalog = load_catalog(config)
+        before = resolve_current(model_dir).name
+        bundle = run_rollback(model_dir, catalog, at=datetime.now(UTC))
+    except (CatalogError, BundleError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"rolled back from {before} to {bundle.version}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,11 @@
 """The faust application: the thin agent around `stream.worker.Worker`.
 
 Owns the wiring only: topics, the agent that reads batches with
-``stream.take_events(batch_size, within=batch_seconds)``, publishes what the core returns
-and waits for every broker ack before asking for the next batch (so the offsets faust
-commits later cover only durable work), the re-score and center-sync timers, the
+``stream.take_events(batch_size, within=batch_seconds)`` and hands each to the core with a
+``publish`` callback that sends records and waits for every broker ack (the core calls it
+before saving the states those records stand for, and the agent asks for the next batch
+only after, so the offsets faust commits later cover only durable, published work), the
+Kafka credentials (SASL, TLS) built from the settings, the re-score and center-sync timers, the
 Prometheus ``/metrics`` server on ``metrics_port`` and the read API (`stream.web`) on the
 faust web server (``web_port``). Decoding, features, decisions and metrics live elsewhere.
 
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -110,6 +115,59 @@ class Pipeline:
             self.core = None
 
 
+def kafka_ssl_context(settings: StreamSettings) -> ssl.SSLContext:
+    """The TLS context for the brokers: verify them (by the CA file, else the system's CAs),
+    and present a client certificate when one is configured.
+
+    Raises `ValueError` naming the setting when a file cannot be read or parsed (at start-up,
+    before any connection is tried).
+    """
+    cafile = settings.kafka_ssl_cafile
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(cafile) if cafile else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"SEGSTREAM_KAFKA_SSL_CAFILE={cafile}: cannot load it: {exc}") from None
+    if settings.kafka_ssl_certfile is not None:
+        cert, key = settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile
+        try:
+            context.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"SEGSTREAM_KAFKA_SSL_CERTFILE={cert} / SEGSTREAM_KAFKA_SSL_KEYFILE={key}: "
+                f"cannot load the client certificate: {exc}"
+            ) from None
+    return context
+
+
+def kafka_credentials(settings: StreamSettings) -> faust.auth.Credentials | None:
+    """faust's ``broker_credentials`` for the configured security protocol (None: plaintext).
+
+    The password goes to faust (and aiokafka) only: `faust.SASLCredentials` prints the user
+    alone, and the settings keep it as a `SecretStr`.
+
+    >>> s = StreamSettings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="app",
+    ...                    kafka_sasl_password="s3cret", kafka_sasl_mechanism="SCRAM-SHA-512")
+    >>> creds = kafka_credentials(s)
+    >>> creds, creds.protocol.value, creds.mechanism.value
+    (<SASLCredentials: username=app>, 'SASL_PLAINTEXT', 'SCRAM-SHA-512')
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = kafka_ssl_context(settings) if protocol.endswith("SSL") else None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password else None,
+        ssl_context=context,  # SASL_SSL when set, SASL_PLAINTEXT otherwise
+        mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
 async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
     """Run `step` until it succeeds, backing off; nothing escapes but cancellation."""
     delay = RETRY_FIRST
@@ -138,7 +196,11 @@ def create_app(
     app = SegstreamApp(
         settings.app_id,
         broker=settings.broker_url,
+        broker_credentials=kafka_credentials(settings),
         store="memory://",
+        # faust creates its data folder even with the memory store; nothing in it outlives
+        # the process, so keep it out of the working directory.
+        datadir=str(Path(tempfile.gettempdir()) / f"{settings.app_id}-faust-data"),
         autodiscover=False,
         topic_partitions=settings.input_partitions,
         topic_disable_leader=True,
@@ -146,6 +208,7 @@ def create_app(
         broker_session_timeout=SESSION_TIMEOUT,
         broker_heartbeat_interval=HEARTBEAT_INTERVAL,
         broker_rebalance_timeout=settings.rebalance_timeout_seconds,
+        broker_commit_interval=settings.commit_interval_seconds,
         web_enabled=bool(settings.web_port),
         web_port=settings.web_port or 6066,
         web_in_thread=False,
@@ -201,14 +264,15 @@ def create_app(
         async for events in stream.take_events(settings.batch_size, within=settings.batch_seconds):
             messages = [Message(e.value, e.message.partition, e.message.offset) for e in events]
             core = await _until_done("opening the runtime", pipeline.worker)
-            outputs = await _until_done("processing a batch", partial(core.handle, messages))
-            await publish(outputs)
+            # The core publishes (and awaits the acks) before it saves any state; faust
+            # acks these events only when we ask for the next batch.
+            await _until_done("processing a batch", partial(core.handle, messages, publish))
             update_lag(core)
 
     @app.timer(settings.rescore_interval_seconds)  # type: ignore[untyped-decorator]
     async def rescore() -> None:
         core = await _until_done("opening the runtime", pipeline.worker)
-        await publish(await _until_done("re-scoring", core.tick))
+        await _until_done("re-scoring", partial(core.tick, publish))
 
     @app.timer(settings.centers_sync_seconds)  # type: ignore[untyped-decorator]
     async def sync_centers() -> None:
@@ -236,4 +300,4 @@ def create_app(
 
 app = create_app(StreamSettings())
 
-__all__ = ["Pipeline", "app", "create_app"]
+__all__ = ["Pipeline", "app", "create_app", "kafka_credentials", "kafka_ssl_context"]

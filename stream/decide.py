@@ -14,6 +14,13 @@ Rules (thresholds in `Rules`):
   nearer than the current one by the relative `migration_margin`, and the move is made
   only when the candidate held for `migration_dwell_days` of event time; then
   `segment_migration` (with the 3 features that drove the move) and `segment_assigned`;
+- settling: a move whose candidate appeared while the customer was young, or within
+  one dwell after, only refines its placement: `segment_assigned` (`first: false`, `placed_by` the classifier
+  or the centers), no `segment_migration`;
+- model update: at the first evaluation of a customer under a new bundle, the new model
+  places the customer's anchor (its features when last settled); a changed segment is a
+  `segment_reassigned` (cause `model_update`, both versions), not a migration; the row is
+  then judged by the rules above, and a pending candidate carries over;
 - churn risk: judged at each customer's daily re-score (churn is the absence of events):
   rising edge of `P(churn) >= threshold`, at most once per `churn_cooldown_days`.
 
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -47,6 +54,7 @@ class Model(Protocol):
     def churn_threshold(self) -> float: ...
 
     def scale(self, features: np.ndarray) -> np.ndarray: ...
+    def nearest(self, features: np.ndarray) -> np.ndarray: ...
     def early_segment(self, features: np.ndarray) -> np.ndarray: ...
     def churn_probability(self, features: np.ndarray) -> np.ndarray: ...
 
@@ -56,24 +64,50 @@ class Rules:
     """Thresholds of the alert decisions (defaults backed by the backtest, see README)."""
 
     early_days: float = 30.0
-    migration_margin: float = 0.10
-    migration_dwell_days: float = 3.0
+    migration_margin: float = 0.15
+    migration_dwell_days: float = 5.0
     churn_cooldown_days: float = 14.0
     drivers: int = 3
 
 
-@dataclass(frozen=True)
 class CustomerState:
-    """What the stream remembers of a customer between events (besides its features)."""
+    """What the stream remembers of a customer between events (besides its features).
 
-    segment: int | None = None
-    since: float = 0.0  # event time the current segment was assigned
-    candidate: int | None = None
-    candidate_since: float = 0.0
-    anchor: bytes = b""  # float32 catalog features when last seen firmly in `segment`
-    churn_high: bool = False
-    churn_alerted_at: float = -1e18
-    model_version: str = ""
+    Mutable on purpose: `Decider.decide` copies a customer's state once per batch and
+    then updates it in place for each of its rows (a fresh object per row cost more than
+    the rules themselves, measured).
+    """
+
+    __slots__ = (
+        "anchor",
+        "candidate",
+        "candidate_since",
+        "churn_alerted_at",
+        "churn_high",
+        "model_version",
+        "segment",
+        "since",
+    )
+
+    def __init__(
+        self,
+        segment: int | None = None,
+        since: float = 0.0,  # event time the current segment was assigned
+        candidate: int | None = None,
+        candidate_since: float = 0.0,
+        anchor: bytes = b"",  # float32 catalog features when last seen firmly in `segment`
+        churn_high: bool = False,
+        churn_alerted_at: float = -1e18,
+        model_version: str = "",
+    ) -> None:
+        self.segment = segment
+        self.since = since
+        self.candidate = candidate
+        self.candidate_since = candidate_since
+        self.anchor = anchor
+        self.churn_high = churn_high
+        self.churn_alerted_at = churn_alerted_at
+        self.model_version = model_version
 
     def to_list(self) -> list[Any]:
         return [
@@ -91,6 +125,18 @@ class CustomerState:
     def from_list(cls, items: Sequence[Any]) -> CustomerState:
         seg, since, cand, cand_since, anchor, high, alerted, version = items
         return cls(seg, since, cand, cand_since, bytes(anchor), high, alerted, version)
+
+    def copy(self) -> CustomerState:
+        return CustomerState(*self.to_list())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CustomerState) and self.to_list() == other.to_list()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"CustomerState({fields})"
 
 
 @dataclass(frozen=True)
@@ -129,6 +175,10 @@ def alert_id(kind: str, customer_id: str, model_version: str, trigger: str) -> s
     """
     text = "\x1f".join((kind, customer_id, model_version, trigger))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _anchor(x: np.ndarray) -> bytes:
+    return x.astype(np.float32).tobytes()
 
 
 def iso(ts: float) -> str:
@@ -193,19 +243,33 @@ class Decider:
             if self.has_churn and score_churn
             else np.full(len(rows), np.nan)
         )
-        nearest_idx = np.argmin(distances, axis=1)
+        ids = np.asarray(self.segment_ids)
+        targets = np.where(young, early, ids[np.argmin(distances, axis=1)]).tolist()
+        young_list = young.tolist()
+        churn_list = churn.tolist()
+        # One copy per customer and batch, updated in place row by row: the caller's
+        # states stay as they were (the engine diffs them for the population counts).
+        copied: set[str] = set()
+        replaced = self._replaced(rows, out.states)
         churn_alerts: list[tuple[int, Alert]] = []
         for i, row in enumerate(rows):
-            state = out.states.get(row.customer_id, CustomerState())
-            target = int(early[i]) if young[i] else self.segment_ids[int(nearest_idx[i])]
-            state = self._assign(row, state, target, bool(young[i]), features[i], distances[i], out)
+            cid = row.customer_id
+            if cid in copied:
+                state = out.states[cid]
+            else:
+                found = out.states.get(cid)
+                state = found.copy() if found is not None else CustomerState()
+                out.states[cid] = state
+                copied.add(cid)
+            self._assign(
+                row, state, targets[i], young_list[i], features, i, distances[i], out, replaced
+            )
             if score_churn:
                 before = len(out.alerts)
-                state = self._churn(row, state, float(churn[i]), out)
+                self._churn(row, state, churn_list[i], out)
                 churn_alerts += [(i, a) for a in out.alerts[before:]]
-            out.states[row.customer_id] = state
             out.segments.append(state.segment if state.segment is not None else -1)
-            out.churn.append(float(churn[i]))
+        out.churn = churn_list
         pending = [(a.body, features[i], float(churn[i])) for i, a in churn_alerts]
         if pending:
             self._add_churn_drivers(pending)
@@ -231,12 +295,13 @@ class Decider:
         state: CustomerState,
         target: int,
         young: bool,
-        x: np.ndarray,
+        features: np.ndarray,
+        i: int,
         dist: np.ndarray,
         out: Decisions,
-    ) -> CustomerState:
-        anchor = x.astype(np.float32).tobytes()
-        version = self.model.version
+        replaced: dict[str, int],
+    ) -> None:
+        """Update `state` in place for row `i` (features `features[i]`)."""
         if state.segment is None:
             body = self._base("segment_assigned", row)
             body.update(
@@ -248,23 +313,103 @@ class Decider:
                 placed_by="early_life_classifier" if young else "nearest_centroid",
             )
             out.alerts.append(Alert("segment_assigned", row.customer_id, body))
-            return replace(
-                state,
-                segment=target,
-                since=row.at,
-                candidate=None,
-                anchor=anchor,
-                model_version=version,
-            )
+            state.segment, state.since, state.candidate = target, row.at, None
+            state.anchor = _anchor(features[i])
+            state.model_version = self.model.version
+            return
+        if state.model_version != self.model.version:
+            self._reassign(row, state, replaced.get(row.customer_id, target), out)
         if target == state.segment:
-            return replace(state, candidate=None, anchor=anchor)
+            state.candidate = None
+            state.anchor = _anchor(features[i])
+            return
         if not young and not self._clear_margin(state.segment, target, dist):
-            return state  # too close to the border to even start counting dwell
+            return  # too close to the border to even start counting dwell
         if state.candidate != target:
-            return replace(state, candidate=target, candidate_since=row.at)
-        if row.at - state.candidate_since < self.rules.migration_dwell_days * DAY:
-            return state
-        return self._migrate(row, state, target, x, out)
+            state.candidate, state.candidate_since = target, row.at
+            return
+        held = row.at - state.candidate_since
+        if held < self.rules.migration_dwell_days * DAY:
+            return
+        # A new customer's placement is still settling while the early-life classifier
+        # places it and for one dwell after it hands over to the centers: a change that
+        # started then refines where the customer belongs, it is not a move it made.
+        # Alerting those as migrations made most of the false ones in the backtest.
+        began = features[i, self._tenure] - held / DAY  # tenure when the candidate appeared
+        if began < self.rules.early_days + self.rules.migration_dwell_days:
+            self._settle(row, state, target, young, features[i], out)
+        else:
+            self._migrate(row, state, target, features[i], out)
+
+    def _settle(
+        self, row: Row, state: CustomerState, target: int, young: bool, x: np.ndarray,
+        out: Decisions,
+    ) -> None:  # fmt: skip
+        """A settling customer's placement changed: `segment_assigned` only."""
+        body = self._base("segment_assigned", row)
+        body.update(
+            segment_id=target,
+            segment_name=self._name(target),
+            previous_segment_id=state.segment,
+            previous_segment_name=self._name(state.segment),
+            first=False,
+            placed_by="early_life_classifier" if young else "nearest_centroid",
+        )
+        out.alerts.append(Alert("segment_assigned", row.customer_id, body))
+        state.segment, state.since, state.candidate = target, row.at, None
+        state.anchor = _anchor(x)
+
+    def _reassign(self, row: Row, state: CustomerState, target: int, out: Decisions) -> None:
+        """First look at a customer under a new bundle: where the new model puts it.
+
+        `target` is the new model's segment for the customer's anchor (its features when
+        it was last settled), not for this row: that separates what the model changed
+        from what the customer did. A changed segment is a `segment_reassigned` (cause
+        `model_update`), never a migration; the rules then judge this row as usual, and a
+        move the customer had started (a candidate counting its dwell) carries over, so
+        a real migration right after a reload is still caught.
+        """
+        previous_version, state.model_version = state.model_version, self.model.version
+        if target == state.segment:
+            return
+        body = self._base("segment_reassigned", row)
+        body.update(
+            segment_id=target,
+            segment_name=self._name(target),
+            previous_segment_id=state.segment,
+            previous_segment_name=self._name(state.segment),
+            cause="model_update",
+            previous_model_version=previous_version,
+        )
+        out.alerts.append(Alert("segment_reassigned", row.customer_id, body))
+        state.segment, state.since = target, row.at
+        if state.candidate == target:
+            state.candidate = None
+
+    def _replaced(self, rows: Sequence[Row], states: dict[str, CustomerState]) -> dict[str, int]:
+        """The new model's segment for each customer last decided by another model.
+
+        Placed from the anchor (the features when it was last settled), by the early-life
+        classifier or the nearest centroid, as a row would be: one batched model call.
+        """
+        version = self.model.version
+        stale = [
+            (cid, st.anchor)
+            for cid in dict.fromkeys(r.customer_id for r in rows)
+            if (st := states.get(cid)) is not None
+            and st.segment is not None
+            and st.model_version != version
+            and st.anchor
+        ]
+        if not stale:
+            return {}
+        x = np.vstack([np.frombuffer(anchor, dtype=np.float32) for _, anchor in stale])
+        x = x.astype(float)
+        placed = self.model.nearest(x)
+        young = x[:, self._tenure] < self.rules.early_days
+        if self.has_early and young.any():
+            placed[young] = self.model.early_segment(x[young])
+        return {cid: int(seg) for (cid, _), seg in zip(stale, placed.tolist(), strict=True)}
 
     def _clear_margin(self, current: int, target: int, dist: np.ndarray) -> bool:
         d_cur = float(dist[self.segment_ids.index(current)])
@@ -273,7 +418,7 @@ class Decider:
 
     def _migrate(
         self, row: Row, state: CustomerState, target: int, x: np.ndarray, out: Decisions
-    ) -> CustomerState:
+    ) -> None:
         before = np.frombuffer(state.anchor, dtype=np.float32).astype(float) if state.anchor else x
         # The features that moved most in the model's own (scaled) units drove the move.
         move = self.model.scale(x[None, :])[0] - self.model.scale(before[None, :])[0]
@@ -308,16 +453,17 @@ class Decider:
             placed_by="migration",
         )
         out.alerts.append(Alert("segment_assigned", row.customer_id, assigned))
-        anchor = x.astype(np.float32).tobytes()
-        return replace(state, segment=target, since=row.at, candidate=None, anchor=anchor)
+        state.segment, state.since, state.candidate = target, row.at, None
+        state.anchor = _anchor(x)
 
-    def _churn(self, row: Row, state: CustomerState, p: float, out: Decisions) -> CustomerState:
+    def _churn(self, row: Row, state: CustomerState, p: float, out: Decisions) -> None:
         threshold = self.model.churn_threshold
         high = p >= threshold
         rising = high and not state.churn_high
         cooled = row.at - state.churn_alerted_at >= self.rules.churn_cooldown_days * DAY
         if not (rising and cooled):
-            return replace(state, churn_high=high)
+            state.churn_high = high
+            return
         body = self._base("churn_risk", row)
         body.update(
             probability=round(p, 4),
@@ -327,7 +473,7 @@ class Decider:
             drivers=[],  # filled for the whole batch at once (see _add_churn_drivers)
         )
         out.alerts.append(Alert("churn_risk", row.customer_id, body))
-        return replace(state, churn_high=True, churn_alerted_at=row.at)
+        state.churn_high, state.churn_alerted_at = True, row.at
 
     def _add_churn_drivers(self, pending: list[tuple[dict[str, Any], np.ndarray, float]]) -> None:
         """Fill each churn alert's drivers: the features whose value raised the probability

@@ -19,11 +19,15 @@ Must not import faust or redis; `stream.worker` calls it, `stream.app` serves it
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream.decide import Alert
 from stream.store import EventStatus
+
+if TYPE_CHECKING:
+    from stream.shadow import ShadowTally
 
 #: Reasons an event can be rejected for: the contract's codes and the store's ``too_late``.
 REJECT_REASONS = (
@@ -91,6 +95,41 @@ class Metrics:
         )
         self.churn_alerts = Counter(
             "segstream_churn_alerts", "Churn-risk alerts, by segment.", ["segment"], registry=r
+        )
+        self.shadow_info = Gauge(
+            "segstream_shadow_model_info",
+            "1 for the candidate bundle scored in shadow mode (SEGSTREAM_SHADOW_MODEL_DIR).",
+            ["version"],
+            registry=r,
+        )
+        self.shadow_evaluations = Counter(
+            "segstream_shadow_evaluations",
+            "Evaluations scored by both bundles, by the live and the candidate segment.",
+            ["live_segment", "candidate_segment"],
+            registry=r,
+        )
+        self.shadow_alerts = Counter(
+            "segstream_shadow_alerts",
+            "Alerts the candidate bundle would have sent (none is published), by type.",
+            ["type"],
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "segstream_shadow_agreement_ratio",
+            "Share of the recent evaluations that live and candidate put in the same segment.",
+            registry=r,
+        )
+        self.shadow_churn_correlation = Gauge(
+            "segstream_shadow_churn_correlation",
+            "Pearson correlation of live and candidate churn scores over recent re-scores.",
+            registry=r,
+        )
+        self.reassignments = Counter(
+            "segstream_segment_reassignments",
+            "Customers moved by a model update (not by their behavior), by from and to "
+            "segment and the new model version.",
+            ["from_segment", "to_segment", "model_version"],
+            registry=r,
         )
         self.alerts = Counter(
             "segstream_alerts", "Alerts published, by type.", ["type"], registry=r
@@ -171,6 +210,34 @@ class Metrics:
                 ).inc()
             elif alert.kind == "churn_risk":
                 self.churn_alerts.labels(str(body.get("segment_name"))).inc()
+            elif alert.kind == "segment_reassigned":
+                self.reassignments.labels(
+                    str(body.get("previous_segment_name")),
+                    str(body.get("segment_name")),
+                    str(body.get("model_version")),
+                ).inc()
+
+    def observe_shadow(
+        self,
+        tally: ShadowTally,
+        names: Mapping[int, str],
+        candidate_names: Mapping[int, str],
+        agreement: float,
+        churn_correlation: float,
+    ) -> None:
+        """One batch of shadow mode: segment pairs, would-be alerts, agreement gauges."""
+        for (live, cand), n in tally.pairs.items():
+            self.shadow_evaluations.labels(
+                names.get(live, str(live)), candidate_names.get(cand, str(cand))
+            ).inc(n)
+        for kind, n in tally.alerts.items():
+            self.shadow_alerts.labels(kind).inc(n)
+        self.shadow_agreement.set(agreement)
+        self.shadow_churn_correlation.set(churn_correlation)
+
+    def set_shadow_model(self, version: str) -> None:
+        self.shadow_info.clear()
+        self.shadow_info.labels(version).set(1)
 
     def reject(self, reason: str) -> None:
         """Count one event sent to the dead-letter topic."""

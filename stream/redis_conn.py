@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream import children
 from stream.children import HOST, free_port, spawn
@@ -123,11 +124,26 @@ BACKENDS: dict[str, Callable[..., Connection]] = {
 }
 
 
-async def connect(url: str, *, check: bool = True, **kwargs: Any) -> Connection:
+async def connect(
+    url: str,
+    *,
+    check: bool = True,
+    socket_timeout: float | None = None,
+    socket_connect_timeout: float | None = None,
+    **kwargs: Any,
+) -> Connection:
     """Open the backend named by the URL's scheme and (by default) check that it answers.
 
     A wrong password fails fast with `RedisUnavailable`, naming the URL without secrets.
+    `socket_timeout` bounds the wait for any reply and `socket_connect_timeout` the
+    wait to connect (seconds; None: the operating system's), so a server that hangs or a
+    host that drops packets fails a call (`redis.exceptions.TimeoutError`, which the
+    worker retries) instead of blocking it indefinitely.
     """
+    if socket_timeout is not None:
+        kwargs["socket_timeout"] = socket_timeout
+    if socket_connect_timeout is not None:
+        kwargs["socket_connect_timeout"] = socket_connect_timeout
     scheme = url.partition("://")[0].lower()
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
@@ -140,7 +156,8 @@ async def connect(url: str, *, check: bool = True, **kwargs: Any) -> Connection:
         except (AuthenticationError, ResponseError) as exc:
             await conn.close()
             raise RedisUnavailable(f"Redis at {conn.url} refused the credentials: {exc}") from None
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, RedisTimeoutError, OSError) as exc:
             await conn.close()
-            raise RedisUnavailable(f"Redis at {conn.url} is not reachable: {exc}") from None
+            reason = str(exc) or type(exc).__name__
+            raise RedisUnavailable(f"Redis at {conn.url} is not reachable: {reason}") from None
     return conn

@@ -1,6 +1,7 @@
 """Replay: run a history file through the very same engine as the live worker, without Kafka.
 
-Events are taken in file order (the delivery order) in batches; the event-time watermark
+Events are taken in file order (the delivery order) in batches, each processed, its alerts
+written, then its states saved (`Engine.save`), the live worker's order; the event-time watermark
 (the newest event time seen) drives the daily re-score of silent customers and the
 online-center sync, at each midnight it crosses, as the wall clock does in a live worker.
 The alerts do not depend on the batch size. Every alert is written as one JSON line; at the end
@@ -72,7 +73,9 @@ async def replay(
             result = await engine.process(batch)
             summary.events += len(batch)
             summary.statuses.update(result.statuses)
+            # The worker's order: outputs first, then the states they stand for.
             _write(out, result.alerts, summary)
+            await engine.save(result)
             batch.clear()
 
     with alerts_out.open("w") as out:
@@ -89,6 +92,7 @@ async def replay(
                 await flush(out)
                 rescored = await engine.rescore(boundary)
                 _write(out, rescored.alerts, summary)
+                await engine.save(rescored)
                 await engine.sync_centers()
                 if health is not None:
                     _write(out, health.check(engine, boundary), summary)

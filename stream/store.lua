@@ -7,23 +7,27 @@
 --   S: nS x (H day, B j, d value)                non-zero sums, sorted by day then j
 --   E: nE x (H day, c4 event fingerprint)        the idempotency record, sorted by day
 --   V: nV x (H day, B k, c4 value fingerprint)   distinct values per day, sorted by day
--- Aggregation over windows happens in Python on the returned state, vectorized over a
+-- Aggregation over windows happens in Python on the returned states, vectorized over a
 -- batch, so this script stays O(events), not O(days).
 --
 -- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L}
--- ARGV[2] = msgpack list aligned with KEYS; each item is a list of events
+-- ARGV[2] = 'apply' (write the new states) or 'stage' (write nothing: the engine commits
+--           the states later, together with the decisions they led to)
+-- ARGV[3] = msgpack list aligned with KEYS; each item is the customer's events in order
 --           {ts, fp4, counters, sums, distincts, lasts}, sums = {{j, amount}, ...},
 --           distincts = {{k, fp4}, ...}.
--- Returns a list aligned with KEYS: {statuses, state} where statuses has one code per
--- event (0 applied, 1 duplicate, 2 too_late), state is the string after the call
--- (false when the customer has none).
+-- Returns a list aligned with KEYS: {statuses, states, digest} where statuses has one
+-- code per event (0 applied, 1 duplicate, 2 too_late), states one string per event: the
+-- state right after it (false while the customer has none), and digest the SHA1 of the
+-- state before the call ('' when none; only when staging, for the commit's check).
 
 local DAY = 86400
 local MAXC = 65535
 
 local spec = cmsgpack.unpack(ARGV[1])
 local retention, ttl, C, L = spec[1], spec[2], spec[3], spec[4]
-local inputs = cmsgpack.unpack(ARGV[2])
+local stage = ARGV[2] == 'stage'
+local inputs = cmsgpack.unpack(ARGV[3])
 
 local HEAD = 'Bdd' .. string.rep('d', L) .. 'IIII'
 local HEAD_LEN = 1 + 8 * (2 + L) + 16
@@ -75,14 +79,22 @@ local function apply(key, events)
     for m = 1, L do head[3 + m] = 0 end
     A, S, E, V = '', '', '', ''
   end
+  local digest = ''
+  if stage and raw then digest = redis.sha1hex(raw) end
   local first, newest = head[2], head[3]
+  local function serialize()
+    head[2], head[3] = first, newest
+    head[L + 4], head[L + 5], head[L + 6], head[L + 7] = #A / RA, #S / 11, #E / 6, #V / 7
+    return struct.pack('<' .. HEAD, unpack(head, 1, L + 7)) .. A .. S .. E .. V
+  end
   local newest_day = math.floor(newest / DAY)
   for _, ev in ipairs(events) do
     local d = math.floor(ev[1] / DAY)
     if d > newest_day then newest_day = d end
   end
   local oldest = newest_day - retention + 1
-  local statuses, changed = {}, false
+  local statuses, states, changed = {}, {}, false
+  local current = raw or false
   for idx, ev in ipairs(events) do
     local ts, fp = ev[1], ev[2]
     local d = math.floor(ts / DAY)
@@ -138,24 +150,31 @@ local function apply(key, events)
       end
       if first == 0 or ts < first then first = ts end
       if ts > newest then newest = ts end
+      -- Untrimmed in between: days past the retention lie outside every window anyway.
+      if idx < #events then current = serialize() end
     end
+    states[idx] = current
   end
   if changed then
     A = cut_before(A, RA, oldest)
     S = cut_before(S, 11, oldest)
     E = cut_before(E, 6, oldest)
     V = cut_before(V, 7, oldest)
-    head[2], head[3] = first, newest
-    head[L + 4], head[L + 5], head[L + 6], head[L + 7] = #A / RA, #S / 11, #E / 6, #V / 7
-    raw = struct.pack('<' .. HEAD, unpack(head, 1, L + 7)) .. A .. S .. E .. V
-    redis.call('SET', key, raw, 'EX', ttl)
+    raw = serialize()
+    if not stage then redis.call('SET', key, raw, 'EX', ttl) end
+    -- From the last applied event on, the state is the trimmed one (what is, or will
+    -- be, stored).
+    for idx = #events, 1, -1 do
+      states[idx] = raw
+      if statuses[idx] == 0 then break end
+    end
   end
-  return statuses, raw
+  return statuses, states, digest
 end
 
 local results = {}
 for c, key in ipairs(KEYS) do
-  local statuses, state = apply(key, inputs[c])
-  results[c] = {statuses, state or false}
+  local statuses, states, digest = apply(key, inputs[c])
+  results[c] = {statuses, states, digest}
 end
 return results

@@ -5,11 +5,17 @@ event, the features of its customer right after it (so decisions do not depend o
 stream was cut into batches); `read(customer_ids, at)` returns features at any later time
 (a silent customer's recency grows, its windows empty out).
 
-Each call is one Redis round trip: one pipeline of `EVALSHA` calls of `store.lua` (loaded
-once, called by SHA). Within a batch, call r carries the r-th event of every customer in
-it, so most batches are a single call; on a Redis Cluster each call is split by hash slot.
-The script does O(events) work and returns the customers' states; `stream.state` sums the
-windows for the whole batch with numpy.
+Each call is one Redis round trip: one `EVALSHA` of `store.lua` (loaded once, called by
+SHA) with every customer of the batch and each customer's events in order; on a Redis
+Cluster, one call per hash slot in one pipeline. The script does O(events) work and
+returns each customer's state after each of its events; `stream.state` sums the windows
+for the whole batch with numpy.
+
+Staging: the engine calls `apply(stage=True)`, which writes nothing, decides, publishes
+the alerts, and then commits the new feature states in the same script call as the
+assignment states (`commit_script`, compare-and-set on each state's SHA1). So after a
+crash either both were written or neither: a redelivered event is either new again (and
+decided into the same alerts) or a duplicate whose decisions were already published.
 
 Key layout: one string per customer, ``{prefix}:f:{<customer_id>}``. The braces are the
 Redis Cluster hash tag, so every key of one customer (the stream engine keeps its
@@ -106,6 +112,28 @@ class Features:
         return None
 
 
+@dataclass
+class StagedFeatures:
+    """New feature states computed but not yet written (`RedisFeatureStore.apply(stage=True)`).
+
+    `digests` are the SHA1 of each key's state when it was read (empty: none): the commit
+    writes a state only over the one it was computed from. Another writer in between (two
+    workers briefly owning one partition during a rebalance) makes it a conflict, and the
+    customer's `events` are applied again instead, which the idempotent store allows.
+    """
+
+    keys: list[str] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    states: list[bytes] = field(default_factory=list)
+    events: list[list[Event]] = field(default_factory=list)
+
+    def add(self, key: str, digest: bytes, state: bytes, events: list[Event]) -> None:
+        self.keys.append(key)
+        self.digests.append(digest)
+        self.states.append(state)
+        self.events.append(events)
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     """What a batch did: per input event, its status and its customer's features after it.
@@ -121,6 +149,8 @@ class ApplyResult:
     #: Per input event, its row in `features`, or -1 when it has none (a ``too_late``
     #: event of a customer with no stored state has no row).
     rows: list[int] = field(default_factory=list)
+    #: With `apply(stage=True)`: the states to commit (customers with an applied event).
+    staged: StagedFeatures | None = None
 
     def count(self, status: EventStatus) -> int:
         return sum(1 for s in self.statuses if s == status)
@@ -203,40 +233,40 @@ class RedisFeatureStore:
         """Load the script (idempotent); called once at start-up."""
         self._sha = await self.client.script_load(SCRIPT)
 
-    async def apply(self, events: Sequence[Event], *, at: float | None = None) -> ApplyResult:
+    async def apply(
+        self, events: Sequence[Event], *, at: float | None = None, stage: bool = False
+    ) -> ApplyResult:
         """Apply a batch; return each event's status and its customer's features after it.
 
-        Features are evaluated at max(`at`, the customer's newest event time).
+        Features are evaluated at max(`at`, the customer's newest event time). With
+        `stage`, nothing is written: the result's `staged` holds the new states for the
+        caller to commit (`commit_args`) together with what it decided from them.
         """
         if not events:
             return ApplyResult([], self._features([], [], np.empty(0)))
-        rounds: list[dict[str, int]] = []
-        seen: dict[str, int] = {}
+        mine: dict[str, list[int]] = {}
         for idx, event in enumerate(events):
-            r = seen.get(event.customer_id, 0)
-            seen[event.customer_id] = r + 1
-            if r == len(rounds):
-                rounds.append({})
-            rounds[r][event.customer_id] = idx
-        calls = [
-            (
-                [feature_key(self.prefix, cid) for cid in group],
-                msgpack.packb(
-                    [[self._encoder.encode(events[rnd[cid]])] for cid in group],
-                    use_bin_type=False,
-                ),
-                [rnd[cid] for cid in group],
-            )
-            for rnd in rounds
-            for group in self._by_slot(list(rnd))
-        ]
-        replies = await self._evalsha([(keys, payload) for keys, payload, _ in calls])
+            mine.setdefault(event.customer_id, []).append(idx)
+        calls = []
+        for group in self._by_slot(list(mine)):
+            payload = [[self._encoder.encode(events[i]) for i in mine[cid]] for cid in group]
+            keys = [feature_key(self.prefix, cid) for cid in group]
+            calls.append((keys, msgpack.packb(payload, use_bin_type=False), group))
+        replies = await self._evalsha(
+            [(keys, payload) for keys, payload, _ in calls], "stage" if stage else "apply"
+        )
         statuses: list[EventStatus] = ["applied"] * len(events)
         states: list[bytes | None] = [None] * len(events)
-        for (_, _, idxs), reply in zip(calls, replies, strict=True):
-            for idx, (codes, state) in zip(idxs, reply, strict=True):
-                statuses[idx] = _STATUS[codes[0]]
-                states[idx] = state or None
+        staged = StagedFeatures()
+        for (keys, _, group), reply in zip(calls, replies, strict=True):
+            for key, cid, (codes, after, digest) in zip(keys, group, reply, strict=True):
+                changed = False
+                for idx, code, state in zip(mine[cid], codes, after, strict=True):
+                    statuses[idx] = _STATUS[code]
+                    states[idx] = state or None
+                    changed = changed or code == 0
+                if stage and changed:
+                    staged.add(key, digest or b"", after[-1], [events[i] for i in mine[cid]])
         known = [i for i, st in enumerate(states) if st is not None]
         rows = [-1] * len(events)
         for row, i in enumerate(known):
@@ -246,7 +276,9 @@ class RedisFeatureStore:
             [states[i] for i in known],  # type: ignore[misc]
             np.full(len(known), at or 0.0),
         )
-        return ApplyResult(statuses=statuses, features=features, rows=rows)
+        return ApplyResult(
+            statuses=statuses, features=features, rows=rows, staged=staged if stage else None
+        )
 
     async def read(self, customer_ids: Sequence[str], *, at: float) -> Features:
         """Features of known customers at time `at` (unknown ids are left out)."""
@@ -254,10 +286,15 @@ class RedisFeatureStore:
         if not ids:
             return self._features([], [], np.empty(0))
         self.round_trips += 1
-        pipe = self.client.pipeline(transaction=False)
-        for cid in ids:
-            pipe.get(feature_key(self.prefix, cid))
-        values = await pipe.execute()
+        keys = [feature_key(self.prefix, cid) for cid in ids]
+        if self._cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+            values = await pipe.execute()
+        else:
+            # One MGET: a pipeline of GETs costs redis-py ~10 us per command to pack.
+            values = await self.client.mget(keys)
         found = [(cid, v) for cid, v in zip(ids, values, strict=True) if v]
         return self._features(
             [cid for cid, _ in found], [v for _, v in found], np.full(len(found), at)
@@ -271,41 +308,44 @@ class RedisFeatureStore:
             groups.setdefault(key_slot(feature_key(self.prefix, cid).encode()), []).append(cid)
         return list(groups.values())
 
-    async def _evalsha(self, calls: list[tuple[list[str], bytes]]) -> list[Any]:
+    async def _evalsha(self, calls: list[tuple[list[str], bytes]], mode: str) -> list[Any]:
         if self._sha is None:
             await self.load()
         self.round_trips += 1
         try:
-            return await self._send(calls)
+            return await self._send(calls, mode)
         except NoScriptError:
             # The server lost its script cache (restart, failover): load and retry once.
             await self.load()
-            return await self._send(calls)
+            return await self._send(calls, mode)
 
-    async def _send(self, calls: list[tuple[list[str], bytes]]) -> list[Any]:
+    async def _send(self, calls: list[tuple[list[str], bytes]], mode: str) -> list[Any]:
         if len(calls) == 1:
             keys, payload = calls[0]
-            return [await self.client.evalsha(self._sha, len(keys), *keys, self._spec, payload)]  # type: ignore[arg-type]
+            return [
+                await self.client.evalsha(self._sha, len(keys), *keys, self._spec, mode, payload)  # type: ignore[arg-type]
+            ]
         pipe = self.client.pipeline(transaction=False)
         if self._cluster:
             # redis-py's cluster pipeline blocks its `evalsha` method, but routes a raw
             # EVALSHA by its keys (all of one slot): still one pipeline, one per node.
             for keys, payload in calls:
-                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, self._spec, payload)  # type: ignore[arg-type]
+                args = (len(keys), *keys, self._spec, mode, payload)
+                pipe.execute_command("EVALSHA", self._sha, *args)  # type: ignore[arg-type]
             replies = list(await pipe.execute(raise_on_error=False))
             for i, reply in enumerate(replies):
                 if isinstance(reply, NoScriptError):
                     # That node lost its script cache: EVAL runs (and caches) it there,
                     # without re-sending the calls other nodes already applied.
                     keys, payload = calls[i]
-                    args = (*keys, self._spec, payload)
+                    args = (*keys, self._spec, mode, payload)
                     replies[i] = await self.client.eval(SCRIPT, len(keys), *args)  # type: ignore[arg-type]
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
             return replies
         for keys, payload in calls:
-            pipe.evalsha(self._sha, len(keys), *keys, self._spec, payload)  # type: ignore[arg-type]
+            pipe.evalsha(self._sha, len(keys), *keys, self._spec, mode, payload)  # type: ignore[arg-type]
         return list(await pipe.execute())
 
     def _features(self, customers: list[str], states: list[bytes], at: np.ndarray) -> Features:

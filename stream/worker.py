@@ -1,12 +1,20 @@
 """The live worker's core: raw Kafka messages of a batch in, records to publish out.
 
-`Worker.handle(messages)` decodes every raw value with the event contract (wall clock as
-`now`), sends contract failures and the store's ``too_late`` events to the dead-letter
-list, runs `Engine.process` on the valid events, re-scores silent customers once per day
-of event time when the clock is the event-time watermark (exactly as `stream.replay`
-does), adds the model-health alerts (population shift, retrain recommended) and records
-the metrics. It returns ``(topic, key, value)`` records; the faust agent in `stream.app`
-publishes them and waits for the acks before taking the next batch.
+`Worker.handle(messages, publish)` decodes every raw value with the event contract (wall
+clock as `now`), sends contract failures and the store's ``too_late`` events to the
+dead-letter topic, runs `Engine.process` on the valid events, re-scores silent customers
+once per day of event time when the clock is the event-time watermark (exactly as
+`stream.replay` does), adds the model-health alerts (population shift, retrain
+recommended) and records the metrics. Records to send are ``(topic, key, value)``
+`Output` rows handed to the async `publish` callback (the faust agent's: it returns once
+the broker acked every record).
+
+The order is the delivery guarantee: for each step (a batch, or the part of it before a
+midnight, and each re-score) the features are stored, the decisions made, their outputs
+published and acked, and only then the assignment states saved (`Engine.save`). A crash
+anywhere leaves either no saved state for the step (so the redelivered events give the
+same alerts again) or a step whose alerts are already acked. The agent commits offsets
+only after `handle` returns.
 
 Redis errors never escape: the failed step is retried with exponential backoff (0.2 s
 doubling to 5 s), each failure counted in ``segstream_redis_errors_total`` and logged with
@@ -44,6 +52,9 @@ from stream.store import EventStatus
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Sends records and returns once the broker acknowledged every one (retrying meanwhile).
+Publish = Callable[[list["Output"]], Awaitable[None]]
 
 #: Backoff of a failed Redis step: first wait, factor, longest wait (seconds).
 RETRY_FIRST, RETRY_FACTOR, RETRY_MAX = 0.2, 2.0, 5.0
@@ -123,6 +134,7 @@ class Worker:
         self._owned = partitions
         self.topics = {
             "segment_assigned": settings.assignments_topic,
+            "segment_reassigned": settings.assignments_topic,
             "segment_migration": settings.migrations_topic,
             "churn_risk": settings.churn_topic,
             "population_shift": settings.population_topic,
@@ -142,6 +154,8 @@ class Worker:
         self._lock = asyncio.Lock()  # the batch, the re-score and the sync never interleave
         self.watcher = ModelWatcher(settings.model_dir, engine.catalog, serving=engine.bundle.path)
         metrics.set_model(engine.bundle.version)
+        if engine.shadow is not None:
+            metrics.set_shadow_model(engine.shadow.bundle.version)
 
     # --- model hot reload ----------------------------------------------------------------
 
@@ -187,13 +201,43 @@ class Worker:
             sources.append(message)
         return events, sources, dead
 
-    async def handle(self, messages: Sequence[Message]) -> list[Output]:
-        """Process one batch; return every record to publish (alerts, dead letters)."""
+    async def handle(self, messages: Sequence[Message], publish: Publish) -> list[Output]:
+        """Process one batch, publishing as it goes; return every record it published.
+
+        Each step's outputs go through `publish` (awaited: the acks) before its states
+        are saved, so nothing a saved state stands for is unpublished (module docstring).
+        """
         async with self._lock:
             started = time.perf_counter()
-            events, sources, out = self.decode(messages)
+            events, sources, dead = self.decode(messages)
+            sent: list[Output] = []
+            pending = dead  # sent with the first step's outputs, or at the end
             statuses: list[EventStatus] = []
             alerts: list[Alert] = []
+
+            async def step(result: BatchResult, outputs: list[Output]) -> None:
+                nonlocal pending
+                outputs = pending + [self.output(a) for a in result.alerts] + outputs
+                pending = []
+                if outputs:
+                    await publish(outputs)
+                    sent.extend(outputs)
+                await self._retry("save", lambda: self.engine.save(result))
+                alerts.extend(result.alerts)
+
+            async def process(lo: int, hi: int) -> None:
+                if lo == hi:
+                    return
+                result = await self._process(events[lo:hi], sources[lo:hi])
+                statuses.extend(result.statuses)
+                why = "older than the customer's retention window"
+                late = [
+                    self._dead(sources[lo + i], "too_late", "ts", why)
+                    for i, status in enumerate(result.statuses)
+                    if status == "too_late"
+                ]
+                await step(result, late)
+
             cut = 0
             if self.settings.clock == "event":
                 # As replay does: when event time crosses midnight, finish the events
@@ -211,18 +255,23 @@ class Worker:
                     if self.boundary is None:
                         self.boundary = next_midnight(event.epoch)
                     elif low >= self.boundary:
-                        await self._process(events[cut:i], sources[cut:i], statuses, alerts)
+                        await process(cut, i)
                         cut = i
-                        alerts += await self._midnight(self.boundary)
+                        await step(await self._rescore_at(self.boundary), [])
+                        await self._retry("sync_centers", self.engine.sync_centers)
+                        health = self._health_alerts(self.boundary)
+                        alerts.extend(health)  # nothing to save: sent with the next step
+                        pending += [self.output(a) for a in health]
                         self.boundary = next_midnight(low)
-            await self._process(events[cut:], sources[cut:], statuses, alerts)
-            for i, status in enumerate(statuses):
-                if status == "too_late":
-                    out.append(self._dead(sources[i], "too_late", "ts", "older than the "
-                                          "customer's retention window"))  # fmt: skip
+            await process(cut, len(events))
             self.watermark = max([self.watermark, *(e.epoch for e in events)])
             if self.settings.clock == "wall":
-                alerts += self._health_alerts()  # the event clock judges at midnight
+                health = self._health_alerts()  # the event clock judges at midnight
+                alerts.extend(health)
+                pending += [self.output(a) for a in health]
+            if pending:
+                await publish(pending)
+                sent.extend(pending)
             self.metrics.observe(
                 statuses,
                 [e.type for e in events],
@@ -235,27 +284,35 @@ class Worker:
                 self.last_offsets[message.partition] = max(previous, message.offset)
             self.events += len(events)
             await self._refresh_population()
-            return [self.output(a) for a in alerts] + out
+            return sent
 
-    async def rescore(self, now: float | None = None) -> list[Output]:
+    async def rescore(self, publish: Publish, now: float | None = None) -> list[Output]:
         """Re-score customers silent for a day at `now` (default: the worker's clock).
 
         The clock is the wall clock, or the event-time watermark when
-        ``settings.clock == "event"``.
+        ``settings.clock == "event"``. The alerts are published before the new states
+        are saved, as in `handle`; returns what was published.
         """
         async with self._lock:
             at = self.now() if now is None else now
             result = await self._rescore_at(at)
-            alerts = list(result.alerts) + self._health_alerts()
-            self.metrics.count_alerts(alerts)
+            outputs = [self.output(a) for a in result.alerts]
+            if outputs:
+                await publish(outputs)
+            await self._retry("save", lambda: self.engine.save(result))
+            health = self._health_alerts()
+            if health:
+                await publish([self.output(a) for a in health])
+                outputs += [self.output(a) for a in health]
+            self.metrics.count_alerts(result.alerts + health)
             await self._refresh_population()
-            return [self.output(a) for a in alerts]
+            return outputs
 
-    async def tick(self) -> list[Output]:
+    async def tick(self, publish: Publish) -> list[Output]:
         """The periodic job: re-score on the wall clock (the event clock does it at midnights)."""
         if self.settings.clock == "event":
             return []
-        return await self.rescore()
+        return await self.rescore(publish)
 
     async def sync_centers(self) -> None:
         """Share online-center movement with the group (see `Engine.sync_centers`).
@@ -297,28 +354,34 @@ class Worker:
         row = dlq_record(message, self.settings.input_topic, reason, field, error)
         return Output(self.settings.dlq_topic, f"{message.partition}:{message.offset}", _json(row))
 
-    async def _process(
-        self,
-        events: list[Event],
-        sources: list[Message],
-        statuses: list[EventStatus],
-        alerts: list[Alert],
-    ) -> None:
-        if not events:
-            return
+    async def _process(self, events: list[Event], sources: list[Message]) -> BatchResult:
         parts = [m.partition for m in sources]
-        result = await self._retry("process", lambda: self.engine.process(events, parts))
-        statuses += result.statuses
-        alerts += result.alerts
-
-    async def _midnight(self, at: float) -> list[Alert]:
-        result = await self._rescore_at(at)
-        await self._retry("sync_centers", self.engine.sync_centers)
-        return result.alerts + self._health_alerts(at)
+        # Two retried steps: a failed decision must not stage the events again (see
+        # `Engine.decide`).
+        applied = await self._retry(
+            "process", lambda: self.engine.features.apply(events, stage=True)
+        )
+        result = await self._retry("decide", lambda: self.engine.decide(events, applied, parts))
+        self._observe_shadow(result)
+        return result
 
     async def _rescore_at(self, at: float) -> BatchResult:
         parts = self.partitions()
-        return await self._retry("rescore", lambda: self.engine.rescore(at, parts))
+        result = await self._retry("rescore", lambda: self.engine.rescore(at, parts))
+        self._observe_shadow(result)
+        return result
+
+    def _observe_shadow(self, result: BatchResult) -> None:
+        shadow = self.engine.shadow
+        if result.shadow is None or shadow is None:
+            return
+        self.metrics.observe_shadow(
+            result.shadow,
+            self.engine.bundle.segment_names,
+            shadow.bundle.segment_names,
+            shadow.agreement(),
+            shadow.churn_correlation(),
+        )
 
     def _health_alerts(self, at: float | None = None) -> list[Alert]:
         """Population shift and retrain recommended (see `stream.health`), with metrics."""
@@ -360,4 +423,4 @@ class Worker:
                 delay = min(delay * RETRY_FACTOR, RETRY_MAX)
 
 
-__all__ = ["Message", "Output", "Worker", "dlq_record"]
+__all__ = ["Message", "Output", "Publish", "Worker", "dlq_record"]

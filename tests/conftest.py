@@ -22,6 +22,8 @@ from stream.redis_conn import start_embedded
 
 pytest_plugins = ["tests.kafka_support"]
 
+TRAINED_AS_OF = "2026-04-10T00:00:00Z"  # the training date of `trained_history`
+
 
 def _system_url() -> str | None:
     url = os.environ.get("SEGSTREAM_REDIS_URL")
@@ -75,3 +77,32 @@ def small_history() -> History:
 @pytest.fixture(scope="session")
 def small_history_file(small_history: History, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_history(small_history, tmp_path_factory.mktemp("history"))["events"]
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle trained with a churn model (`tests.support.train_worker_bundle`), ~15 s;
+    shared by the tests that run the worker against a broker."""
+    from tests.support import train_worker_bundle  # here: it imports the broker plugin
+
+    return train_worker_bundle(tmp_path_factory.mktemp("worker-model"))
+
+
+@pytest.fixture(scope="session")
+def trained_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 customers x 150 days (seed 21) with a bundle trained at day 99 (2026-04-10):
+    DIR/events.jsonl, truth.csv, migrations.csv and DIR/models/current. Shared by the
+    replay and backtest tests; write outputs into subfolders of your own."""
+    from typer.testing import CliRunner
+
+    from segstream.cli import app
+
+    root = tmp_path_factory.mktemp("trained")
+    write_history(generate_history(1000, 150, seed=21), root)
+    result = CliRunner().invoke(
+        app,
+        ["train", "--events", str(root / "events.jsonl"), "--as-of", TRAINED_AS_OF,
+         "--out", str(root / "models")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root

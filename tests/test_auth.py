@@ -36,6 +36,7 @@ from stream.redis_conn import RedisUnavailable, connect
 from stream.runtime import drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from stream.worker import Message, Worker
+from tests.support import discard
 from tests.test_bundle import make_bundle
 from tests.test_cluster import server_binary
 
@@ -206,7 +207,7 @@ def test_runtime_with_the_settings_password_works_and_hides_it(
                 sleep=sleep,
             )
             admin.execute_command("ACL", "SETUSER", APP_USER, "-evalsha")
-            out = await worker.handle([Message(v, 0, i) for i, v in enumerate(events)])
+            out = await worker.handle([Message(v, 0, i) for i, v in enumerate(events)], discard)
             assert not [o for o in out if o.topic == settings.dlq_topic]
             got = await runtime.engine.features.read(["c0", "c1", "c2"], at=worker.now())
             assert sorted(got.customers) == ["c0", "c1", "c2"]

@@ -37,6 +37,7 @@ from stream.runtime import Runtime, drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from stream.store import feature_key
 from stream.worker import Message, Worker
+from tests.support import discard
 from tests.test_bundle import make_bundle
 
 #: The reasons the README's event contract documents for the decoder.
@@ -508,7 +509,7 @@ def test_worker_dead_letters_each_bad_message_once_and_keeps_the_rest(
                 messages = [Message(raw, i % 3, 1000 + i) for i, (raw, _) in enumerate(payloads)]
                 out = []
                 for start in range(0, len(messages), 25):  # several batches
-                    out += await worker.handle(messages[start : start + 25])
+                    out += await worker.handle(messages[start : start + 25], discard)
                     checked["batches"] += 1
                 dead = [json.loads(o.value) for o in out if o.topic == settings_.dlq_topic]
                 by_offset: dict[int, list[dict[str, Any]]] = {}
@@ -563,7 +564,7 @@ def test_an_event_before_1970_does_not_shift_the_rows_of_the_batch(
     async def body() -> None:
         runtime, worker = await open_worker(settings_, bundle_path)
         try:
-            out = await worker.handle([Message(raw, 0, i) for i, raw in enumerate(batch)])
+            out = await worker.handle([Message(raw, 0, i) for i, raw in enumerate(batch)], discard)
             dead = [json.loads(o.value) for o in out if o.topic == settings_.dlq_topic]
             assert [(d["offset"], d["reason"]) for d in dead] == [(0, "too_late"), (4, "too_late")]
             firsts = [json.loads(o.value) for o in out if o.topic == settings_.assignments_topic]
@@ -640,14 +641,14 @@ def test_customer_ids_never_reach_other_keys(embedded_redis_url: str, bundle_pat
             runtime, worker = await open_worker(settings_, bundle_path)
             try:
                 first = [Message(valid_event(victim, n, day=3), 0, n) for n in range(3)]
-                await worker.handle(first)
+                await worker.handle(first, discard)
                 before = await runtime.engine.features.read([victim], at=NOW.timestamp())
                 hostile_msgs = [
                     Message(valid_event(cid, n, day=1), 0, 10 + 4 * i + n)
                     for i, cid in enumerate(ids_used)
                     for n in range(4)
                 ]
-                out = await worker.handle(hostile_msgs)
+                out = await worker.handle(hostile_msgs, discard)
                 assert not [o for o in out if o.topic == settings_.dlq_topic]
                 after = await runtime.engine.features.read([victim], at=NOW.timestamp())
                 assert after.row(victim) == before.row(victim)

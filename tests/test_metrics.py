@@ -29,6 +29,15 @@ def test_observe_counts_statuses_alerts_and_time(registry: CollectorRegistry) ->
         ),
         Alert("churn_risk", "c3", {"segment_name": "Casual"}),
         Alert("churn_risk", "c4", {"segment_name": "Casual"}),
+        Alert(
+            "segment_reassigned",
+            "c5",
+            {
+                "previous_segment_name": "Casual",
+                "segment_name": "Power Users",
+                "model_version": "v2",
+            },
+        ),
     ]
     metrics.observe(
         ["applied", "applied", "duplicate", "too_late", "applied"],
@@ -53,6 +62,9 @@ def test_observe_counts_statuses_alerts_and_time(registry: CollectorRegistry) ->
         )
         == 1
     )
+    labels = {"from_segment": "Casual", "to_segment": "Power Users", "model_version": "v2"}
+    assert value(registry, "segstream_segment_reassignments_total", **labels) == 1
+    assert value(registry, "segstream_segment_migrations_total", **labels) is None
     assert value(registry, "segstream_batch_seconds_count") == 1
     assert value(registry, "segstream_batch_seconds_sum") == pytest.approx(0.5)
     assert value(registry, "segstream_event_seconds_sum") == pytest.approx(0.1)

@@ -23,7 +23,6 @@ from models.bundle import resolve_current
 from models.catalog import default_catalog
 from models.eventfile import read_events
 from offline.reference import events_frame, features_at
-from offline.synthetic import generate_history, write_history
 from segstream.cli import app
 from stream.engine import AssignmentStore
 from stream.metrics import Metrics
@@ -47,14 +46,9 @@ def invoke(*args: str, env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory: pytest.TempPathFactory, embedded_redis_url: str) -> Path:
-    root = tmp_path_factory.mktemp("replay")
-    write_history(generate_history(1000, 150, seed=21), root)
+def replayed(trained_history: Path, embedded_redis_url: str) -> Path:
+    root = trained_history  # seed 21, trained at AS_OF (tests/conftest.py)
     env = {"SEGSTREAM_REDIS_URL": embedded_redis_url}
-    invoke(
-        "train", "--events", str(root / "events.jsonl"), "--as-of", AS_OF,
-        "--out", str(root / "models"), env=env,
-    )  # fmt: skip
     invoke(
         "replay", "--events", str(root / "events.jsonl"), "--model", str(root / "models/current"),
         "--alerts-out", str(root / "alerts.jsonl"), "--state-out", str(root / "state.csv"),
@@ -177,6 +171,7 @@ def test_hot_reload_under_traffic_loses_nothing_and_refuses_a_bad_bundle(
                     )  # fmt: skip
                     assert await worker.check_model()
                 result = await engine.process(events[i : i + 1000])
+                await engine.save(result)
                 if i >= 10_000:
                     alerts_after += result.alerts
             second = engine.bundle.version

@@ -16,40 +16,41 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faust
 import pandas as pd
 import pytest
-from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.catalog import default_catalog
-from models.events import parse_time
-from offline.synthetic import History, generate_history, write_history
-from offline.train import TrainSettings, train
+from offline.synthetic import History, generate_history
 from stream.app import SegstreamApp, create_app
 from stream.broker import create_topics
-from stream.redis_conn import connect
-from stream.replay import replay
 from stream.runtime import Runtime, drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from tests.kafka_support import KafkaBroker
-from tests.test_broker import read_all
+from tests.support import (
+    alert_topics,
+    discard,
+    drop,
+    lines,
+    outputs,
+    produce,
+    records_by_topic,
+    replay_alert_ids,
+    settings_for,
+)
 
 pytestmark = pytest.mark.slow
 
-TRAIN_AS_OF = "2026-03-16T23:59:59Z"  # day 75 of a 90-day history: 3 churn snapshots
 ALERT_KINDS = ("segment_assigned", "segment_migration", "churn_risk")
 
 #: Malformed payloads and the reason the dead-letter row must give.
@@ -90,89 +91,9 @@ MALFORMED: list[tuple[bytes, str]] = [
 ]
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle trained on 600 customers x 90 days (with a churn model), ~15 s."""
-    folder = tmp_path_factory.mktemp("worker-model")
-    events = write_history(generate_history(600, 90, seed=3), folder / "data")["events"]
-    result = train(
-        events,
-        parse_time(TRAIN_AS_OF),
-        folder / "models",
-        default_catalog(),
-        TrainSettings(seed=0),
-        now=datetime(2026, 3, 17, tzinfo=UTC),
-    )
-    assert result.bundle.churn_model is not None
-    return result.bundle.path
-
-
-def lines(history: History) -> list[tuple[bytes, bytes]]:
-    """(key, value) per event in delivery order, as JSON lines (the file's own encoding)."""
-    folder = Path(f"/tmp/{unique('seg-hist')}")
-    path = write_history(history, folder)["events"]
-    out = []
-    for line in path.read_text().splitlines():
-        out.append((json.loads(line)["customer_id"].encode(), line.encode()))
-    return out
-
-
-def settings_for(broker: KafkaBroker, redis_url: str, **extra: Any) -> StreamSettings:
-    tag = uuid.uuid4().hex[:8]
-    values: dict[str, Any] = {
-        "broker_url": broker.url,
-        "redis_url": redis_url,
-        "app_id": f"segstream-test-{tag}",
-        "key_prefix": f"segstream-test-{tag}",
-        "input_topic": f"events-{tag}",
-        "assignments_topic": f"assign-{tag}",
-        "migrations_topic": f"migrate-{tag}",
-        "churn_topic": f"churn-{tag}",
-        "population_topic": f"population-{tag}",
-        "model_topic": f"model-{tag}",
-        "dlq_topic": f"dlq-{tag}",
-        "clock": "event",
-        "batch_size": 500,
-        "batch_seconds": 0.3,
-        "metrics_port": free_port(),
-        "web_port": free_port(),
-        "rebalance_timeout_seconds": 6.0,
-        "rescore_interval_seconds": 3600.0,
-    }
-    values.update(extra)
-    return StreamSettings(**values)
-
-
-def outputs(settings: StreamSettings) -> list[str]:
-    return [
-        settings.assignments_topic,
-        settings.migrations_topic,
-        settings.churn_topic,
-        settings.population_topic,
-        settings.model_topic,
-        settings.dlq_topic,
-    ]
-
-
-async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> list[Any]:
-    """Send everything, then wait for every ack; the RecordMetadata in input order."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for key, value in records]
-        return list(await asyncio.gather(*futures))
-    finally:
-        await producer.stop()
+def bundle_path(trained_bundle: Path) -> Path:
+    return trained_bundle
 
 
 @asynccontextmanager
@@ -214,25 +135,6 @@ def http_get(url: str) -> tuple[int, bytes]:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as err:
         return int(err.code), bytes(err.read())
-
-
-def records_by_topic(bootstrap: str, topics: list[str]) -> Any:
-    async def read() -> dict[str, list[Any]]:
-        found = {}
-        for topic in topics:
-            parts = await read_all(bootstrap, topic)
-            found[topic] = [r for rs in parts.values() for r in rs]
-        return found
-
-    return read()
-
-
-async def drop(redis_url: str, prefix: str) -> None:
-    conn = await connect(redis_url)
-    try:
-        await drop_prefix(conn, prefix)
-    finally:
-        await conn.close()
 
 
 @dataclass
@@ -401,22 +303,14 @@ def test_replay_and_worker_give_the_same_alert_ids(
     # would cut the interleaved partitions elsewhere). Batch sizes differ on purpose: both
     # cut at midnights of event time, so alerts do not depend on batches.
     settings = settings_for(kafka_broker, embedded_redis_url, input_partitions=1, batch_size=250)
-    replay_prefix = unique("segstream-test-replay")
 
     async def factory(s: StreamSettings) -> Runtime:
         return await open_runtime(s, model_path=bundle_path)
 
     async def scenario() -> tuple[set[str], set[str]]:
-        runtime = await open_runtime(settings, model_path=bundle_path, prefix=replay_prefix)
-        try:
-            await replay(runtime.engine, events_path, tmp_path / "alerts.jsonl", batch_size=1000)
-        finally:
-            await drop_prefix(runtime.connection, replay_prefix)
-            await runtime.close()
-        replayed = {
-            json.loads(line)["alert_id"]
-            for line in (tmp_path / "alerts.jsonl").read_text().splitlines()
-        }
+        replayed = await replay_alert_ids(
+            settings, bundle_path, events_path, tmp_path / "alerts.jsonl"
+        )
         await create_topics(
             kafka_broker.bootstrap, {settings.input_topic: 1, **{t: 1 for t in outputs(settings)}}
         )
@@ -425,18 +319,10 @@ def test_replay_and_worker_give_the_same_alert_ids(
         try:
             async with running(app):
                 await wait_processed(app, metas, timeout=90)
-            found = await records_by_topic(kafka_broker.bootstrap, outputs(settings))
+            found = await records_by_topic(kafka_broker.bootstrap, alert_topics(settings))
         finally:
             await drop(embedded_redis_url, settings.key_prefix)
-        live = {
-            json.loads(r.value)["alert_id"]
-            for topic in (
-                settings.assignments_topic,
-                settings.migrations_topic,
-                settings.churn_topic,
-            )
-            for r in found[topic]
-        }
+        live = {json.loads(r.value)["alert_id"] for rs in found.values() for r in rs}
         return replayed, live
 
     replayed, live = asyncio.run(scenario())
@@ -468,20 +354,20 @@ def test_redis_errors_are_retried_with_backoff_not_dropped(
             waits.append(seconds)
 
         engine = runtime.engine
-        real = engine.process
+        real = engine.decide
         failures = iter([True] * 6)
 
-        async def flaky(events: Any, partitions: Any = None) -> Any:
+        async def flaky(events: Any, applied: Any, partitions: Any = None) -> Any:
             if next(failures, False):
                 raise RedisConnectionError("connection reset")
-            return await real(events, partitions)
+            return await real(events, applied, partitions)
 
-        engine.process = flaky  # type: ignore[method-assign]
+        engine.decide = flaky  # type: ignore[method-assign]
         try:
             core = Worker(
                 engine, settings, Metrics(registry), redis_url="redis://u:pw@h:1", sleep=sleep
             )
-            out = await core.handle(messages)
+            out = await core.handle(messages, discard)
         finally:
             await drop_prefix(runtime.connection, settings.key_prefix)
             await runtime.close()

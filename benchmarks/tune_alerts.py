@@ -1,0 +1,146 @@
+"""Tune the alert thresholds with the backtest: the figures behind the shipped defaults.
+
+For each seed, generates a history (`--customers` x `--days`), trains a bundle at
+`--train-day`, then backtests it after the training date with every combination of
+migration margin and dwell, against the history's own migration truth. Writes
+`OUT/tuning.md` (medians over the seeds, and each seed) and `OUT/tuning.json`.
+
+    python -m benchmarks.tune_alerts --out benchmarks/tuning
+
+The seeds are not the test suite's (21): `tests/test_backtest.py` checks the chosen
+defaults on a history they were not tuned on. Redis: `--redis-url`, else 127.0.0.1:6379
+if it answers, else an embedded Valkey; under scratch key prefixes that are deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import HistoryFile, machine, redis_server
+from benchmarks.training import bundle_dir, train_once
+from offline.synthetic import DEFAULT_START, generate_history, write_history
+from segstream.backtest_run import backtest
+from stream.decide import Rules
+from stream.settings import StreamSettings
+
+FIGURES = ("precision", "recall", "flap_rate_per_30d", "delay_median_days", "churn_precision")
+
+
+def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The tuned-for figures of one backtest."""
+    mig, churn = metrics["migrations"], metrics["churn"]
+    return {
+        "precision": mig["precision"],
+        "recall": mig["recall"],
+        "flap_rate_per_30d": mig["flap_rate_per_30d"],
+        "delay_median_days": mig["delay_days"]["median"],
+        "churn_precision": churn["precision"],
+        "churn_recall": churn["recall"],
+        "churn_lead_median_days": churn["lead_time_days"]["median"],
+    }
+
+
+def meets(f: dict[str, float | None]) -> bool:
+    """Issue 11's targets for migrations after the training date, and churn precision."""
+    return (
+        (f["recall"] or 0) >= 0.7
+        and (f["precision"] or 0) >= 0.8
+        and (f["flap_rate_per_30d"] if f["flap_rate_per_30d"] is not None else 1) <= 0.05
+        and (f["churn_precision"] or 0) >= 0.7
+    )
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
+    parser.add_argument("--customers", type=int, default=1500)
+    parser.add_argument("--days", type=int, default=150)
+    parser.add_argument("--train-day", type=int, default=100)
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.10, 0.15, 0.20])
+    parser.add_argument("--dwells", type=float, nargs="+", default=[3.0, 5.0, 7.0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/tuning"))
+    parser.add_argument("--redis-url", default=None)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with redis_server(args.redis_url) as url:
+        runs = tune(args, StreamSettings(redis_url=url))
+        facts = machine(url)
+    write(args, runs, facts)
+
+
+def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, Any]]:
+    """Every (seed, margin, dwell) backtest's figures."""
+    runs: list[dict[str, Any]] = []
+    grid = list(itertools.product(args.margins, args.dwells))
+    for seed in args.seeds:
+        root = args.out / f"seed-{seed}"
+        write_history(generate_history(args.customers, args.days, seed=seed), root)
+        as_of = (DEFAULT_START + timedelta(days=args.train_day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        history = HistoryFile(args.customers, args.days, root / "events.jsonl", 0, as_of)
+        train_once(history, root / "models")
+        for margin, dwell in grid:
+            t0 = time.perf_counter()
+            rules = Rules(migration_margin=margin, migration_dwell_days=dwell)
+            metrics, _ = backtest(
+                settings, root / "events.jsonl", bundle_dir(root / "models"),
+                root / f"bt-{margin}-{dwell}", truth=root / "migrations.csv", rules=rules,
+            )  # fmt: skip
+            f = figures(metrics)
+            runs.append({"seed": seed, "margin": margin, "dwell_days": dwell, **f})
+            print(f"seed {seed} margin {margin} dwell {dwell}: {f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+    return runs
+
+
+def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str, Any]) -> None:
+    """OUT/tuning.json and OUT/tuning.md: medians over the seeds per setting."""
+    grid = list(itertools.product(args.margins, args.dwells))
+    summary = []
+    for margin, dwell in grid:
+        mine = [r for r in runs if (r["margin"], r["dwell_days"]) == (margin, dwell)]
+        row: dict[str, Any] = {"margin": margin, "dwell_days": dwell}
+        row.update({k: median([r[k] for r in mine]) for k in FIGURES})
+        row["seeds_meeting_targets"] = sum(meets(r) for r in mine)
+        summary.append(row)
+    (args.out / "tuning.json").write_text(
+        json.dumps(
+            {
+                "machine": facts,
+                "args": vars(args) | {"out": str(args.out)},
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+    head = ["margin", "dwell_days", *FIGURES, "seeds_meeting_targets"]
+    lines = [
+        f"# Alert tuning: {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
+        f"{args.customers} customers x {args.days} days, trained at day {args.train_day}",
+        "",
+        "Medians over the seeds; migrations judged after the training date against the "
+        "history's truth. Targets: precision >= 0.8, recall >= 0.7, flap <= 0.05 per 30 d, "
+        "churn precision >= 0.7.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    lines += ["| " + " | ".join(str(row[h]) for h in head) + " |" for row in summary]
+    (args.out / "tuning.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,572 @@
+"""Alert quality, measured: the pure evaluation behind `segstream backtest`.
+
+Plain functions over DataFrames, no I/O besides `read_truth`, no Redis: they take the
+alerts the engine decided (`segstream.backtest_run`), the daily churn scores, the events
+and optionally a migration truth, and return plain dicts (what `metrics.json` holds).
+
+- `volumes`: alerts per day by type and segment, customers alerted, the busiest hour;
+- `churn_quality`: churn alerts judged from the history itself: an alert at t is right
+  when the customer has no qualifying event in (t, t + horizon], judged only where the
+  history reaches t + horizon; recall among customers who went silent; lead time; and a
+  threshold sweep replaying the rising-edge-with-cool-down rule on the daily scores;
+- `migration_quality`: against a truth (customer_id, changed_at, to_segment);
+- `migration_behaviour`: without truth: matrix, move-and-return share, dwell times.
+
+Times are Unix seconds; `start`/`end` bound the alerts evaluated (inclusive).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DAY = 86_400.0
+SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+
+
+class TruthError(ValueError):
+    """A migration truth file that cannot be used, with the line that is wrong."""
+
+
+def _dist(values: Iterable[float]) -> dict[str, float | int | None]:
+    """Count, median and quartiles of a sample (None when empty).
+
+    >>> _dist([1.0, 2.0, 3.0, 10.0])["median"]
+    2.5
+    """
+    arr = np.asarray(list(values), dtype=float)
+    if not arr.size:
+        return {"count": 0, "median": None, "p25": None, "p75": None, "p90": None}
+    q = np.percentile(arr, [25, 50, 75, 90])
+    return {
+        "count": int(arr.size),
+        "median": round(float(q[1]), 3),
+        "p25": round(float(q[0]), 3),
+        "p75": round(float(q[2]), 3),
+        "p90": round(float(q[3]), 3),
+    }
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def in_window(alerts: pd.DataFrame, kind: str, start: float, end: float) -> pd.DataFrame:
+    """The alerts of one type decided in [start, end]."""
+    pick = (alerts["type"] == kind) & (alerts["at"] >= start) & (alerts["at"] <= end)
+    return alerts[pick]
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def alert_segment(alerts: pd.DataFrame) -> pd.Series:
+    """The segment an alert is about: the new one for a migration, else `segment_id`."""
+    seg = pd.Series(np.nan, index=alerts.index)
+    if "segment_id" in alerts:
+        seg = pd.to_numeric(alerts["segment_id"], errors="coerce")
+    if "to_segment_id" in alerts:
+        mig = alerts["type"] == "segment_migration"
+        seg = seg.where(~mig, pd.to_numeric(alerts["to_segment_id"], errors="coerce"))
+    return seg
+
+
+def volumes(alerts: pd.DataFrame, start: float, end: float) -> dict[str, Any]:
+    """Alerts per day by type and by (type, segment), customers alerted, the busiest hour.
+
+    >>> a = pd.DataFrame({"type": ["churn_risk"] * 3, "customer_id": ["a", "b", "a"],
+    ...                   "segment_id": [1, 1, 2], "at": [0.0, 3600.0, DAY + 10]})
+    >>> v = volumes(a, 0.0, 2 * DAY - 1)
+    >>> v["per_day"]["churn_risk"], v["customers_alerted"]["churn_risk"]
+    (1.5, 2)
+    """
+    days = max((end - start) / DAY, 1e-9)
+    pick = alerts[(alerts["at"] >= start) & (alerts["at"] <= end)].copy()
+    pick["segment"] = alert_segment(pick)
+    pick["day"] = np.floor(pick["at"] / DAY).astype(np.int64)
+    per_type = pick.groupby("type").size()
+    by_segment: dict[str, dict[str, float]] = {}
+    tagged = pick.dropna(subset=["segment"])
+    for kind, seg, n in zip(*_pairs(tagged, "type", "segment"), strict=True):
+        by_segment.setdefault(str(kind), {})[str(int(seg))] = round(n / days, 3)
+    daily = pick.groupby(["day", "type"]).size().unstack(fill_value=0)
+    hours = np.floor(pick["at"] / 3600.0)
+    busiest: dict[str, Any] = {"start": None, "alerts": 0}
+    if len(hours):
+        counts = hours.value_counts()
+        hour = float(counts.index[0])
+        busiest = {"start": _iso(hour * 3600.0), "alerts": int(counts.iloc[0])}
+    return {
+        "days": round(days, 3),
+        "alerts": len(pick),
+        "per_day": {str(k): round(n / days, 3) for k, n in per_type.items()},
+        "per_day_by_segment": by_segment,
+        "customers_alerted": {
+            **{str(k): int(v) for k, v in pick.groupby("type")["customer_id"].nunique().items()},
+            "any": int(pick["customer_id"].nunique()),
+        },
+        "busiest_hour": busiest,
+        "daily": {
+            _iso(float(day) * DAY)[:10]: {
+                str(k): int(v) for k, v in zip(daily.columns, row, strict=True)
+            }
+            for day, row in zip(daily.index, daily.to_numpy().tolist(), strict=True)
+        },
+    }
+
+
+def _pairs(frame: pd.DataFrame, a: str, b: str) -> tuple[list[Any], list[Any], list[int]]:
+    """Group sizes by two columns, as three parallel lists (a, b, size)."""
+    sizes = frame.groupby([a, b]).size().reset_index(name="n")
+    return sizes[a].tolist(), sizes[b].tolist(), sizes["n"].astype(int).tolist()
+
+
+def _iso(ts: float) -> str:
+    return pd.Timestamp(ts, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------- churn
+
+
+def next_activity(
+    at: pd.DataFrame, events: pd.DataFrame, qualifying_types: Sequence[str] = ()
+) -> np.ndarray:
+    """For each row of `at` (customer_id, at): the time of the customer's next qualifying
+    event strictly after `at` (NaN when none in the history).
+
+    >>> ev = pd.DataFrame({"customer_id": ["a", "a"], "type": ["x", "x"], "ts": [5.0, 9.0]})
+    >>> next_activity(pd.DataFrame({"customer_id": ["a", "a"], "at": [5.0, 9.0]}), ev)
+    array([ 9., nan])
+    """
+    if at.empty:
+        return np.empty(0)
+    ev = events if not qualifying_types else events[events["type"].isin(list(qualifying_types))]
+    right = ev[["customer_id", "ts"]].sort_values("ts", kind="stable")
+    left = at[["customer_id", "at"]].reset_index(drop=True).reset_index().sort_values("at")
+    left = left.astype({"customer_id": object, "at": float})
+    merged = pd.merge_asof(
+        left,
+        right.astype({"customer_id": object, "ts": float}),
+        left_on="at",
+        right_on="ts",
+        by="customer_id",
+        direction="forward",
+        allow_exact_matches=False,
+    )
+    out = np.full(len(at), np.nan)
+    out[merged["index"].to_numpy()] = merged["ts"].to_numpy(dtype=float)
+    return out
+
+
+def judge_churn(
+    alerts: pd.DataFrame,
+    events: pd.DataFrame,
+    horizon_days: float,
+    history_end: float,
+    qualifying_types: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Churn alerts (customer_id, at) with `judgeable` (the history reaches at + horizon)
+    and `right` (no qualifying event in (at, at + horizon]); `right` is NaN where not
+    judgeable."""
+    out = alerts[["customer_id", "at"]].copy()
+    nxt = next_activity(out, events, qualifying_types)
+    horizon = horizon_days * DAY
+    out["judgeable"] = out["at"].to_numpy() + horizon <= history_end
+    right = ~(nxt <= out["at"].to_numpy() + horizon)  # NaN (no next event) counts as right
+    out["right"] = np.where(out["judgeable"], right, np.nan)
+    return out
+
+
+def last_activity(events: pd.DataFrame, qualifying_types: Sequence[str] = ()) -> pd.Series:
+    """Each customer's last qualifying event time."""
+    ev = events if not qualifying_types else events[events["type"].isin(list(qualifying_types))]
+    return ev.groupby("customer_id")["ts"].max()
+
+
+def went_silent(
+    events: pd.DataFrame,
+    start: float,
+    end: float,
+    horizon_days: float,
+    history_end: float,
+    qualifying_types: Sequence[str] = (),
+) -> pd.Series:
+    """Customers whose last qualifying event falls in [start, end] with at least a whole
+    horizon of history after it (the silence is confirmed): customer_id -> last event."""
+    last = last_activity(events, qualifying_types)
+    keep = (last >= start) & (last <= end) & (last + horizon_days * DAY <= history_end)
+    return last[keep]
+
+
+def simulate_churn_alerts(
+    scores: pd.DataFrame, threshold: float, cooldown_days: float
+) -> pd.DataFrame:
+    """The churn alerts the engine's rule gives at `threshold` over the daily scores
+    (customer_id, at, probability): rising edge of probability >= threshold, at most one
+    alert per customer per `cooldown_days`.
+
+    >>> s = pd.DataFrame({"customer_id": ["a"] * 5, "at": [0.0, 1, 2, 3, 20],
+    ...                   "probability": [0.9, 0.1, 0.9, 0.1, 0.9]})
+    >>> simulate_churn_alerts(s.assign(at=s["at"] * DAY), 0.5, 14)["at"].tolist()
+    [0.0, 1728000.0]
+    """
+    s = scores.sort_values(["customer_id", "at"], kind="stable")
+    high = (s["probability"] >= threshold).to_numpy()
+    cust = s["customer_id"].to_numpy()
+    prev_high = np.r_[False, high[:-1]] & np.r_[False, cust[1:] == cust[:-1]]
+    rising = s[high & ~prev_high]
+    keep: list[int] = []
+    last: dict[str, float] = {}
+    cooldown = cooldown_days * DAY
+    for idx, cid, at in zip(rising.index, rising["customer_id"], rising["at"], strict=True):
+        if at - last.get(cid, -math.inf) >= cooldown:
+            keep.append(idx)
+            last[cid] = at
+    picked: pd.DataFrame = rising.loc[keep, ["customer_id", "at", "probability"]]
+    return picked
+
+
+def _churn_figures(
+    alerts: pd.DataFrame,
+    events: pd.DataFrame,
+    silent: pd.Series,
+    start: float,
+    end: float,
+    horizon_days: float,
+    history_end: float,
+    qualifying_types: Sequence[str],
+) -> dict[str, Any]:
+    judged = judge_churn(alerts, events, horizon_days, history_end, qualifying_types)
+    ok = judged[judged["judgeable"]]
+    right = int(ok["right"].sum())
+    horizon = horizon_days * DAY
+    first: dict[str, float] = {}
+    for cid, at in zip(alerts["customer_id"], alerts["at"], strict=True):
+        last = silent.get(cid)
+        if last is not None and last <= at <= last + horizon and cid not in first:
+            first[cid] = at
+    days = max((end - start) / DAY, 1e-9)
+    return {
+        "alerts": len(alerts),
+        "alerts_per_day": round(len(alerts) / days, 3),
+        "judgeable": len(ok),
+        "right": right,
+        "precision": _ratio(right, len(ok)),
+        "went_silent": len(silent),
+        "silent_alerted": len(first),
+        "recall": _ratio(len(first), len(silent)),
+        "lead_time_days": _dist((silent[c] + horizon - t) / DAY for c, t in first.items()),
+        "silence_at_alert_days": _dist((t - silent[c]) / DAY for c, t in first.items()),
+    }
+
+
+def churn_quality(
+    alerts: pd.DataFrame,
+    scores: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    start: float,
+    end: float,
+    horizon_days: float,
+    threshold: float,
+    cooldown_days: float,
+    qualifying_types: Sequence[str] = (),
+    thresholds: Sequence[float] = SWEEP,
+) -> dict[str, Any]:
+    """Churn alerts judged from the history (see the module docstring), and the sweep.
+
+    `alerts` are the engine's (any types; churn_risk picked here), `scores` the daily
+    re-scores (customer_id, at, probability), `events` (customer_id, type, ts).
+    Lead time is (last event + horizon) - alert: how much earlier than a "silent for the
+    whole horizon" rule the alert came; `silence_at_alert_days` is alert - last event.
+    """
+    history_end = float(events["ts"].max())
+    silent_until = min(end, history_end - horizon_days * DAY)
+    silent = went_silent(events, start, silent_until, horizon_days, history_end, qualifying_types)
+    churn = in_window(alerts, "churn_risk", start, end)
+    out = _churn_figures(
+        churn, events, silent, start, end, horizon_days, history_end, qualifying_types
+    )
+    out.update(threshold=threshold, horizon_days=horizon_days, cooldown_days=cooldown_days)
+    out["judged_until"] = _iso(history_end - horizon_days * DAY)
+    sweep = []
+    for th in sorted({*thresholds, round(threshold, 4)}):
+        sim = simulate_churn_alerts(scores, th, cooldown_days)
+        sim = sim[(sim["at"] >= start) & (sim["at"] <= end)]
+        fig = _churn_figures(
+            sim, events, silent, start, end, horizon_days, history_end, qualifying_types
+        )
+        sweep.append(
+            {
+                "threshold": th,
+                "precision": fig["precision"],
+                "recall": fig["recall"],
+                "alerts_per_day": fig["alerts_per_day"],
+                "alerts": fig["alerts"],
+            }
+        )
+    out["sweep"] = sweep
+    # The sweep replays the engine's rule; at the bundle's threshold it must give the
+    # engine's own alerts (a check that the scores are complete).
+    sim = simulate_churn_alerts(scores, threshold, cooldown_days)
+    sim = sim[(sim["at"] >= start) & (sim["at"] <= end)]
+    key = {(c, round(a)) for c, a in zip(churn["customer_id"], churn["at"], strict=True)}
+    out["sweep_reproduces_engine"] = key == {
+        (c, round(a)) for c, a in zip(sim["customer_id"], sim["at"], strict=True)
+    }
+    return out
+
+
+# -------------------------------------------------------------------------- migrations
+
+
+def read_truth(path: Path, customers: Iterable[str], segments: Mapping[int, str]) -> pd.DataFrame:
+    """Read a migration truth CSV: `customer_id`, `changed_at` (RFC 3339 or a date), and
+    optionally `to_segment` (a segment id or name of the bundle); other columns are
+    ignored. Raises `TruthError` naming the line and what is wrong.
+
+    Returns customer_id, changed_at (Unix seconds), to_segment (segment id or -1).
+    """
+    known = set(customers)
+    by_name = {name: seg for seg, name in segments.items()}
+    rows: list[tuple[str, float, int]] = []
+    with Path(path).open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in ("customer_id", "changed_at") if c not in header]
+        if missing:
+            raise TruthError(
+                f"{path}: line 1: missing column(s) {', '.join(missing)} "
+                f"(header is {', '.join(header) or 'empty'}; "
+                "need customer_id, changed_at[, to_segment])"
+            )
+        for raw in reader:
+            line = reader.line_num
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            cid = row["customer_id"]
+            if not cid:
+                raise TruthError(f"{path}: line {line}: empty customer_id")
+            if cid not in known:
+                raise TruthError(
+                    f"{path}: line {line}: customer_id {cid!r} has no event in the history"
+                )
+            try:
+                changed = _parse_time(row["changed_at"])
+            except ValueError:
+                raise TruthError(
+                    f"{path}: line {line}: changed_at {row['changed_at']!r} is not an "
+                    "RFC 3339 time (e.g. 2026-03-05T00:00:00Z) or a date"
+                ) from None
+            target = -1
+            wanted = row.get("to_segment", "")
+            if wanted:
+                if wanted in by_name:
+                    target = by_name[wanted]
+                elif wanted.lstrip("-").isdigit() and int(wanted) in segments:
+                    target = int(wanted)
+                else:
+                    choices = ", ".join(f"{s} ({n})" for s, n in sorted(segments.items()))
+                    raise TruthError(
+                        f"{path}: line {line}: to_segment {wanted!r} is not a segment of "
+                        f"the bundle (one of: {choices})"
+                    )
+            rows.append((cid, changed, target))
+    return pd.DataFrame(rows, columns=["customer_id", "changed_at", "to_segment"])
+
+
+def _parse_time(text: str) -> float:
+    if not text:
+        raise ValueError("empty")
+    value = pd.Timestamp(text)
+    if value.tzinfo is None:
+        if len(text) > 10:
+            raise ValueError("no zone offset")
+        value = value.tz_localize("UTC")
+    if pd.isna(value):
+        raise ValueError("not a time")
+    return float(value.timestamp())
+
+
+def migration_quality(
+    alerts: pd.DataFrame,
+    truth: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    start: float,
+    end: float,
+    max_delay_days: float = 45.0,
+    min_observed_days: float = 14.0,
+    silence_days: float = 30.0,
+    qualifying_types: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Migration alerts against the truth (customer_id, changed_at, to_segment).
+
+    An alert is right when the customer changed at T with T <= alert <= T + max_delay.
+    An alert on a customer whose qualifying events stop within `silence_days` (the churn
+    horizon) after it, for good (at least `min_observed_days` of silence to the end of
+    the history), is churn-led: the customer was fading out, a real change the churn
+    alerts judge and a persona truth does not list. `precision` and the flap rate leave
+    churn-led alerts out; `precision_all` counts them as wrong. Recall counts changes in
+    [start, end - min_observed]; the detection delay is the first right alert - T. Flap
+    rate: migration alerts on customers without a change (and active in the window), per
+    such customer per 30 days.
+    """
+    mig = in_window(alerts, "segment_migration", start, end).copy()
+    history_end = float(events["ts"].max())
+    last = last_activity(events, qualifying_types)
+    last_at = mig["customer_id"].map(last).to_numpy(dtype=float)
+    at = mig["at"].to_numpy(dtype=float)
+    silence = silence_days * DAY
+    gone = last_at + min_observed_days * DAY <= history_end
+    led = (last_at <= at + silence) & gone
+    churn_led = set(mig.index[led])
+    max_delay = max_delay_days * DAY
+    changes = truth.reset_index(drop=True)
+    merged = mig.reset_index().merge(changes, on="customer_id", how="left")
+    delay = merged["at"] - merged["changed_at"]
+    merged["match"] = (delay >= 0) & (delay <= max_delay)
+    right_alerts = merged[merged["match"]]
+    right_idx = set(right_alerts["index"])
+    counted = changes[
+        (changes["changed_at"] >= start) & (changes["changed_at"] <= end - min_observed_days * DAY)
+    ]
+    delays, landed, with_target = [], 0, 0
+    for cid, changed, target in zip(
+        counted["customer_id"].tolist(),
+        counted["changed_at"].to_numpy(dtype=float).tolist(),
+        counted["to_segment"].to_numpy(dtype=int).tolist(),
+        strict=True,
+    ):
+        hits = right_alerts[
+            (right_alerts["customer_id"] == cid) & (right_alerts["changed_at"] == changed)
+        ].sort_values("at")
+        if hits.empty:
+            continue
+        delays.append((float(hits["at"].iloc[0]) - changed) / DAY)
+        if target >= 0:
+            with_target += 1
+            landed += int(float(hits["to_segment_id"].iloc[-1]) == target)
+    active = set(events.loc[(events["ts"] >= start) & (events["ts"] <= end), "customer_id"])
+    unchanged = active - set(changes["customer_id"])
+    on_unchanged = mig["customer_id"].isin(unchanged) & ~mig.index.isin(list(churn_led))
+    flaps = int(on_unchanged.sum())
+    months = max((end - start) / DAY / 30.0, 1e-9)
+    judged = len(mig) - len(churn_led - right_idx)
+    return {
+        "alerts": len(mig),
+        "right": len(right_idx),
+        "churn_led": len(churn_led - right_idx),
+        "precision": _ratio(len(right_idx), judged),
+        "precision_all": _ratio(len(right_idx), len(mig)),
+        "changes": len(counted),
+        "detected": len(delays),
+        "recall": _ratio(len(delays), len(counted)),
+        "delay_days": _dist(delays),
+        "delays": [round(d, 3) for d in delays],
+        "with_target": with_target,
+        "landed_in_target": _ratio(landed, with_target),
+        "unchanged_customers": len(unchanged),
+        "unchanged_alerts": flaps,
+        "flap_rate_per_30d": _ratio(flaps, len(unchanged) * months),
+        "max_delay_days": max_delay_days,
+    }
+
+
+def migration_behaviour(
+    alerts: pd.DataFrame, start: float, end: float, return_days: float = 14.0
+) -> dict[str, Any]:
+    """Without truth: the migration matrix, the share of moving customers who moved back
+    within `return_days` (a flap signal) and the dwell before each migration (time since
+    the customer's previous segment assignment, first or migration).
+
+    >>> a = pd.DataFrame({"type": ["segment_assigned", "segment_migration", "segment_migration"],
+    ...     "customer_id": ["a"] * 3, "at": [0.0, 10 * DAY, 12 * DAY],
+    ...     "from_segment_id": [None, 1, 2], "to_segment_id": [None, 2, 1]})
+    >>> b = migration_behaviour(a, 0.0, 30 * DAY)
+    >>> b["moved_and_returned_share"], b["dwell_days"]["median"]
+    (1.0, 6.0)
+    """
+    mig = in_window(alerts, "segment_migration", start, end)
+    matrix: dict[str, dict[str, int]] = {}
+    if len(mig):
+        for src, dst, n in zip(*_pairs(mig, "from_segment_id", "to_segment_id"), strict=True):
+            matrix.setdefault(str(int(src)), {})[str(int(dst))] = n
+    returned = set()
+    ordered = mig.sort_values(["customer_id", "at"], kind="stable")
+    for cid, group in ordered.groupby("customer_id"):
+        src = group["from_segment_id"].to_numpy(dtype=float)
+        dst = group["to_segment_id"].to_numpy(dtype=float)
+        at = group["at"].to_numpy(dtype=float)
+        for i in range(len(group) - 1):
+            back = (dst[i + 1] == src[i]) & (at[i + 1] - at[i] <= return_days * DAY)
+            if back:
+                returned.add(cid)
+    # Every segment change (first assignment, migration) before each migration.
+    moves = alerts[alerts["type"].isin(["segment_assigned", "segment_migration"])]
+    assigned = moves.groupby("customer_id")["at"].apply(lambda t: np.unique(t.to_numpy()))
+    dwell = []
+    for cid, at in zip(mig["customer_id"], mig["at"], strict=True):
+        times = assigned.get(cid)
+        if times is None:
+            continue
+        before = times[times < at]
+        if len(before):
+            dwell.append((at - before[-1]) / DAY)
+    movers = mig["customer_id"].nunique()
+    return {
+        "alerts": len(mig),
+        "customers_moved": int(movers),
+        "matrix": matrix,
+        "moved_and_returned_within_days": return_days,
+        "moved_and_returned_share": _ratio(len(returned), movers),
+        "dwell_days": _dist(dwell),
+    }
+
+
+def evaluate(
+    alerts: pd.DataFrame,
+    scores: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    start: float,
+    end: float,
+    horizon_days: float,
+    threshold: float,
+    cooldown_days: float,
+    qualifying_types: Sequence[str] = (),
+    truth: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Every figure of a backtest (what `metrics.json` holds), alerts in [start, end]."""
+    out: dict[str, Any] = {
+        "window": {"from": _iso(start), "to": _iso(end), "days": round((end - start) / DAY, 3)},
+        "volumes": volumes(alerts, start, end),
+        "churn": churn_quality(
+            alerts,
+            scores,
+            events,
+            start=start,
+            end=end,
+            horizon_days=horizon_days,
+            threshold=threshold,
+            cooldown_days=cooldown_days,
+            qualifying_types=qualifying_types,
+        ),
+        "migration_behaviour": migration_behaviour(alerts, start, end),
+    }
+    if truth is not None:
+        out["migrations"] = migration_quality(
+            alerts,
+            truth,
+            events,
+            start=start,
+            end=end,
+            silence_days=horizon_days,
+            qualifying_types=qualifying_types,
+        )
+    return out

@@ -1,0 +1,205 @@
+"""The backtest report: `report.html` with its figures, and `metrics.json`.
+
+Renders what `segstream.backtest.evaluate` computed (threshold sweep, detection-delay
+histogram, daily volumes) in the style of the bundle report (`offline.report`).
+matplotlib runs with the Agg backend. No evaluation happens here.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from offline.report import _STYLE, _fmt, _table
+
+FIGURES = ("threshold_sweep.png", "migration_delay.png", "daily_volumes.png")
+
+
+def _sweep_figure(churn: Mapping[str, Any], path: Path) -> None:
+    sweep = pd.DataFrame(churn["sweep"])
+    fig, left = plt.subplots(figsize=(6.5, 3.6))
+    left.plot(sweep["threshold"], sweep["precision"], "o-", color="tab:blue", label="precision")
+    left.plot(sweep["threshold"], sweep["recall"], "s--", color="tab:green", label="recall")
+    left.set_xlabel("churn probability threshold")
+    left.set_ylabel("precision / recall")
+    left.set_ylim(0, 1.05)
+    right = left.twinx()
+    right.plot(sweep["threshold"], sweep["alerts_per_day"], "^:", color="tab:orange")
+    right.set_ylabel("churn alerts per day", color="tab:orange")
+    left.axvline(churn["threshold"], color="grey", linestyle=":")
+    left.legend(loc="lower left", fontsize=8)
+    left.set_title(f"Churn threshold sweep (bundle: {churn['threshold']:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _delay_figure(migrations: Mapping[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    delays = migrations["delays"]
+    if delays:
+        ax.hist(delays, bins=min(30, max(5, len(delays) // 3)), color="tab:blue", alpha=0.8)
+        median = migrations["delay_days"]["median"]
+        ax.axvline(median, color="grey", linestyle=":", label=f"median {median:.1f} d")
+        ax.legend()
+    ax.set_xlabel("days from the change to its first migration alert")
+    ax.set_ylabel("changes")
+    ax.set_title("Migration detection delay")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _volume_figure(volumes: Mapping[str, Any], path: Path) -> None:
+    daily = pd.DataFrame.from_dict(volumes["daily"], orient="index").fillna(0).sort_index()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for kind in daily.columns:
+        ax.plot(pd.to_datetime(daily.index), daily[kind], label=kind)
+    ax.set_ylabel("alerts per day")
+    ax.set_title("Daily alert volumes")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _kv(pairs: list[tuple[str, Any]]) -> str:
+    return _table(["figure", "value"], [[k, _fmt(v)] for k, v in pairs])
+
+
+def _dist_text(d: Mapping[str, Any]) -> str:
+    if not d.get("count"):
+        return "none"
+    return f"median {d['median']:.1f} (p25 {d['p25']:.1f}, p75 {d['p75']:.1f}, n={d['count']})"
+
+
+def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Write metrics.json, report.html and the figures into `out_dir`; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "metrics.json", out_dir / "report.html"]
+    written[0].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    win, vol, churn = metrics["window"], metrics["volumes"], metrics["churn"]
+    parts = [
+        "<h1>Alert backtest</h1>",
+        f"<p>Model {html.escape(str(metrics.get('model_version', '')))}; alerts decided from "
+        f"<b>{win['from']}</b> to <b>{win['to']}</b> ({win['days']:.1f} days), by the same "
+        "engine as the live worker, replayed over the history on its event-time clock.</p>",
+        "<h2>Volumes</h2>",
+        _table(
+            ["type", "alerts per day", "customers alerted"],
+            [
+                [k, _fmt(v), vol["customers_alerted"].get(k, 0)]
+                for k, v in sorted(vol["per_day"].items())
+            ],
+        ),
+        f"<p>Customers alerted (any type): {vol['customers_alerted']['any']:,}. Busiest hour: "
+        f"{vol['busiest_hour']['start']} with {vol['busiest_hour']['alerts']:,} alerts "
+        "(daily re-scores run at midnight of the event clock).</p>",
+    ]
+    _volume_figure(vol, out_dir / FIGURES[2])
+    written.append(out_dir / FIGURES[2])
+    parts.append(f"<img src='{FIGURES[2]}' alt='daily volumes'>")
+    seg_rows = [
+        [kind, seg, _fmt(n)]
+        for kind, segs in sorted(vol["per_day_by_segment"].items())
+        for seg, n in sorted(segs.items())
+    ]
+    parts.append(_table(["type", "segment", "alerts per day"], seg_rows))
+    parts += [
+        "<h2>Churn alerts, judged from the history</h2>",
+        "<p class='explain'>An alert is right when the customer has no qualifying event in "
+        f"the {churn['horizon_days']:.0f} days after it; only alerts whose horizon the "
+        f"history covers are judged (decided until {churn['judged_until']}). Recall is "
+        "the share of customers who went silent (last event in the window, then a whole "
+        "horizon without one) alerted between their last event and the end of the horizon. "
+        "Lead time: how much earlier than the end of that horizon the alert came.</p>",
+        _kv(
+            [
+                ("threshold (bundle)", churn["threshold"]),
+                ("alerts", churn["alerts"]),
+                ("alerts per day", churn["alerts_per_day"]),
+                ("judged alerts", churn["judgeable"]),
+                ("precision", churn["precision"]),
+                ("customers who went silent", churn["went_silent"]),
+                ("recall", churn["recall"]),
+                ("lead time, days", _dist_text(churn["lead_time_days"])),
+                ("silence at alert, days", _dist_text(churn["silence_at_alert_days"])),
+            ]
+        ),
+    ]
+    _sweep_figure(churn, out_dir / FIGURES[0])
+    written.append(out_dir / FIGURES[0])
+    parts.append(f"<img src='{FIGURES[0]}' alt='threshold sweep'>")
+    parts.append(
+        _table(
+            ["threshold", "precision", "recall", "alerts per day"],
+            [
+                [
+                    _fmt(r["threshold"], 2),
+                    _fmt(r["precision"]),
+                    _fmt(r["recall"]),
+                    _fmt(r["alerts_per_day"]),
+                ]
+                for r in churn["sweep"]
+            ],
+        )
+    )
+    if "migrations" in metrics:
+        m = metrics["migrations"]
+        parts += [
+            "<h2>Migrations against the truth</h2>",
+            "<p class='explain'>A migration alert is right when the customer changed at most "
+            f"{m['max_delay_days']:.0f} days before it. Recall counts the changes at least 14 "
+            "days before the end of the window. The flap rate counts migration alerts on "
+            "customers without a change, per customer per 30 days.</p>",
+            _kv(
+                [
+                    ("alerts", m["alerts"]),
+                    ("precision", m["precision"]),
+                    ("changes", m["changes"]),
+                    ("recall", m["recall"]),
+                    ("detection delay, days", _dist_text(m["delay_days"])),
+                    ("landed in the expected segment", m["landed_in_target"]),
+                    ("flap rate per unchanged customer per 30 days", m["flap_rate_per_30d"]),
+                ]
+            ),
+        ]
+        _delay_figure(m, out_dir / FIGURES[1])
+        written.append(out_dir / FIGURES[1])
+        parts.append(f"<img src='{FIGURES[1]}' alt='detection delay histogram'>")
+    b = metrics["migration_behaviour"]
+    parts += [
+        "<h2>Migrations without truth</h2>",
+        _kv(
+            [
+                ("migration alerts", b["alerts"]),
+                ("customers who moved", b["customers_moved"]),
+                (
+                    f"moved and came back within {b['moved_and_returned_within_days']:.0f} days",
+                    b["moved_and_returned_share"],
+                ),
+                ("dwell before a migration, days", _dist_text(b["dwell_days"])),
+            ]
+        ),
+        _table(
+            ["from \\ to", "to", "alerts"],
+            [[src, dst, n] for src, row in sorted(b["matrix"].items()) for dst, n in row.items()],
+        ),
+    ]
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>segstream backtest</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    written[1].write_text(page)
+    return written
