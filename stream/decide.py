@@ -12,11 +12,13 @@ Rules (thresholds in `Rules`):
   classifier, older ones by the nearest online center (`stream.assign`);
 - migration with hysteresis: a different segment becomes a candidate only when it is
   nearer than the current one by the relative `migration_margin`, and the move is made
-  only when the candidate held for `migration_dwell_days` of event time; then
-  `segment_migration` (with the 3 features that drove the move) and `segment_assigned`;
+  only when the candidate held for `migration_dwell_days` of event time and an event of
+  the customer confirms it (a daily re-score, where features only decay in silence, can
+  start or drop a candidate but not complete a move); then `segment_migration` (with the
+  3 features that drove the move) and `segment_assigned`;
 - settling: a move whose candidate appeared while the customer was young, or within
-  one dwell after, only refines its placement: `segment_assigned` (`first: false`, `placed_by` the classifier
-  or the centers), no `segment_migration`;
+  one dwell after, only refines its placement: `segment_assigned` (`first: false`,
+  `placed_by` the classifier or the centers), no `segment_migration`;
 - model update: at the first evaluation of a customer under a new bundle, the new model
   places the customer's anchor (its features when last settled); a changed segment is a
   `segment_reassigned` (cause `model_update`, both versions), not a migration; the row is
@@ -262,8 +264,9 @@ class Decider:
                 out.states[cid] = state
                 copied.add(cid)
             self._assign(
-                row, state, targets[i], young_list[i], features, i, distances[i], out, replaced
-            )
+                row, state, targets[i], young_list[i], features, i, distances[i], out, replaced,
+                confirm=not score_churn,
+            )  # fmt: skip
             if score_churn:
                 before = len(out.alerts)
                 self._churn(row, state, churn_list[i], out)
@@ -300,8 +303,13 @@ class Decider:
         dist: np.ndarray,
         out: Decisions,
         replaced: dict[str, int],
+        *,
+        confirm: bool,
     ) -> None:
-        """Update `state` in place for row `i` (features `features[i]`)."""
+        """Update `state` in place for row `i` (features `features[i]`).
+
+        `confirm` is set for rows of the customer's own events: only they complete a move.
+        """
         if state.segment is None:
             body = self._base("segment_assigned", row)
             body.update(
@@ -329,23 +337,27 @@ class Decider:
             state.candidate, state.candidate_since = target, row.at
             return
         held = row.at - state.candidate_since
-        if held < self.rules.migration_dwell_days * DAY:
+        if held < self.rules.migration_dwell_days * DAY or not confirm:
+            # A daily re-score can start or drop a candidate, never complete the move:
+            # features that only decayed in silence (a quiet week) are what churn alerts
+            # judge; as migrations they were most of the false ones in the backtest.
             return
         # A new customer's placement is still settling while the early-life classifier
         # places it and for one dwell after it hands over to the centers: a change that
         # started then refines where the customer belongs, it is not a move it made.
-        # Alerting those as migrations made most of the false ones in the backtest.
+        # Alerting those as migrations gave many of the false ones in the backtest.
         began = features[i, self._tenure] - held / DAY  # tenure when the candidate appeared
         if began < self.rules.early_days + self.rules.migration_dwell_days:
-            self._settle(row, state, target, young, features[i], out)
+            placed_by = "early_life_classifier" if young else "nearest_centroid"
+            self._place(row, state, target, features[i], placed_by, out)
         else:
             self._migrate(row, state, target, features[i], out)
 
-    def _settle(
-        self, row: Row, state: CustomerState, target: int, young: bool, x: np.ndarray,
+    def _place(
+        self, row: Row, state: CustomerState, target: int, x: np.ndarray, placed_by: str,
         out: Decisions,
     ) -> None:  # fmt: skip
-        """A settling customer's placement changed: `segment_assigned` only."""
+        """A later change of segment: `segment_assigned` (`first: false`), state updated."""
         body = self._base("segment_assigned", row)
         body.update(
             segment_id=target,
@@ -353,7 +365,7 @@ class Decider:
             previous_segment_id=state.segment,
             previous_segment_name=self._name(state.segment),
             first=False,
-            placed_by="early_life_classifier" if young else "nearest_centroid",
+            placed_by=placed_by,
         )
         out.alerts.append(Alert("segment_assigned", row.customer_id, body))
         state.segment, state.since, state.candidate = target, row.at, None
@@ -443,18 +455,7 @@ class Decider:
             drivers=drivers,
         )
         out.alerts.append(Alert("segment_migration", row.customer_id, body))
-        assigned = self._base("segment_assigned", row)
-        assigned.update(
-            segment_id=target,
-            segment_name=self._name(target),
-            previous_segment_id=state.segment,
-            previous_segment_name=self._name(state.segment),
-            first=False,
-            placed_by="migration",
-        )
-        out.alerts.append(Alert("segment_assigned", row.customer_id, assigned))
-        state.segment, state.since, state.candidate = target, row.at, None
-        state.anchor = _anchor(x)
+        self._place(row, state, target, x, "migration", out)
 
     def _churn(self, row: Row, state: CustomerState, p: float, out: Decisions) -> None:
         threshold = self.model.churn_threshold

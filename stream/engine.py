@@ -38,6 +38,7 @@ from models.catalog import Catalog
 from models.events import Event
 from stream.assign import OnlineCenters
 from stream.decide import DAY, Alert, CustomerState, Decider, Decisions, Row, Rules, iso
+from stream.redis_conn import get_many
 from stream.shadow import Shadow, ShadowTally
 from stream.store import (
     ApplyResult,
@@ -136,13 +137,7 @@ class AssignmentStore:
         if missing:
             self.round_trips += 1
             keys = [state_key(self.prefix, cid) for cid in missing]
-            if self._cluster:
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys:
-                    pipe.get(key)
-                values = await pipe.execute()
-            else:
-                values = await self.client.mget(keys)
+            values = await get_many(self.client, keys)
             for cid, v in zip(missing, values, strict=True):
                 if v:
                     found[cid] = CustomerState.from_list(msgpack.unpackb(v))

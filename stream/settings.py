@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.decide import Rules
 
+DEFAULT_RULES = Rules()  # the alert thresholds' defaults live in one place: `Rules`
+
 
 class StreamSettings(BaseSettings):
     """Where to connect, what to read and write, and the alert thresholds."""
@@ -102,16 +104,24 @@ class StreamSettings(BaseSettings):
         "much input is read again (idempotent).",
     )
     early_days: float = Field(
-        30.0, gt=0, description="Younger customers are placed by the early-life classifier."
+        DEFAULT_RULES.early_days,
+        gt=0,
+        description="Younger customers are placed by the early-life classifier.",
     )
     migration_margin: float = Field(
-        0.15, ge=0, description="A new segment must be this much nearer (relative distance)."
+        DEFAULT_RULES.migration_margin,
+        ge=0,
+        description="A new segment must be this much nearer (relative distance).",
     )
     migration_dwell_days: float = Field(
-        5.0, ge=0, description="...and stay nearer this long (event time) before a migration."
+        DEFAULT_RULES.migration_dwell_days,
+        ge=0,
+        description="...and stay nearer this long (event time) before a migration.",
     )
     churn_cooldown_days: float = Field(
-        14.0, ge=0, description="At most one churn alert per customer in this many days."
+        DEFAULT_RULES.churn_cooldown_days,
+        ge=0,
+        description="At most one churn alert per customer in this many days.",
     )
     psi_threshold: float = Field(
         0.25, gt=0, description="Population stability index that raises `population_shift`."

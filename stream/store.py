@@ -50,6 +50,7 @@ from redis.exceptions import NoScriptError
 
 from models.catalog import Catalog, distinct_key, numeric_value
 from models.events import Event
+from stream.redis_conn import get_many
 from stream.state import StateCodec
 
 SCRIPT: Final = resources.files("stream").joinpath("store.lua").read_text()
@@ -287,14 +288,7 @@ class RedisFeatureStore:
             return self._features([], [], np.empty(0))
         self.round_trips += 1
         keys = [feature_key(self.prefix, cid) for cid in ids]
-        if self._cluster:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.get(key)
-            values = await pipe.execute()
-        else:
-            # One MGET: a pipeline of GETs costs redis-py ~10 us per command to pack.
-            values = await self.client.mget(keys)
+        values = await get_many(self.client, keys)
         found = [(cid, v) for cid, v in zip(ids, values, strict=True) if v]
         return self._features(
             [cid for cid, _ in found], [v for _, v in found], np.full(len(found), at)

@@ -394,9 +394,12 @@ def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
 ) -> None:
     rng = random.Random(int(os.environ.get("SEGSTREAM_CRASH_SEED", "0")) or None)
     group: Group = group_for(system_or_embedded, 1)
-    produce_into(group, expected.records)
+    # A fifth of the history before each start, so every worker has a stream to die in
+    # (with all of it up front, a fast machine could finish before the fifth kill).
+    chunk = -(-len(expected.records) // 5)
     kills = []
-    for _ in range(5):
+    for n in range(5):
+        produce_into(group, expected.records[n * chunk : (n + 1) * chunk])
         proc = group.start()
         group.wait("the worker processing batches", lambda p=proc: p.batches() >= 1)
         delay = rng.uniform(0.0, 1.5)  # into the stream: mid-batch, mid-publish, mid-save

@@ -123,6 +123,24 @@ def test_a_brief_excursion_is_not_a_migration() -> None:
     assert c.state["c1"].candidate_since == 6 * DAY
 
 
+def test_only_the_customers_own_event_completes_a_move() -> None:
+    """A quiet week decays the features at each daily re-score: that can start a
+    candidate, but the move waits for an event of the customer to confirm it."""
+    c = Customer(decider())
+    c.see(0, x=1.0)
+    c.see(1, x=8.0, rescore=True)  # decayed into the other segment: candidate
+    c.see(5, x=8.0, rescore=True)  # past the dwell, still silent: no move
+    assert c.kinds() == ["segment_assigned"] and c.state["c1"].candidate == 2
+    c.see(6, x=8.0)  # its own event confirms
+    assert c.kinds()[1:] == ["segment_migration", "segment_assigned"]
+    back = Customer(decider())
+    back.see(0, x=1.0)
+    back.see(1, x=8.0, rescore=True)
+    back.see(5, x=8.0, rescore=True)
+    back.see(6, x=1.0)  # came back as before: the candidate is dropped, nothing sent
+    assert back.kinds() == ["segment_assigned"] and back.state["c1"].candidate is None
+
+
 def test_a_settling_customer_is_placed_again_not_migrated() -> None:
     """While young, and for one dwell after (early_days 30 + dwell 3), a change of
     segment refines the placement: `segment_assigned` with `placed_by`, no migration."""

@@ -46,6 +46,19 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     assert not missing, f"README lacks {missing}"
 
 
+def test_the_readme_gives_each_settings_default() -> None:
+    """The configuration table's default column is what the code uses."""
+    wrong = []
+    for name, spec in StreamSettings.model_fields.items():
+        row = next(line for line in README.splitlines()
+                   if line.startswith(f"| `SEGSTREAM_{name.upper()}` |"))  # fmt: skip
+        default = row.split("|")[2].strip()
+        expected = "(none)" if spec.default is None else f"`{spec.default}`"
+        if default != expected:
+            wrong.append(f"SEGSTREAM_{name.upper()}: README {default}, code {expected}")
+    assert not wrong, wrong
+
+
 def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
     block = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
