@@ -62,7 +62,7 @@ def median(values: list[float | None]) -> float | None:
     return round(statistics.median(present), 3) if present else None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
     parser.add_argument("--customers", type=int, default=1500)
@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--dwells", type=float, nargs="+", default=[3.0, 5.0, 7.0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/tuning"))
     parser.add_argument("--redis-url", default=None)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--reuse", action="store_true", help="Keep histories and bundles already in OUT."
+    )
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with redis_server(args.redis_url) as url:
         runs = tune(args, StreamSettings(redis_url=url))
@@ -86,10 +89,11 @@ def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, A
     grid = list(itertools.product(args.margins, args.dwells))
     for seed in args.seeds:
         root = args.out / f"seed-{seed}"
-        write_history(generate_history(args.customers, args.days, seed=seed), root)
-        as_of = (DEFAULT_START + timedelta(days=args.train_day)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        history = HistoryFile(args.customers, args.days, root / "events.jsonl", 0, as_of)
-        train_once(history, root / "models")
+        if not (args.reuse and bundle_dir(root / "models").exists()):
+            write_history(generate_history(args.customers, args.days, seed=seed), root)
+            as_of = (DEFAULT_START + timedelta(days=args.train_day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            history = HistoryFile(args.customers, args.days, root / "events.jsonl", 0, as_of)
+            train_once(history, root / "models")
         for margin, dwell in grid:
             t0 = time.perf_counter()
             rules = Rules(migration_margin=margin, migration_dwell_days=dwell)

@@ -66,8 +66,8 @@ class Rules:
     """Thresholds of the alert decisions (defaults backed by the backtest, see README)."""
 
     early_days: float = 30.0
-    migration_margin: float = 0.15
-    migration_dwell_days: float = 5.0
+    migration_margin: float = 0.2
+    migration_dwell_days: float = 3.0
     churn_cooldown_days: float = 14.0
     drivers: int = 3
 

@@ -75,3 +75,17 @@ def test_quick_run_writes_every_section(system_redis_url: str, tmp_path: Path) -
     latency = [f for f in doc["sections"]["latency"] if f["name"].startswith("p99")]
     assert len(latency) == 2 and all(f["value"] < 60_000 for f in latency)
     assert "met" in md or "missed" in md
+
+
+def test_the_alert_tuning_grid_writes_a_row_per_setting(redis_url: str, tmp_path: Path) -> None:
+    """A tiny `python -m benchmarks.tune_alerts` (the grid behind the alert defaults)."""
+    from benchmarks import tune_alerts
+
+    args = ["--seeds", "5", "--customers", "200", "--days", "60", "--train-day", "45",
+            "--margins", "0.1", "0.2", "--dwells", "3", "--out", str(tmp_path),
+            "--redis-url", redis_url]  # fmt: skip
+    tune_alerts.main(args)
+    doc = json.loads((tmp_path / "tuning.json").read_text())
+    assert [(r["margin"], r["dwell_days"]) for r in doc["summary"]] == [(0.1, 3.0), (0.2, 3.0)]
+    assert {r["seed"] for r in doc["runs"]} == {5}
+    assert "| 0.2 | 3.0 |" in (tmp_path / "tuning.md").read_text()
