@@ -73,13 +73,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/tuning"))
     parser.add_argument("--redis-url", default=None)
     parser.add_argument(
-        "--reuse", action="store_true", help="Keep histories and bundles already in OUT."
+        "--reuse",
+        action="store_true",
+        help="Keep the histories and bundles already in OUT, and the runs of OUT/tuning.json "
+        "that this call does not repeat (to extend a grid).",
     )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with redis_server(args.redis_url) as url:
         runs = tune(args, StreamSettings(redis_url=url))
         facts = machine(url)
+    previous = args.out / "tuning.json"
+    if args.reuse and previous.exists():
+        done = {(r["seed"], r["margin"], r["dwell_days"]) for r in runs}
+        old = json.loads(previous.read_text())["runs"]
+        runs = [r for r in old if (r["seed"], r["margin"], r["dwell_days"]) not in done] + runs
     write(args, runs, facts)
 
 
@@ -110,7 +118,8 @@ def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, A
 
 def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str, Any]) -> None:
     """OUT/tuning.json and OUT/tuning.md: medians over the seeds per setting."""
-    grid = list(itertools.product(args.margins, args.dwells))
+    grid = sorted({(r["margin"], r["dwell_days"]) for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
     summary = []
     for margin, dwell in grid:
         mine = [r for r in runs if (r["margin"], r["dwell_days"]) == (margin, dwell)]
@@ -122,7 +131,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
         json.dumps(
             {
                 "machine": facts,
-                "args": vars(args) | {"out": str(args.out)},
+                "args": vars(args) | {"out": str(args.out), "seeds": seeds},
                 "summary": summary,
                 "runs": runs,
             },
@@ -131,7 +140,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
     )
     head = ["margin", "dwell_days", *FIGURES, "seeds_meeting_targets"]
     lines = [
-        f"# Alert tuning: {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
+        f"# Alert tuning: {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
         f"{args.customers} customers x {args.days} days, trained at day {args.train_day}",
         "",
         "Medians over the seeds; migrations judged after the training date against the "
