@@ -53,7 +53,13 @@ def markdown(meta: dict[str, Any], figures: list[Figure], notes: list[str]) -> s
         "# segstream benchmark results",
         "",
         f"Written by `python -m benchmarks.run` ({meta['preset']} sizes, {meta['repeats']} "
-        f"run(s) per figure) on {meta['started']} in {meta['seconds']:.0f} s.",
+        f"run(s) per figure) on {meta['started']} in {meta['seconds']:.0f} s."
+        + (
+            f" That run measured {', '.join(meta['ran'])}; the other sections were kept from "
+            "earlier runs (`--keep`): the notes give each section's sizes, runs and load."
+            if meta.get("kept")
+            else ""
+        ),
         "",
         f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
         f"{m['redis']} at {m['redis_url']}, {m['platform']}; load average at start "

@@ -392,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             meta["seconds"] = time.perf_counter() - t0
             meta["targets"] = {k: t.text for k, t in TARGETS.items()}
             figures, notes = bench.figures, bench.notes
+            meta["ran"] = [key for key in ORDER if key in args.only]
             if args.keep:
                 figures, notes = _kept(args.out / "results.json", args.only, figures, notes)
+                meta["kept"] = sorted({f.section for f in figures} - set(args.only))
             paths = report.write(args.out, meta, figures, notes)
     finally:
         if args.work is None:
