@@ -13,9 +13,13 @@ Rules (thresholds in `Rules`):
 - migration with hysteresis: a different segment becomes a candidate only when it is
   nearer than the current one by the relative `migration_margin`, and the move is made
   only when the candidate held for `migration_dwell_days` of event time and an event of
-  the customer confirms it (a daily re-score, where features only decay in silence, can
-  start or drop a candidate but not complete a move); then `segment_migration` (with the
-  3 features that drove the move) and `segment_assigned`;
+  the customer confirms it; then `segment_migration` (with the 3 features that drove the
+  move) and `segment_assigned`;
+- quiet moves: a move completed at a daily re-score of a customer silent since the
+  candidate appeared (features that only decayed) changes the segment with
+  `segment_assigned` (`placed_by: inactivity`) only; the customer's next event settles
+  it: back where it was before the silence, `segment_assigned` (`placed_by: return`);
+  still in the new segment, the `segment_migration` from the segment before;
 - settling: a move whose candidate appeared while the customer was young, or within
   one dwell after, only refines its placement: `segment_assigned` (`first: false`,
   `placed_by` the classifier or the centers), no `segment_migration`;
@@ -87,6 +91,7 @@ class CustomerState:
         "churn_alerted_at",
         "churn_high",
         "model_version",
+        "quiet_from",
         "segment",
         "since",
     )
@@ -101,6 +106,7 @@ class CustomerState:
         churn_high: bool = False,
         churn_alerted_at: float = -1e18,
         model_version: str = "",
+        quiet_from: int | None = None,  # the segment before a move made in silence
     ) -> None:
         self.segment = segment
         self.since = since
@@ -110,6 +116,7 @@ class CustomerState:
         self.churn_high = churn_high
         self.churn_alerted_at = churn_alerted_at
         self.model_version = model_version
+        self.quiet_from = quiet_from
 
     def to_list(self) -> list[Any]:
         return [
@@ -121,12 +128,14 @@ class CustomerState:
             self.churn_high,
             self.churn_alerted_at,
             self.model_version,
+            self.quiet_from,
         ]
 
     @classmethod
     def from_list(cls, items: Sequence[Any]) -> CustomerState:
-        seg, since, cand, cand_since, anchor, high, alerted, version = items
-        return cls(seg, since, cand, cand_since, bytes(anchor), high, alerted, version)
+        seg, since, cand, cand_since, anchor, high, alerted, version, *rest = items
+        quiet = rest[0] if rest else None  # states saved before quiet moves had 8 items
+        return cls(seg, since, cand, cand_since, bytes(anchor), high, alerted, version, quiet)
 
     def copy(self) -> CustomerState:
         return CustomerState(*self.to_list())
@@ -211,6 +220,10 @@ class Decider:
         self.typical = np.asarray(typical, dtype=float)
         self.rules = rules
         self._tenure = self.feature_names.index("tenure_days")
+        names = self.feature_names
+        self._silence = (
+            names.index("days_since_last_event") if "days_since_last_event" in names else None
+        )
         self.has_early = getattr(model, "early_model", True) is not None
         self.has_churn = getattr(model, "churn_model", True) is not None
 
@@ -327,6 +340,16 @@ class Decider:
             return
         if state.model_version != self.model.version:
             self._reassign(row, state, replaced.get(row.customer_id, target), out)
+        if confirm and state.quiet_from is not None:
+            # The first event after a move made in silence settles it: back where it was
+            # (the customer did not change), or still there (confirmed: the migration).
+            if target == state.quiet_from:
+                self._place(row, state, target, features[i], "return", out)
+                return
+            if target == state.segment:
+                if young or self._clear_margin(state.quiet_from, target, dist):
+                    self._complete(row, state, target, young, features[i], out)
+                return  # near the border: the next event decides
         if target == state.segment:
             state.candidate = None
             state.anchor = _anchor(features[i])
@@ -337,21 +360,42 @@ class Decider:
             state.candidate, state.candidate_since = target, row.at
             return
         held = row.at - state.candidate_since
-        if held < self.rules.migration_dwell_days * DAY or not confirm:
-            # A daily re-score can start or drop a candidate, never complete the move:
-            # features that only decayed in silence (a quiet week) are what churn alerts
-            # judge; as migrations they were most of the false ones in the backtest.
+        if held < self.rules.migration_dwell_days * DAY:
             return
-        # A new customer's placement is still settling while the early-life classifier
-        # places it and for one dwell after it hands over to the centers: a change that
-        # started then refines where the customer belongs, it is not a move it made.
-        # Alerting those as migrations gave many of the false ones in the backtest.
-        began = features[i, self._tenure] - held / DAY  # tenure when the candidate appeared
+        if not confirm:
+            # At a daily re-score. A customer with events during the dwell waits for its
+            # next event to confirm the move. One silent all along moved in silence:
+            # features that only decayed are churn's business, and alerting them as
+            # migrations made most of the false ones in the backtest. Its segment follows
+            # (so the populations show who went quiet), with `segment_assigned` only.
+            silent = self._silence is not None and features[i, self._silence] >= held / DAY
+            if not silent:
+                return
+            quiet_from = state.segment if state.quiet_from is None else state.quiet_from
+            anchor = state.anchor  # still the settled features, for drivers and reloads
+            self._place(row, state, target, features[i], "inactivity", out)
+            state.quiet_from, state.anchor = quiet_from, anchor
+            return
+        self._complete(row, state, target, young, features[i], out)
+
+    def _complete(
+        self, row: Row, state: CustomerState, target: int, young: bool, x: np.ndarray,
+        out: Decisions,
+    ) -> None:  # fmt: skip
+        """A move that held its dwell, confirmed by an event: a migration, or a placement.
+
+        A new customer's placement is still settling while the early-life classifier
+        places it and for one dwell after it hands over to the centers: a change that
+        started then refines where the customer belongs, it is not a move it made.
+        Alerting those as migrations gave many of the false ones in the backtest.
+        """
+        held = row.at - state.candidate_since
+        began = x[self._tenure] - held / DAY  # tenure when the candidate appeared
         if began < self.rules.early_days + self.rules.migration_dwell_days:
             placed_by = "early_life_classifier" if young else "nearest_centroid"
-            self._place(row, state, target, features[i], placed_by, out)
+            self._place(row, state, target, x, placed_by, out)
         else:
-            self._migrate(row, state, target, features[i], out)
+            self._migrate(row, state, target, x, out)
 
     def _place(
         self, row: Row, state: CustomerState, target: int, x: np.ndarray, placed_by: str,
@@ -370,6 +414,7 @@ class Decider:
         out.alerts.append(Alert("segment_assigned", row.customer_id, body))
         state.segment, state.since, state.candidate = target, row.at, None
         state.anchor = _anchor(x)
+        state.quiet_from = None
 
     def _reassign(self, row: Row, state: CustomerState, target: int, out: Decisions) -> None:
         """First look at a customer under a new bundle: where the new model puts it.
@@ -395,6 +440,7 @@ class Decider:
         )
         out.alerts.append(Alert("segment_reassigned", row.customer_id, body))
         state.segment, state.since = target, row.at
+        state.quiet_from = None  # placed from the settled features: no longer in silence
         if state.candidate == target:
             state.candidate = None
 
@@ -445,16 +491,19 @@ class Decider:
                     "after": round(float(x[col]), 4),
                 }
             )
+        # After a move made in silence, the move is from the segment before the silence.
+        source = state.segment if state.quiet_from is None else state.quiet_from
         body = self._base("segment_migration", row)
         body.update(
-            from_segment_id=state.segment,
-            from_segment_name=self._name(state.segment),
+            from_segment_id=source,
+            from_segment_name=self._name(source),
             to_segment_id=target,
             to_segment_name=self._name(target),
             dwell_days=round((row.at - state.candidate_since) / DAY, 3),
             drivers=drivers,
         )
         out.alerts.append(Alert("segment_migration", row.customer_id, body))
+        state.segment = source
         self._place(row, state, target, x, "migration", out)
 
     def _churn(self, row: Row, state: CustomerState, p: float, out: Decisions) -> None:

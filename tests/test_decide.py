@@ -13,7 +13,7 @@ import numpy as np
 
 from stream.decide import DAY, CustomerState, Decider, Decisions, Row, Rules
 
-NAMES = ["tenure_days", "x", "y"]
+NAMES = ["tenure_days", "x", "y", "days_since_last_event"]
 CENTERS = np.array([[0.0, 0.0], [10.0, 0.0]])  # segment 1 at the origin, segment 2 at x=10
 
 
@@ -51,9 +51,10 @@ class Customer:
         self.alerts: list[tuple[str, dict[str, object]]] = []
 
     def see(
-        self, day: float, x: float, y: float = 0.0, *, tenure: float = 100.0, rescore: bool = False
-    ) -> Decisions:
-        feats = np.array([[tenure, x, y]])
+        self, day: float, x: float, y: float = 0.0, *, tenure: float = 100.0,
+        rescore: bool = False, silent: float = 0.0,
+    ) -> Decisions:  # fmt: skip
+        feats = np.array([[tenure, x, y, silent]])  # silent: days since the last event
         z = self.decider.model.scale(feats)
         dist = np.sqrt(((z[:, None, :] - CENTERS[None, :, :]) ** 2).sum(axis=2))
         trigger = f"rescore:{int(day)}" if rescore else f"e{day}-{x}-{y}"
@@ -78,7 +79,7 @@ def decider(model: ToyModel | None = None, rules: Rules | None = None) -> Decide
         [1, 2],
         NAMES,
         [1, 2],
-        np.array([np.nan, 0.0, 0.0]),
+        np.array([np.nan, 0.0, 0.0, 0.0]),
         rules or Rules(migration_margin=0.1, migration_dwell_days=3.0, churn_cooldown_days=14.0),
     )
 
@@ -123,22 +124,40 @@ def test_a_brief_excursion_is_not_a_migration() -> None:
     assert c.state["c1"].candidate_since == 6 * DAY
 
 
-def test_only_the_customers_own_event_completes_a_move() -> None:
-    """A quiet week decays the features at each daily re-score: that can start a
-    candidate, but the move waits for an event of the customer to confirm it."""
+def test_a_move_made_in_silence_is_a_placement_and_coming_back_is_not_a_migration() -> None:
+    """A quiet week decays the features at each daily re-score: the segment follows (the
+    populations must show who went quiet) but that is no migration, and neither is
+    coming back to the segment the customer had before."""
     c = Customer(decider())
     c.see(0, x=1.0)
-    c.see(1, x=8.0, rescore=True)  # decayed into the other segment: candidate
-    c.see(5, x=8.0, rescore=True)  # past the dwell, still silent: no move
-    assert c.kinds() == ["segment_assigned"] and c.state["c1"].candidate == 2
-    c.see(6, x=8.0)  # its own event confirms
+    c.see(1, x=8.0, rescore=True, silent=1.0)  # decayed into the other segment: candidate
+    c.see(4, x=8.0, rescore=True, silent=4.0)  # silent through the dwell: a quiet move
+    assert c.kinds() == ["segment_assigned"] * 2 and c.segment == 2
+    assert c.alerts[1][1]["placed_by"] == "inactivity"
+    c.see(6, x=1.0)  # its own event, as before the silence
+    assert c.kinds() == ["segment_assigned"] * 3 and c.segment == 1
+    assert c.alerts[2][1]["placed_by"] == "return"
+    assert c.state["c1"].quiet_from is None
+    stays = Customer(decider())
+    stays.see(0, x=1.0)
+    stays.see(1, x=8.0, rescore=True, silent=1.0)
+    stays.see(4, x=8.0, rescore=True, silent=4.0)  # the quiet move
+    stays.see(6, x=8.0)  # active again, and still there: that is the migration
+    assert stays.kinds() == ["segment_assigned"] * 2 + ["segment_migration", "segment_assigned"]
+    move = stays.alerts[2][1]
+    assert (move["from_segment_id"], move["to_segment_id"], move["dwell_days"]) == (1, 2, 5.0)
+    assert move["drivers"][0]["before"] == 1.0  # from the features before the silence
+    assert stays.alerts[3][1]["previous_segment_id"] == 1
+
+
+def test_a_move_with_events_during_the_dwell_waits_for_an_event_to_complete() -> None:
+    c = Customer(decider())
+    c.see(0, x=1.0)
+    c.see(1, x=8.0)  # candidate, on an event
+    c.see(4, x=8.0, rescore=True, silent=0.5)  # dwell held, but it was active: wait
+    assert c.kinds() == ["segment_assigned"] and c.segment == 1
+    c.see(5, x=8.0)  # the next event confirms: a migration
     assert c.kinds()[1:] == ["segment_migration", "segment_assigned"]
-    back = Customer(decider())
-    back.see(0, x=1.0)
-    back.see(1, x=8.0, rescore=True)
-    back.see(5, x=8.0, rescore=True)
-    back.see(6, x=1.0)  # came back as before: the candidate is dropped, nothing sent
-    assert back.kinds() == ["segment_assigned"] and back.state["c1"].candidate is None
 
 
 def test_a_settling_customer_is_placed_again_not_migrated() -> None:
