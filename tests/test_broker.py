@@ -336,21 +336,24 @@ def test_faust_take_acks_a_batch_even_when_the_body_raises(kafka_broker: KafkaBr
             if len(batches) == 1:
                 raise RuntimeError("first batch fails")
 
-    async def wait_for_batches(n: int) -> None:
+    async def wait_for_records(n: int) -> None:
         deadline = time.monotonic() + 15
-        while len(batches) < n and time.monotonic() < deadline:
+        while sum(map(len, batches)) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     async def scenario() -> dict[int, int]:
         await create_topics(bootstrap, {source: 1})
         await produce(bootstrap, source, [(b"k", f"a{i}".encode()) for i in range(5)])
         async with running(app):
-            await wait_for_batches(1)
+            await wait_for_records(1)
             await produce(bootstrap, source, [(b"k", f"b{i}".encode()) for i in range(3)])
-            await wait_for_batches(2)
+            await wait_for_records(8)
             assert await app.consumer.commit() is True
         return await committed_offsets(bootstrap, app_id, source)
 
     committed = asyncio.run(scenario())
-    assert batches == [[f"a{i}".encode() for i in range(5)], [f"b{i}".encode() for i in range(3)]]
+    # How the records fall into batches depends on the fetches (a loaded machine split the
+    # a's in two); what holds: the failed batch's records are never delivered again.
+    expected = [f"a{i}".encode() for i in range(5)] + [f"b{i}".encode() for i in range(3)]
+    assert [value for batch in batches for value in batch] == expected
     assert committed == {0: 8}  # the failed batch (offsets 0-4) is committed as done
