@@ -352,7 +352,8 @@ class Decider:
                 return  # near the border: the next event decides
         if target == state.segment:
             state.candidate = None
-            state.anchor = _anchor(features[i])
+            if state.quiet_from is None:  # in silence, the anchor keeps the settled features
+                state.anchor = _anchor(features[i])
             return
         if not young and not self._clear_margin(state.segment, target, dist):
             return  # too close to the border to even start counting dwell

@@ -142,11 +142,13 @@ def test_a_move_made_in_silence_is_a_placement_and_coming_back_is_not_a_migratio
     stays.see(0, x=1.0)
     stays.see(1, x=8.0, rescore=True, silent=1.0)
     stays.see(4, x=8.0, rescore=True, silent=4.0)  # the quiet move
+    stays.see(5, x=9.0, rescore=True, silent=5.0)  # still silent, decaying further
     stays.see(6, x=8.0)  # active again, and still there: that is the migration
     assert stays.kinds() == ["segment_assigned"] * 2 + ["segment_migration", "segment_assigned"]
     move = stays.alerts[2][1]
     assert (move["from_segment_id"], move["to_segment_id"], move["dwell_days"]) == (1, 2, 5.0)
-    assert move["drivers"][0]["before"] == 1.0  # from the features before the silence
+    # The drivers start from the features before the silence, not from a silent re-score.
+    assert (move["drivers"][0]["before"], move["drivers"][0]["after"]) == (1.0, 8.0)
     assert stays.alerts[3][1]["previous_segment_id"] == 1
 
 
