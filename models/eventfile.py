@@ -10,6 +10,7 @@ Must not import faust, redis, `offline/` or `stream/`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -49,8 +50,49 @@ class ReadStats:
         if len(self.examples) < 5:
             self.examples.append(f"{where}: {error}")
 
+    def add(self, other: ReadStats) -> None:
+        """Count in what a read of a later part of the same file saw."""
+        self.valid += other.valid
+        self.rejected.update(other.rejected)
+        self.examples.extend(other.examples[: 5 - len(self.examples)])
 
-def _rows(path: Path, fmt: str) -> Iterator[tuple[str, Any]]:
+
+Span = tuple[int, int]
+_BLOCK = 1 << 24
+
+
+def jsonl_spans(path: Path, parts: int) -> list[Span]:
+    """Byte ranges `[start, end)` that cut a plain JSONL file into at most `parts` runs of
+    whole lines, for reading in several processes; one range for a gzipped file (it cannot
+    be entered in the middle).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if parts <= 1 or path.suffix == ".gz" or detect_format(path) != "jsonl":
+        return [(0, size)]
+    cuts = [0]
+    with open(path, "rb") as fh:
+        for i in range(1, parts):
+            fh.seek(max(size * i // parts - 1, cuts[-1]))
+            fh.readline()  # to the start of the next whole line
+            cuts.append(min(fh.tell(), size))
+    cuts.append(size)
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def _lines_before(fh: Any, offset: int) -> int:
+    fh.seek(0)
+    count, left = 0, offset
+    while left > 0:
+        block = fh.read(min(_BLOCK, left))
+        if not block:
+            break
+        count += block.count(b"\n")
+        left -= len(block)
+    return count
+
+
+def _rows(path: Path, fmt: str, span: Span | None = None) -> Iterator[tuple[str, Any]]:
     if fmt == "jsonl":
         opener: Callable[..., Any] = open
         if path.suffix == ".gz":
@@ -58,10 +100,19 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[str, Any]]:
 
             opener = gzip.open
         with opener(path, "rb") as fh:
-            for n, line in enumerate(fh, start=1):
+            start, end = span if span is not None else (0, None)
+            first = 1 + _lines_before(fh, start)  # line numbers as in the whole file
+            fh.seek(start)
+            pos = start
+            for n, line in enumerate(fh, start=first):
+                if end is not None and pos >= end:
+                    break
+                pos += len(line)
                 if line.strip():
                     yield f"{path.name}:{n}", line
         return
+    if span is not None:
+        raise ValueError(f"{path}: only plain JSONL files are read in parts")
     import pandas as pd
 
     frame = (
@@ -86,15 +137,19 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[str, Any]]:
         yield f"{path.name}:{n}", record
 
 
-def read_events(path: Path, stats: ReadStats | None = None) -> Iterator[Event]:
+def read_events(
+    path: Path, stats: ReadStats | None = None, span: Span | None = None
+) -> Iterator[Event]:
     """Valid events of a history file, in file order; rejections are counted in `stats`.
 
+    `span` (from `jsonl_spans`) reads only the whole lines in that byte range of a plain
+    JSONL file; rejections still name the line of the whole file.
     There is no future check: a history may lie after this machine's clock.
     """
     path = Path(path)
     fmt = detect_format(path)
     stats = stats if stats is not None else ReadStats()
-    for where, raw in _rows(path, fmt):
+    for where, raw in _rows(path, fmt, span):
         try:
             event = decode_event(raw) if fmt == "jsonl" else validate_event(raw)
         except EventError as exc:

@@ -78,13 +78,15 @@ def churn_dataset(
     horizon = horizon_days * SECONDS_PER_DAY
     qualifying = frame[frame["type"].isin(list(qualifying_types))] if qualifying_types else frame
     parts, labels, snaps = [], [], []
+    ts, customer = frame["ts"].to_numpy(), frame["customer_id"].to_numpy()
+    q_ts, q_customer = qualifying["ts"].to_numpy(), qualifying["customer_id"].to_numpy()
     for s in times:
-        recent = frame[(frame["ts"] > s - LOOKBACK_DAYS * SECONDS_PER_DAY) & (frame["ts"] <= s)]
-        population = pd.Index(np.sort(recent["customer_id"].unique()))
+        recent = (ts > s - LOOKBACK_DAYS * SECONDS_PER_DAY) & (ts <= s)
+        population = pd.Index(np.sort(pd.unique(customer[recent])))
         feats = features_at(frame, catalog, s).reindex(population)
-        window = qualifying[(qualifying["ts"] > s) & (qualifying["ts"] <= s + horizon)]
+        came_back = pd.unique(q_customer[(q_ts > s) & (q_ts <= s + horizon)])
         parts.append(feats)
-        labels.append(~population.isin(window["customer_id"].unique()))
+        labels.append(~population.isin(came_back))
         snaps.append(np.full(len(population), s))
         if progress is not None:
             progress()

@@ -39,8 +39,13 @@ def new_customers(frame: pd.DataFrame, as_of: float, mature_days: int = MATURE_D
     """First-event time of customers who start inside the history (with a `signup` first
     event, or first seen `GUARD_DAYS` after it starts) at least `mature_days` before as-of.
     """
-    seen = frame[frame["ts"] <= as_of].sort_values(["ts", "event_id"], kind="stable")
-    firsts = seen.groupby("customer_id", sort=True).first()
+    seen = frame[frame["ts"] <= as_of]
+    # A customer's first event (earliest, ties by event id) lies among the events at its
+    # earliest time: sort those few, not the whole history.
+    earliest = seen.groupby("cust")["ts"].transform("min").to_numpy()
+    at_start: pd.DataFrame = seen[seen["ts"].to_numpy() == earliest]
+    at_start = at_start.sort_values(["ts", "event_id"], kind="stable")
+    firsts = at_start.groupby("customer_id", sort=True).first()
     start = float(seen["ts"].min())
     is_new = (firsts["type"] == "signup") | (firsts["ts"] > start + GUARD_DAYS * SECONDS_PER_DAY)
     mature = firsts["ts"] <= as_of - mature_days * SECONDS_PER_DAY
@@ -69,6 +74,9 @@ def early_dataset(
     labelled with `segment` (segment id per customer at as-of).
     """
     sub = frame[frame["customer_id"].isin(first.index)]
+    sub_cust = sub["cust"].to_numpy()
+    code_of = sub.drop_duplicates("cust").set_index("customer_id")["cust"]
+    wanted = np.zeros(int(sub_cust.max()) + 1 if len(sub) else 0, dtype=bool)
     first_day = np.floor(first.to_numpy() / SECONDS_PER_DAY).astype(np.int64)
     plan = pd.DataFrame(
         {
@@ -82,7 +90,9 @@ def early_dataset(
     for i, day in enumerate(days):
         todo = plan[plan["day"] == day]
         at = float((day + 1) * SECONDS_PER_DAY - 1)
-        feats = features_at(sub[sub["customer_id"].isin(todo["customer_id"])], catalog, at)
+        wanted[:] = False  # select by customer number: a string isin per day costs seconds
+        wanted[code_of.reindex(todo["customer_id"]).to_numpy()] = True
+        feats = features_at(sub[wanted[sub_cust] & (sub["ts"].to_numpy() <= at)], catalog, at)
         feats = feats.reindex(todo["customer_id"].to_numpy())
         parts.append(feats.assign(_age=todo["age"].to_numpy()))
         if progress is not None:

@@ -174,6 +174,15 @@ def train(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed, the same bundle.")] = 0,
+    readers: Annotated[
+        int | None,
+        typer.Option(
+            "--readers",
+            min=0,
+            help="Processes that decode a large JSONL history (0: one per CPU; default 0, "
+            "or [train] readers in the config).",
+        ),
+    ] = None,
     previous: Annotated[
         Path | None,
         typer.Option(
@@ -216,6 +225,7 @@ def train(
             k=parse_k(k) if k is not None else None,
             churn_horizon_days=churn_horizon_days,
             seed=seed,
+            readers=readers,
         )
         if previous is not None and no_previous:
             raise ValueError("--previous and --no-previous contradict each other")

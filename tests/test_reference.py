@@ -8,6 +8,7 @@ pandas. Unless a test says otherwise, t is 2026-01-20T12:00:00Z, so the windows 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ import pandas as pd
 import pytest
 
 from models.catalog import Catalog, catalog_from_config, default_catalog
-from models.eventfile import ReadStats, read_events
+from models.eventfile import ReadStats, jsonl_spans, read_events
 from models.events import parse_time, validate_event
-from offline.reference import events_frame, features_at
+from offline.reference import events_frame, features_at, load_frame
 
 T = "2026-01-20T12:00:00Z"
 HOUR = 1 / 24
@@ -592,3 +593,58 @@ def test_csv_bad_properties_are_rejected_not_raised(tmp_path: Path) -> None:
     assert list(read_events(tmp_path / "events.csv", stats)) == []
     assert dict(stats.rejected) == {"wrong_type": 2}
     assert all("properties" in example for example in stats.examples)
+
+
+def test_reading_in_processes_gives_the_same_frame_and_rejections(tmp_path: Path) -> None:
+    from offline.synthetic import generate_history, write_history
+
+    history = write_history(generate_history(60, 40, seed=5, duplicate_rate=0.05), tmp_path)
+    path = history["events"]
+    lines = path.read_bytes().splitlines(keepends=True)
+    # Bad lines in both halves, and a redelivery that crosses the cut: first delivery wins.
+    first_bad, second_bad = len(lines) // 4, 3 * len(lines) // 4
+    lines.insert(second_bad, b"not json\n")
+    lines.insert(first_bad, b'{"event_id": "bad-1"}\n')
+    second_bad += 1
+    lines.append(lines[len(lines) // 8])
+    path.write_bytes(b"".join(lines))
+    cat = default_catalog()
+
+    one, many = ReadStats(), ReadStats()
+    alone = load_frame(path, cat, one)
+    parts = load_frame(path, cat, many, processes=3, parallel_from_bytes=0)
+
+    assert len(jsonl_spans(path, 3)) == 3
+    pd.testing.assert_frame_equal(parts, alone)
+    assert (many.valid, dict(many.rejected)) == (one.valid, dict(one.rejected))
+    assert many.examples == one.examples
+    assert [int(e.split(":")[1]) for e in one.examples] == [first_bad + 1, second_bad + 1]
+
+
+def test_spans_cover_the_file_in_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(b'{"n": %d}\n' % i for i in range(1000)))
+    for parts in (1, 2, 3, 7, 2000):
+        spans = jsonl_spans(path, parts)
+        assert spans[0][0] == 0 and spans[-1][1] == path.stat().st_size
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        data = path.read_bytes()
+        assert all(data[a - 1 : a] == b"\n" for a, _ in spans[1:])
+        assert len(spans) <= parts
+
+
+def test_distinct_counts_agree_for_small_and_large_value_grids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import offline.reference as reference
+    from offline.synthetic import generate_history, write_history
+
+    cat = default_catalog()
+    frame = load_frame(write_history(generate_history(80, 60, seed=9), tmp_path)["events"], cat)
+    at = float(frame["ts"].quantile(0.7))
+    flags = features_at(frame, cat, at)  # the customers x values grid fits: flag array
+    monkeypatch.setattr(reference, "BITMAP_LIMIT", 0)  # as with millions of distinct values
+    hashed = features_at(frame, cat, at)
+    pd.testing.assert_frame_equal(flags, hashed)
+    assert flags["distinct_features_30d"].max() > 1
+    assert flags["active_days_30d"].max() > 1
