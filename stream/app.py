@@ -5,7 +5,8 @@ Owns the wiring only: topics, the agent that reads batches with
 ``publish`` callback that sends records and waits for every broker ack (the core calls it
 before saving the states those records stand for, and the agent asks for the next batch
 only after, so the offsets faust commits later cover only durable, published work), the
-Kafka credentials (SASL, TLS) built from the settings, the re-score and center-sync timers, the
+Kafka credentials (SASL, TLS) built from the settings, the worker consumer's fetch wait
+(`KafkaTransport`: faust hard-codes it), the re-score and center-sync timers, the
 Prometheus ``/metrics`` server on ``metrics_port`` and the read API (`stream.web`) on the
 faust web server (``web_port``). Decoding, features, decisions and metrics live elsewhere.
 
@@ -30,7 +31,10 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import aiokafka
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import AppT, TransportT
 from prometheus_client import CollectorRegistry, start_http_server
 
 from stream.metrics import Metrics
@@ -48,10 +52,52 @@ SESSION_TIMEOUT = 6.0
 HEARTBEAT_INTERVAL = 0.5
 
 
+class _WorkerConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(
+        self, transport: faust_aiokafka.Transport
+    ) -> aiokafka.AIOKafkaConsumer:
+        assert isinstance(transport, KafkaTransport)  # only KafkaTransport creates this thread
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka copies this into its Fetcher in `start()`, which faust calls next.
+        consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _WorkerConsumerThread:
+        return _WorkerConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class KafkaTransport(faust_aiokafka.Transport):
+    """faust's aiokafka transport, with the worker consumer's fetch wait set by us.
+
+    faust hard-codes ``fetch_max_wait_ms=1500``: on a broker that holds a fetch for the
+    whole wait even when records arrive meanwhile (the embedded Tansu), a caught-up worker
+    saw each event up to 1.5 s late. Kafka answers as soon as there is data, so there the
+    wait only sets how often an idle worker asks.
+    """
+
+    Consumer = _Consumer
+
+    def __init__(self, url: list[Any], app: AppT, *, fetch_max_wait_ms: int) -> None:
+        super().__init__(url, app)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+
+
 class SegstreamApp(faust.App):  # type: ignore[misc]
-    """A faust app that carries its `Pipeline` (for the web views and tests)."""
+    """A faust app that carries its `Pipeline` (for the web views and tests), on a
+    `KafkaTransport` whose worker consumer waits at most `fetch_max_wait_ms` per fetch."""
 
     segstream: Pipeline
+
+    def __init__(self, id: str, *, fetch_max_wait_ms: int, **options: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(id, **options)
+
+    def _new_transport(self) -> TransportT:
+        return KafkaTransport(
+            self.conf.broker_consumer, self, fetch_max_wait_ms=self.fetch_max_wait_ms
+        )
 
 
 class Pipeline:
@@ -197,6 +243,7 @@ def create_app(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=kafka_credentials(settings),
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         store="memory://",
         # faust creates its data folder even with the memory store; nothing in it outlives
         # the process, so keep it out of the working directory.
@@ -300,4 +347,12 @@ def create_app(
 
 app = create_app(StreamSettings())
 
-__all__ = ["Pipeline", "app", "create_app", "kafka_credentials", "kafka_ssl_context"]
+__all__ = [
+    "KafkaTransport",
+    "Pipeline",
+    "SegstreamApp",
+    "app",
+    "create_app",
+    "kafka_credentials",
+    "kafka_ssl_context",
+]

@@ -58,6 +58,15 @@ class StreamSettings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(
         None, description="Private key (PEM) of the client certificate."
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        100,
+        gt=0,
+        description="Longest the broker may hold the worker's fetch while no data is there "
+        "(faust hard-codes 1500). Kafka answers as data arrives, so there it only sets how "
+        "often an idle worker asks; a broker that holds the fetch for the whole wait (the "
+        "embedded Tansu) adds up to this much to an event's latency. 100: an idle worker "
+        "took 2.5% of a core on Tansu (1.4% at 1500, 13% at 5).",
+    )
     key_prefix: str = Field("segstream", description="Prefix of every Redis key.")
     model_dir: Path = Field(Path("models-out"), description="Folder holding `current`.")
     shadow_model_dir: Path | None = Field(

@@ -331,6 +331,32 @@ def test_replay_and_worker_give_the_same_alert_ids(
     assert live == replayed
 
 
+def test_the_worker_consumer_fetches_with_the_configured_wait(
+    kafka_broker: KafkaBroker, embedded_redis_url: str
+) -> None:
+    """SEGSTREAM_KAFKA_FETCH_MAX_WAIT_MS reaches the running consumer's fetch requests.
+
+    faust hard-codes 1500 ms, and a broker that holds a fetch for the whole wait (Tansu)
+    then delays a caught-up worker's events by up to that much; how much the setting saves
+    is measured by the latency benchmark, not asserted here.
+    """
+    settings = settings_for(kafka_broker, embedded_redis_url, kafka_fetch_max_wait_ms=7)
+
+    async def no_runtime(s: StreamSettings) -> Runtime:
+        await asyncio.Event().wait()  # the consumer is what is checked: no Redis, no model
+        raise AssertionError("unreachable")
+
+    async def scenario() -> int:
+        await create_topics(kafka_broker.bootstrap, {settings.input_topic: 1})
+        app = create_app(settings, no_runtime)
+        async with running(app):
+            consumer = app.consumer._thread._consumer  # the aiokafka consumer faust runs
+            # aiokafka builds its FetchRequests from the Fetcher's copy, made in start().
+            return int(consumer._fetcher._fetch_max_wait_ms)
+
+    assert asyncio.run(scenario()) == 7
+
+
 def test_redis_errors_are_retried_with_backoff_not_dropped(
     embedded_redis_url: str, bundle_path: Path
 ) -> None:
