@@ -263,16 +263,12 @@ def create_app(
     pipeline = Pipeline(settings, runtime_factory, metrics)
     app.segstream = pipeline
 
-    def topic(name: str) -> Any:
-        return app.topic(
-            name,
-            partitions=settings.input_partitions,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-
-    source = topic(settings.input_topic)
-    sinks: dict[str, Any] = {}
+    source = app.topic(
+        settings.input_topic,
+        partitions=settings.input_partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
 
     def owned() -> list[int]:
         return sorted(
@@ -283,12 +279,13 @@ def create_app(
 
     async def publish(outputs: list[Output]) -> None:
         async def send_all() -> None:
-            pending = []
-            for out in outputs:
-                sink = sinks.get(out.topic)
-                if sink is None:
-                    sink = sinks[out.topic] = topic(out.topic)
-                pending.append(await sink.send(key=out.key.encode(), value=out.value))
+            # Straight to faust's producer: `Topic.send` cost ~210 us of CPU per record
+            # (futures, callbacks, sensors we do not use), the producer's `send` ~30 us.
+            producer = await app.maybe_start_producer()
+            pending = [
+                await producer.send(out.topic, out.key.encode(), out.value, None, None, None)
+                for out in outputs
+            ]
             await asyncio.gather(*pending)  # every broker ack, before the next batch
 
         if outputs:
