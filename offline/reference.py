@@ -10,9 +10,11 @@ Must not import `stream/`, faust or redis.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import repeat
 from pathlib import Path
 
@@ -22,6 +24,8 @@ import pandas as pd
 from models.catalog import SECONDS_PER_DAY, Catalog, EventFilter, distinct_key, numeric_value
 from models.eventfile import ReadStats, Span, jsonl_spans, read_events
 from models.events import Event
+
+log = logging.getLogger(__name__)
 
 #: Largest customers x values grid whose distinct pairs are counted with a flag array
 #: (bytes); beyond it, hashing (`pd.unique`). Sorting 10 M pairs took 10 s here.
@@ -212,8 +216,14 @@ def load_frame(
         return events_frame(read_events(path, stats), catalog)
     # spawn, not fork: the caller may hold threads (progress display, BLAS pools).
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(spans), mp_context=context) as pool:
-        parts = list(pool.map(_read_part, repeat(Path(path)), spans, repeat(catalog)))
+    try:
+        with ProcessPoolExecutor(len(spans), mp_context=context) as pool:
+            parts = list(pool.map(_read_part, repeat(Path(path)), spans, repeat(catalog)))
+    except BrokenProcessPool as exc:
+        # A reader could not start or died (a main module that cannot be imported again,
+        # such as a script piped to python, or memory): slower, but the same result.
+        log.warning("%s: reader processes failed (%s); reading in this process", path, exc)
+        return events_frame(read_events(path, stats), catalog)
     for _, part_stats in parts:  # in file order, so the examples are the first ones
         stats.add(part_stats)
     return _number(pd.concat([frame for frame, _ in parts], ignore_index=True), catalog)

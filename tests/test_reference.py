@@ -648,3 +648,33 @@ def test_distinct_counts_agree_for_small_and_large_value_grids(
     pd.testing.assert_frame_equal(flags, hashed)
     assert flags["distinct_features_30d"].max() > 1
     assert flags["active_days_30d"].max() > 1
+
+
+def test_reading_falls_back_to_one_process_when_readers_cannot_start(tmp_path: Path) -> None:
+    """A script piped to python has no main module the reader processes can import again:
+    the read still completes, in the calling process, with the same result."""
+    import subprocess
+    import sys
+
+    from offline.synthetic import generate_history, write_history
+
+    path = write_history(generate_history(40, 30, seed=2), tmp_path)["events"]
+    script = (
+        "from models.catalog import default_catalog\n"
+        "from offline.reference import load_frame\n"
+        f"frame = load_frame({str(path)!r}, default_catalog(), processes=2, "
+        "parallel_from_bytes=0)\n"
+        "print(len(frame), frame['customer_id'].nunique())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    alone = load_frame(path, default_catalog())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(len(alone)), str(alone["customer_id"].nunique())]
+    assert "reading in this process" in done.stderr
