@@ -54,7 +54,9 @@ async def open_runtime(
         options["password"] = settings.redis_password.get_secret_value()
     conn = await connect(settings.redis_url, **options)
     key_prefix = prefix or settings.key_prefix
-    store = RedisFeatureStore(conn.client, catalog, prefix=key_prefix)
+    store = RedisFeatureStore(
+        conn.client, catalog, prefix=key_prefix, max_lateness_days=settings.max_lateness_days
+    )
     await store.load()
     assignments = AssignmentStore(conn.client, prefix=key_prefix, ttl_seconds=store.ttl_seconds)
     engine = Engine(

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.decide import Rules
+from stream.store import DEFAULT_MAX_LATENESS_DAYS
 
 DEFAULT_RULES = Rules()  # the alert thresholds' defaults live in one place: `Rules`
 
@@ -91,6 +92,12 @@ class StreamSettings(BaseSettings):
     batch_size: int = Field(1000, ge=1, description="Most events per batch.")
     batch_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
     future_tolerance_seconds: float = Field(300.0, ge=0, description="Max ts ahead of now.")
+    max_lateness_days: int = Field(
+        DEFAULT_MAX_LATENESS_DAYS,
+        ge=0,
+        description="Days before its customer's newest event an event may arrive; older "
+        "ones are dead-lettered as too_late (at most retention_days - 1).",
+    )
     clock: str = Field(
         "wall",
         pattern="^(wall|event)$",

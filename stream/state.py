@@ -5,7 +5,7 @@
     B version | d first | d newest | d last_1 .. last_L | I nA | I nS | I nE | I nV
     A: nA x (H day, H counter_1 .. counter_C)   one record per active UTC day, by day
     S: nS x (H day, B j, d value)               non-zero sums (sum j of that day), by day
-    E: nE x (H day, 4s event fingerprint)       the idempotency record, by day
+    E: nE x (H day, 4s event fingerprint)       the idempotency record, by day (lateness bound)
     V: nV x (H day, B k, I value fingerprint)   values seen by distinct k that day, by day
 
 Days are UTC day numbers since 1970 (uint16 lasts until 2149). Counters saturate at

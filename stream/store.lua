@@ -5,27 +5,31 @@
 --   B version | d first | d newest | d last_1..last_L | I nA | I nS | I nE | I nV
 --   A: nA x (H day, H counter_1..counter_C)      one per active UTC day, sorted by day
 --   S: nS x (H day, B j, d value)                non-zero sums, sorted by day then j
---   E: nE x (H day, c4 event fingerprint)        the idempotency record, sorted by day
+--   E: nE x (H day, c4 event fingerprint)        the idempotency record, sorted by day,
+--                                                kept for the lateness bound only
 --   V: nV x (H day, B k, c4 value fingerprint)   distinct values per day, sorted by day
 -- Aggregation over windows happens in Python on the returned states, vectorized over a
 -- batch, so this script stays O(events), not O(days).
 --
--- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L}
+-- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L, max_lateness_days}
 -- ARGV[2] = 'apply' (write the new states) or 'stage' (write nothing: the engine commits
 --           the states later, together with the decisions they led to)
 -- ARGV[3] = msgpack list aligned with KEYS; each item is the customer's events in order
 --           {ts, fp4, counters, sums, distincts, lasts}, sums = {{j, amount}, ...},
 --           distincts = {{k, fp4}, ...}.
 -- Returns a list aligned with KEYS: {statuses, states, digest} where statuses has one
--- code per event (0 applied, 1 duplicate, 2 too_late), states one string per event: the
--- state right after it (false while the customer has none), and digest the SHA1 of the
--- state before the call ('' when none; only when staging, for the commit's check).
+-- code per event (0 applied, 1 duplicate, 2 too_late: its UTC day is more than
+-- max_lateness_days before the day of the customer's newest event applied before it, so
+-- neither the batch's cut nor events after it change a status, or before 1970), states
+-- one string per event: the state right after it (false while the customer has none),
+-- and digest the SHA1 of the state before the call ('' when none; only when staging, for
+-- the commit's check).
 
 local DAY = 86400
 local MAXC = 65535
 
 local spec = cmsgpack.unpack(ARGV[1])
-local retention, ttl, C, L = spec[1], spec[2], spec[3], spec[4]
+local retention, ttl, C, L, lateness = spec[1], spec[2], spec[3], spec[4], spec[5]
 local stage = ARGV[2] == 'stage'
 local inputs = cmsgpack.unpack(ARGV[3])
 
@@ -87,18 +91,14 @@ local function apply(key, events)
     head[L + 4], head[L + 5], head[L + 6], head[L + 7] = #A / RA, #S / 11, #E / 6, #V / 7
     return struct.pack('<' .. HEAD, unpack(head, 1, L + 7)) .. A .. S .. E .. V
   end
+  -- A customer with no state accepts any day; its first event sets the horizon.
   local newest_day = math.floor(newest / DAY)
-  for _, ev in ipairs(events) do
-    local d = math.floor(ev[1] / DAY)
-    if d > newest_day then newest_day = d end
-  end
-  local oldest = newest_day - retention + 1
   local statuses, states, changed = {}, {}, false
   local current = raw or false
   for idx, ev in ipairs(events) do
     local ts, fp = ev[1], ev[2]
     local d = math.floor(ts / DAY)
-    if d < oldest then
+    if d < newest_day - lateness or d < 0 then  -- days are stored as uint16 from 1970
       statuses[idx] = 2
     elseif find_aligned(E, struct.pack('<H', d) .. fp, 6, 0) then
       statuses[idx] = 1
@@ -150,15 +150,18 @@ local function apply(key, events)
       end
       if first == 0 or ts < first then first = ts end
       if ts > newest then newest = ts end
+      if d > newest_day then newest_day = d end
       -- Untrimmed in between: days past the retention lie outside every window anyway.
       if idx < #events then current = serialize() end
     end
     states[idx] = current
   end
   if changed then
+    local oldest = newest_day - retention + 1
     A = cut_before(A, RA, oldest)
     S = cut_before(S, 11, oldest)
-    E = cut_before(E, 6, oldest)
+    -- Fingerprints are needed only for days an event can still be accepted on.
+    E = cut_before(E, 6, newest_day - lateness)
     V = cut_before(V, 7, oldest)
     raw = serialize()
     if not stage then redis.call('SET', key, raw, 'EX', ttl) end

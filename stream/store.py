@@ -22,11 +22,13 @@ Redis Cluster hash tag, so every key of one customer (the stream engine keeps it
 assignment state at ``{prefix}:a:{<customer_id>}``) shares a slot. The value's binary
 format is documented in `stream/state.py`.
 
-Idempotency: an event is identified by a 32-bit fingerprint of its event_id within its
-customer and UTC day, kept for as long as that day is in the retention. A redelivery
-within the retention is recognised and ignored; an event older than the retention
-(counted from the customer's newest event) is rejected as ``too_late``, so it cannot be
-counted twice either.
+Idempotency and lateness: an event is identified by a 32-bit fingerprint of its event_id
+within its customer and UTC day. An event whose day is more than `max_lateness_days`
+(default 7) before the day of its customer's newest event is rejected as ``too_late``;
+every later day keeps its fingerprints, so a redelivery is either recognised and ignored
+or too late, and never counted twice. The bound keeps the idempotency record small
+(6 bytes per event for 8 days instead of for the whole retention); the windows still
+cover the whole retention.
 
 Expiry: days leaving the retention are trimmed inside the same call; the key itself
 expires `retention_days` after its last write, so customers silent that long vanish.
@@ -55,6 +57,8 @@ from stream.state import StateCodec
 
 SCRIPT: Final = resources.files("stream").joinpath("store.lua").read_text()
 EventStatus = Literal["applied", "duplicate", "too_late"]
+#: How many days before its customer's newest event an event may still arrive.
+DEFAULT_MAX_LATENESS_DAYS: Final = 7
 _STATUS: Final[tuple[EventStatus, ...]] = ("applied", "duplicate", "too_late")
 
 
@@ -214,14 +218,27 @@ class RedisFeatureStore:
         *,
         prefix: str = "segstream",
         ttl_seconds: int | None = None,
+        max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
     ) -> None:
+        if not 0 <= max_lateness_days < catalog.retention_days:
+            raise ValueError(
+                f"max_lateness_days must be between 0 and the retention minus one "
+                f"({catalog.retention_days - 1}), got {max_lateness_days}"
+            )
         self.client = client
         self.catalog = catalog
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds or catalog.retention_days * 86_400
+        self.max_lateness_days = max_lateness_days
         lay = catalog.layout
         self._spec = msgpack.packb(
-            [catalog.retention_days, self.ttl_seconds, len(lay.counters), len(lay.lasts)]
+            [
+                catalog.retention_days,
+                self.ttl_seconds,
+                len(lay.counters),
+                len(lay.lasts),
+                max_lateness_days,
+            ]
         )
         self._encoder = _EventEncoder(catalog)
         self._codec = StateCodec(catalog)

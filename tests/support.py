@@ -37,10 +37,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @asynccontextmanager
-async def open_store(url: str, catalog: Catalog, prefix: str) -> AsyncIterator[RedisFeatureStore]:
-    """A store on a fresh connection, closed afterwards."""
+async def open_store(
+    url: str, catalog: Catalog, prefix: str, **options: Any
+) -> AsyncIterator[RedisFeatureStore]:
+    """A store on a fresh connection, closed afterwards (`options` go to the store)."""
     conn = await connect(url)
-    store = RedisFeatureStore(conn.client, catalog, prefix=prefix)
+    store = RedisFeatureStore(conn.client, catalog, prefix=prefix, **options)
     await store.load()
     try:
         yield store

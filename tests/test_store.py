@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from models.catalog import Catalog, catalog_from_config, default_catalog
 from models.eventfile import read_events
@@ -91,7 +92,8 @@ def test_parity_shuffled_with_duplicates(
     rng = random.Random(11)
 
     async def body() -> None:
-        async with open_store(redis_url, catalog, key_prefix) as store:
+        # Stretches span weeks: accept events as late as the retention allows.
+        async with open_store(redis_url, catalog, key_prefix, max_lateness_days=89) as store:
             delivered: list[Event] = []
             done = 0
             duplicates = 0
@@ -208,7 +210,7 @@ def test_event_older_than_retention_is_rejected_and_counted(
     catalog = default_catalog()
 
     async def body() -> None:
-        async with open_store(redis_url, catalog, key_prefix) as store:
+        async with open_store(redis_url, catalog, key_prefix, max_lateness_days=89) as store:
             await store.apply([ev("new", "a", "purchase", "2026-04-30T10:00:00Z", amount=5.0)])
             result = await store.apply(
                 [
@@ -224,6 +226,76 @@ def test_event_older_than_retention_is_rejected_and_counted(
             assert row is not None
             assert row["purchases_90d"] == 2
             assert row["revenue_90d"] == 12.0
+
+    run(body())
+
+
+def test_lateness_bound_rejects_older_events_and_keeps_redeliveries_out(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Default bound: 7 days before the customer's newest day; the status is decided by the
+    events before it, whatever the batching."""
+    catalog = default_catalog()
+    newest = ev("new", "a", "purchase", "2026-04-30T10:00:00Z", amount=5.0)
+    week_late = ev("7d", "a", "purchase", "2026-04-23T00:00:00Z", amount=7.0)
+    too_late = ev("8d", "a", "purchase", "2026-04-22T23:59:59Z", amount=100.0)
+
+    async def body() -> None:
+        async with open_store(redis_url, catalog, key_prefix) as store:
+            assert store.max_lateness_days == 7
+            result = await store.apply([week_late, newest, too_late, week_late])
+            assert result.statuses == ["applied", "applied", "too_late", "duplicate"]
+            row = result.features.row("a")
+            assert row is not None
+            assert (row["purchases_90d"], row["revenue_90d"]) == (2, 12.0)
+            # Once the customer moves on, a redelivery of the week-old event is too late
+            # too: its fingerprint is gone, and it is not counted a second time.
+            later = ev("next", "a", "purchase", "2026-05-01T08:00:00Z", amount=1.0)
+            again = await store.apply([later, week_late])
+            assert again.statuses == ["applied", "too_late"]
+            row = again.features.row("a")
+            assert row is not None
+            assert (row["purchases_90d"], row["revenue_90d"]) == (3, 13.0)
+            # The same events in another customer's batches of one give the same statuses.
+            one_by_one = []
+            for e in [week_late, newest, too_late, week_late]:
+                moved = e.model_copy(update={"customer_id": "b"})
+                one_by_one += (await store.apply([moved])).statuses
+            assert one_by_one == ["applied", "applied", "too_late", "duplicate"]
+
+    run(body())
+
+
+def test_lateness_bound_must_fit_the_retention(redis_url: str, key_prefix: str) -> None:
+    with pytest.raises(ValueError, match=r"max_lateness_days .* \(89\), got 90"):
+        RedisFeatureStore(AsyncRedis(), default_catalog(), max_lateness_days=90)
+
+
+def test_parity_with_events_up_to_the_lateness_bound_late(
+    redis_url: str, key_prefix: str, history_events: list[Event]
+) -> None:
+    """The default bound: each event held back up to 6 days, plus 5% redeliveries within
+    the bound, gives the batch reference's features exactly."""
+    catalog = default_catalog()
+    frame = events_frame(history_events, catalog)
+    rng = random.Random(5)
+    delay = {e.event_id: rng.uniform(0, 6 * 86_400) for e in history_events}
+    arrival = sorted(history_events, key=lambda e: e.epoch + delay[e.event_id])
+    resent = rng.sample(range(len(arrival)), k=len(arrival) // 20)
+    stream = list(arrival)
+    for i in sorted(resent, reverse=True):  # a redelivery within a few hundred events
+        stream.insert(min(len(stream), i + rng.randint(1, 500)), arrival[i])
+    at = max(e.epoch for e in history_events)
+
+    async def body() -> None:
+        async with open_store(redis_url, catalog, key_prefix) as store:
+            statuses: Counter[str] = Counter()
+            for i in range(0, len(stream), 1000):
+                statuses.update((await store.apply(stream[i : i + 1000])).statuses)
+            assert statuses == {"applied": len(history_events), "duplicate": len(resent)}
+            expected = features_at(frame, catalog, at)
+            got = await store.read(list(expected.index), at=at)
+            assert_matches_reference(got.customers, got.values, expected, catalog)
 
     run(body())
 
