@@ -269,6 +269,9 @@ class LatencyRun:
     sent: int
     matched: int
     latencies_ms: list[float] = field(repr=False)
+    #: Send time to the alert record's timestamp (when the worker handed it to its
+    #: producer): the worker's share, without this process's consumer delay.
+    published_ms: list[float] = field(repr=False, default_factory=list)
 
     def quantile(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -311,6 +314,7 @@ async def _latency(dep: Deployment, rates: tuple[int, ...], seconds: float) -> l
     producer = AIOKafkaProducer(bootstrap_servers=dep.bootstrap, linger_ms=2)
     await producer.start()
     received: dict[str, float] = {}
+    published: dict[str, float] = {}
     sent_at: dict[str, tuple[float, str]] = {}
 
     async def consume() -> None:
@@ -323,6 +327,7 @@ async def _latency(dep: Deployment, rates: tuple[int, ...], seconds: float) -> l
             if cid in sent_at and alert.get("event_time", "")[:19] != sent_at[cid][1][:19]:
                 continue  # not the alert of the event we sent
             received[cid] = now
+            published[cid] = msg.timestamp / 1000  # CreateTime, set by the worker's producer
 
     task = asyncio.create_task(consume())
     runs: list[LatencyRun] = []
@@ -351,8 +356,12 @@ async def _latency(dep: Deployment, rates: tuple[int, ...], seconds: float) -> l
             deadline = time.perf_counter() + 30
             while time.perf_counter() < deadline and any(c not in received for c in sent_at):
                 await asyncio.sleep(0.1)
-            latencies = [(received[c] - s) * 1000 for c, (s, _) in sent_at.items() if c in received]
-            runs.append(LatencyRun(rate, achieved, len(sent_at), len(latencies), latencies))
+            matched = [(c, s) for c, (s, _) in sent_at.items() if c in received]
+            latencies = [(received[c] - s) * 1000 for c, s in matched]
+            to_publish = [(published[c] - s) * 1000 for c, s in matched]
+            runs.append(
+                LatencyRun(rate, achieved, len(sent_at), len(matched), latencies, to_publish)
+            )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,6 +166,39 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class _Churn:
+    model: Any = None  # None when no model could be fitted; `note` says why
+    metrics: dict[str, Any] | None = None
+    threshold: float | None = None
+    holdout: tuple[np.ndarray, np.ndarray] | None = None
+    note: str | None = None
+
+
+def _fit_churn(
+    frame: pd.DataFrame, catalog: Catalog, as_of: float, settings: TrainSettings, bar: Progress
+) -> _Churn:
+    """Churn snapshots and model (what `train` runs on its second thread)."""
+    times = snapshot_times(float(frame["ts"].min()), as_of, settings.churn_horizon_days)
+    step = bar.add_task("churn snapshots", total=len(times))
+    with threadpool_limits(limits=settings.threads):  # OpenMP's limit is per thread
+        data = churn_dataset(
+            frame, catalog, times, settings.churn_horizon_days, settings.qualifying_types,
+            progress=lambda: bar.advance(step),
+        )  # fmt: skip
+        step = bar.add_task("churn model", total=1)
+        try:
+            churner = ChurnTrainer(random_state=settings.seed).fit(data)
+        except ValueError as exc:
+            return _Churn(note=f"no churn model: {exc}")
+        finally:
+            bar.advance(step)
+    report = churner.report_
+    return _Churn(
+        churner.model_, report.metrics, churner.threshold_, (report.holdout_y, report.holdout_proba)
+    )
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
@@ -262,6 +296,14 @@ def _train(
         feats = features_at(frame, catalog, as_of)
         bar.advance(step)
 
+        # The churn model and the data fingerprint need only the events, so they run on a
+        # second thread while segmentation and the early-life classifier run on this one
+        # (the fits and most of numpy release the GIL).
+        background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segstream-train")
+        churn_job = background.submit(_fit_churn, frame, catalog, as_of, settings, bar)
+        fingerprint_job = background.submit(data_fingerprint, frame)
+        background.shutdown(wait=False)
+
         n_fits = (8 - 3 + 1 if settings.k == "auto" else 1) + settings.n_bootstrap
         step = bar.add_task("segmentation (k, bootstrap)", total=n_fits)
         seg = Segmenter(
@@ -301,23 +343,9 @@ def _train(
         if outcomes.table is None:
             notes.append(f"outcome validation skipped: {outcomes.note}")
 
-        churn_model, churn_metrics, threshold, churn_holdout = None, None, None, None
-        times = snapshot_times(float(frame["ts"].min()), as_of, settings.churn_horizon_days)
-        step = bar.add_task("churn snapshots", total=len(times))
-        churn_data = churn_dataset(
-            frame, catalog, times, settings.churn_horizon_days, settings.qualifying_types,
-            progress=lambda: bar.advance(step),
-        )  # fmt: skip
-        step = bar.add_task("churn model", total=1)
-        try:
-            churner = ChurnTrainer(random_state=settings.seed).fit(churn_data)
-        except ValueError as exc:
-            notes.append(f"no churn model: {exc}")
-        else:
-            churn_model, threshold = churner.model_, churner.threshold_
-            churn_metrics = churner.report_.metrics
-            churn_holdout = (churner.report_.holdout_y, churner.report_.holdout_proba)
-        bar.advance(step)
+        churn = churn_job.result()
+        if churn.note:
+            notes.append(churn.note)
 
         early_model, early_metrics, early_holdout = None, None, None
         first = new_customers(frame, as_of)
@@ -356,7 +384,7 @@ def _train(
                 "k_scores": [vars(s) for s in seg.k_scores_],
                 "customers": len(feats),
             },
-            "churn": churn_metrics,
+            "churn": churn.metrics,
             "early": early_metrics,
             "outcomes": {
                 "note": outcomes.note,
@@ -366,7 +394,7 @@ def _train(
         manifest: dict[str, Any] = {
             "as_of": _iso(as_of),
             "training_data": {
-                "fingerprint": data_fingerprint(frame),
+                "fingerprint": fingerprint_job.result(),
                 "fingerprint_of": "sha256 of the sorted distinct event ids",
                 "source": Path(events).name,
                 "events": len(frame),
@@ -388,7 +416,7 @@ def _train(
             "segment_ids": lineage.ids_document(),
             "lineage": lineage_doc,
             "metrics": metrics,
-            "thresholds": {"churn": threshold},
+            "thresholds": {"churn": churn.threshold},
             "settings": {
                 "k": settings.k,
                 "churn_horizon_days": settings.churn_horizon_days,
@@ -405,14 +433,14 @@ def _train(
             (staging / fmt.MODEL).write_text(json.dumps(space.to_json(catalog), indent=1))
             if early_model is not None:
                 fmt.dump_skops(early_model, staging / fmt.EARLY)
-            if churn_model is not None:
-                fmt.dump_skops(churn_model, staging / fmt.CHURN)
+            if churn.model is not None:
+                fmt.dump_skops(churn.model, staging / fmt.CHURN)
             report = ReportInputs(
                 version=version, as_of=_iso(as_of), k=seg.k_, k_scores=seg.k_scores_,
                 silhouette=seg.silhouette_, stability=seg.stability_, scaled=scaled,
                 labels=stable, names=names, profiles=profiles,
-                outcomes=outcomes.table, outcome_note=outcomes.note, churn=churn_metrics,
-                churn_holdout=churn_holdout, early=early_metrics, notes=notes,
+                outcomes=outcomes.table, outcome_note=outcomes.note, churn=churn.metrics,
+                churn_holdout=churn.holdout, early=early_metrics, notes=notes,
                 seed=settings.seed, lineage=lineage_doc,
             )  # fmt: skip
             write_report(report, staging)
@@ -420,7 +448,7 @@ def _train(
         step = bar.add_task("writing and verifying the bundle", total=1)
         version_dir = fmt.write_bundle(Path(out), manifest, write_artifacts, now)
         bundle = fmt.load_bundle(version_dir, catalog)
-        _verify(bundle, feats, stable, early_model, churn_model)
+        _verify(bundle, feats, stable, early_model, churn.model)
         if lin.publish:
             bundle = fmt.publish(Path(out), version_dir, catalog, action="train", at=now)
         bar.advance(step)
