@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -260,6 +260,14 @@ def throughput_once(
     return asyncio.run(_throughput(bootstrap, redis_url, model_dir, records, workers, timeout))
 
 
+#: The worker settings of the latency runs: small batches and a short fetch wait trade
+#: CPU for latency (defaults 0.5 s and 100 ms favour throughput; README "Benchmarks").
+LATENCY_PROFILE: Final = {
+    "SEGSTREAM_BATCH_SECONDS": "0.02",
+    "SEGSTREAM_KAFKA_FETCH_MAX_WAIT_MS": "20",
+}
+
+
 @dataclass(frozen=True)
 class LatencyRun:
     """Produce-to-alert latency at one offered load."""
@@ -377,10 +385,10 @@ async def _latency_run(
     model_dir: Path,
     rates: tuple[int, ...],
     seconds: float,
-    batch_seconds: float,
+    worker_env: dict[str, str],
 ) -> tuple[list[LatencyRun], list[dict[str, int]]]:
     dep = Deployment(bootstrap, redis_url, model_dir)
-    dep.extra_env = {"SEGSTREAM_BATCH_SECONDS": str(batch_seconds)}
+    dep.extra_env = dict(worker_env)
     await dep.create()
     with tempfile.TemporaryDirectory(prefix="segstream-bench-lat-") as tmp:
         try:
@@ -402,7 +410,9 @@ def latency_once(
     model_dir: Path,
     rates: tuple[int, ...],
     seconds: float,
-    batch_seconds: float = 0.05,
+    worker_env: dict[str, str] | None = None,
 ) -> tuple[list[LatencyRun], list[dict[str, Any]]]:
-    """One worker; each offered rate for `seconds`; latencies of first-segment alerts."""
-    return asyncio.run(_latency_run(bootstrap, redis_url, model_dir, rates, seconds, batch_seconds))
+    """One worker (`worker_env`: its extra settings); each offered rate for `seconds`;
+    latencies of first-segment alerts."""
+    env = LATENCY_PROFILE if worker_env is None else worker_env
+    return asyncio.run(_latency_run(bootstrap, redis_url, model_dir, rates, seconds, env))

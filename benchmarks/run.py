@@ -208,7 +208,6 @@ class Bench:
 
     def latency(self) -> None:
         s = self.sizes
-        batch_seconds = 0.05
         results = []
         with start_embedded_broker() as broker:
             for _ in range(max(1, self.repeats)):
@@ -219,7 +218,6 @@ class Bench:
                         self.model_dir,
                         s.latency_rates,
                         s.latency_seconds,
-                        batch_seconds,
                     )
                 )
         for i, rate in enumerate(s.latency_rates):
@@ -228,7 +226,7 @@ class Bench:
                 f"offered {rate:,}/s for {s.latency_seconds:g} s, achieved "
                 f"{statistics.median(r.achieved_per_second for r in runs):,.0f}/s; matched "
                 f"{sum(r.matched for r in runs):,} of {sum(r.sent for r in runs):,}; "
-                f"SEGSTREAM_BATCH_SECONDS={batch_seconds}"
+                + ", ".join(f"{k}={v}" for k, v in e2e.LATENCY_PROFILE.items())
             )
             self.add(
                 Figure(
