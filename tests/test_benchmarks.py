@@ -92,3 +92,20 @@ def test_the_alert_tuning_grid_writes_a_row_per_setting(redis_url: str, tmp_path
     assert [(r["margin"], r["dwell_days"]) for r in doc["summary"]] == [(0.1, 3.0), (0.2, 3.0)]
     assert {r["seed"] for r in doc["runs"]} == {5}
     assert "| 0.2 | 3.0 |" in (tmp_path / "tuning.md").read_text()
+
+
+def test_kept_sections_do_not_repeat_a_figure_this_run_measured(tmp_path: Path) -> None:
+    """`--keep`: latency also reports the worker's memory; the old figure gives way."""
+    from benchmarks.common import Figure
+    from benchmarks.run import _kept
+
+    old = Figure("memory", "worker RSS after the latency runs", "MiB", [400.0])
+    other = Figure("memory", "Redis bytes per customer", "bytes", [1700.0])
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"sections": {"memory": [vars(old), vars(other)]}}))
+    new = Figure("memory", "worker RSS after the latency runs", "MiB", [390.0])
+    figures, _ = _kept(path, ["latency"], [new], [])
+    assert [(f.name, f.value) for f in figures] == [
+        ("Redis bytes per customer", 1700.0),
+        ("worker RSS after the latency runs", 390.0),
+    ]
