@@ -90,7 +90,12 @@ class StreamSettings(BaseSettings):
     metrics_port: int = Field(9464, description="Prometheus /metrics port (0: off).")
     web_port: int = Field(6066, description="Read API port (GET /customers/{id}).")
     batch_size: int = Field(1000, ge=1, description="Most events per batch.")
-    batch_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
+    batch_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Longest wait to fill a batch (for latency: 0.02 with a 20 ms fetch wait, "
+        "see Benchmarks).",
+    )
     future_tolerance_seconds: float = Field(300.0, ge=0, description="Max ts ahead of now.")
     max_lateness_days: int = Field(
         DEFAULT_MAX_LATENESS_DAYS,
