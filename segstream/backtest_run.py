@@ -50,10 +50,11 @@ class ScoringEngine(Engine):
             centers=engine.centers,
             centers_halflife=engine.centers_halflife,
             psi_window=engine.psi_window,
+            rescore_batch=engine.rescore_batch,
         )
 
     async def rescore(
-        self, now: float, partitions: Sequence[int] = (0,), limit: int = 5000
+        self, now: float, partitions: Sequence[int] = (0,), limit: int | None = None
     ) -> BatchResult:
         result = await super().rescore(now, partitions, limit)
         self.scores += [

@@ -298,6 +298,9 @@ class BatchResult:
     features: Features | None = None
     staged: Staged | None = None
     shadow: ShadowTally | None = None  # what the candidate bundle did, in shadow mode
+    #: A re-score that took as many customers as it may: more may be due, call again
+    #: (after `save`, which moves the ones just re-scored to the next day).
+    more: bool = False
 
 
 class Engine:
@@ -314,9 +317,11 @@ class Engine:
         centers: OnlineCenters | None = None,
         centers_halflife: float = 0.001,
         psi_window: int = 5000,
+        rescore_batch: int = 5000,
         shadow: Shadow | None = None,
     ) -> None:
         self.catalog = catalog
+        self.rescore_batch = rescore_batch
         self.shadow = shadow
         self.features = features
         self.assignments = assignments
@@ -394,15 +399,21 @@ class Engine:
         return result
 
     async def rescore(
-        self, now: float, partitions: Sequence[int] = (0,), limit: int = 5000
+        self, now: float, partitions: Sequence[int] = (0,), limit: int | None = None
     ) -> BatchResult:
         """Re-score customers whose daily check is due at time `now` (churn risk included).
 
-        As `process`, the new states and next re-score times are staged for `save`.
+        At most `limit` (default `rescore_batch`) customers per partition, the longest
+        due first; the result's `more` says some partition may have others due. As
+        `process`, the new states and next re-score times are staged for `save`.
         """
+        limit = limit or self.rescore_batch
         found: list[tuple[str, int]] = []
+        more = False
         for p in partitions:
-            found += [(cid, p) for cid in await self.assignments.due(p, now, limit)]
+            due = await self.assignments.due(p, now, limit)
+            more = more or len(due) >= limit
+            found += [(cid, p) for cid in due]
         if not found:
             return BatchResult()
         feats = await self.features.read([cid for cid, _ in found], at=now)
@@ -419,6 +430,7 @@ class Engine:
         parts = [owner[cid] for cid in feats.customers]
         result = await self._decide(rows, feats.values, parts, rescore=True)
         result.features = feats
+        result.more = more
         return result
 
     async def _decide(

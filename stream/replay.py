@@ -90,9 +90,12 @@ async def replay(
                 # re-score and center sync at midnight itself. Cutting here, not at batch
                 # ends, makes the alerts independent of the batch size.
                 await flush(out)
-                rescored = await engine.rescore(boundary)
-                _write(out, rescored.alerts, summary)
-                await engine.save(rescored)
+                more = True
+                while more:  # every customer due at midnight, in steps of `rescore_batch`
+                    rescored = await engine.rescore(boundary)
+                    _write(out, rescored.alerts, summary)
+                    await engine.save(rescored)
+                    more = rescored.more
                 await engine.sync_centers()
                 if health is not None:
                     _write(out, health.check(engine, boundary), summary)

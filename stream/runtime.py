@@ -67,6 +67,7 @@ async def open_runtime(
         rules=settings.rules(),
         centers_halflife=settings.centers_halflife,
         psi_window=settings.psi_window,
+        rescore_batch=settings.rescore_batch_size,
         shadow=_shadow(settings, catalog),
     )
     return Runtime(engine=engine, connection=conn, catalog=catalog)

@@ -112,6 +112,13 @@ class StreamSettings(BaseSettings):
     rescore_interval_seconds: float = Field(
         60.0, gt=0, description="How often to look for due re-scores."
     )
+    rescore_batch_size: int = Field(
+        5000,
+        ge=1,
+        description="Most customers re-scored per partition in one step. On the event "
+        "clock (and in replay) steps repeat at each midnight until nobody is due; on the "
+        "wall clock one step runs per interval.",
+    )
     centers_sync_seconds: float = Field(30.0, gt=0, description="Online centers sync period.")
     centers_halflife: float = Field(0.001, ge=0, le=1, description="Online k-means step.")
     model_poll_seconds: float = Field(

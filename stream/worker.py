@@ -257,7 +257,11 @@ class Worker:
                     elif low >= self.boundary:
                         await process(cut, i)
                         cut = i
-                        await step(await self._rescore_at(self.boundary), [])
+                        more = True
+                        while more:  # everybody due at midnight, as replay does
+                            rescored = await self._rescore_at(self.boundary)
+                            await step(rescored, [])
+                            more = rescored.more
                         await self._retry("sync_centers", self.engine.sync_centers)
                         health = self._health_alerts(self.boundary)
                         alerts.extend(health)  # nothing to save: sent with the next step

@@ -124,23 +124,28 @@ def test_state_holds_every_feature_as_the_reference_computes_it(replayed: Path) 
     assert state["churn_risk"].between(0, 1).all()
 
 
-def test_alerts_do_not_depend_on_the_batch_size(
+def test_alerts_do_not_depend_on_the_batch_size_or_the_rescore_step(
     replayed: Path, tmp_path: Path, embedded_redis_url: str
 ) -> None:
+    """Cutting the events into other batches, or the midnight re-score into steps of 7
+    customers (everybody due is still re-scored at that midnight), changes no alert."""
     head = tmp_path / "head.jsonl"
     lines = (replayed / "events.jsonl").read_text().splitlines(keepends=True)
     head.write_text("".join(lines[:15_000]))
     runs = []
-    for size in ("1000", "173"):
-        out = tmp_path / f"alerts-{size}.jsonl"
+    for size, step in (("1000", "5000"), ("173", "5000"), ("1000", "7")):
+        out = tmp_path / f"alerts-{size}-{step}.jsonl"
         invoke(
             "replay", "--events", str(head), "--model", str(replayed / "models/current"),
             "--alerts-out", str(out), "--batch-size", size,
-            env={"SEGSTREAM_REDIS_URL": embedded_redis_url},
+            env={"SEGSTREAM_REDIS_URL": embedded_redis_url,
+                 "SEGSTREAM_RESCORE_BATCH_SIZE": step},
         )  # fmt: skip
         runs.append(sorted(out.read_text().splitlines()))
-    assert runs[0] == runs[1]
+    assert runs[0] == runs[1] == runs[2]
     assert len(runs[0]) > 100
+    # Some were decided by midnight re-scores (their event time is the midnight).
+    assert any('T00:00:00Z"' in line for line in runs[0])
 
 
 def test_hot_reload_under_traffic_loses_nothing_and_refuses_a_bad_bundle(

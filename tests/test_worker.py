@@ -426,6 +426,47 @@ def test_redis_errors_are_retried_with_backoff_not_dropped(
     assert {b["customer_id"] for b in firsts} == customers
 
 
+def test_the_event_clock_rescores_everybody_due_at_midnight_in_steps(
+    embedded_redis_url: str, bundle_path: Path, tmp_path: Path
+) -> None:
+    """The core alone (no broker), on the event clock, re-scoring 3 customers per step:
+    every customer due at a midnight is still re-scored there, so the alerts are replay's
+    (which steps 5,000 at a time, more than this history ever has due)."""
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Metrics
+    from stream.worker import Message, Worker
+
+    valid = lines(generate_history(40, 45, seed=8))
+    events_path = tmp_path / "events.jsonl"
+    events_path.write_bytes(b"".join(v + b"\n" for _, v in valid))
+    messages = [Message(v, 0, i) for i, (_, v) in enumerate(valid)]
+    settings = settings_for(_NoBroker(), embedded_redis_url)
+
+    async def scenario() -> tuple[set[str], list[str]]:
+        replayed = await replay_alert_ids(
+            settings, bundle_path, events_path, tmp_path / "alerts.jsonl"
+        )
+        stepped = StreamSettings(**{**settings.model_dump(), "rescore_batch_size": 3})
+        runtime = await open_runtime(stepped, model_path=bundle_path)
+        try:
+            core = Worker(runtime.engine, stepped, Metrics(CollectorRegistry()))
+            out = []
+            for start in range(0, len(messages), 250):
+                out += await core.handle(messages[start : start + 250], discard)
+        finally:
+            await drop_prefix(runtime.connection, stepped.key_prefix)
+            await runtime.close()
+        return replayed, [(o.topic, json.loads(o.value)["alert_id"]) for o in out
+                          if o.topic in alert_topics(settings)]  # fmt: skip
+
+    replayed, live = asyncio.run(scenario())
+    assert any(topic == settings.churn_topic for topic, _ in live)  # re-scores decided some
+    ids = [alert_id for _, alert_id in live]
+    assert len(ids) == len(set(ids))  # nobody re-scored twice at one midnight
+    assert set(ids) == replayed
+
+
 @dataclass(frozen=True)
 class _NoBroker:
     url: str = "kafka://127.0.0.1:1"
