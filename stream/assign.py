@@ -66,8 +66,13 @@ class OnlineCenters:
             self.model.learn_one(x)  # type: ignore[no-untyped-call]
 
     def learn_many(self, points: np.ndarray) -> None:
-        for row in points:
-            self.learn_one(dict(enumerate(row.tolist())))
+        """`learn_one` for each row, in order; only the rows it would learn are converted
+        to river's dicts (most are skipped: one in `learn_every`)."""
+        n = len(points)
+        first = (-self._seen - 1) % self.learn_every  # offset of the next learned row
+        self._seen += n
+        for row in points[first :: self.learn_every]:
+            self.model.learn_one(dict(enumerate(row.tolist())))  # type: ignore[no-untyped-call]
 
     def distances(self, points: np.ndarray) -> np.ndarray:
         """Euclidean distance from each scaled point to each shared center, (n, k)."""
