@@ -38,6 +38,7 @@ class ReplayRun:
     redis_keys: int
     redis_bytes: int  # every key under the prefix (features, assignment states, schedules)
     feature_bytes: int  # the feature keys only ({prefix}:f:*)
+    rescored: int = 0  # daily re-scores (every customer once a day), work besides the events
 
     @property
     def events_per_second(self) -> float:
@@ -65,7 +66,9 @@ async def _replay(url: str, bundle: Path, history: HistoryFile, batch_size: int)
             seconds = time.perf_counter() - t0
         keys, total = memory_usage(url, prefix)
         _, features = memory_usage(url, prefix, "f:*")
-        return ReplayRun(summary.events, summary.customers, seconds, keys, total, features)
+        return ReplayRun(
+            summary.events, summary.customers, seconds, keys, total, features, summary.rescored
+        )
     finally:
         await runtime.close()
         drop(url, prefix)

@@ -315,7 +315,8 @@ def replay(
             console.print(
                 f"{summary.events:,} events ({dict(summary.statuses)}), "
                 f"{summary.customers:,} customers in {elapsed:.1f} s "
-                f"({summary.events / max(elapsed, 1e-9):,.0f} events/s)"
+                f"({summary.events / max(elapsed, 1e-9):,.0f} events/s), "
+                f"{summary.rescored:,} daily re-scores"
             )
             console.print(f"alerts: {dict(summary.alerts)} -> {alerts_out}")
             if summary.rejected:

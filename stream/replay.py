@@ -36,6 +36,7 @@ class ReplaySummary:
     statuses: Counter[str] = field(default_factory=Counter)
     alerts: Counter[str] = field(default_factory=Counter)
     customers: int = 0
+    rescored: int = 0  # daily re-scores at midnights (each customer's churn check, once a day)
     watermark: float = 0.0
     rejected: Counter[str] = field(default_factory=Counter)
 
@@ -93,6 +94,7 @@ async def replay(
                 more = True
                 while more:  # every customer due at midnight, in steps of `rescore_batch`
                     rescored = await engine.rescore(boundary)
+                    summary.rescored += len(rescored.rows)
                     _write(out, rescored.alerts, summary)
                     await engine.save(rescored)
                     more = rescored.more

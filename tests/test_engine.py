@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
+
+import pytest
 
 from models.bundle import load_bundle
 from models.events import Event
 from stream.engine import AssignmentStore, Engine
 from stream.redis_conn import connect
+from stream.replay import replay
 from stream.runtime import drop_prefix
 from stream.store import RedisFeatureStore, feature_key
 from tests.support import run
@@ -54,6 +58,38 @@ def test_expired_customers_leave_the_schedule(tmp_path: Path, embedded_redis_url
             await conn.close()
 
     run(body())
+
+
+@pytest.mark.parametrize("step", [1, 5000])
+def test_replay_rescores_every_customer_once_a_day(
+    tmp_path: Path, embedded_redis_url: str, step: int
+) -> None:
+    """Both customers' first events are on March 1 at 10:00, so both are due from March 2
+    at 10:00: the midnights of March 3, 4 and 5 re-score each once, in steps of 1 or all
+    at once ("busy" too: its daily events do not postpone the check, see `save`)."""
+    bundle = load_bundle(make_bundle(tmp_path), CATALOG)
+    prefix = f"engine-{uuid.uuid4().hex[:8]}"
+    rows = [("q1", "quiet", 1)] + [(f"b{d}", "busy", d) for d in range(1, 6)]
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(
+        json.dumps({"event_id": eid, "customer_id": cid, "type": "session_start",
+                    "ts": f"2026-03-0{day}T10:00:00Z"}) + "\n"
+        for eid, cid, day in rows
+    ))  # fmt: skip
+
+    async def body() -> int:
+        conn = await connect(embedded_redis_url)
+        try:
+            store = RedisFeatureStore(conn.client, CATALOG, prefix=prefix)
+            states = AssignmentStore(conn.client, prefix=prefix, ttl_seconds=3600)
+            engine = Engine(CATALOG, store, states, bundle, rescore_batch=step)
+            summary = await replay(engine, events, tmp_path / "alerts.jsonl")
+            return summary.rescored
+        finally:
+            await drop_prefix(conn, prefix)
+            await conn.close()
+
+    assert run(body()) == 6
 
 
 def test_features_and_states_are_saved_together_or_not_at_all(
