@@ -122,6 +122,9 @@ class Figure:
     target: str | None = None
     met: bool | None = None
     note: str = ""
+    #: The harness section that measured it, when not `section` (the end-to-end and
+    #: latency runs report the worker's memory): `--keep` keeps it until that one reruns.
+    source: str = ""
     value: float = field(init=False)
 
     def __post_init__(self) -> None:

@@ -56,8 +56,11 @@ class Bench:
         self.train_runs: dict[int, list[float]] = {}
         self.replays: dict[int, list[engine.ReplayRun]] = {}
         self._model: Path | None = None
+        self.running = ""  # the section being measured
 
     def add(self, figure: Figure) -> Figure:
+        if figure.section != self.running:
+            figure.source = self.running
         self.figures.append(figure)
         return figure
 
@@ -407,8 +410,10 @@ def main(argv: list[str] | None = None) -> int:
                 load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
                 bench.notes.append(
                     f"{key}: measured from {datetime.now(UTC).isoformat(timespec='seconds')}, "
-                    f"load average then {load} (preset {preset}, {repeats} run(s) per figure)"
+                    f"load average then {load} (preset {preset}, {repeats} run(s) per figure) "
+                    f"on {meta['machine']['platform']}"
                 )
+                bench.running = key
                 try:
                     sections[key]()
                 except Exception as exc:
@@ -440,18 +445,19 @@ def _kept(
         return figures, notes
     old = json.loads(path.read_text())
     kept: list[Figure] = []
-    # A run may add to a section it did not run (latency measures the worker's memory).
+    # A run may add to a section it did not run (latency measures the worker's memory):
+    # a figure is dropped when the section that measured it ran again.
     fresh = {(f.section, f.name) for f in figures}
-    for key, items in old.get("sections", {}).items():
-        if key in ran:
-            continue
+    for items in old.get("sections", {}).values():
         for f in items:
-            if (f["section"], f["name"]) in fresh:
+            source = f.get("source") or f["section"]
+            if source in ran or (f["section"], f["name"]) in fresh:
                 continue
             runs = [math.nan if v is None else float(v) for v in f["runs"]]
             kept.append(
-                Figure(f["section"], f["name"], f["unit"], runs, f["target"], f["met"], f["note"])
-            )
+                Figure(f["section"], f["name"], f["unit"], runs, f["target"], f["met"], f["note"],
+                       source=f.get("source", ""))
+            )  # fmt: skip
     old_notes = [n for n in old.get("notes", []) if n.split(":", 1)[0] not in ran]
     return kept + figures, old_notes + notes
 

@@ -109,3 +109,23 @@ def test_kept_sections_do_not_repeat_a_figure_this_run_measured(tmp_path: Path) 
         ("Redis bytes per customer", 1700.0),
         ("worker RSS after the latency runs", 390.0),
     ]
+
+
+def test_kept_figures_follow_the_section_that_measured_them(tmp_path: Path) -> None:
+    """`--keep` after rerunning memory: the worker's memory, measured by the latency runs,
+    stays until latency runs again; memory's own old figures give way."""
+    from benchmarks.common import Figure
+    from benchmarks.run import _kept
+
+    rss = Figure("memory", "worker RSS after the latency runs", "MiB", [400.0], source="latency")
+    bytes_old = Figure("memory", "Redis bytes per customer, 9 customers", "bytes", [1700.0])
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"sections": {"memory": [vars(rss), vars(bytes_old)]}}))
+    bytes_new = Figure("memory", "Redis bytes per customer, 10 customers", "bytes", [1690.0])
+    figures, _ = _kept(path, ["memory"], [bytes_new], [])
+    assert [(f.name, f.value, f.source) for f in figures] == [
+        ("worker RSS after the latency runs", 400.0, "latency"),
+        ("Redis bytes per customer, 10 customers", 1690.0, ""),
+    ]
+    figures, _ = _kept(path, ["latency"], [], [])
+    assert [f.name for f in figures] == ["Redis bytes per customer, 9 customers"]
