@@ -95,15 +95,8 @@ class Bench:
         s = self.sizes
         hist = self.history(s.engine_customers)
         runs = self.replay_runs(s.engine_customers)
-        eng = self.add(
-            Figure(
-                "engine",
-                f"engine, {hist.customers:,} customers, {hist.events:,} events",
-                "events/s",
-                [r.events_per_second for r in runs],
-                note=_rescored(runs[0]),
-            ).judge(TARGETS["engine"])
-        )
+        name = f"engine, {hist.customers:,} customers, {hist.events:,} events"
+        eng = self.add(_throughput("engine", name, runs).judge(TARGETS["engine"]))
         bundle = training.bundle_dir(self.model_dir)
         naive = [
             engine.naive_once(self.redis_url, bundle, hist, s.naive_every, s.naive_seconds)
@@ -294,15 +287,7 @@ class Bench:
         for customers in self.sizes.growth_customers:
             runs = self.replay_runs(customers)
             name = f"{customers:,} customers ({runs[0].events:,} events)"
-            fig = self.add(
-                Figure(
-                    "growth",
-                    f"engine, {name}",
-                    "events/s",
-                    [r.events_per_second for r in runs],
-                    note=_rescored(runs[0]),
-                )
-            )
+            fig = self.add(_throughput("growth", f"engine, {name}", runs))
             costs[customers] = 1e6 / fig.value
             self.add(
                 Figure(
@@ -354,11 +339,14 @@ class Bench:
 ORDER = ("engine", "memory", "growth", "training", "e2e", "latency")
 
 
-def _rescored(run: engine.ReplayRun) -> str:
-    return (
-        f"plus {run.rescored:,} daily re-scores ({run.rescored / max(run.events, 1):.2f} "
+def _throughput(section: str, name: str, runs: list[engine.ReplayRun]) -> Figure:
+    """Events per second of replays, with the daily re-scores they also did."""
+    first = runs[0]
+    note = (
+        f"plus {first.rescored:,} daily re-scores ({first.rescored / max(first.events, 1):.2f} "
         "per event: each customer once a day), in the time"
     )
+    return Figure(section, name, "events/s", [r.events_per_second for r in runs], note=note)
 
 
 def main(argv: list[str] | None = None) -> int:
