@@ -22,6 +22,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -228,7 +229,7 @@ async def _throughput(
                 if count >= n:
                     done = now
                     break
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(_poll_interval(count, n, now - first))
             if math.isnan(done):
                 raise TimeoutError(f"{workers} worker(s) processed too few of {n} in {timeout}s")
             rss = dep.rss()
@@ -248,6 +249,16 @@ async def _throughput(
     return ThroughputRun(workers, n, produced, done - first, done - t0, committed_at - t0, rss)
 
 
+def _poll_interval(count: float, n: int, elapsed: float) -> float:
+    """Seconds until the next `/metrics` poll: 0.1 s around the first and the last event,
+    up to 1 s in between. Each poll costs the worker ~5-10 ms of GIL time; polling every
+    0.1 s throughout took ~10% of a busy worker's samples (py-spy), slowing what we time."""
+    if count <= 0 or elapsed <= 0:
+        return 0.1
+    left = (n - count) / (count / elapsed)  # seconds to go at the rate so far
+    return min(1.0, max(0.1, left / 2))
+
+
 def throughput_once(
     bootstrap: str,
     redis_url: str,
@@ -258,6 +269,46 @@ def throughput_once(
 ) -> ThroughputRun:
     """Produce `records`, start `workers` workers, time until all are processed and committed."""
     return asyncio.run(_throughput(bootstrap, redis_url, model_dir, records, workers, timeout))
+
+
+async def _floor(
+    bootstrap: str,
+    redis_url: str,
+    model_dir: Path,
+    records: list[tuple[bytes, bytes]],
+    timeout: float,
+) -> float:
+    dep = Deployment(bootstrap, redis_url, model_dir)
+    await dep.create()
+    await _produce_all(bootstrap, dep.topic("events"), records)
+    root = Path(__file__).resolve().parents[1]
+    env = dep.env(free_port())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="segstream-bench-floor-") as tmp:
+        out = Path(tmp) / "floor.json"
+        command = [sys.executable, "-m", "benchmarks.faust_floor", str(len(records)), str(out)]
+        done = await asyncio.to_thread(
+            subprocess.run, command, env=env, cwd=tmp, capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(
+                f"faust floor failed ({done.returncode}): {done.stderr[-3000:]}"
+            )
+        found = json.loads(out.read_text())
+    return float(found["events"]) / float(found["seconds"])
+
+
+def floor_once(
+    bootstrap: str,
+    redis_url: str,
+    model_dir: Path,
+    records: list[tuple[bytes, bytes]],
+    timeout: float = 1800.0,
+) -> float:
+    """Events/s of `benchmarks.faust_floor`: the worker's faust app and batch loop doing no
+    work, over the same `records` on a fresh topic; the ceiling of any worker on it."""
+    return asyncio.run(_floor(bootstrap, redis_url, model_dir, records, timeout))
 
 
 #: The worker settings of the latency runs: small batches and a short fetch wait trade

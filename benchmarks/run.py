@@ -202,6 +202,20 @@ class Bench:
                     )
                 )
                 del fig
+            floor = [
+                e2e.floor_once(broker.bootstrap, self.redis_url, self.model_dir, records)
+                for _ in range(max(1, self.repeats))
+            ]
+            self.add(
+                Figure(
+                    "e2e",
+                    f"faust floor: the worker's app and batch loop doing no work, "
+                    f"{len(records):,} events",
+                    "events/s",
+                    floor,
+                    note="no worker on this faust app and broker can pass it (faust_floor.py)",
+                )
+            )
 
     def latency(self) -> None:
         s = self.sizes

@@ -232,20 +232,13 @@ async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
             delay = min(delay * RETRY_FACTOR, RETRY_MAX)
 
 
-def create_app(
-    settings: StreamSettings,
-    runtime_factory: RuntimeFactory = open_runtime,
-    *,
-    registry: CollectorRegistry | None = None,
-) -> SegstreamApp:
-    """The faust app for `settings`; `runtime_factory` opens the engine (tests pass theirs).
+def new_app(settings: StreamSettings) -> SegstreamApp:
+    """A faust app with the worker's broker, consumer-group and web options, and no agents.
 
-    The pipeline is reachable as ``app.segstream`` (a `Pipeline`).
+    `create_app` adds segstream's agent, timers and views; `benchmarks.faust_floor` adds a
+    no-op agent, to measure what faust costs with these very options.
     """
-    from stream.web import register
-
-    metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    app = SegstreamApp(
+    return SegstreamApp(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=kafka_credentials(settings),
@@ -266,15 +259,36 @@ def create_app(
         web_port=settings.web_port or 6066,
         web_in_thread=False,
     )
-    pipeline = Pipeline(settings, runtime_factory, metrics)
-    app.segstream = pipeline
 
-    source = app.topic(
+
+def input_topic(app: SegstreamApp, settings: StreamSettings) -> Any:
+    """The input topic, records as raw bytes (the core decodes and validates them)."""
+    return app.topic(
         settings.input_topic,
         partitions=settings.input_partitions,
         key_serializer="raw",
         value_serializer="raw",
     )
+
+
+def create_app(
+    settings: StreamSettings,
+    runtime_factory: RuntimeFactory = open_runtime,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> SegstreamApp:
+    """The faust app for `settings`; `runtime_factory` opens the engine (tests pass theirs).
+
+    The pipeline is reachable as ``app.segstream`` (a `Pipeline`).
+    """
+    from stream.web import register
+
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    app = new_app(settings)
+    pipeline = Pipeline(settings, runtime_factory, metrics)
+    app.segstream = pipeline
+
+    source = input_topic(app, settings)
 
     def owned() -> list[int]:
         return sorted(
@@ -356,6 +370,8 @@ __all__ = [
     "SegstreamApp",
     "app",
     "create_app",
+    "input_topic",
     "kafka_credentials",
     "kafka_ssl_context",
+    "new_app",
 ]

@@ -68,6 +68,8 @@ def test_quick_run_writes_every_section(system_redis_url: str, tmp_path: Path) -
         assert f["runs"] and f["value"] is not None, f
         assert all(r is not None and math.isfinite(r) and r > 0 for r in f["runs"]), f
     by_name = {f["name"]: f for f in figures}
+    floor = [f for n, f in by_name.items() if n.startswith("faust floor")]
+    assert len(floor) == 1 and floor[0]["section"] == "e2e"  # the ceiling beside the workers
     ratio = next(f for f in figures if f["name"] == "engine / naive")
     assert ratio["value"] > 1  # the batched engine beats one round trip per field
     memory = [f for n, f in by_name.items() if n.startswith("Redis bytes per customer")]
