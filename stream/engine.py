@@ -102,6 +102,10 @@ class AssignmentStore:
     Redis only for customers it has not seen; `forget()` drops that cache when partitions
     move (a rebalance) so a state another worker wrote is read again. A batch's writes
     are one script call on a single server, one pipeline on a cluster.
+
+    The cache holds each state packed (the bytes written to Redis), not as objects: a dict
+    of str to bytes is invisible to Python's cycle collector, while 100k live states made
+    every full collection walk them (25% of a 100k-customer replay's time, measured).
     """
 
     def __init__(
@@ -117,7 +121,7 @@ class AssignmentStore:
         self.ttl_seconds = ttl_seconds
         self.cache_size = cache_size
         self.round_trips = 0
-        self._cache: dict[str, CustomerState] = {}
+        self._cache: dict[str, bytes] = {}  # customer id -> packed state
         self._cluster = isinstance(client, RedisCluster)
         self._write = client.register_script(_WRITE_SCRIPT)
 
@@ -132,7 +136,12 @@ class AssignmentStore:
         self._cache.clear()
 
     async def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerState]:
-        found = {cid: self._cache[cid] for cid in customer_ids if cid in self._cache}
+        cache = self._cache
+        found = {
+            cid: CustomerState.from_list(msgpack.unpackb(cache[cid]))
+            for cid in customer_ids
+            if cid in cache
+        }
         missing = [cid for cid in customer_ids if cid not in found]
         if missing:
             self.round_trips += 1
@@ -166,17 +175,18 @@ class AssignmentStore:
         staged = features or StagedFeatures()
         if not states and not due and not staged.keys:
             return []
+        packed = {cid: msgpack.packb(st.to_list()) for cid, st in states.items()}
         conflicts = await self._store(
-            states, due, population, version, reschedule, staged, feature_ttl or self.ttl_seconds
+            packed, due, population, version, reschedule, staged, feature_ttl or self.ttl_seconds
         )
-        if len(self._cache) + len(states) > self.cache_size:
+        if len(self._cache) + len(packed) > self.cache_size:
             self._cache.clear()
-        self._cache.update(states)
+        self._cache.update(packed)
         return conflicts
 
     async def _store(
         self,
-        states: dict[str, CustomerState],
+        states: dict[str, bytes],
         due: dict[int, dict[str, float]],
         population: Counter[int],
         version: str,
@@ -185,9 +195,7 @@ class AssignmentStore:
         feature_ttl: int,
     ) -> list[int]:
         self.round_trips += 1
-        packed = {
-            state_key(self.prefix, cid): msgpack.packb(st.to_list()) for cid, st in states.items()
-        }
+        packed = {state_key(self.prefix, cid): value for cid, value in states.items()}
         changes = [(str(seg), n) for seg, n in population.items() if n]
         mode = "SET" if reschedule else "NX"
         if not self._cluster:

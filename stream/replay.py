@@ -13,6 +13,7 @@ An adapter: it reads files and writes files around `stream.engine.Engine`.
 from __future__ import annotations
 
 import csv
+import gc
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,6 +63,27 @@ async def replay(
     `health` (built from the same settings as the worker's) adds the population-shift and
     retrain alerts, judged at each midnight as the worker does on the event clock.
     """
+    # What exists before the replay (libraries, the bundle's models) outlives it: kept out
+    # of the cycle collector meanwhile, full collections stop walking it twice a second
+    # (measured on 400k events of 100k customers: collections took 25% of the time, 1%
+    # frozen). The live worker freezes it for its whole life (stream.app).
+    gc.collect()
+    gc.freeze()
+    try:
+        return await _replay(engine, events_path, alerts_out, state_out, as_of, batch_size, health)
+    finally:
+        gc.unfreeze()
+
+
+async def _replay(
+    engine: Engine,
+    events_path: Path,
+    alerts_out: Path,
+    state_out: Path | None,
+    as_of: float | None,
+    batch_size: int,
+    health: HealthMonitor | None,
+) -> ReplaySummary:
     summary = ReplaySummary()
     stats = ReadStats()
     seen: set[str] = set()
