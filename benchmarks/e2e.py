@@ -292,9 +292,7 @@ async def _floor(
             timeout=timeout, check=False,
         )  # fmt: skip
         if done.returncode != 0 or not out.exists():
-            raise RuntimeError(
-                f"faust floor failed ({done.returncode}): {done.stderr[-3000:]}"
-            )
+            raise RuntimeError(f"faust floor failed ({done.returncode}): {done.stderr[-3000:]}")
         found = json.loads(out.read_text())
     return float(found["events"]) / float(found["seconds"])
 
