@@ -34,6 +34,7 @@ from wsgiref.simple_server import WSGIServer
 
 import aiokafka
 import faust
+from aiokafka import errors as kafka_errors
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import AppT, TransportT
 from prometheus_client import CollectorRegistry, start_http_server
@@ -220,6 +221,30 @@ def kafka_credentials(settings: StreamSettings) -> faust.auth.Credentials | None
     )
 
 
+#: Broker errors about the record itself: retrying the same record cannot succeed.
+UNPUBLISHABLE = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.CorruptRecordException,
+)
+
+
+_NO_META = (None, None, None)  # partition, timestamp, headers: the producer's defaults
+
+
+def unpublishable(exc: BaseException) -> str | None:
+    """The reason a send can never succeed (faust wraps aiokafka's error), or None.
+
+    >>> unpublishable(kafka_errors.MessageSizeTooLargeError()), unpublishable(OSError())
+    ('MessageSizeTooLargeError', None)
+    """
+    for err in (exc, exc.__cause__):
+        if isinstance(err, UNPUBLISHABLE):
+            return type(err).__name__
+    return None
+
+
 async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
     """Run `step` until it succeeds, backing off; nothing escapes but cancellation."""
     delay = RETRY_FIRST
@@ -298,15 +323,39 @@ def create_app(
     pipeline.owned = owned
 
     async def publish(outputs: list[Output]) -> None:
+        todo = list(outputs)
+
         async def send_all() -> None:
             # Straight to faust's producer: `Topic.send` cost ~210 us of CPU per record
             # (futures, callbacks, sensors we do not use), the producer's `send` ~30 us.
+            nonlocal todo
             producer = await app.maybe_start_producer()
-            pending = [
-                await producer.send(out.topic, out.key.encode(), out.value, None, None, None)
-                for out in outputs
+            sent: list[tuple[Output, Any]] = []
+            for out in todo:
+                key = out.key.encode()
+                try:
+                    sent.append((out, await producer.send(out.topic, key, out.value, *_NO_META)))
+                except Exception as exc:
+                    if not _refuse(out, exc):
+                        raise
+            acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+            failed = [
+                (out, ack)
+                for (out, _), ack in zip(sent, acks, strict=True)
+                if isinstance(ack, BaseException) and not _refuse(out, ack)
             ]
-            await asyncio.gather(*pending)  # every broker ack, before the next batch
+            todo = [out for out, _ in failed]  # a retry sends only what was not acked
+            if failed:
+                raise failed[0][1]
+
+        def _refuse(out: Output, exc: BaseException) -> bool:
+            reason = unpublishable(exc)
+            if reason is None:
+                return False
+            metrics.unpublishable.labels(reason).inc()
+            log.error("the broker refused a %d-byte record for %s (key %.80s): %s; dropped",
+                      len(out.value), out.topic, out.key, reason)  # fmt: skip
+            return True
 
         if outputs:
             await _until_done("publishing", send_all)
@@ -330,7 +379,7 @@ def create_app(
             core = await _until_done("opening the runtime", pipeline.worker)
             # The core publishes (and awaits the acks) before it saves any state; faust
             # acks these events only when we ask for the next batch.
-            await _until_done("processing a batch", partial(core.handle, messages, publish))
+            await core.run(messages, publish)
             update_lag(core)
 
     @app.timer(settings.rescore_interval_seconds)  # type: ignore[untyped-decorator]

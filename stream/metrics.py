@@ -29,8 +29,12 @@ from stream.store import EventStatus
 if TYPE_CHECKING:
     from stream.shadow import ShadowTally
 
-#: Reasons an event can be rejected for: the contract's codes and the store's ``too_late``.
+#: Reasons a record can be rejected for: the contract's codes, the store's ``too_late``, and
+#: the worker's own (a tombstone, a decoder fault, a record that keeps failing).
 REJECT_REASONS = (
+    "null_value",
+    "undecodable",
+    "processing_error",
     "too_large",
     "not_json",
     "not_object",
@@ -56,6 +60,13 @@ class Metrics:
         self.rejected = Counter(
             "segstream_events_rejected",
             "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unpublishable = Counter(
+            "segstream_records_unpublishable",
+            "Output records the broker refused for good (too large, invalid topic), by reason; "
+            "logged and dropped, never retried.",
             ["reason"],
             registry=r,
         )

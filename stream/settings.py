@@ -96,6 +96,12 @@ class StreamSettings(BaseSettings):
         description="Longest wait to fill a batch (for latency: 0.02 with a 20 ms fetch wait, "
         "see Benchmarks).",
     )
+    batch_attempts: int = Field(
+        5,
+        ge=1,
+        description="Tries of a batch that fails for a reason other than Redis before it is "
+        "split to dead-letter the record at fault (reason processing_error).",
+    )
     future_tolerance_seconds: float = Field(300.0, ge=0, description="Max ts ahead of now.")
     max_lateness_days: int = Field(
         DEFAULT_MAX_LATENESS_DAYS,

@@ -20,6 +20,13 @@ Redis errors never escape: the failed step is retried with exponential backoff (
 doubling to 5 s), each failure counted in ``segstream_redis_errors_total`` and logged with
 the redacted URL. The batch is never dropped.
 
+Anything else that escapes `handle` is a fault that retrying may not fix (a record that
+trips a bug): `run` retries the batch `batch_attempts` times, then splits it in halves and
+runs each, so the one record that keeps failing ends alone in the dead-letter topic with
+reason ``processing_error`` and every other record is processed. Dead-letter rows are
+bounded (`dlq_record`): whatever the input's size, they stay far below what a producer
+may send.
+
 Must not import faust or aiokafka: tests drive it without a broker.
 
 >>> Output("events-dlq", "c1", b"{}").topic
@@ -29,6 +36,7 @@ Must not import faust or aiokafka: tests drive it without a broker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -61,9 +69,9 @@ RETRY_FIRST, RETRY_FACTOR, RETRY_MAX = 0.2, 2.0, 5.0
 
 
 class Message(NamedTuple):
-    """One raw input record: its value and where it came from."""
+    """One raw input record: its value (None for a tombstone) and where it came from."""
 
-    value: bytes
+    value: bytes | None
     partition: int
     offset: int
 
@@ -76,17 +84,31 @@ class Output(NamedTuple):
     value: bytes
 
 
-def dlq_record(message: Message, topic: str, reason: str, field: str, error: str) -> dict[str, Any]:
-    """The dead-letter row of a rejected message (the payload as text, bad UTF-8 replaced).
+#: Input bytes kept in a dead-letter row's ``raw``. JSON escapes one byte into at most 6
+#: characters (``\\ufffd``), so a row stays under ~100 KB, far below a producer's 1 MB.
+DLQ_RAW_BYTES = 16 * 1024
+#: Characters of the error text kept in a dead-letter row.
+DLQ_ERROR_CHARS = 1000
 
-    >>> dlq_record(Message(b"\\xffx", 2, 7), "events", "not_json", "<event>", "bad")["raw"]
-    '\\ufffdx'
+
+def dlq_record(message: Message, topic: str, reason: str, field: str, error: str) -> dict[str, Any]:
+    """The dead-letter row of a rejected message: its first `DLQ_RAW_BYTES` as text (bad
+    UTF-8 replaced), its full size and SHA-256, so any record gives a row a producer can send.
+
+    >>> row = dlq_record(Message(b"\\xffx", 2, 7), "events", "not_json", "<event>", "bad")
+    >>> row["raw"], row["size"], row["truncated"]
+    ('\\ufffdx', 2, False)
+    >>> dlq_record(Message(None, 0, 1), "events", "null_value", "<event>", "a tombstone")["raw"]
     """
+    value = message.value
     return {
-        "raw": message.value.decode("utf-8", errors="replace"),
+        "raw": None if value is None else value[:DLQ_RAW_BYTES].decode("utf-8", errors="replace"),
+        "size": None if value is None else len(value),
+        "sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+        "truncated": value is not None and len(value) > DLQ_RAW_BYTES,
         "reason": reason,
         "field": field,
-        "error": error,
+        "error": error[:DLQ_ERROR_CHARS],
         "topic": topic,
         "partition": message.partition,
         "offset": message.offset,
@@ -192,14 +214,60 @@ class Worker:
         sources: list[Message] = []
         dead: list[Output] = []
         for message in messages:
+            if message.value is None:  # a tombstone: nothing to decode
+                dead.append(self._dead(message, "null_value", "<event>", "the record has no value"))
+                continue
             try:
                 event = decode_event(message.value, now=now, future_tolerance=self.tolerance)
             except EventError as exc:
                 dead.append(self._dead(message, exc.reason, exc.field, exc.message))
                 continue
+            except Exception as exc:  # the contract's own fault must not stall the partition
+                log.exception("cannot decode record %d:%d", message.partition, message.offset)
+                dead.append(self._dead(message, "undecodable", "<event>", repr(exc)))
+                continue
             events.append(event)
             sources.append(message)
         return events, sources, dead
+
+    async def run(
+        self, messages: Sequence[Message], publish: Publish, *, _split: bool = False
+    ) -> list[Output]:
+        """`handle`, with a budget for failures that retrying cannot fix.
+
+        A batch whose `handle` raises (Redis errors never do: they are retried inside) is
+        tried ``settings.batch_attempts`` times, then split in halves, each run the same
+        way, so the record at fault ends alone and goes to the dead-letter topic with
+        reason ``processing_error``; every other record is processed. Records already
+        applied by a failed attempt are recognised as duplicates by the store.
+        """
+        attempts = self.settings.batch_attempts
+        delay = RETRY_FIRST
+        failure: Exception | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.handle(messages, publish)
+            except Exception as exc:
+                failure = exc
+                if attempt == 1 and not _split:  # logged once per batch, with its cause
+                    log.warning("a batch of %d records failed; retrying, then splitting it",
+                                len(messages), exc_info=True)  # fmt: skip
+                if attempt < attempts:
+                    await self.sleep(delay)
+                    delay = min(delay * RETRY_FACTOR, RETRY_MAX)
+        if len(messages) > 1:
+            half = len(messages) // 2
+            first = await self.run(messages[:half], publish, _split=True)
+            return first + await self.run(messages[half:], publish, _split=True)
+        message = messages[0]
+        log.error("record %d:%d failed %d times (%r): sent to the dead-letter topic",
+                  message.partition, message.offset, attempts, failure)  # fmt: skip
+        dead = [self._dead(message, "processing_error", "<event>", repr(failure))]
+        await publish(dead)
+        self.last_offsets[message.partition] = max(
+            self.last_offsets.get(message.partition, -1), message.offset
+        )
+        return dead
 
     async def handle(self, messages: Sequence[Message], publish: Publish) -> list[Output]:
         """Process one batch, publishing as it goes; return every record it published.

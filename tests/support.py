@@ -134,7 +134,9 @@ def alert_topics(settings: StreamSettings) -> list[str]:
     return [settings.assignments_topic, settings.migrations_topic, settings.churn_topic]
 
 
-async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> list[Any]:
+async def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes | None]]
+) -> list[Any]:
     """Send everything, then wait for every ack; the RecordMetadata in input order."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()

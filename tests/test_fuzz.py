@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -402,7 +403,8 @@ def test_decoder_examples_of_each_documented_reason() -> None:
     # Ancient times and Redis-special ids are valid input: the store must cope with them.
     odd = check(encode({**base, "customer_id": "x}:f:{y\r\n*\x00", "ts": "0001-01-01T00:00:00Z"}))
     assert isinstance(odd, Event)
-    assert set(REJECT_REASONS) == DECODER_REASONS | {"too_late"}
+    worker_reasons = {"null_value", "undecodable", "processing_error"}
+    assert set(REJECT_REASONS) == DECODER_REASONS | {"too_late"} | worker_reasons
 
 
 # --- the worker ------------------------------------------------------------------------
@@ -679,3 +681,55 @@ def test_customer_ids_never_reach_other_keys(embedded_redis_url: str, bundle_pat
     assert prefixes
     assert not [p for p in prefixes if list(client.scan_iter(match=f"{p}:*", count=1000))]
     client.close()
+
+
+def test_a_record_that_keeps_failing_is_dead_lettered_alone(
+    embedded_redis_url: str, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record that trips a fault no retry fixes (injected here: deciding on one event
+    raises) used to stall its partition: the batch was retried without end. Now the batch
+    is tried `batch_attempts` times, split until the record is alone, and that record goes
+    to the dead-letter topic; every other event of the batch is processed."""
+    settings_ = worker_settings(embedded_redis_url, bundle_path).model_copy(
+        update={"batch_attempts": 3}
+    )
+    customers = [f"k{i}" for i in range(6)]
+    batch = [valid_event(c, n, day=1) for n in range(2) for c in customers]
+    poison = json.loads(valid_event("k0", 9, day=1)) | {"event_id": "poison"}
+    batch.insert(5, encode(poison))
+    tries: Counter[str] = Counter()
+
+    async def body() -> None:
+        runtime, worker = await open_worker(settings_, bundle_path)
+        decide = runtime.engine.decide
+
+        async def faulty(events: Any, *args: Any, **kwargs: Any) -> Any:
+            if any(e.event_id == "poison" for e in events):
+                tries["poison"] += 1
+                raise RuntimeError("a bug this record trips")
+            return await decide(events, *args, **kwargs)
+
+        monkeypatch.setattr(runtime.engine, "decide", faulty)
+        waits: list[float] = []
+
+        async def no_wait(seconds: float) -> None:
+            waits.append(seconds)
+
+        worker.sleep = no_wait
+        try:
+            out = await worker.run([Message(raw, 0, i) for i, raw in enumerate(batch)], discard)
+            dead = [json.loads(o.value) for o in out if o.topic == settings_.dlq_topic]
+            assert [(d["offset"], d["reason"]) for d in dead] == [(5, "processing_error")]
+            assert "a bug this record trips" in dead[0]["error"]
+            got = await runtime.engine.features.read(customers, at=NOW.timestamp())
+            assert sorted(got.customers) == customers
+            assert all(got.row(c)["events_7d"] == 2 for c in customers)  # type: ignore[index]
+            assert worker.last_offsets == {0: len(batch) - 1}
+        finally:
+            await drop_prefix(runtime.connection, settings_.key_prefix)
+            await runtime.close()
+
+    asyncio.run(body())
+    # 3 tries at each of the splits that still hold it (13 -> 6 -> 3 -> 1 or 2 -> 1): bounded
+    # by attempts x (log2(batch) + 1), never without end.
+    assert 3 <= tries["poison"] <= 3 * 5

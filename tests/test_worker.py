@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import io
 import json
+import random
 import time
 import urllib.request
 import uuid
@@ -32,6 +34,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.events import MAX_EVENT_BYTES
 from offline.synthetic import History, generate_history
 from stream.app import SegstreamApp, create_app
 from stream.broker import create_topics
@@ -54,8 +57,18 @@ pytestmark = pytest.mark.slow
 
 ALERT_KINDS = ("segment_assigned", "segment_migration", "churn_risk")
 
+#: Records a broker accepts that a worker once stalled on (retried without end): a tombstone,
+#: and a 900 KB binary value whose dead-letter row, escaped into JSON, outgrew what the
+#: producer may send (3.4 MB).
+BINARY_900K = bytes(random.Random(7).getrandbits(8) for _ in range(900 * 1024))
+OVERSIZED = b'{"event_id": "big", "pad": "' + b"x" * (MAX_EVENT_BYTES - 29) + b'"}'
+assert len(OVERSIZED) == MAX_EVENT_BYTES + 1
+
 #: Malformed payloads and the reason the dead-letter row must give.
-MALFORMED: list[tuple[bytes, str]] = [
+MALFORMED: list[tuple[bytes | None, str]] = [
+    (None, "null_value"),
+    (BINARY_900K, "too_large"),
+    (OVERSIZED, "too_large"),
     (b"not json", "not_json"),
     (b"\xff\xfe{bad utf-8", "not_json"),
     (b"[1, 2]", "not_object"),
@@ -143,7 +156,7 @@ class LiveRun:
     """What one run of the worker left behind, for the tests below to check."""
 
     history: History
-    records: list[tuple[bytes, bytes]]
+    records: list[tuple[bytes, bytes | None]]
     metas: list[Any]
     settings: StreamSettings
     seconds: float
@@ -162,7 +175,7 @@ class LiveRun:
 def live(kafka_broker: KafkaBroker, embedded_redis_url: str, bundle_path: Path) -> LiveRun:
     """100 customers x 60 days (~7,000 events) and 10 malformed payloads, 4 partitions."""
     history = generate_history(100, 60, seed=21)
-    records = lines(history)
+    records: list[tuple[bytes, bytes | None]] = list(lines(history))
     step = len(records) // (len(MALFORMED) + 1)
     for i, (payload, _) in enumerate(MALFORMED):  # spread through the stream
         records.insert((i + 1) * step + i, (f"bad-{i}".encode(), payload))
@@ -233,7 +246,31 @@ def test_dead_letters_name_reason_and_source(live: LiveRun) -> None:
     assert {(d["partition"], d["offset"]): d["reason"] for d in dlq} == expected
     assert all(d["topic"] == live.settings.input_topic for d in dlq)
     assert all(d["field"] and d["error"] for d in dlq)
-    assert any(d["raw"].startswith("\ufffd") for d in dlq)  # bad UTF-8 replaced, kept
+    assert any((d["raw"] or "").startswith("\ufffd") for d in dlq)  # bad UTF-8 replaced, kept
+    # Every row is one a producer can send, and says what the payload was.
+    sizes = {len(json.dumps(d)) for d in dlq}
+    assert max(sizes) < 110_000, sizes
+    by_size = {d["size"]: d for d in dlq}
+    big = by_size[len(BINARY_900K)]
+    assert big["truncated"] and big["sha256"] == hashlib.sha256(BINARY_900K).hexdigest()
+    assert [d["raw"] for d in dlq if d["reason"] == "null_value"] == [None]
+
+
+def test_hostile_records_are_not_retried(live: LiveRun) -> None:
+    """A stall shows as retries: Redis errors, a batch split down to a record at fault, or a
+    record the broker refused. The hostile records above cause none of them."""
+    status, text = live.metrics
+    assert status == 200
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+    assert values[("segstream_redis_errors_total", ())] == 0
+    assert not [
+        k for k, v in values.items() if k[0] == "segstream_records_unpublishable_total" and v
+    ]
+    assert ("segstream_events_rejected_total", (("reason", "processing_error"),)) not in values
 
 
 def _churn_sets(live: LiveRun) -> tuple[set[str], set[str], set[str], set[str]]:
