@@ -40,9 +40,10 @@ from faust.types import AppT, TransportT
 from prometheus_client import CollectorRegistry, start_http_server
 
 from stream.metrics import Metrics
+from stream.retry import until_done
 from stream.runtime import Runtime, open_runtime
 from stream.settings import StreamSettings
-from stream.worker import RETRY_FACTOR, RETRY_FIRST, RETRY_MAX, Message, Output, Worker
+from stream.worker import Message, Output, Worker
 
 log = logging.getLogger(__name__)
 
@@ -247,14 +248,11 @@ def unpublishable(exc: BaseException) -> str | None:
 
 async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
     """Run `step` until it succeeds, backing off; nothing escapes but cancellation."""
-    delay = RETRY_FIRST
-    while True:
-        try:
-            return await step()
-        except Exception:
-            log.exception("%s failed; retrying in %.1f s", what, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * RETRY_FACTOR, RETRY_MAX)
+    return await until_done(what, step, on_error=_log_failure)
+
+
+def _log_failure(what: str, exc: BaseException, delay: float) -> None:
+    log.error("%s failed; retrying in %.1f s", what, delay, exc_info=exc)
 
 
 def new_app(settings: StreamSettings) -> SegstreamApp:

@@ -1,10 +1,11 @@
 """Replay: run a history file through the very same engine as the live worker, without Kafka.
 
-Events are taken in file order (the delivery order) in batches, each processed, its alerts
-written, then its states saved (`Engine.save`), the live worker's order; the event-time watermark
-(the newest event time seen) drives the daily re-score of silent customers and the
-online-center sync, at each midnight it crosses, as the wall clock does in a live worker.
-The alerts do not depend on the batch size. Every alert is written as one JSON line; at the end
+Events are taken in file order (the delivery order) in batches, planned into steps on the
+event clock (`stream.plan`) and run by the live worker's `StepRunner`: each step's alerts
+written, then its states saved. The event-time watermark (the newest event time seen)
+drives the daily re-score of silent customers, the online-center sync and the health
+checks at each midnight it crosses, as in a worker on the event clock. The alerts do not
+depend on the batch size. Every alert is written as one JSON line; at the end
 one row per customer gives its segment, churn risk and every feature at `as_of`.
 
 An adapter: it reads files and writes files around `stream.engine.Engine`.
@@ -24,9 +25,11 @@ import numpy as np
 
 from models.eventfile import ReadStats, read_events
 from models.events import Event
-from stream.decide import DAY, Alert
-from stream.engine import Engine
+from stream.decide import Alert
+from stream.engine import BatchResult, Engine
 from stream.health import HealthMonitor
+from stream.plan import EventClock, Step, plan_event_clock
+from stream.runner import StepRunner
 
 
 @dataclass
@@ -87,48 +90,37 @@ async def _replay(
     summary = ReplaySummary()
     stats = ReadStats()
     seen: set[str] = set()
-    boundary: float | None = None
+    clock = EventClock()
     batch: list[Event] = []
+    runner = StepRunner(engine, health=health)
     alerts_out.parent.mkdir(parents=True, exist_ok=True)
 
-    async def flush(out: IO[str]) -> None:
-        if batch:
-            result = await engine.process(batch)
-            summary.events += len(batch)
-            summary.statuses.update(result.statuses)
-            # The worker's order: outputs first, then the states they stand for.
+    with alerts_out.open("w") as out:
+
+        async def write(step: Step, result: BatchResult) -> None:
             _write(out, result.alerts, summary)
-            await engine.save(result)
+
+        async def flush() -> None:
+            # The worker's steps on the event clock, with one partition: the file's order
+            # is the delivery order.
+            nonlocal clock
+            parts = [0] * len(batch)
+            steps, clock = plan_event_clock(clock, [e.epoch for e in batch], parts, {0})
+            outcome = await runner.run(steps, batch, parts, write)
+            summary.events += len(batch)
+            summary.statuses.update(outcome.statuses)
+            summary.rescored += outcome.rescored
             batch.clear()
 
-    with alerts_out.open("w") as out:
         for event in read_events(events_path, stats):
             if as_of is not None and event.epoch > as_of:
                 continue
             seen.add(event.customer_id)
-            if boundary is None:
-                boundary = float((np.floor(event.epoch / DAY) + 1) * DAY)
-            elif event.epoch >= boundary:
-                # The watermark crosses midnight: finish what came before, then the daily
-                # re-score and center sync at midnight itself. Cutting here, not at batch
-                # ends, makes the alerts independent of the batch size.
-                await flush(out)
-                more = True
-                while more:  # every customer due at midnight, in steps of `rescore_batch`
-                    rescored = await engine.rescore(boundary)
-                    summary.rescored += len(rescored.rows)
-                    _write(out, rescored.alerts, summary)
-                    await engine.save(rescored)
-                    more = rescored.more
-                await engine.sync_centers()
-                if health is not None:
-                    _write(out, health.check(engine, boundary), summary)
-                boundary = float((np.floor(event.epoch / DAY) + 1) * DAY)
             batch.append(event)
             summary.watermark = max(summary.watermark, event.epoch)
             if len(batch) >= batch_size:
-                await flush(out)
-        await flush(out)
+                await flush()
+        await flush()
     summary.rejected = stats.rejected
     summary.customers = len(seen)
     if state_out is not None:

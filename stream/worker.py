@@ -44,18 +44,28 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
-import numpy as np
 from redis.exceptions import RedisError
 
 from models.events import Event, EventError, decode_event
-from stream.decide import DAY, Alert
+from stream.decide import Alert
 from stream.engine import BatchResult, Engine
 from stream.health import HealthMonitor
 from stream.metrics import Metrics
+from stream.plan import (
+    Apply,
+    CheckHealth,
+    EventClock,
+    Rescore,
+    Step,
+    SyncCenters,
+    plan_event_clock,
+    plan_wall_clock,
+)
 from stream.redis_conn import redact
 from stream.reload import ModelWatcher
+from stream.retry import delays, until_done
+from stream.runner import StepRunner
 from stream.settings import StreamSettings
-from stream.store import EventStatus
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +73,6 @@ T = TypeVar("T")
 
 #: Sends records and returns once the broker acknowledged every one (retrying meanwhile).
 Publish = Callable[[list["Output"]], Awaitable[None]]
-
-#: Backoff of a failed Redis step: first wait, factor, longest wait (seconds).
-RETRY_FIRST, RETRY_FACTOR, RETRY_MAX = 0.2, 2.0, 5.0
 
 
 class Message(NamedTuple):
@@ -115,15 +122,6 @@ def dlq_record(message: Message, topic: str, reason: str, field: str, error: str
     }
 
 
-def next_midnight(ts: float) -> float:
-    """The first UTC midnight after `ts` (the event clock's next re-score).
-
-    >>> next_midnight(DAY + 5.0) == 2 * DAY
-    True
-    """
-    return float((np.floor(ts / DAY) + 1) * DAY)
-
-
 def _json(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -164,8 +162,7 @@ class Worker:
         }
         self.tolerance = timedelta(seconds=settings.future_tolerance_seconds)
         self.watermark = 0.0  # newest event time seen
-        self.boundary: float | None = None  # event clock: the next midnight to re-score at
-        self.reached: dict[int, float] = {}  # event clock: newest event time per partition
+        self.clock_state = EventClock()  # next midnight, newest event time per partition
         self.last_offsets: dict[int, int] = {}  # partition -> last offset handled
         self.events = 0  # valid events handled
         self.health = HealthMonitor(
@@ -174,6 +171,13 @@ class Worker:
             drift_bound=settings.drift_bound,
         )
         self._lock = asyncio.Lock()  # the batch, the re-score and the sync never interleave
+        self.runner = StepRunner(
+            engine,
+            health=self.health,
+            retry=self._retry,
+            observe=self._observe_shadow,
+            partitions=self.partitions,
+        )
         self.watcher = ModelWatcher(settings.model_dir, engine.catalog, serving=engine.bundle.path)
         metrics.set_model(engine.bundle.version)
         if engine.shadow is not None:
@@ -242,9 +246,8 @@ class Worker:
         applied by a failed attempt are recognised as duplicates by the store.
         """
         attempts = self.settings.batch_attempts
-        delay = RETRY_FIRST
         failure: Exception | None = None
-        for attempt in range(1, attempts + 1):
+        for attempt, delay in zip(range(1, attempts + 1), delays(), strict=False):
             try:
                 return await self.handle(messages, publish)
             except Exception as exc:
@@ -254,7 +257,6 @@ class Worker:
                                 len(messages), exc_info=True)  # fmt: skip
                 if attempt < attempts:
                     await self.sleep(delay)
-                    delay = min(delay * RETRY_FACTOR, RETRY_MAX)
         if len(messages) > 1:
             half = len(messages) // 2
             first = await self.run(messages[:half], publish, _split=True)
@@ -272,82 +274,49 @@ class Worker:
     async def handle(self, messages: Sequence[Message], publish: Publish) -> list[Output]:
         """Process one batch, publishing as it goes; return every record it published.
 
-        Each step's outputs go through `publish` (awaited: the acks) before its states
-        are saved, so nothing a saved state stands for is unpublished (module docstring).
+        The batch becomes steps (`stream.plan`), run by the same `StepRunner` as replay:
+        each step's outputs go through `publish` (awaited: the acks) before its states are
+        saved, so nothing a saved state stands for is unpublished (module docstring). The
+        dead-letter rows go out with the first step's outputs.
         """
         async with self._lock:
             started = time.perf_counter()
             events, sources, dead = self.decode(messages)
+            parts = [m.partition for m in sources]
+            steps, clock = plan_event_clock(
+                self.clock_state, [e.epoch for e in events], parts, set(self.partitions())
+            )
+            if self.settings.clock == "wall":  # the clock keeps only where partitions stand
+                steps = plan_wall_clock(len(events), self.clock())
             sent: list[Output] = []
-            pending = dead  # sent with the first step's outputs, or at the end
-            statuses: list[EventStatus] = []
-            alerts: list[Alert] = []
+            pending = dead
 
-            async def step(result: BatchResult, outputs: list[Output]) -> None:
+            async def send(step: Step, result: BatchResult) -> None:
                 nonlocal pending
-                outputs = pending + [self.output(a) for a in result.alerts] + outputs
+                outputs = pending + [self.output(a) for a in result.alerts]
                 pending = []
+                if isinstance(step, Apply):
+                    why = "older than the customer's retention window"
+                    outputs += [
+                        self._dead(sources[step.lo + i], "too_late", "ts", why)
+                        for i, status in enumerate(result.statuses)
+                        if status == "too_late"
+                    ]
                 if outputs:
                     await publish(outputs)
                     sent.extend(outputs)
-                await self._retry("save", lambda: self.engine.save(result))
-                alerts.extend(result.alerts)
 
-            async def process(lo: int, hi: int) -> None:
-                if lo == hi:
-                    return
-                result = await self._process(events[lo:hi], sources[lo:hi])
-                statuses.extend(result.statuses)
-                why = "older than the customer's retention window"
-                late = [
-                    self._dead(sources[lo + i], "too_late", "ts", why)
-                    for i, status in enumerate(result.statuses)
-                    if status == "too_late"
-                ]
-                await step(result, late)
-
-            cut = 0
-            if self.settings.clock == "event":
-                # As replay does: when event time crosses midnight, finish the events
-                # before it, then re-score and sync centers at midnight itself, so the
-                # alerts do not depend on how the stream was cut into batches. Event time
-                # is the low watermark of the owned partitions (the newest event time each
-                # has reached, the least of these), so a partition that runs ahead does
-                # not re-score the customers of one that lags; with one partition it is
-                # replay's delivery order exactly.
-                owned = set(self.partitions())
-                for i, event in enumerate(events):
-                    p = sources[i].partition
-                    self.reached[p] = max(self.reached.get(p, event.epoch), event.epoch)
-                    low = min(t for q, t in self.reached.items() if q in owned or q == p)
-                    if self.boundary is None:
-                        self.boundary = next_midnight(event.epoch)
-                    elif low >= self.boundary:
-                        await process(cut, i)
-                        cut = i
-                        more = True
-                        while more:  # everybody due at midnight, as replay does
-                            rescored = await self._rescore_at(self.boundary)
-                            await step(rescored, [])
-                            more = rescored.more
-                        await self._retry("sync_centers", self.engine.sync_centers)
-                        health = self._health_alerts(self.boundary)
-                        alerts.extend(health)  # nothing to save: sent with the next step
-                        pending += [self.output(a) for a in health]
-                        self.boundary = next_midnight(low)
-            await process(cut, len(events))
-            self.watermark = max([self.watermark, *(e.epoch for e in events)])
-            if self.settings.clock == "wall":
-                health = self._health_alerts()  # the event clock judges at midnight
-                alerts.extend(health)
-                pending += [self.output(a) for a in health]
+            outcome = await self.runner.run(steps, events, parts, send)
+            self.clock_state = clock  # adopted once every step succeeded
             if pending:
                 await publish(pending)
                 sent.extend(pending)
+            self.watermark = max([self.watermark, *(e.epoch for e in events)])
+            self._observe_health()
             self.metrics.observe(
-                statuses,
+                outcome.statuses,
                 [e.type for e in events],
-                alerts,
+                outcome.alerts,
                 seconds=time.perf_counter() - started,
                 events=len(messages),
             )
@@ -367,18 +336,20 @@ class Worker:
         """
         async with self._lock:
             at = self.now() if now is None else now
-            result = await self._rescore_at(at)
-            outputs = [self.output(a) for a in result.alerts]
-            if outputs:
-                await publish(outputs)
-            await self._retry("save", lambda: self.engine.save(result))
-            health = self._health_alerts()
-            if health:
-                await publish([self.output(a) for a in health])
-                outputs += [self.output(a) for a in health]
-            self.metrics.count_alerts(result.alerts + health)
+            sent: list[Output] = []
+
+            async def send(step: Step, result: BatchResult) -> None:
+                outputs = [self.output(a) for a in result.alerts]
+                if outputs:
+                    await publish(outputs)
+                    sent.extend(outputs)
+
+            steps: list[Step] = [Rescore(at, drain=False), CheckHealth(at)]
+            outcome = await self.runner.run(steps, [], [], send)
+            self._observe_health()
+            self.metrics.count_alerts(outcome.alerts)
             await self._refresh_population()
-            return outputs
+            return sent
 
     async def tick(self, publish: Publish) -> list[Output]:
         """The periodic job: re-score on the wall clock (the event clock does it at midnights)."""
@@ -395,7 +366,7 @@ class Worker:
             return
         async with self._lock:
             started = time.perf_counter()
-            await self._retry("sync_centers", self.engine.sync_centers)
+            await self.runner.run([SyncCenters()], [], [], _nothing)
             self.metrics.store_time("sync_centers", time.perf_counter() - started)
             bundle = self.engine.bundle
             drift = self.engine.centers.drift()
@@ -426,23 +397,6 @@ class Worker:
         row = dlq_record(message, self.settings.input_topic, reason, field, error)
         return Output(self.settings.dlq_topic, f"{message.partition}:{message.offset}", _json(row))
 
-    async def _process(self, events: list[Event], sources: list[Message]) -> BatchResult:
-        parts = [m.partition for m in sources]
-        # Two retried steps: a failed decision must not stage the events again (see
-        # `Engine.decide`).
-        applied = await self._retry(
-            "process", lambda: self.engine.features.apply(events, stage=True)
-        )
-        result = await self._retry("decide", lambda: self.engine.decide(events, applied, parts))
-        self._observe_shadow(result)
-        return result
-
-    async def _rescore_at(self, at: float) -> BatchResult:
-        parts = self.partitions()
-        result = await self._retry("rescore", lambda: self.engine.rescore(at, parts))
-        self._observe_shadow(result)
-        return result
-
     def _observe_shadow(self, result: BatchResult) -> None:
         shadow = self.engine.shadow
         if result.shadow is None or shadow is None:
@@ -455,16 +409,14 @@ class Worker:
             shadow.churn_correlation(),
         )
 
-    def _health_alerts(self, at: float | None = None) -> list[Alert]:
-        """Population shift and retrain recommended (see `stream.health`), with metrics."""
-        alerts = self.health.check(self.engine, self.now() if at is None else at)
+    def _observe_health(self) -> None:
+        """The gauges of the last health check (PSI, center drift)."""
         bundle = self.engine.bundle
         self.metrics.set_psi(self.health.psi)
         if self.health.drift.size:
             self.metrics.set_drift(
                 self.health.drift.tolist(), bundle.segment_ids, bundle.segment_names
             )
-        return alerts
 
     async def _refresh_population(self) -> None:
         # A gauge only: one failed read is counted and skipped, never retried.
@@ -481,18 +433,20 @@ class Worker:
         self.metrics.set_model(bundle.version)
 
     async def _retry(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
-        delay = RETRY_FIRST
-        while True:
-            try:
-                return await step()
-            except (RedisError, OSError) as exc:
-                self.metrics.redis_error()
-                log.warning(
-                    "Redis at %s failed during %s (%s: %s); retrying in %.1f s",
-                    self.redis_url, what, type(exc).__name__, exc, delay,
-                )  # fmt: skip
-                await self.sleep(delay)
-                delay = min(delay * RETRY_FACTOR, RETRY_MAX)
+        return await until_done(
+            what, step, errors=(RedisError, OSError), on_error=self._redis_failed, sleep=self.sleep
+        )
+
+    def _redis_failed(self, what: str, exc: BaseException, delay: float) -> None:
+        self.metrics.redis_error()
+        log.warning(
+            "Redis at %s failed during %s (%s: %s); retrying in %.1f s",
+            self.redis_url, what, type(exc).__name__, exc, delay,
+        )  # fmt: skip
+
+
+async def _nothing(step: Step, result: BatchResult) -> None:
+    """Publish for steps that raise no alert (a center sync)."""
 
 
 __all__ = ["Message", "Output", "Publish", "Worker", "dlq_record"]
