@@ -11,43 +11,44 @@ Prometheus ``/metrics`` server on ``metrics_port`` and the read API (`stream.web
 faust web server (``web_port``). Decoding, features, decisions and metrics live elsewhere.
 
 Run it with ``segstream worker`` or ``faust -A stream.app worker -l info``; both build the
-settings once from ``SEGSTREAM_*`` variables (module-level `app`).
+settings once from ``SEGSTREAM_*`` variables (`stream.app.app`, built on first access:
+importing this module builds no app).
 
 Exceptions never escape the agent's loop body (faust would ack the batch and lose it):
-Redis failures are retried inside `Worker`, publish failures and anything unexpected are
-retried here with the same backoff.
+Redis failures are retried inside `Worker`, a batch that keeps failing otherwise is split
+by `Worker.run` down to the record at fault, and transient publish failures are retried
+here with the same backoff (`stream.retry`); records the broker refuses for good are
+counted and dropped (`unpublishable`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
+import functools
 import logging
 import ssl
 import tempfile
-import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 import aiokafka
 import faust
 from aiokafka import errors as kafka_errors
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import AppT, TransportT
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from stream.metrics import Metrics
+from stream.pipeline import Pipeline, RuntimeFactory
 from stream.retry import until_done
-from stream.runtime import Runtime, open_runtime
+from stream.runtime import open_runtime
 from stream.settings import StreamSettings
+from stream.web import register
 from stream.worker import Message, Output, Worker
 
 log = logging.getLogger(__name__)
-
-RuntimeFactory = Callable[[StreamSettings], Awaitable[Runtime]]
 
 #: Consumer-group timings: Tansu (and Kafka) answer a join after a share of the session
 #: timeout, so a short session makes joins take seconds; the heartbeat stays below a third.
@@ -101,72 +102,6 @@ class SegstreamApp(faust.App):  # type: ignore[misc]
         return KafkaTransport(
             self.conf.broker_consumer, self, fetch_max_wait_ms=self.fetch_max_wait_ms
         )
-
-
-class Pipeline:
-    """What the agent, the timers and the web views share: the runtime and the core.
-
-    The runtime is opened once, on first use (the startup task asks first).
-    """
-
-    def __init__(
-        self, settings: StreamSettings, runtime_factory: RuntimeFactory, metrics: Metrics
-    ) -> None:
-        self.settings = settings
-        self.runtime_factory = runtime_factory
-        self.metrics = metrics
-        self.runtime: Runtime | None = None
-        self.core: Worker | None = None
-        self.owned: Callable[[], Sequence[int]] | None = None
-        self._lock = asyncio.Lock()
-        self._http: tuple[WSGIServer, threading.Thread] | None = None
-
-    async def worker(self) -> Worker:
-        """The core, opening the runtime (Redis, bundle) on first use."""
-        if self.core is not None:
-            return self.core
-        async with self._lock:
-            if self.core is None:
-                runtime = await self.runtime_factory(self.settings)
-                self.runtime = runtime
-                # Resume the group's online centers (checkpointed in Redis) before the
-                # first batch, rather than one sync interval later.
-                await runtime.engine.sync_centers()
-                self.core = Worker(
-                    runtime.engine,
-                    self.settings,
-                    self.metrics,
-                    redis_url=runtime.connection.url,
-                    partitions=self.owned,
-                )
-                log.info(
-                    "segstream worker: model %s, Redis %s",
-                    runtime.engine.bundle.version, runtime.connection.url,
-                )  # fmt: skip
-                # Everything made at start-up (libraries, the bundle's models) stays for the
-                # process's life; frozen, full collections stop re-scanning it: at 2,000
-                # events/s they took 120-140 ms every ~4 s (most of the p99), now 3-9 ms.
-                gc.collect()
-                gc.freeze()
-            return self.core
-
-    def serve_metrics(self) -> None:
-        if self.settings.metrics_port and self._http is None:
-            self._http = start_http_server(
-                self.settings.metrics_port, registry=self.metrics.registry
-            )
-
-    async def close(self) -> None:
-        if self._http is not None:
-            server, thread = self._http
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-            self._http = None
-        if self.runtime is not None:
-            await self.runtime.close()
-            self.runtime = None
-            self.core = None
 
 
 def kafka_ssl_context(settings: StreamSettings) -> ssl.SSLContext:
@@ -304,8 +239,6 @@ def create_app(
 
     The pipeline is reachable as ``app.segstream`` (a `Pipeline`).
     """
-    from stream.web import register
-
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     app = new_app(settings)
     pipeline = Pipeline(settings, runtime_factory, metrics)
@@ -323,6 +256,15 @@ def create_app(
     async def publish(outputs: list[Output]) -> None:
         todo = list(outputs)
 
+        def refuse(out: Output, exc: BaseException) -> bool:
+            reason = unpublishable(exc)
+            if reason is None:
+                return False
+            metrics.unpublishable.labels(reason).inc()
+            log.error("the broker refused a %d-byte record for %s (key %.80s): %s; dropped",
+                      len(out.value), out.topic, out.key, reason)  # fmt: skip
+            return True
+
         async def send_all() -> None:
             # Straight to faust's producer: `Topic.send` cost ~210 us of CPU per record
             # (futures, callbacks, sensors we do not use), the producer's `send` ~30 us.
@@ -334,26 +276,17 @@ def create_app(
                 try:
                     sent.append((out, await producer.send(out.topic, key, out.value, *_NO_META)))
                 except Exception as exc:
-                    if not _refuse(out, exc):
+                    if not refuse(out, exc):
                         raise
             acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
             failed = [
                 (out, ack)
                 for (out, _), ack in zip(sent, acks, strict=True)
-                if isinstance(ack, BaseException) and not _refuse(out, ack)
+                if isinstance(ack, BaseException) and not refuse(out, ack)
             ]
             todo = [out for out, _ in failed]  # a retry sends only what was not acked
             if failed:
                 raise failed[0][1]
-
-        def _refuse(out: Output, exc: BaseException) -> bool:
-            reason = unpublishable(exc)
-            if reason is None:
-                return False
-            metrics.unpublishable.labels(reason).inc()
-            log.error("the broker refused a %d-byte record for %s (key %.80s): %s; dropped",
-                      len(out.value), out.topic, out.key, reason)  # fmt: skip
-            return True
 
         if outputs:
             await _until_done("publishing", send_all)
@@ -409,13 +342,23 @@ def create_app(
     return app
 
 
-app = create_app(StreamSettings())
+def __getattr__(name: str) -> Any:
+    """`stream.app.app`, the app of ``faust -A stream.app``, built from ``SEGSTREAM_*`` on
+    first use (importing this module builds nothing)."""
+    if name == "app":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _default_app() -> SegstreamApp:
+    return create_app(StreamSettings())
+
 
 __all__ = [
     "KafkaTransport",
     "Pipeline",
     "SegstreamApp",
-    "app",
     "create_app",
     "input_topic",
     "kafka_credentials",

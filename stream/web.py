@@ -12,7 +12,7 @@ Business rules stay in the engine and the bundle.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 import numpy as np
@@ -20,9 +20,7 @@ import numpy as np
 from models.bundle import BundleError
 from stream.decide import iso
 from stream.engine import Engine
-
-if TYPE_CHECKING:
-    from stream.app import Pipeline
+from stream.pipeline import Pipeline
 
 
 async def customer_view(engine: Engine, customer_id: str, *, now: float) -> dict[str, Any] | None:
