@@ -565,3 +565,9 @@ def test_cli_generate_takes_a_preset_and_overrides(tmp_path: Path) -> None:
     assert len(moved) == 5 and (moved >= "2026-02-10").all()
     bad = runner.invoke(app, [*args, "--shape", "wobbly"])
     assert bad.exit_code == 2 and "--shape must be one of" in bad.stderr
+
+
+def test_readme_documents_every_preset() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Histories of every shape", 1)[1].split("\n## ", 1)[0]
+    assert all(f"| `{name}` |" in section for name in SHAPES)
