@@ -1,11 +1,13 @@
 """Tune the alert thresholds with the backtest: the figures behind the shipped defaults.
 
-For each seed, generates a history (`--customers` x `--days`), trains a bundle at
+For each history shape (`--shapes`, presets of `offline/shapes.py`; `all` for the whole
+family) and each seed, generates a history (`--customers` x `--days`), trains a bundle at
 `--train-day`, then backtests it after the training date with every combination of
 migration margin and dwell, against the history's own migration truth. Writes
-`OUT/tuning.md` (medians over the seeds, and each seed) and `OUT/tuning.json`.
+`OUT/tuning.md` (per shape, medians over the seeds) and `OUT/tuning.json` (keyed by shape).
 
     python -m benchmarks.tune_alerts --out benchmarks/tuning
+    python -m benchmarks.tune_alerts --shapes all --out benchmarks/tuning-shapes
 
 The seeds are not the test suite's (21): `tests/test_backtest.py` checks the chosen
 defaults on a history they were not tuned on. Redis: `--redis-url`, else 127.0.0.1:6379
@@ -25,6 +27,7 @@ from typing import Any
 
 from benchmarks.common import HistoryFile, machine, redis_server
 from benchmarks.training import bundle_dir, train_once
+from offline.shapes import SHAPE_HELP, SHAPES
 from offline.synthetic import DEFAULT_START, generate_history, write_history
 from segstream.backtest_run import backtest
 from stream.decide import Rules
@@ -65,6 +68,13 @@ def median(values: list[float | None]) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["sudden"],
+        choices=["all", *SHAPES],
+        help="History shapes to tune over, each reported separately (all: every preset).",
+    )
     parser.add_argument("--customers", type=int, default=1500)
     parser.add_argument("--days", type=int, default=150)
     parser.add_argument("--train-day", type=int, default=100)
@@ -79,26 +89,41 @@ def main(argv: list[str] | None = None) -> None:
         "that this call does not repeat (to extend a grid).",
     )
     args = parser.parse_args(argv)
+    if "all" in args.shapes:
+        args.shapes = list(SHAPES)
     args.out.mkdir(parents=True, exist_ok=True)
     with redis_server(args.redis_url) as url:
         runs = tune(args, StreamSettings(redis_url=url))
         facts = machine(url)
     previous = args.out / "tuning.json"
     if args.reuse and previous.exists():
-        done = {(r["seed"], r["margin"], r["dwell_days"]) for r in runs}
-        old = json.loads(previous.read_text())["runs"]
-        runs = [r for r in old if (r["seed"], r["margin"], r["dwell_days"]) not in done] + runs
+        done = {_key(r) for r in runs}
+        runs = [
+            r for r in _old_runs(json.loads(previous.read_text())) if _key(r) not in done
+        ] + runs
     write(args, runs, facts)
 
 
+def _key(run: dict[str, Any]) -> tuple[str, int, float, float]:
+    return run["shape"], run["seed"], run["margin"], run["dwell_days"]
+
+
+def _old_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of a previous tuning.json; one from before shapes holds `sudden` runs."""
+    if "shapes" not in doc:
+        return [{"shape": "sudden", **r} for r in doc["runs"]]
+    return [r for shape in doc["shapes"].values() for r in shape["runs"]]
+
+
 def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, Any]]:
-    """Every (seed, margin, dwell) backtest's figures."""
+    """Every (shape, seed, margin, dwell) backtest's figures."""
     runs: list[dict[str, Any]] = []
     grid = list(itertools.product(args.margins, args.dwells))
-    for seed in args.seeds:
-        root = args.out / f"seed-{seed}"
+    for shape, seed in itertools.product(args.shapes, args.seeds):
+        root = args.out / shape / f"seed-{seed}"
         if not (args.reuse and bundle_dir(root / "models").exists()):
-            write_history(generate_history(args.customers, args.days, seed=seed), root)
+            made = generate_history(args.customers, args.days, seed=seed, shape=SHAPES[shape])
+            write_history(made, root)
             as_of = (DEFAULT_START + timedelta(days=args.train_day)).strftime("%Y-%m-%dT%H:%M:%SZ")
             history = HistoryFile(args.customers, args.days, root / "events.jsonl", 0, as_of)
             train_once(history, root / "models")
@@ -110,47 +135,66 @@ def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, A
                 root / f"bt-{margin}-{dwell}", truth=root / "migrations.csv", rules=rules,
             )  # fmt: skip
             f = figures(metrics)
-            runs.append({"seed": seed, "margin": margin, "dwell_days": dwell, **f})
-            print(f"seed {seed} margin {margin} dwell {dwell}: {f} "
+            runs.append({"shape": shape, "seed": seed, "margin": margin, "dwell_days": dwell, **f})
+            print(f"{shape} seed {seed} margin {margin} dwell {dwell}: {f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     return runs
 
 
-def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str, Any]) -> None:
-    """OUT/tuning.json and OUT/tuning.md: medians over the seeds per setting."""
-    grid = sorted({(r["margin"], r["dwell_days"]) for r in runs})
-    seeds = sorted({r["seed"] for r in runs})
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians over the seeds of each (margin, dwell) setting of one shape's runs."""
     summary = []
-    for margin, dwell in grid:
+    for margin, dwell in sorted({(r["margin"], r["dwell_days"]) for r in runs}):
         mine = [r for r in runs if (r["margin"], r["dwell_days"]) == (margin, dwell)]
         row: dict[str, Any] = {"margin": margin, "dwell_days": dwell}
         row.update({k: median([r[k] for r in mine]) for k in FIGURES})
         row["seeds_meeting_targets"] = sum(meets(r) for r in mine)
         summary.append(row)
+    return summary
+
+
+def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str, Any]) -> None:
+    """OUT/tuning.json (keyed by shape) and OUT/tuning.md (a table per shape): medians over
+    the seeds per setting."""
+    shapes = [s for s in SHAPES if any(r["shape"] == s for r in runs)]
+    seeds = sorted({r["seed"] for r in runs})
+    by_shape = {
+        shape: {
+            "summary": summarize([r for r in runs if r["shape"] == shape]),
+            "runs": [r for r in runs if r["shape"] == shape],
+        }
+        for shape in shapes
+    }
     (args.out / "tuning.json").write_text(
         json.dumps(
             {
                 "machine": facts,
-                "args": vars(args) | {"out": str(args.out), "seeds": seeds},
-                "summary": summary,
-                "runs": runs,
+                "args": vars(args) | {"out": str(args.out), "seeds": seeds, "shapes": shapes},
+                "shapes": by_shape,
             },
             indent=2,
         )
     )
     head = ["margin", "dwell_days", *FIGURES, "seeds_meeting_targets"]
     lines = [
-        f"# Alert tuning: {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
-        f"{args.customers} customers x {args.days} days, trained at day {args.train_day}",
+        f"# Alert tuning: {len(shapes)} history shapes, {len(seeds)} seeds "
+        f"({', '.join(map(str, seeds))}), {args.customers} customers x {args.days} days, "
+        f"trained at day {args.train_day}",
         "",
         "Medians over the seeds; migrations judged after the training date against the "
         "history's truth. Targets: precision >= 0.8, recall >= 0.7, flap <= 0.05 per 30 d, "
-        "churn precision >= 0.7.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        "churn precision >= 0.7. One table per shape (`offline/shapes.py`).",
     ]
-    lines += ["| " + " | ".join(str(row[h]) for h in head) + " |" for row in summary]
+    for shape in shapes:
+        lines += [
+            "",
+            f"## {shape}: {SHAPE_HELP[shape]}",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        rows = by_shape[shape]["summary"]
+        lines += ["| " + " | ".join(str(row[h]) for h in head) + " |" for row in rows]
     (args.out / "tuning.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -10,7 +10,16 @@ themselves look like from some day, for the model lifecycle tests: part of a per
 takes on a new pattern (one segment becomes two), or two personas take on one common
 pattern (two segments become one). Without shifts the output is unchanged.
 
-Imports only numpy, pandas and the standard library (nothing from `models/`, `stream/`).
+A `HistoryShape` (`offline/shapes.py`) changes how the history looks: gradual or partial
+migrations, personas closer or farther apart, activity, weekends, overdispersed counts, or a
+retail purchase-only history (`offline/retail.py`). The default shape changes nothing.
+
+`generate_history` runs named steps: draw personas, schedule churn and migrations, schedule
+signups, pick shifted customers, then per block of customers daily rates, counts and events;
+then features and amounts, delivery order (duplicates, late events) and the two tables.
+
+Imports only numpy, pandas, the standard library and `offline.shapes` (nothing from
+`models/`, `stream/`).
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from offline.shapes import HistoryShape
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -44,6 +55,7 @@ _DAY_US = 86_400_000_000
 _HOUR_US = 3_600_000_000
 _CHUNK = 4096  # customers per block; bounds the (customers, days, types) rate cube in memory
 _NEVER = np.iinfo(np.int64).max // 2
+DEFAULT_SHAPE = HistoryShape()
 _HMS = [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(86_400)]
 
 
@@ -187,6 +199,323 @@ def _dates(start_us: int, day: np.ndarray, applies: np.ndarray) -> pd.Series:
     return pd.Series(at.as_unit("ns")).where(applies)
 
 
+def _start_us(start: datetime) -> int:
+    """`start` (naive means UTC) truncated to 00:00 UTC, in microseconds since the epoch."""
+    start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+    start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(start.timestamp()) * 1_000_000
+
+
+def separate(rates: np.ndarray, separation: float) -> np.ndarray:
+    """Persona rates (personas x types) pulled together (< 1) or pushed apart (> 1).
+
+    Each rate's log-distance from its type's geometric mean over the personas is scaled by
+    `separation`; each type is then rescaled so its arithmetic mean is unchanged, so the
+    volume of the history stays about the same.
+
+    >>> separate(np.array([[1.0], [4.0]]), 0.5).round(3).ravel().tolist()
+    [1.667, 3.333]
+    """
+    if separation == 1.0:
+        return rates
+    logs = np.log(rates)
+    moved = np.exp(logs.mean(axis=0) + separation * (logs - logs.mean(axis=0)))
+    scaled: np.ndarray = moved * (rates.mean(axis=0) / moved.mean(axis=0))
+    return scaled
+
+
+@dataclass(frozen=True)
+class _Patterns:
+    """Behaviour patterns (the personas, then any shift patterns) as lookup tables."""
+
+    specs: list[Persona]
+    rates: np.ndarray  # (patterns, types) per-day rates, after the shape's scaling
+    pool: np.ndarray  # (patterns, features) indexes into FEATURES, the first pool_size used
+    pool_size: np.ndarray
+
+    @classmethod
+    def build(cls, shifts: Sequence[Shift], shape: HistoryShape) -> _Patterns:
+        patterns = {s.name: s.into for s in shifts}  # shifted patterns follow the personas
+        specs = [*PERSONAS.values(), *patterns.values()]
+        rates = np.array([p.rates for p in specs])
+        rates[: len(PERSONAS)] = separate(rates[: len(PERSONAS)], shape.separation)
+        if shape.activity != 1.0:
+            rates = rates * shape.activity
+        pool = np.zeros((len(specs), len(FEATURES)), dtype=np.int64)
+        for i, p in enumerate(specs):
+            pool[i, : len(p.features)] = [FEATURES.index(f) for f in p.features]
+        return cls(specs, rates, pool, np.array([len(p.features) for p in specs]))
+
+
+@dataclass(frozen=True)
+class _Customers:
+    """Per-customer draws; days are day numbers, `_NEVER` where nothing happens."""
+
+    persona: np.ndarray
+    mult: np.ndarray  # lifelong activity multiplier
+    churn: np.ndarray
+    mig: np.ndarray  # migration day: the drift's midpoint when gradual
+    drift_start: np.ndarray  # equal to mig when sudden
+    drift_end: np.ndarray
+    target: np.ndarray
+    signs_up: np.ndarray
+    first: np.ndarray  # signup day, 0 for customers already there at the start
+    signup_off: np.ndarray  # signup moment within its day, in microseconds
+    shift_day: np.ndarray
+    shift_to: np.ndarray
+
+
+def _draw_personas(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each customer's persona and lifelong activity multiplier."""
+    # Balanced shares keep every persona present even in tiny histories.
+    persona = rng.permutation(np.arange(n) % len(PERSONAS))
+    return persona, rng.lognormal(0.0, MULTIPLIER_SIGMA, n)
+
+
+def _most_different(rates: np.ndarray, column: int) -> np.ndarray:
+    """For each persona, the other persona whose rate in `column` differs most (in log)."""
+    logs = np.log(rates[: len(PERSONAS), column])
+    best: np.ndarray = np.abs(logs[:, None] - logs[None, :]).argmax(axis=1)
+    return best
+
+
+def _schedule_changes(
+    rng: np.random.Generator,
+    shape_rng: np.random.Generator,
+    persona: np.ndarray,
+    days: int,
+    churn_share: float,
+    migrate_share: float,
+    shape: HistoryShape,
+    rates: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """Churn day, migration day, drift start and end, target persona of each customer."""
+    n, n_p = persona.size, len(PERSONAS)
+    order = rng.permutation(n)
+    n_churn = round(churn_share * n)
+    n_mig = min(round(migrate_share * n), n - n_churn)
+    churn = np.full(n, _NEVER, dtype=np.int64)
+    hi = max(days - 10, 1)
+    churn[order[:n_churn]] = np.minimum(rng.integers(min(20, hi), hi + 1, n_churn), days - 1)
+    mig = np.full(n, _NEVER, dtype=np.int64)
+    lo, hi = shape.window(days)
+    movers = order[n_churn : n_churn + n_mig]
+    mig[movers] = rng.integers(lo, hi + 1, n_mig)
+    target = (persona + rng.integers(1, n_p, n)) % n_p
+    if shape.changes is not None:
+        # Towards a persona that differs in the changed behaviour, or nothing would show.
+        target = _most_different(rates, RATE_TYPES.index(shape.changes))[persona]
+    drift_start, drift_end = mig.copy(), mig.copy()
+    if shape.migration == "gradual":
+        length = shape_rng.integers(shape.drift_days[0], shape.drift_days[1] + 1, n_mig)
+        drift_start[movers] = mig[movers] - length // 2
+        drift_end[movers] = drift_start[movers] + length
+    return churn, mig, drift_start, drift_end, target
+
+
+def _schedule_signups(
+    rng: np.random.Generator, days: int, churn: np.ndarray, change: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Who signs up during the history, on which day and at which moment of it."""
+    n = churn.size
+    # Signup day >= 1, so first_day > start iff the customer signed up; churners and
+    # migrators keep some normal life before their change, or do not sign up at all.
+    last_signup = np.minimum(days - 1, np.minimum(churn - 2 * FADE_DAYS, change - FADE_DAYS))
+    signs_up = (rng.random(n) < SIGNUP_SHARE) & (last_signup >= 1)
+    first = np.where(signs_up, rng.integers(1, np.maximum(last_signup, 1) + 1), 0)
+    return signs_up, first, rng.integers(0, _DAY_US * 3 // 4, n)
+
+
+def _shift_customers(
+    seed: int, shifts: Sequence[Shift], persona: np.ndarray, mig: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shift day and pattern index of each customer a `Shift` picks."""
+    n, n_p = persona.size, len(PERSONAS)
+    names = list({s.name: None for s in shifts})
+    shift_day = np.full(n, _NEVER, dtype=np.int64)
+    shift_to = np.full(n, -1, dtype=np.int64)
+    shift_rng = np.random.default_rng((seed, 1))  # its own stream: the rest stays as is
+    for s in shifts:
+        pick = np.flatnonzero((persona == list(PERSONAS).index(s.persona)) & (mig == _NEVER))
+        pick = shift_rng.permutation(pick)[: round(s.share * pick.size)]
+        shift_day[pick] = s.day
+        shift_to[pick] = n_p + names.index(s.name)
+    return shift_day, shift_to
+
+
+def _draw_customers(
+    seed: int,
+    days: int,
+    churn_share: float,
+    migrate_share: float,
+    shifts: Sequence[Shift],
+    shape: HistoryShape,
+    rng: np.random.Generator,
+    shape_rng: np.random.Generator,
+    patterns: _Patterns,
+    n: int,
+) -> _Customers:
+    persona, mult = _draw_personas(rng, n)
+    churn, mig, drift_start, drift_end, target = _schedule_changes(
+        rng, shape_rng, persona, days, churn_share, migrate_share, shape, patterns.rates
+    )
+    signs_up, first, signup_off = _schedule_signups(rng, days, churn, drift_start)
+    shift_day, shift_to = _shift_customers(seed, shifts, persona, mig)
+    return _Customers(
+        persona, mult, churn, mig, drift_start, drift_end, target, signs_up, first, signup_off,
+        shift_day, shift_to,
+    )  # fmt: skip
+
+
+def _daily_rates(
+    cs: _Customers, c: slice, start_weekday: int, days: int, patterns: _Patterns,
+    shape: HistoryShape,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Rates (customers, days, types) of a block of customers, and per (customer, day) the
+    pattern before any migration and the one it has taken on (for features and amounts)."""
+    day = np.arange(days)
+    fade = np.clip((cs.churn[c, None] - day) / (FADE_DAYS + 1), 0.0, 1.0)
+    factor = np.where(day < cs.first[c, None], 0.0, fade)
+    if shape.weekend != 1.0:
+        factor = factor * np.where((start_weekday + day) % 7 >= 5, shape.weekend, 1.0)
+    pers0 = np.broadcast_to(cs.persona[c, None], factor.shape)
+    if cs.shift_day[c].min(initial=_NEVER) < _NEVER:
+        pers0 = np.where(day >= cs.shift_day[c, None], cs.shift_to[c, None], pers0)
+    scale = cs.mult[c, None, None] * factor[:, :, None]
+    if shape.migration == "sudden" and shape.changes is None:
+        pers = np.where(day >= cs.mig[c, None], cs.target[c, None], pers0)
+        return patterns.rates[pers] * scale, pers0, pers
+    start, end = cs.drift_start[c, None], cs.drift_end[c, None]
+    # The drift's weight reaches 1/2 at the midpoint, the day the truth records.
+    weight = np.clip((day + 0.5 - start) / np.maximum(end - start, 1), 0.0, 1.0)
+    weight = np.where(day >= end, 1.0, np.where(day < start, 0.0, weight))
+    pers = np.where(weight >= 0.5, cs.target[c, None], pers0)
+    changed = np.ones(len(RATE_TYPES))
+    if shape.changes is not None:
+        changed = (np.array(RATE_TYPES) == shape.changes).astype(float)
+    old, new = patterns.rates[pers0], patterns.rates[cs.target[c]][:, None, :]
+    return (old + weight[:, :, None] * changed * (new - old)) * scale, pers0, pers
+
+
+def _draw_counts(
+    rng: np.random.Generator, shape_rng: np.random.Generator, rates: np.ndarray,
+    dispersion: float,
+) -> np.ndarray:  # fmt: skip
+    """Daily event counts: Poisson, or negative binomial as a gamma-Poisson mixture."""
+    if dispersion > 0:
+        rates = rates * shape_rng.gamma(1.0 / dispersion, dispersion, rates.shape)
+    return rng.poisson(rates)
+
+
+def _make_events(
+    rng: np.random.Generator, cs: _Customers, b: int, counts: np.ndarray,
+    pers0: np.ndarray, pers: np.ndarray, changes: str | None,
+) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """One event per count, at a random moment of its day: customer, time, type, pattern."""
+    days, n_t = counts.shape[1], counts.shape[2]
+    cell = np.repeat(np.arange(counts.size), counts.ravel())
+    cust = b + cell // (days * n_t)
+    ev_day = cell // n_t % days
+    # On the signup day every event falls after the signup moment.
+    lo_off = np.where(cs.signs_up[cust] & (ev_day == cs.first[cust]), cs.signup_off[cust], -1)
+    off = lo_off + 1 + (rng.random(cust.size) * (_DAY_US - lo_off - 1)).astype(np.int64)
+    kind = (cell % n_t + 1).astype(np.int8)
+    ev_pers = pers.ravel()[cell // n_t]
+    if changes is not None:
+        # A partial change takes on the new pattern's features or amounts only for its type.
+        same = kind != EVENT_TYPES.index(changes)
+        ev_pers = np.where(same, pers0.ravel()[cell // n_t], ev_pers)
+    return cust, ev_day * _DAY_US + off, kind, ev_pers
+
+
+def _attributes(
+    rng: np.random.Generator, etype: np.ndarray, ev_pers: np.ndarray, patterns: _Patterns
+) -> tuple[np.ndarray, np.ndarray]:
+    """The feature of each feature_used event (-1 elsewhere), the amount of each purchase."""
+    total = etype.size
+    feat = np.full(total, -1)
+    is_feat = np.flatnonzero(etype == EVENT_TYPES.index("feature_used"))
+    fp = ev_pers[is_feat]
+    feat[is_feat] = patterns.pool[
+        fp, (rng.random(fp.size) * patterns.pool_size[fp]).astype(np.int64)
+    ]
+    amount = np.full(total, np.nan)
+    is_buy = np.flatnonzero(etype == EVENT_TYPES.index("purchase"))
+    bp = ev_pers[is_buy]
+    specs = patterns.specs
+    med, sig = np.log([p.amount_median for p in specs]), np.array([p.amount_sigma for p in specs])
+    amount[is_buy] = np.round(rng.lognormal(med[bp], sig[bp]), 2)
+    return feat, amount
+
+
+def deliver(
+    rng: np.random.Generator, ts: np.ndarray, duplicate_rate: float, late_rate: float
+) -> np.ndarray:
+    """Rows of events (in time order) in delivery order, a redelivered row twice."""
+    # Late events are held back up to 48 h, duplicates re-sent within a day.
+    total = ts.size
+    key = ts.copy()
+    late = np.flatnonzero(rng.random(total) < late_rate)
+    key[late] += rng.integers(1_000_000, 48 * _HOUR_US + 1, late.size)
+    dup = np.flatnonzero(rng.random(total) < duplicate_rate)
+    dup_key = key[dup] + rng.integers(1, _DAY_US + 1, dup.size)
+    rows = np.concatenate([np.arange(total), dup])
+    return rows[np.argsort(np.concatenate([key, dup_key]), kind="stable")]
+
+
+def customer_ids(n: int) -> pd.api.extensions.ExtensionArray:
+    """c0..c{n-1}, zero-padded to the width of `n`."""
+    width = len(str(n))
+    return pd.array([f"c{i:0{width}d}" for i in range(n)], dtype="str")
+
+
+def event_frame(
+    seed: int, ids: pd.api.extensions.ExtensionArray, rows: np.ndarray, cust: np.ndarray,
+    ts: np.ndarray, etype: np.ndarray, feat: np.ndarray, amount: np.ndarray,
+) -> pd.DataFrame:  # fmt: skip
+    """The events table in delivery order (`rows`) from per-event arrays in time order."""
+    # Arrow-backed take and concat: per-event Python strings would dominate the run time.
+    return pd.DataFrame(
+        {
+            "event_id": f"e-{seed}-" + pd.Series(rows).astype("str"),
+            "customer_id": ids.take(cust[rows]),
+            "type": pd.array(EVENT_TYPES, dtype="str").take(etype[rows]),
+            "ts": pd.to_datetime(ts[rows], unit="us", utc=True).as_unit("ns"),
+            "feature": pd.array(FEATURES, dtype="str").take(feat[rows], allow_fill=True),
+            "amount": amount[rows],
+        }
+    )
+
+
+def _truth_frame(
+    ids: pd.api.extensions.ExtensionArray, start_us: int, cs: _Customers,
+    shifts: Sequence[Shift], shape: HistoryShape,
+) -> pd.DataFrame:  # fmt: skip
+    n = cs.persona.size
+    names = pd.array(list(PERSONAS), dtype="str")
+    is_mig = cs.mig < _NEVER
+    truth = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "persona": names.take(cs.persona),
+            "first_day": _dates(start_us, cs.first, np.ones(n, dtype=bool)),
+            "churn_day": _dates(start_us, cs.churn, cs.churn < _NEVER),
+            "migration_day": _dates(start_us, cs.mig, is_mig),
+            "to_persona": names.take(np.where(is_mig, cs.target, -1), allow_fill=True),
+        }
+    )
+    if shape.migration == "gradual":
+        truth["drift_start"] = _dates(start_us, cs.drift_start, is_mig)
+        truth["drift_end"] = _dates(start_us, cs.drift_end, is_mig)
+    if shifts:
+        shifted = cs.shift_day < _NEVER
+        truth["shift_day"] = _dates(start_us, cs.shift_day, shifted)
+        shift_names = pd.array(list({s.name: None for s in shifts}), dtype="str")
+        to = np.where(shifted, cs.shift_to - len(PERSONAS), -1)
+        truth["shift_to"] = shift_names.take(to, allow_fill=True)
+    return truth
+
+
 def generate_history(
     customers: int,
     days: int,
@@ -198,11 +527,14 @@ def generate_history(
     churn_share: float = 0.15,
     migrate_share: float = 0.10,
     shifts: Sequence[Shift] = (),
+    shape: HistoryShape = DEFAULT_SHAPE,
 ) -> History:
     """Generate `days` days of events for `customers` customers, deterministically from `seed`.
 
     `start` (naive means UTC) is truncated to 00:00 UTC; day d is [start + d, start + d + 1).
     `shifts` (see `split`, `merge`) change whole groups of customers' behaviour from a day.
+    `shape` (see `offline/shapes.py`, `SHAPES`) picks the kind of history; a retail shape
+    hands over to `offline/retail.py`, where churn and migration shares do not apply.
 
     >>> h = generate_history(10, 14, seed=7)
     >>> h.truth["persona"].value_counts().tolist()
@@ -215,123 +547,41 @@ def generate_history(
         {"churn_share": churn_share, "migrate_share": migrate_share},
     )
     _check_shifts(shifts, days)
-    rng = np.random.default_rng(seed)
-    n, n_p, n_t = customers, len(PERSONAS), len(RATE_TYPES)
-    start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
-    start = start.replace(hour=0, minute=0, second=0, microsecond=0)
-    start_us = int(start.timestamp()) * 1_000_000
-    patterns = {s.name: s.into for s in shifts}  # shifted patterns follow the personas
-    specs = [*PERSONAS.values(), *patterns.values()]
-    rate_table = np.array([p.rates for p in specs])
-    pool_size = np.array([len(p.features) for p in specs])
-    pool = np.zeros((len(specs), len(FEATURES)), dtype=np.int64)
-    for i, p in enumerate(specs):
-        pool[i, : len(p.features)] = [FEATURES.index(f) for f in p.features]
+    if shape.kind == "retail":
+        from offline.retail import generate_retail  # it builds on this module's steps
 
-    # Balanced shares keep every persona present even in tiny histories.
-    persona = rng.permutation(np.arange(n) % n_p)
-    mult = rng.lognormal(0.0, MULTIPLIER_SIGMA, n)
-    order = rng.permutation(n)
-    n_churn = round(churn_share * n)
-    n_mig = min(round(migrate_share * n), n - n_churn)
-    churn = np.full(n, _NEVER, dtype=np.int64)
-    hi = max(days - 10, 1)
-    churn[order[:n_churn]] = np.minimum(rng.integers(min(20, hi), hi + 1, n_churn), days - 1)
-    mig = np.full(n, _NEVER, dtype=np.int64)
-    lo = days // 3
-    mig[order[n_churn : n_churn + n_mig]] = rng.integers(lo, max(days - 14, lo) + 1, n_mig)
-    target = (persona + rng.integers(1, n_p, n)) % n_p
-    # Signup day >= 1, so first_day > start iff the customer signed up; churners and
-    # migrators keep some normal life before their change, or do not sign up at all.
-    last_signup = np.minimum(days - 1, np.minimum(churn - 2 * FADE_DAYS, mig - FADE_DAYS))
-    signs_up = (rng.random(n) < SIGNUP_SHARE) & (last_signup >= 1)
-    first = np.where(signs_up, rng.integers(1, np.maximum(last_signup, 1) + 1), 0)
-    signup_off = rng.integers(0, _DAY_US * 3 // 4, n)
-    shift_day = np.full(n, _NEVER, dtype=np.int64)
-    shift_to = np.full(n, -1, dtype=np.int64)
-    shift_rng = np.random.default_rng((seed, 1))  # its own stream: the rest stays as is
-    for s in shifts:
-        pick = np.flatnonzero((persona == list(PERSONAS).index(s.persona)) & (mig == _NEVER))
-        pick = shift_rng.permutation(pick)[: round(s.share * pick.size)]
-        shift_day[pick] = s.day
-        shift_to[pick] = n_p + list(patterns).index(s.name)
-
-    day = np.arange(days)
-    parts: list[tuple[np.ndarray, ...]] = []
-    for b in range(0, n, _CHUNK):
-        c = slice(b, b + _CHUNK)
-        fade = np.clip((churn[c, None] - day) / (FADE_DAYS + 1), 0.0, 1.0)
-        factor = np.where(day < first[c, None], 0.0, fade)
-        pers = np.where(day >= mig[c, None], target[c, None], persona[c, None])
         if shifts:
-            pers = np.where(day >= shift_day[c, None], shift_to[c, None], pers)
-        counts = rng.poisson(rate_table[pers] * (mult[c, None, None] * factor[:, :, None]))
-        cell = np.repeat(np.arange(counts.size), counts.ravel())
-        cust = b + cell // (days * n_t)
-        ev_day = cell // n_t % days
-        # On the signup day every event falls after the signup moment.
-        lo_off = np.where(signs_up[cust] & (ev_day == first[cust]), signup_off[cust], -1)
-        off = lo_off + 1 + (rng.random(cust.size) * (_DAY_US - lo_off - 1)).astype(np.int64)
-        kind = (cell % n_t + 1).astype(np.int8)
-        parts.append((cust, ev_day * _DAY_US + off, kind, pers.ravel()[cell // n_t]))
-    signers = np.flatnonzero(signs_up)
-    signup_ts = first[signers] * _DAY_US + signup_off[signers]
-    parts.append((signers, signup_ts, np.zeros(signers.size, np.int8), persona[signers]))
+            raise ValueError("shifts: a retail history has no personas to shift")
+        return generate_retail(
+            customers, days, seed, start=start, duplicate_rate=duplicate_rate,
+            late_rate=late_rate, shape=shape,
+        )  # fmt: skip
+    shape.window(days)  # checks the migration window fits the history
+    rng = np.random.default_rng(seed)
+    shape_rng = np.random.default_rng((seed, 2))  # draws only non-default shapes make
+    start_us = _start_us(start)
+    patterns = _Patterns.build(shifts, shape)
+    cs = _draw_customers(
+        seed, days, churn_share, migrate_share, shifts, shape, rng, shape_rng, patterns, customers
+    )
+    weekday = datetime.fromtimestamp(start_us / 1e6, UTC).weekday()
+    parts: list[tuple[np.ndarray, ...]] = []
+    for b in range(0, customers, _CHUNK):
+        c = slice(b, b + _CHUNK)
+        rates, pers0, pers = _daily_rates(cs, c, weekday, days, patterns, shape)
+        counts = _draw_counts(rng, shape_rng, rates, shape.dispersion)
+        parts.append(_make_events(rng, cs, b, counts, pers0, pers, shape.changes))
+    signers = np.flatnonzero(cs.signs_up)
+    signup_ts = cs.first[signers] * _DAY_US + cs.signup_off[signers]
+    parts.append((signers, signup_ts, np.zeros(signers.size, np.int8), cs.persona[signers]))
     cust, ts, etype, ev_pers = (np.concatenate(x) for x in zip(*parts, strict=True))
     srt = np.argsort(ts, kind="stable")
     cust, ts, etype, ev_pers = cust[srt], ts[srt] + start_us, etype[srt], ev_pers[srt]
-
-    total = ts.size
-    feat = np.full(total, -1)
-    is_feat = np.flatnonzero(etype == EVENT_TYPES.index("feature_used"))
-    fp = ev_pers[is_feat]
-    feat[is_feat] = pool[fp, (rng.random(fp.size) * pool_size[fp]).astype(np.int64)]
-    amount = np.full(total, np.nan)
-    is_buy = np.flatnonzero(etype == EVENT_TYPES.index("purchase"))
-    bp = ev_pers[is_buy]
-    med, sig = np.log([p.amount_median for p in specs]), np.array([p.amount_sigma for p in specs])
-    amount[is_buy] = np.round(rng.lognormal(med[bp], sig[bp]), 2)
-
-    # Delivery order: late events are held back up to 48 h, duplicates re-sent within a day.
-    key = ts.copy()
-    late = np.flatnonzero(rng.random(total) < late_rate)
-    key[late] += rng.integers(1_000_000, 48 * _HOUR_US + 1, late.size)
-    dup = np.flatnonzero(rng.random(total) < duplicate_rate)
-    dup_key = key[dup] + rng.integers(1, _DAY_US + 1, dup.size)
-    rows = np.concatenate([np.arange(total), dup])
-    rows = rows[np.argsort(np.concatenate([key, dup_key]), kind="stable")]
-
-    width = len(str(n))
-    ids = pd.array([f"c{i:0{width}d}" for i in range(n)], dtype="str")
-    names = pd.array(list(PERSONAS), dtype="str")
-    # Arrow-backed take and concat: per-event Python strings would dominate the run time.
-    events = pd.DataFrame(
-        {
-            "event_id": f"e-{seed}-" + pd.Series(rows).astype("str"),
-            "customer_id": ids.take(cust[rows]),
-            "type": pd.array(EVENT_TYPES, dtype="str").take(etype[rows]),
-            "ts": pd.to_datetime(ts[rows], unit="us", utc=True).as_unit("ns"),
-            "feature": pd.array(FEATURES, dtype="str").take(feat[rows], allow_fill=True),
-            "amount": amount[rows],
-        }
-    )
-    is_mig = mig < _NEVER
-    truth = pd.DataFrame(
-        {
-            "customer_id": ids,
-            "persona": names.take(persona),
-            "first_day": _dates(start_us, first, np.ones(n, dtype=bool)),
-            "churn_day": _dates(start_us, churn, churn < _NEVER),
-            "migration_day": _dates(start_us, mig, is_mig),
-            "to_persona": names.take(np.where(is_mig, target, -1), allow_fill=True),
-        }
-    )
-    if shifts:
-        shifted = shift_day < _NEVER
-        truth["shift_day"] = _dates(start_us, shift_day, shifted)
-        shift_names = pd.array(list(patterns), dtype="str")
-        truth["shift_to"] = shift_names.take(np.where(shifted, shift_to - n_p, -1), allow_fill=True)
-    return History(events=events, truth=truth)
+    feat, amount = _attributes(rng, etype, ev_pers, patterns)
+    rows = deliver(rng, ts, duplicate_rate, late_rate)
+    ids = customer_ids(customers)
+    events = event_frame(seed, ids, rows, cust, ts, etype, feat, amount)
+    return History(events=events, truth=_truth_frame(ids, start_us, cs, shifts, shape))
 
 
 def _ts_parts(ts: pd.Series) -> tuple[list[str], list[str], list[int]]:
@@ -381,7 +631,7 @@ def write_history(history: History, out_dir: Path) -> dict[str, Path]:
             fh.write("".join([line % row for row in rows]))
 
     truth = history.truth.copy()
-    for col in ("first_day", "churn_day", "migration_day", "shift_day"):
+    for col in ("first_day", "churn_day", "migration_day", "drift_start", "drift_end", "shift_day"):
         if col in truth:
             truth[col] = truth[col].dt.strftime("%Y-%m-%d")
     truth.to_csv(paths["truth"], index=False, lineterminator="\n")

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from offline.shapes import SHAPE_HELP, SHAPES
+
 app = typer.Typer(
     help="segstream keeps every customer assigned to a behavioral segment in real time.",
     no_args_is_help=True,
@@ -58,21 +60,100 @@ def generate(
     late: Annotated[
         float, typer.Option(help="Share of events delivered up to 48 h late (0 to <1).")
     ] = 0.0,
+    shape: Annotated[
+        str,
+        typer.Option(
+            help="Preset shape of the history. "
+            + "; ".join(f"{name}: {text}" for name, text in SHAPE_HELP.items())
+            + ". The options below override the preset's."
+        ),
+    ] = "sudden",
+    migration: Annotated[
+        str | None,
+        typer.Option(
+            help="sudden: a migrating customer switches every rate on one day. gradual: its "
+            "rates drift from the old persona's to the new over 2 to 4 weeks; the migration "
+            "day is the drift's midpoint and truth.csv gains drift_start and drift_end."
+        ),
+    ] = None,
+    changes: Annotated[
+        str | None,
+        typer.Option(
+            help="Partial migrations: the one event type whose rate changes (e.g. purchase, "
+            "session_start), towards the persona that differs most in it; the rest stay."
+        ),
+    ] = None,
+    separation: Annotated[
+        float | None,
+        typer.Option(
+            help="Persona separation: log rates scaled around the personas' mean, below 1 "
+            "closer together (close: 0.5), above 1 farther apart (far: 1.6); each type's "
+            "mean rate is kept."
+        ),
+    ] = None,
+    activity: Annotated[
+        float | None,
+        typer.Option(help="Multiplier on every rate: low-activity 0.3, high-activity 3."),
+    ] = None,
+    weekend: Annotated[
+        float | None,
+        typer.Option(help="Multiplier on Saturday and Sunday rates (seasonal, B2B: 0.5)."),
+    ] = None,
+    dispersion: Annotated[
+        float | None,
+        typer.Option(
+            help="Above 0, daily counts are negative binomial with variance mean + "
+            "DISPERSION x mean^2 (overdispersed: 1); 0 is Poisson."
+        ),
+    ] = None,
+    migrate_from_day: Annotated[
+        int | None,
+        typer.Option(
+            help="Migrations (drift midpoints) fall on this day or later, e.g. just after a "
+            "training date so a backtest sees them; default a third into the history."
+        ),
+    ] = None,
+    migrate_to_day: Annotated[
+        int | None,
+        typer.Option(
+            help="Migrations fall on this day or earlier; default 14 days before the end."
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic event history with its ground truth (personas, churn, migrations).
 
     OUT/migrations.csv (customer_id, changed_at, to_persona) is a migration truth in the
     format `segstream backtest --truth` reads; to_persona is an extra column it ignores.
+    --shape picks one of a family of histories (README: "Histories of every shape"); the
+    retail shape writes purchase events only, with no personas or migrations.
     """
     from datetime import UTC, datetime
 
     from offline.synthetic import generate_history, write_history
 
     try:
+        if shape not in SHAPES:
+            raise ValueError(f"--shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+        form = SHAPES[shape].with_options(
+            migration=migration,
+            changes=changes,
+            separation=separation,
+            activity=activity,
+            weekend=weekend,
+            dispersion=dispersion,
+            migrate_from_day=migrate_from_day,
+            migrate_to_day=migrate_to_day,
+        )
         begin = datetime.fromisoformat(start).replace(tzinfo=UTC)
         t0 = time.perf_counter()
         history = generate_history(
-            customers, days, seed, start=begin, duplicate_rate=duplicates, late_rate=late
+            customers,
+            days,
+            seed,
+            start=begin,
+            duplicate_rate=duplicates,
+            late_rate=late,
+            shape=form,
         )
         paths = write_history(history, out)
     except ValueError as exc:
