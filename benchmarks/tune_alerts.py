@@ -27,8 +27,9 @@ from typing import Any
 
 from benchmarks.common import HistoryFile, machine, redis_server
 from benchmarks.training import bundle_dir, train_once
+from offline.history import generate
 from offline.shapes import SHAPE_HELP, SHAPES
-from offline.synthetic import DEFAULT_START, generate_history, write_history
+from offline.synthetic import DEFAULT_START, write_history
 from segstream.backtest_run import backtest
 from stream.decide import Rules
 from stream.settings import StreamSettings
@@ -122,7 +123,7 @@ def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, A
     for shape, seed in itertools.product(args.shapes, args.seeds):
         root = args.out / shape / f"seed-{seed}"
         if not (args.reuse and bundle_dir(root / "models").exists()):
-            made = generate_history(args.customers, args.days, seed=seed, shape=SHAPES[shape])
+            made = generate(args.customers, args.days, seed=seed, shape=SHAPES[shape])
             write_history(made, root)
             as_of = (DEFAULT_START + timedelta(days=args.train_day)).strftime("%Y-%m-%dT%H:%M:%SZ")
             history = HistoryFile(args.customers, args.days, root / "events.jsonl", 0, as_of)

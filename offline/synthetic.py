@@ -548,14 +548,7 @@ def generate_history(
     )
     _check_shifts(shifts, days)
     if shape.kind == "retail":
-        from offline.retail import generate_retail  # it builds on this module's steps
-
-        if shifts:
-            raise ValueError("shifts: a retail history has no personas to shift")
-        return generate_retail(
-            customers, days, seed, start=start, duplicate_rate=duplicate_rate,
-            late_rate=late_rate, shape=shape,
-        )  # fmt: skip
+        raise ValueError("shape: retail histories come from offline.history.generate")
     shape.window(days)  # checks the migration window fits the history
     rng = np.random.default_rng(seed)
     shape_rng = np.random.default_rng((seed, 2))  # draws only non-default shapes make

@@ -129,7 +129,8 @@ def generate(
     """
     from datetime import UTC, datetime
 
-    from offline.synthetic import generate_history, write_history
+    from offline.history import generate
+    from offline.synthetic import write_history
 
     try:
         if shape not in SHAPES:
@@ -146,7 +147,7 @@ def generate(
         )
         begin = datetime.fromisoformat(start).replace(tzinfo=UTC)
         t0 = time.perf_counter()
-        history = generate_history(
+        history = generate(
             customers,
             days,
             seed,

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from offline.history import generate
 from offline.shapes import SHAPES, HistoryShape
 from offline.synthetic import (
     DEFAULT_START,
@@ -334,9 +335,7 @@ def test_every_preset_generates_the_same_files_for_a_seed(name: str, tmp_path: P
     customers, days = _sized(name)
 
     def run(seed: int, folder: str) -> dict[str, bytes]:
-        h = generate_history(
-            customers, days, seed, duplicate_rate=0.02, late_rate=0.02, shape=SHAPES[name]
-        )
+        h = generate(customers, days, seed, duplicate_rate=0.02, late_rate=0.02, shape=SHAPES[name])
         return {k: p.read_bytes() for k, p in write_history(h, tmp_path / folder).items()}
 
     first, again, other = run(3, "a"), run(3, "b"), run(4, "c")
@@ -495,7 +494,7 @@ def test_migration_window_places_every_migration_in_it() -> None:
 
 def test_retail_is_purchases_only_most_buy_once_or_twice_and_go_quiet() -> None:
     days = 300
-    h = generate_history(20_000, days, seed=9, shape=SHAPES["retail"])
+    h = generate(20_000, days, seed=9, shape=SHAPES["retail"])
     ev = h.events.assign(day=_day(h.events["ts"]))
     assert set(ev["type"]) == {"purchase"}
     assert ev["amount"].gt(0).all() and ev["feature"].isna().all()
@@ -525,9 +524,7 @@ def test_retail_rejects_persona_options() -> None:
     with pytest.raises(ValueError, match="migration"):
         HistoryShape(kind="retail", migration="gradual")
     with pytest.raises(ValueError, match="shifts"):
-        generate_history(
-            10, 10, 1, shape=SHAPES["retail"], shifts=merge("casual", "big_spender", 3)
-        )
+        generate(10, 10, 1, shape=SHAPES["retail"], shifts=merge("casual", "big_spender", 3))
 
 
 @pytest.mark.parametrize(
