@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from models.events import BUILTIN_TYPES
 from stream.decide import Alert
 from stream.store import EventStatus
 
@@ -48,11 +49,21 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _EVENT_BUCKETS = (1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1)
 
 
+#: The label that stands for every event type outside the known ones.
+OTHER = "other"
+
+
 class Metrics:
-    """Every metric of one worker, declared on `registry`."""
+    """Every metric of one worker, declared on `registry`.
+
+    Labels fed by input stay bounded: an event type counts under its own name only when it
+    is built in or one the catalog's features look at (`known_types`), else under
+    ``other``, so a producer sending made-up types cannot create unbounded series.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.known_types: frozenset[str] = BUILTIN_TYPES
         r = registry
         self.processed = Counter(
             "segstream_events_processed", "Events applied, by type.", ["type"], registry=r
@@ -198,7 +209,7 @@ class Metrics:
         """
         for status, kind in zip(statuses, types, strict=True):
             if status == "applied":
-                self.processed.labels(kind).inc()
+                self.processed.labels(kind if kind in self.known_types else OTHER).inc()
             elif status == "duplicate":
                 self.duplicates.inc()
             else:

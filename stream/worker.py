@@ -46,7 +46,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from redis.exceptions import RedisError
 
-from models.events import Event, EventError, decode_event
+from models.events import BUILTIN_TYPES, Event, EventError, decode_event
 from stream.decide import Alert
 from stream.engine import BatchResult, Engine
 from stream.health import HealthMonitor
@@ -179,6 +179,9 @@ class Worker:
             partitions=self.partitions,
         )
         self.watcher = ModelWatcher(settings.model_dir, engine.catalog, serving=engine.bundle.path)
+        metrics.known_types = BUILTIN_TYPES | {
+            t for spec in engine.catalog.features for t in spec.filter.types
+        }
         metrics.set_model(engine.bundle.version)
         if engine.shadow is not None:
             metrics.set_shadow_model(engine.shadow.bundle.version)

@@ -104,3 +104,16 @@ def test_two_instances_do_not_collide() -> None:
     assert value(b, "segstream_events_rejected_total", reason="missing") is None
     text = generate_latest(a).decode()
     assert all(line.startswith(("#", "segstream_")) for line in text.splitlines() if line)
+
+
+def test_event_types_outside_the_known_ones_count_as_other(registry: CollectorRegistry) -> None:
+    """A producer sending a new type per event must not create a series per type."""
+    metrics = Metrics(registry)
+    metrics.known_types = frozenset({"purchase", "custom_click"})
+    types = ["purchase", "custom_click", *(f"made-up-{i}" for i in range(500))]
+    metrics.observe(["applied"] * len(types), types, [])
+    text = generate_latest(registry).decode()
+    series = [line for line in text.splitlines() if line.startswith("segstream_events_processed_")]
+    assert len([s for s in series if s.startswith("segstream_events_processed_total")]) == 3
+    assert value(registry, "segstream_events_processed_total", type="other") == 500
+    assert value(registry, "segstream_events_processed_total", type="custom_click") == 1
