@@ -316,6 +316,7 @@ def create_app(
     @app.timer(settings.rescore_interval_seconds)  # type: ignore[untyped-decorator]
     async def rescore() -> None:
         core = await _until_done("opening the runtime", pipeline.worker)
+        update_lag(core)  # the re-score judges a partition behind on its own event time
         await _until_done("re-scoring", partial(core.tick, publish))
 
     @app.timer(settings.centers_sync_seconds)  # type: ignore[untyped-decorator]

@@ -164,6 +164,7 @@ class Worker:
         self.watermark = 0.0  # newest event time seen
         self.clock_state = EventClock()  # next midnight, newest event time per partition
         self.last_offsets: dict[int, int] = {}  # partition -> last offset handled
+        self.highwater: dict[int, int] = {}  # partition -> the broker's next offset, last seen
         self.events = 0  # valid events handled
         self.health = HealthMonitor(
             psi_threshold=settings.psi_threshold,
@@ -347,7 +348,7 @@ class Worker:
                     await publish(outputs)
                     sent.extend(outputs)
 
-            steps: list[Step] = [Rescore(at, drain=False), CheckHealth(at)]
+            steps = [*self.rescore_steps(at), CheckHealth(at)]
             outcome = await self.runner.run(steps, [], [], send)
             self._observe_health()
             self.metrics.count_alerts(outcome.alerts)
@@ -382,12 +383,45 @@ class Worker:
         return self.clock()
 
     def partitions(self) -> list[int]:
-        owned = self._owned() if self._owned is not None else self.last_offsets.keys()
-        return sorted(set(owned)) or [0]
+        """The input partitions whose customers this worker re-scores: those its consumer
+        owns (none for an idle member of the group), or without a consumer (tests, tools)
+        every partition it has handled, else partition 0."""
+        if self._owned is not None:
+            return sorted(set(self._owned()))
+        return sorted(self.last_offsets) or [0]
 
     def lag(self, partition: int, highwater: int) -> int:
-        """Records of `partition` not yet handled, given its highwater (next offset)."""
+        """Records of `partition` not yet handled, given its highwater (next offset); the
+        highwater is remembered for `caught_up`."""
+        self.highwater[partition] = highwater
         return highwater - 1 - self.last_offsets.get(partition, -1)
+
+    def caught_up(self, partition: int) -> bool:
+        """Every record the broker held for `partition` at the last look has been handled.
+
+        Unknown (no look yet, as right after a start) counts as behind.
+        """
+        highwater = self.highwater.get(partition)
+        return highwater is not None and self.last_offsets.get(partition, -1) >= highwater - 1
+
+    def rescore_steps(self, at: float) -> list[Step]:
+        """The re-score steps of a wall-clock tick at `at`.
+
+        A partition that is caught up is judged at `at`; one that is behind (after an
+        outage, while catching up) at the newest event time it has reached, so customers
+        whose events still wait in Kafka are not scored as silent; one that is behind with
+        nothing handled yet is not judged. Without a consumer, everything is judged at `at`.
+        """
+        if self._owned is None:
+            return [Rescore(at, drain=False)]
+        reached = self.clock_state.reached
+        groups: dict[float, list[int]] = {}
+        for p in self.partitions():
+            if self.caught_up(p):
+                groups.setdefault(at, []).append(p)
+            elif p in reached:
+                groups.setdefault(min(at, reached[p]), []).append(p)
+        return [Rescore(t, drain=False, partitions=tuple(ps)) for t, ps in sorted(groups.items())]
 
     def output(self, alert: Alert) -> Output:
         return Output(self.topics[alert.kind], alert.key, _json(alert.body))
