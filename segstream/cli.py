@@ -349,7 +349,9 @@ def replay(
         typer.Option(
             help="Write into the live key prefix (SEGSTREAM_KEY_PREFIX) and keep it: warms "
             "up a new deployment's features and segments from history before the worker "
-            "starts. Without it, a scratch prefix is used and deleted."
+            "starts. Each customer's re-score is scheduled in the partition Kafka's default "
+            "partitioner gives its id (of SEGSTREAM_INPUT_PARTITIONS), where the worker "
+            "that owns it finds it. Without it, a scratch prefix is used and deleted."
         ),
     ] = False,
 ) -> None:
@@ -392,6 +394,7 @@ def replay(
                 as_of=parse_time(as_of) if as_of else None,
                 batch_size=batch_size,
                 health=health,
+                partitions=settings.input_partitions if backfill else 1,
             )
             elapsed = time.perf_counter() - t0
             console.print(

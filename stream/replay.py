@@ -28,6 +28,7 @@ from models.events import Event
 from stream.decide import Alert
 from stream.engine import BatchResult, Engine
 from stream.health import HealthMonitor
+from stream.partition import partition_of
 from stream.plan import EventClock, Step, plan_event_clock
 from stream.runner import StepRunner
 
@@ -60,11 +61,15 @@ async def replay(
     as_of: float | None = None,
     batch_size: int = 1000,
     health: HealthMonitor | None = None,
+    partitions: int = 1,
 ) -> ReplaySummary:
     """Replay a history through `engine`; write alerts (JSONL) and the final state (CSV).
 
     `health` (built from the same settings as the worker's) adds the population-shift and
     retrain alerts, judged at each midnight as the worker does on the event clock.
+    `partitions`: the input topic's partition count; each customer's re-score is scheduled
+    in the partition the producer's default partitioner gives its id (`partition_of`), so
+    after a backfill the worker that owns that partition re-scores it.
     """
     # What exists before the replay (libraries, the bundle's models) outlives it: kept out
     # of the cycle collector meanwhile, full collections stop walking it twice a second
@@ -73,7 +78,9 @@ async def replay(
     gc.collect()
     gc.freeze()
     try:
-        return await _replay(engine, events_path, alerts_out, state_out, as_of, batch_size, health)
+        return await _replay(
+            engine, events_path, alerts_out, state_out, as_of, batch_size, health, partitions
+        )
     finally:
         gc.unfreeze()
 
@@ -86,13 +93,14 @@ async def _replay(
     as_of: float | None,
     batch_size: int,
     health: HealthMonitor | None,
+    partitions: int,
 ) -> ReplaySummary:
     summary = ReplaySummary()
     stats = ReadStats()
     seen: set[str] = set()
     clock = EventClock()
     batch: list[Event] = []
-    runner = StepRunner(engine, health=health)
+    runner = StepRunner(engine, health=health, partitions=lambda: range(partitions))
     alerts_out.parent.mkdir(parents=True, exist_ok=True)
 
     with alerts_out.open("w") as out:
@@ -104,8 +112,9 @@ async def _replay(
             # The worker's steps on the event clock, with one partition: the file's order
             # is the delivery order.
             nonlocal clock
-            parts = [0] * len(batch)
-            steps, clock = plan_event_clock(clock, [e.epoch for e in batch], parts, {0})
+            one = [0] * len(batch)
+            steps, clock = plan_event_clock(clock, [e.epoch for e in batch], one, {0})
+            parts = [partition_of(e.customer_id, partitions) for e in batch]
             outcome = await runner.run(steps, batch, parts, write)
             summary.events += len(batch)
             summary.statuses.update(outcome.statuses)

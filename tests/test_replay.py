@@ -27,6 +27,7 @@ from offline.reference import events_frame, features_at
 from segstream.cli import app
 from stream.engine import AssignmentStore
 from stream.metrics import Metrics
+from stream.partition import partition_of
 from stream.redis_conn import Connection
 from stream.runtime import drop_prefix, open_runtime
 from stream.settings import StreamSettings
@@ -238,6 +239,16 @@ def test_backfill_writes_the_live_prefix_and_keeps_it(
             assert sorted(got.customers) == list(expected.index)
             states = AssignmentStore(store.client, prefix=prefix, ttl_seconds=60)
             assert len(await states.load(got.customers)) == len(got.customers)
+            # Each customer's re-score waits in the partition its events are produced to,
+            # where the worker owning that partition finds it.
+            n = StreamSettings().input_partitions
+            scheduled = {
+                member.decode(): p
+                for p in range(n)
+                for member in await store.client.zrange(states.due_key(p), 0, -1)
+            }
+            assert scheduled == {c: partition_of(c, n) for c in got.customers}
+            assert len(set(scheduled.values())) == n
             await drop_prefix(Connection(store.client, embedded_redis_url), prefix)
 
     run(body())
