@@ -10,16 +10,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what `pip install .` needs (pyproject's readme and the four packages).
-COPY pyproject.toml README.md ./
+# Only what `pip install .` needs (pyproject's readme and the four packages), with every
+# version pinned by constraints.txt (PIP_CONSTRAINT also pins the isolated build's setuptools).
+COPY pyproject.toml README.md constraints.txt ./
 COPY segstream ./segstream
 COPY models ./models
 COPY offline ./offline
 COPY stream ./stream
-RUN pip install . && rm -rf /src
+RUN PIP_CONSTRAINT=/src/constraints.txt pip install . && rm -rf /src
 
 # A non-root user. /models and /data become named volumes (they inherit this ownership);
-# /var/lib/segstream is the working directory, where faust keeps its <app_id>-data folder.
+# /var/lib/segstream is the home and working directory; faust keeps its <app_id>-data
+# folder under the system temp directory (stream.app.new_app), not here.
 RUN useradd --system --uid 10001 --home-dir /var/lib/segstream --create-home segstream \
     && mkdir -p /models /data \
     && chown segstream:segstream /models /data

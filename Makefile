@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean constraints
 
 setup: $(STAMP)
 
@@ -25,6 +25,15 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Pins for the image (constraints.txt): what a fresh venv resolves today, setuptools included.
+constraints:
+	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet --upgrade pip setuptools
+	.venv-constraints/bin/python -m pip install --quiet .
+	{ head -n 3 constraints.txt; .venv-constraints/bin/python -m pip freeze --all \
+	  | grep -v -e '^segstream' -e '^pip=='; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-constraints build *.egg-info
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

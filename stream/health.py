@@ -1,10 +1,11 @@
 """Model-health alerts: a population shift and a recommended retrain.
 
-`HealthMonitor.check` looks at the engine after a batch: the population stability index
-of the recent assignments against the bundle's segment shares (a rising edge over the
-threshold, judged only on a full window) and the drift of the online centers from the
-bundle's centroids (past the bound, once per model version). Pure: the live worker and
-replay both call it, and publish what it returns.
+`HealthMonitor.check` judges the figures the engine keeps, handed in: the population
+stability index of the recent assignments against the bundle's segment shares (a rising
+edge over the threshold, judged only on a full window) and the drift of the online centers
+from the bundle's centroids (past the bound, once per model version). Pure: the step
+runner (`stream.runner`) calls it for replay and the live worker alike, and they publish
+what it returns.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from models.bundle import Bundle
 from stream.decide import DAY, SCHEMA_VERSION, Alert, alert_id, iso
-from stream.engine import Engine
 
 
 class HealthMonitor:
@@ -29,17 +30,21 @@ class HealthMonitor:
         self._psi_high = False
         self._retrain_sent: set[str] = set()
 
-    def check(self, engine: Engine, at: float) -> list[Alert]:
-        """Alerts due after a batch decided at time `at` (also updates `psi`, `drift`)."""
+    def check(
+        self, bundle: Bundle, shift: dict[str, Any], drift: np.ndarray, at: float
+    ) -> list[Alert]:
+        """Alerts due at time `at` (also updates `psi`, `drift`).
+
+        `shift` is `Engine.population_shift()`, `drift` the online centers' distance
+        from the bundle's centroids per segment (`OnlineCenters.drift()`).
+        """
         alerts: list[Alert] = []
-        bundle = engine.bundle
         names = bundle.segment_names
-        shift = engine.population_shift()
         self.psi = float(shift["psi"])
         # PSI over a part-filled window is noise: judge only a full window.
         high = shift["window"] >= self.psi_window and self.psi > self.psi_threshold
         if high and not self._psi_high:
-            body = self._body(engine, "population_shift", f"psi:{int(at // DAY)}", at)
+            body = self._body(bundle.version, "population_shift", f"psi:{int(at // DAY)}", at)
             body.update(
                 psi=round(self.psi, 4),
                 threshold=self.psi_threshold,
@@ -49,11 +54,11 @@ class HealthMonitor:
             )
             alerts.append(Alert("population_shift", bundle.version, body))
         self._psi_high = high
-        self.drift = np.asarray(engine.centers.drift(), dtype=float)
+        self.drift = np.asarray(drift, dtype=float)
         if self.drift.size and bundle.version not in self._retrain_sent:
             worst = float(self.drift.max())
             if worst > self.drift_bound:
-                body = self._body(engine, "retrain_recommended", "drift", at)
+                body = self._body(bundle.version, "retrain_recommended", "drift", at)
                 body.update(
                     max_drift=round(worst, 4),
                     drift_bound=self.drift_bound,
@@ -67,8 +72,7 @@ class HealthMonitor:
         return alerts
 
     @staticmethod
-    def _body(engine: Engine, kind: str, trigger: str, at: float) -> dict[str, Any]:
-        version = engine.bundle.version
+    def _body(version: str, kind: str, trigger: str, at: float) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "alert_id": alert_id(kind, "", version, trigger),

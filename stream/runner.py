@@ -107,7 +107,9 @@ class StepRunner:
                     await self.retry("sync_centers", self.engine.sync_centers)
                 case CheckHealth(at):
                     if self.health is not None:
-                        alerts = self.health.check(self.engine, at)
+                        engine = self.engine
+                        shift, drift = engine.population_shift(), engine.centers.drift()
+                        alerts = self.health.check(engine.bundle, shift, drift, at)
                         await publish(step, BatchResult(alerts=alerts))
                         outcome.alerts += alerts
         return outcome

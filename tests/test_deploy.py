@@ -577,3 +577,28 @@ def test_dockerfile() -> None:
     ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     for needed in ("pyproject.toml", "README.md", "segstream", "models", "offline", "stream"):
         assert needed not in ignored, needed
+
+
+def test_the_image_build_keeps_building() -> None:
+    """setuptools dropped the `license = { text = ... }` table (deadline 2027-02-18) and an
+    open-ended backend floor takes whatever is newest: the build pins both, and the image
+    installs every dependency at the version constraints.txt names."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "Apache-2.0"  # an SPDX expression
+    (backend,) = project["build-system"]["requires"]
+    assert re.fullmatch(r"setuptools>=(\d+),<(\d+)", backend), backend
+    assert int(re.findall(r"\d+", backend)[0]) >= 77  # the first to read SPDX strings
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    wanted = [re.split(r"[<>=\[ ]", d)[0].lower() for d in project["project"]["dependencies"]]
+    assert [d for d in wanted if d not in pins] == []
+    lo, hi = (int(v) for v in re.findall(r"\d+", backend))
+    assert lo <= int(pins["setuptools"].split(".")[0]) < hi
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "PIP_CONSTRAINT=/src/constraints.txt pip install ." in text
+    assert re.search(r"^COPY .*constraints\.txt", text, re.M)
