@@ -3,10 +3,11 @@
 Owns `place` (a customer's segment the way the stream places it: the early-life
 classifier below `early_days` of tenure, the nearest centroid above), `compare` (features
 at as-of from the batch reference, both bundles' segments and churn probabilities, then
-`models.agreement.agreement`), and its output: rich tables and an HTML page with a JSON
-twin. The numbers come from the same agreement function the stream's shadow mode uses.
+`models.agreement.agreement`), and its output: the rows of its summary and segment-pair
+tables (`segstream.views` draws them on the terminal) and an HTML page with a JSON twin.
+The numbers come from the same agreement function the stream's shadow mode uses.
 
-Must not import `stream/`.
+Must not import `stream/`, `segstream/` or rich.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from models.agreement import Agreement, agreement
 from models.bundle import Bundle
@@ -149,21 +149,6 @@ def pair_rows(c: Comparison) -> list[tuple[str, str, str, str]]:
             )
         )
     return rows
-
-
-def tables(c: Comparison) -> list[Table]:
-    """What `segstream compare` prints."""
-    head = Table(title="live vs candidate", show_header=False)
-    head.add_column("what")
-    head.add_column("value", justify="right")
-    for what, value in summary_rows(c):
-        head.add_row(what, value)
-    pairs = Table(title="segment pairs (same id = same segment)")
-    for col in ("live segment", "candidate segment", "customers", "share of live segment"):
-        pairs.add_column(col, justify="right" if col in ("customers",) else "left")
-    for row in pair_rows(c):
-        pairs.add_row(*row)
-    return [head, pairs]
 
 
 _STYLE = """
