@@ -416,8 +416,8 @@ class Bundle:
         if trees is None:
             return np.asarray(self.early_model.predict(x), dtype=np.int64)
         # A forest: sum the trees' probabilities directly. sklearn's own `predict` runs
-        # each tree through joblib and input validation, 4x slower on a stream batch
-        # (measured: 10 ms vs 2.4 ms for 300 rows and 60 trees); same votes, same ties.
+        # each tree through joblib and input validation, several times slower on a stream
+        # batch (benchmarks/NOTES.md); same votes, same ties.
         x32 = np.ascontiguousarray(x, dtype=np.float32)
         votes = sum(tree.predict_proba(x32, check_input=False) for tree in trees)
         classes = np.asarray(self.early_model.classes_, dtype=np.int64)

@@ -63,10 +63,10 @@ class TrainSettings:
     #: which early-life behaviour cannot predict); young customers have the early classifier.
     exclude: tuple[str, ...] = ("tenure_days",)
     #: OpenMP/BLAS threads for the fits. The fits are small; on a busy machine more threads
-    #: spin-wait on each other (measured 6x slower with 2 threads on a loaded 2-core box).
+    #: spin-wait on each other (measured: benchmarks/NOTES.md).
     threads: int = 1
-    #: Processes that decode a large JSONL history (0: one per CPU this process may use).
-    #: Decoding through the event contract costs ~10 us per event, most of a 10 M-event read.
+    #: Processes that decode a large JSONL history (0: one per CPU this process may use):
+    #: decoding through the event contract is most of a large read (benchmarks/NOTES.md).
     readers: int = 0
 
     def __post_init__(self) -> None:
