@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from models.bundle import ScaledSpace
+from models.bundle import Manifest, ScaledSpace
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,17 @@ class Previous:
     used_ids: frozenset[int]
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], space: ScaledSpace) -> Previous:
+    def from_manifest(cls, manifest: Manifest, space: ScaledSpace) -> Previous:
         """From a loaded bundle's manifest and scaled space (older bundles without
         `segment_ids` count only their own ids as used)."""
-        names = {int(s["id"]): str(s["name"]) for s in manifest["segments"]}
-        recorded = manifest.get("segment_ids", {}).get("used", [])
+        names = {s.id: s.name for s in manifest.segments}
+        recorded = () if manifest.segment_ids is None else manifest.segment_ids.used
         return cls(
-            version=str(manifest["bundle_version"]),
-            as_of=str(manifest.get("as_of", "")),
+            version=manifest.bundle_version,
+            as_of=manifest.as_of,
             space=space,
             names=names,
-            used_ids=frozenset(int(i) for i in [*recorded, *names]),
+            used_ids=frozenset([*recorded, *names]),
         )
 
 

@@ -216,7 +216,7 @@ def stable_ids(
     seg = segments.model
     lineage = match_segments(
         seg.labels_, seg.centroids_, segments.space,
-        None if previous is None else Previous.from_manifest(previous.manifest, previous.space),
+        None if previous is None else Previous.from_manifest(previous.info, previous.space),
         None if previous is None else previous.nearest(feats.to_numpy(dtype=float)),
         reserved=reserved, rules=rules,
     )  # fmt: skip
