@@ -43,6 +43,7 @@ class TrainingBars:
         )
         self._bars = Progress(*columns, console=console, transient=False)
         self._tasks: dict[str, TaskID] = {}
+        self._totals: dict[str, int | None] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> TrainingBars:
@@ -60,19 +61,20 @@ class TrainingBars:
     def start(self, step: str, total: int | None = None) -> None:
         with self._lock:
             self._tasks[step] = self._bars.add_task(step, total=total)
+            self._totals[step] = total
 
     def advance(self, step: str, completed: int, total: int | None = None) -> None:
         with self._lock:
             task = self._tasks[step]
-        if total is None:
-            self._bars.update(task, completed=completed)
-        else:
-            self._bars.update(task, completed=completed, total=total)
+            if total is not None:
+                self._totals[step] = total
+            total = self._totals[step]
+        self._bars.update(task, completed=completed, total=total)
 
     def done(self, step: str) -> None:
+        """The step's bar ends full (a step of unknown size counts as one unit)."""
         with self._lock:
-            task = self._tasks[step]
-        total = self._bars.tasks[task].total or 1
+            task, total = self._tasks[step], self._totals[step] or 1
         self._bars.update(task, total=total, completed=total)
 
 
