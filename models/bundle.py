@@ -5,7 +5,8 @@ e.g. `20260401T093000Z-3f9a1c`, so versions sort by age) holding:
 
 - `manifest.json`: format and bundle version, as-of time, training-data fingerprint,
   the feature catalog (definition and fingerprint), the feature columns used, the
-  segments with their profiles, metrics, thresholds and the sha256 of every other file;
+  segments with their profiles, metrics, thresholds and the sha256 of every other file
+  (typed as `Manifest`);
 - `model.json`: the segmentation as plain numbers (which columns, which get log1p,
   scaler means and scales, centroids), so the stream assigns without scikit-learn;
 - `early.skops`, `churn.skops`: the classifiers, loaded with an explicit list of
@@ -29,10 +30,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
@@ -168,11 +169,218 @@ class ScaledSpace:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainingData:
+    """Which events the bundle learned from (`manifest["training_data"]`)."""
+
+    fingerprint: str = ""
+    fingerprint_of: str = "sha256 of the sorted distinct event ids"
+    source: str = ""
+    events: int = 0
+    events_until_as_of: int = 0
+    #: Events that broke the contract, by reason.
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CatalogRecord:
+    """The feature catalog the bundle was trained with (`manifest["catalog"]`)."""
+
+    fingerprint: str
+    names: tuple[str, ...]
+    definition: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureColumns:
+    """Catalog features the segmentation used (`manifest["features"]`)."""
+
+    used: tuple[str, ...]
+    log1p: tuple[str, ...] = ()
+    dropped_constant: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentOutcomes:
+    """What a segment's customers did after as-of."""
+
+    retention: float
+    revenue_per_customer: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentRecord:
+    """One segment of `manifest["segments"]`: id, name and profile."""
+
+    id: int
+    name: str
+    size: int = 0
+    share: float = 0.0
+    #: {"feature", "z", "mean", "median", "pop_mean", "pop_median"}, largest |z| first.
+    top_features: tuple[dict[str, Any], ...] = ()
+    #: Absent (not written) when outcome validation was skipped.
+    outcomes: SegmentOutcomes | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentIds:
+    """`manifest["segment_ids"]`: every id ever used (retired ones too) and the next free one."""
+
+    used: tuple[int, ...]
+    next: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainedWith:
+    """The trainer settings that made the bundle (`manifest["settings"]`)."""
+
+    k: int | str
+    churn_horizon_days: int
+    qualifying_types: tuple[str, ...]
+    early_ages_days: tuple[int, ...]
+    exclude: tuple[str, ...]
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """`manifest.json`, typed.
+
+    The trainer fills everything but the header (`format_version`, `bundle_version`,
+    `created_at`) and `artifacts`, which `write_bundle` adds. `metrics` and `lineage` stay
+    JSON documents: their shape belongs to the trainer steps that compute them
+    (`offline.*`, `offline.lineage`) and `models.promote` reads metrics by path. Sections
+    that older bundles lack are None (or empty); `to_dict` gives the JSON document with the
+    keys in the order the file has always had them.
+
+    >>> m = Manifest(as_of="2026-04-01T00:00:00Z", k=1,
+    ...              catalog=CatalogRecord(fingerprint="f", names=("events_7d",)),
+    ...              features=FeatureColumns(used=("events_7d",)),
+    ...              segments=(SegmentRecord(id=0, name="Casual"),))
+    >>> Manifest.from_dict(m.to_dict()) == m
+    True
+    >>> list(m.body())[:3]
+    ['as_of', 'training_data', 'catalog']
+    """
+
+    format_version: int = FORMAT_VERSION
+    bundle_version: str = ""
+    created_at: str = ""
+    as_of: str
+    training_data: TrainingData | None = None
+    catalog: CatalogRecord
+    features: FeatureColumns
+    k: int
+    segments: tuple[SegmentRecord, ...]
+    segment_ids: SegmentIds | None = None
+    lineage: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: Alert thresholds by kind; `churn` is None without a churn model.
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    settings: TrainedWith | None = None
+    notes: tuple[str, ...] = ()
+    #: File name -> sha256 of every other file in the bundle.
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (sections that are None are written as null, segment
+        outcomes that are None are left out)."""
+        doc = asdict(self)
+        for segment in doc["segments"]:
+            if segment["outcomes"] is None:
+                del segment["outcomes"]
+        # Lists, not tuples: the document equals its own JSON round trip.
+        loaded: dict[str, Any] = json.loads(json.dumps(doc))
+        return loaded
+
+    def body(self) -> dict[str, Any]:
+        """What the trainer decided: the document without header and artifacts (the
+        bundle version's hash is taken from it)."""
+        doc = self.to_dict()
+        for key in _HEADER_KEYS:
+            del doc[key]
+        return doc
+
+    @property
+    def churn_threshold(self) -> float | None:
+        return self.thresholds.get("churn")
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Manifest:
+        """Parse a manifest document (BundleError when a section has the wrong shape)."""
+        try:
+            return cls(
+                format_version=int(doc.get("format_version", FORMAT_VERSION)),
+                bundle_version=str(doc.get("bundle_version", "")),
+                created_at=str(doc.get("created_at", "")),
+                as_of=str(doc["as_of"]),
+                training_data=_section(TrainingData, doc.get("training_data")),
+                catalog=CatalogRecord(
+                    fingerprint=str(doc["catalog"].get("fingerprint", "")),
+                    names=tuple(str(n) for n in doc["catalog"].get("names", [])),
+                    definition=dict(doc["catalog"].get("definition", {})),
+                ),
+                features=FeatureColumns(
+                    used=tuple(doc["features"]["used"]),
+                    log1p=tuple(doc["features"].get("log1p", [])),
+                    dropped_constant=tuple(doc["features"].get("dropped_constant", [])),
+                ),
+                k=int(doc["k"]),
+                segments=tuple(_segment(s) for s in doc["segments"]),
+                segment_ids=_segment_ids(doc.get("segment_ids")),
+                lineage=doc.get("lineage"),
+                metrics=dict(doc.get("metrics") or {}),
+                thresholds=dict(doc.get("thresholds") or {}),
+                settings=_section(TrainedWith, doc.get("settings")),
+                notes=tuple(str(n) for n in doc.get("notes", [])),
+                artifacts={str(k): str(v) for k, v in doc.get("artifacts", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{MANIFEST}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+_HEADER_KEYS: Final = ("format_version", "bundle_version", "created_at", "artifacts")
+
+_Section = TypeVar("_Section", TrainingData, TrainedWith)
+
+
+def _section(cls: type[_Section], doc: Mapping[str, Any] | None) -> _Section | None:
+    if doc is None:
+        return None
+    known = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in doc.items()
+        if key in known
+    }
+    return cls(**values)
+
+
+def _segment(doc: Mapping[str, Any]) -> SegmentRecord:
+    outcomes = doc.get("outcomes")
+    return SegmentRecord(
+        id=int(doc["id"]),
+        name=str(doc["name"]),
+        size=int(doc.get("size", 0)),
+        share=float(doc.get("share", 0.0)),
+        top_features=tuple(dict(t) for t in doc.get("top_features", [])),
+        outcomes=None if outcomes is None else SegmentOutcomes(**outcomes),
+    )
+
+
+def _segment_ids(doc: Mapping[str, Any] | None) -> SegmentIds | None:
+    if doc is None:
+        return None
+    return SegmentIds(used=tuple(int(i) for i in doc["used"]), next=int(doc["next"]))
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A verified bundle, ready to assign customers.
 
-    Every method takes the full catalog feature matrix, columns in `catalog.names` order.
+    `manifest` is `manifest.json` as read (a dict, every key kept, for callers that index
+    it); `info` is the same document typed (`Manifest`). Every method takes the full
+    catalog feature matrix, columns in `catalog.names` order.
     """
 
     path: Path
@@ -182,6 +390,7 @@ class Bundle:
     segment_names: dict[int, str]
     churn_threshold: float
     space: ScaledSpace = field(repr=False)
+    info: Manifest = field(repr=False)
     early_model: Any = field(default=None, repr=False)
     churn_model: Any = field(default=None, repr=False)
 
@@ -207,8 +416,8 @@ class Bundle:
         if trees is None:
             return np.asarray(self.early_model.predict(x), dtype=np.int64)
         # A forest: sum the trees' probabilities directly. sklearn's own `predict` runs
-        # each tree through joblib and input validation, 4x slower on a stream batch
-        # (measured: 10 ms vs 2.4 ms for 300 rows and 60 trees); same votes, same ties.
+        # each tree through joblib and input validation, several times slower on a stream
+        # batch (benchmarks/NOTES.md); same votes, same ties.
         x32 = np.ascontiguousarray(x, dtype=np.float32)
         votes = sum(tree.predict_proba(x32, check_input=False) for tree in trees)
         classes = np.asarray(self.early_model.classes_, dtype=np.int64)
@@ -224,7 +433,7 @@ class Bundle:
 
     def _check(self, features: np.ndarray) -> np.ndarray:
         x = np.asarray(features, dtype=float)
-        width = len(self.manifest["catalog"]["names"])
+        width = len(self.info.catalog.names)
         if x.ndim != 2 or x.shape[1] != width:
             raise BundleError(f"expected an (n, {width}) catalog feature matrix, got {x.shape}")
         return x
@@ -332,9 +541,9 @@ def load_bundle(path: Path, catalog: Catalog) -> Bundle:
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path / MODEL}: not valid JSON ({exc})") from None
     space = ScaledSpace.from_json(model_doc, catalog)
-    segments = manifest["segments"]
-    names = {int(s["id"]): str(s["name"]) for s in segments}
-    if sorted(names) != sorted(space.segment_ids) or len(segments) != manifest["k"]:
+    info = Manifest.from_dict(manifest)
+    names = {s.id: s.name for s in info.segments}
+    if sorted(names) != sorted(space.segment_ids) or len(info.segments) != info.k:
         raise BundleError(f"{path}: segments in {MANIFEST} and {MODEL} disagree")
     early = _load_skops(path / EARLY) if EARLY in artifacts else None
     churn = _load_skops(path / CHURN) if CHURN in artifacts else None
@@ -346,7 +555,7 @@ def load_bundle(path: Path, catalog: Catalog) -> Bundle:
             )
     if churn is not None and 1 not in list(churn.classes_):
         raise BundleError(f"{path / CHURN}: has no churn (1) class")
-    threshold = manifest["thresholds"].get("churn")
+    threshold = info.churn_threshold
     return Bundle(
         path=path,
         version=str(manifest["bundle_version"]),
@@ -355,6 +564,7 @@ def load_bundle(path: Path, catalog: Catalog) -> Bundle:
         segment_names=names,
         churn_threshold=float(threshold) if threshold is not None else float("nan"),
         space=space,
+        info=info,
         early_model=early,
         churn_model=churn,
     )
@@ -386,20 +596,22 @@ def dump_skops(model: Any, file: Path) -> None:
 
 def write_bundle(
     model_dir: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest | Mapping[str, Any],
     write_artifacts: Callable[[Path, str], None],
     created: datetime,
 ) -> Path:
     """Write a complete bundle under `model_dir/<version>/` and return its path.
 
-    The version's hash is taken from `manifest` (data fingerprint, model, metrics), so
-    different trainings get different names. `write_artifacts(staging, version)` writes
+    The version's hash is taken from `manifest`'s body (data fingerprint, model,
+    metrics), so different trainings get different names; a plain mapping is taken as the
+    body as is. `write_artifacts(staging, version)` writes
     every artifact into a staging directory; their hashes go into the manifest, written
     last, and the staging directory is renamed into place only once all is on disk.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    content = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    body = manifest.body() if isinstance(manifest, Manifest) else dict(manifest)
+    content = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     version = bundle_version(created, content)
     target = model_dir / version
     if target.exists():
@@ -416,7 +628,7 @@ def write_bundle(
             "format_version": FORMAT_VERSION,
             "bundle_version": version,
             "created_at": created.astimezone(UTC).isoformat(),
-            **manifest,
+            **body,
             "artifacts": artifacts,
         }
         (staging / MANIFEST).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")

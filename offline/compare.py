@@ -3,28 +3,27 @@
 Owns `place` (a customer's segment the way the stream places it: the early-life
 classifier below `early_days` of tenure, the nearest centroid above), `compare` (features
 at as-of from the batch reference, both bundles' segments and churn probabilities, then
-`models.agreement.agreement`), and its output: rich tables and an HTML page with a JSON
-twin. The numbers come from the same agreement function the stream's shadow mode uses.
+`models.agreement.agreement`), and its output: the rows of its summary and segment-pair
+tables (`segstream.views` draws them on the terminal) and an HTML page with a JSON twin.
+The numbers come from the same agreement function the stream's shadow mode uses.
 
-Must not import `stream/`.
+Must not import `stream/`, `segstream/` or rich.
 """
 
 from __future__ import annotations
 
-import html
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from models.agreement import Agreement, agreement
 from models.bundle import Bundle
 from models.catalog import Catalog
+from offline.html import escape, page, table
 from offline.reference import features_at
 
 TENURE = "tenure_days"
@@ -113,6 +112,7 @@ def _count(value: int | None) -> str:
 
 
 def summary_rows(c: Comparison) -> list[tuple[str, str]]:
+    """(what, value) of the headline table: versions, customers, agreement, alerts."""
     a = c.agreement
     return [
         ("live bundle", c.live.version),
@@ -151,42 +151,8 @@ def pair_rows(c: Comparison) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def tables(c: Comparison) -> list[Table]:
-    """What `segstream compare` prints."""
-    head = Table(title="live vs candidate", show_header=False)
-    head.add_column("what")
-    head.add_column("value", justify="right")
-    for what, value in summary_rows(c):
-        head.add_row(what, value)
-    pairs = Table(title="segment pairs (same id = same segment)")
-    for col in ("live segment", "candidate segment", "customers", "share of live segment"):
-        pairs.add_column(col, justify="right" if col in ("customers",) else "left")
-    for row in pair_rows(c):
-        pairs.add_row(*row)
-    return [head, pairs]
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f2f2f2; }
-tr.same td { background: #eef7ee; }
-p.explain { color: #555; }
-"""
-
-
-def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], same: Sequence[bool] | None = None
-) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        f"<tr{' class=same' if same and same[i] else ''}>"
-        + "".join(f"<td>{html.escape(v)}</td>" for v in row)
-        + "</tr>"
-        for i, row in enumerate(rows)
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+#: Rows of customers who keep their segment.
+_SAME_STYLE = "tr.same td { background: #eef7ee; }\n"
 
 
 def write_html(c: Comparison, out_dir: Path) -> list[Path]:
@@ -194,29 +160,24 @@ def write_html(c: Comparison, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = pair_rows(c)
-    same = [r[0].split(" ", 1)[0] == r[1].split(" ", 1)[0] for r in rows]
+    same = ["same" if r[0].split(" ", 1)[0] == r[1].split(" ", 1)[0] else None for r in rows]
     title = f"{c.live.version} vs {c.candidate.version}"
     parts = [
-        f"<h1>Bundle comparison: {html.escape(title)}</h1>",
+        f"<h1>Bundle comparison: {escape(title)}</h1>",
         "<p class='explain'>Both bundles scored the same customers (every customer with an "
-        f"event by {html.escape(c.as_of)}), with the features the batch reference computes. "
+        f"event by {escape(c.as_of)}), with the features the batch reference computes. "
         f"Customers younger than {c.early_days:g} days are placed by each bundle's early-life "
         "classifier, older ones by the nearest centroid, as the stream does. Segment ids are "
         "stable across retrainings, so the same id means the same segment. A churn alert "
         "is counted for a customer at or above the bundle's threshold at as-of.</p>",
-        _table(["", "value"], summary_rows(c)),
+        table(["", "value"], summary_rows(c)),
         "<h2>Segment pairs</h2>",
         "<p class='explain'>Customers by segment under the live bundle and under the "
         "candidate; green rows keep their segment.</p>",
-        _table(["live segment", "candidate segment", "customers", "share of live segment"],
-               rows, same),
+        table(["live segment", "candidate segment", "customers", "share of live segment"],
+              rows, same),
     ]  # fmt: skip
-    page = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>segstream compare {html.escape(title)}</title><style>{_STYLE}</style>"
-        "</head><body>" + "\n".join(parts) + "</body></html>\n"
-    )
     page_path, json_path = out_dir / "compare.html", out_dir / "compare.json"
-    page_path.write_text(page, encoding="utf-8")
+    page_path.write_text(page(f"segstream compare {title}", parts, _SAME_STYLE), encoding="utf-8")
     json_path.write_text(json.dumps(c.to_dict(), indent=2) + "\n", encoding="utf-8")
     return [page_path, json_path]

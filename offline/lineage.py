@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from models.bundle import ScaledSpace
+from models.bundle import Manifest, ScaledSpace
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,17 @@ class Previous:
     used_ids: frozenset[int]
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], space: ScaledSpace) -> Previous:
+    def from_manifest(cls, manifest: Manifest, space: ScaledSpace) -> Previous:
         """From a loaded bundle's manifest and scaled space (older bundles without
         `segment_ids` count only their own ids as used)."""
-        names = {int(s["id"]): str(s["name"]) for s in manifest["segments"]}
-        recorded = manifest.get("segment_ids", {}).get("used", [])
+        names = {s.id: s.name for s in manifest.segments}
+        recorded = () if manifest.segment_ids is None else manifest.segment_ids.used
         return cls(
-            version=str(manifest["bundle_version"]),
-            as_of=str(manifest.get("as_of", "")),
+            version=manifest.bundle_version,
+            as_of=manifest.as_of,
             space=space,
             names=names,
-            used_ids=frozenset(int(i) for i in [*recorded, *names]),
+            used_ids=frozenset([*recorded, *names]),
         )
 
 
@@ -194,14 +194,6 @@ def _first_ids(labels: np.ndarray, k: int, reserved: Iterable[int]) -> Lineage:
     )
 
 
-def _part(i: int, j: int, o: np.ndarray, out: np.ndarray, inn: np.ndarray) -> dict[str, Any]:
-    return {
-        "customers": int(o[i, j]),
-        "share_of_previous": round(float(out[i, j]), 4),
-        "share_of_new": round(float(inn[i, j]), 4),
-    }
-
-
 def match_segments(
     labels: np.ndarray,
     centroids: np.ndarray,
@@ -240,30 +232,101 @@ def match_segments(
     if previous is None or previous_labels is None:
         return _first_ids(labels, k, reserved)
     old_ids = list(previous.space.segment_ids)
-    p = len(old_ids)
-    row = {sid: r for r, sid in enumerate(old_ids)}
-    prev_rows = np.array([row[int(s)] for s in previous_labels], dtype=np.int64)
-    o = np.zeros((p, k), dtype=np.int64)
-    np.add.at(o, (prev_rows, labels), 1)
-    size_old, size_new = o.sum(axis=1, keepdims=True), o.sum(axis=0, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.nan_to_num(o / size_old)
-        inn = np.nan_to_num(o / size_new)
-        jac = np.nan_to_num(o / (size_old + size_new - o))
+    overlap = _Overlap.count(old_ids, previous_labels, labels, k)
+    accepted = _pair(overlap, _pairing_cost(overlap, previous, space, centroids, rules), rules)
+    used = set(previous.used_ids) | {int(i) for i in reserved}
+    ids = _stable_ids(k, accepted, old_ids, used)
+    used |= {int(i) for i in ids}
+    flows = _Flows.of(overlap, rules)
+    transitions = [
+        (old_ids[i], int(ids[j]), int(overlap.o[i, j]))
+        for i, j in zip(*np.nonzero(overlap.o), strict=True)
+    ]
+    same = float(np.mean(ids[labels] == np.asarray(previous_labels))) if len(labels) else None
+    return Lineage(
+        ids=ids,
+        kept_names={old_ids[i]: previous.names[old_ids[i]] for i in sorted(accepted.values())},
+        previous=previous,
+        segments=_segment_records(ids, accepted, overlap, flows, old_ids, previous.names),
+        retired=_retired_records(ids, accepted, overlap, flows, old_ids, previous.names),
+        transitions=sorted(transitions),
+        same_segment_share=same,
+        customers=len(labels),
+        used_ids=sorted(used),
+        rules=rules,
+    )
+
+
+@dataclass(frozen=True)
+class _Overlap:
+    """The overlap matrix `o` (old segment rows, new cluster columns) and its shares."""
+
+    o: np.ndarray
+    #: Where old `i`'s customers went: o[i, j] / |i|.
+    out: np.ndarray
+    #: Where new `j`'s customers came from: o[i, j] / |j|.
+    inn: np.ndarray
+    jaccard: np.ndarray
+    #: Customers per old segment (a column).
+    size_old: np.ndarray
+
+    @classmethod
+    def count(
+        cls, old_ids: list[int], previous_labels: np.ndarray, labels: np.ndarray, k: int
+    ) -> _Overlap:
+        row = {sid: r for r, sid in enumerate(old_ids)}
+        prev_rows = np.array([row[int(s)] for s in previous_labels], dtype=np.int64)
+        o = np.zeros((len(old_ids), k), dtype=np.int64)
+        np.add.at(o, (prev_rows, labels), 1)
+        size_old, size_new = o.sum(axis=1, keepdims=True), o.sum(axis=0, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.nan_to_num(o / size_old)
+            inn = np.nan_to_num(o / size_new)
+            jac = np.nan_to_num(o / (size_old + size_new - o))
+        return cls(o, out, inn, jac, size_old)
+
+    def part(self, i: int, j: int) -> dict[str, Any]:
+        """The record of flow i -> j: customers and both shares."""
+        return {
+            "customers": int(self.o[i, j]),
+            "share_of_previous": round(float(self.out[i, j]), 4),
+            "share_of_new": round(float(self.inn[i, j]), 4),
+        }
+
+
+def _pairing_cost(
+    overlap: _Overlap,
+    previous: Previous,
+    space: ScaledSpace,
+    centroids: np.ndarray,
+    rules: MatchRules,
+) -> np.ndarray:
+    """`w * (1 - J) + (1 - w) * min(D / s, 1)` for every (old, new) pair."""
+    k = len(centroids)
     old_c = to_space(previous.space, space)
     dist = np.sqrt(((old_c[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2))
     between = np.sqrt(((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2))
     spread = float(np.median(between[np.triu_indices(k, 1)])) if k > 1 else 1.0
-    cost = rules.overlap_weight * (1 - jac) + (1 - rules.overlap_weight) * np.minimum(
-        dist / max(spread, 1e-9), 1.0
-    )
+    cost: np.ndarray = rules.overlap_weight * (1 - overlap.jaccard) + (
+        1 - rules.overlap_weight
+    ) * np.minimum(dist / max(spread, 1e-9), 1.0)
+    return cost
+
+
+def _pair(overlap: _Overlap, cost: np.ndarray, rules: MatchRules) -> dict[int, int]:
+    """new cluster -> old row, for the least-cost one-to-one pairs sharing most of a side."""
     rows, cols = linear_sum_assignment(cost)
-    accepted = {
+    return {
         int(j): int(i)
         for i, j in zip(rows, cols, strict=True)
-        if out[i, j] >= rules.keep_share or inn[i, j] >= rules.keep_share
+        if overlap.out[i, j] >= rules.keep_share or overlap.inn[i, j] >= rules.keep_share
     }
-    used = set(previous.used_ids) | {int(i) for i in reserved}
+
+
+def _stable_ids(
+    k: int, accepted: Mapping[int, int], old_ids: list[int], used: set[int]
+) -> np.ndarray:
+    """The old id for an accepted pair, else the next id above every `used` one."""
     next_id = max(used, default=-1) + 1
     ids = np.empty(k, dtype=np.int64)
     for j in range(k):
@@ -271,78 +334,100 @@ def match_segments(
             ids[j] = old_ids[accepted[j]]
         else:
             ids[j], next_id = next_id, next_id + 1
-    used |= {int(i) for i in ids}
+    return ids
 
-    flow = ((out >= rules.flow_share) & (inn >= rules.flow_share)) | (out >= rules.keep_share)
-    sources = [np.flatnonzero(flow[:, j]).tolist() for j in range(k)]
-    splits = flow.sum(axis=1) >= 2
-    merges = flow.sum(axis=0) >= 2
-    segments = []
-    for j in sorted(range(k), key=lambda c: int(ids[c])):
+
+@dataclass(frozen=True)
+class _Flows:
+    """The significant flows of an overlap and what they make of each segment."""
+
+    #: (old, new) -> a significant flow.
+    flow: np.ndarray
+    #: Per new cluster, the old rows flowing into it.
+    sources: list[list[int]]
+    #: Per old row: it split (2+ significant flows out).
+    splits: np.ndarray
+    #: Per new cluster: a merge (2+ significant flows in).
+    merges: np.ndarray
+
+    @classmethod
+    def of(cls, overlap: _Overlap, rules: MatchRules) -> _Flows:
+        out, inn = overlap.out, overlap.inn
+        flow = ((out >= rules.flow_share) & (inn >= rules.flow_share)) | (out >= rules.keep_share)
+        sources = [np.flatnonzero(flow[:, j]).tolist() for j in range(flow.shape[1])]
+        return cls(flow, sources, flow.sum(axis=1) >= 2, flow.sum(axis=0) >= 2)
+
+
+def _segment_records(
+    ids: np.ndarray,
+    accepted: Mapping[int, int],
+    overlap: _Overlap,
+    flows: _Flows,
+    old_ids: list[int],
+    names: Mapping[int, str],
+) -> list[dict[str, Any]]:
+    """One record per new segment, in id order: status, the old segment it took over,
+    the significant flows into it."""
+    records = []
+    for j in sorted(range(len(ids)), key=lambda c: int(ids[c])):
         i = accepted.get(j)
-        if merges[j]:
+        sources = flows.sources[j]
+        if flows.merges[j]:
             status = "merged"
         elif i is not None:
-            status = "split" if splits[i] else "kept"
-        elif len(sources[j]) == 1 and splits[sources[j][0]]:
+            status = "split" if flows.splits[i] else "kept"
+        elif len(sources) == 1 and flows.splits[sources[0]]:
             status = "split"
         else:
             status = "new"
-        segments.append(
+        records.append(
             {
                 "id": int(ids[j]),
                 "status": status,
                 "previous_id": None if i is None else old_ids[i],
-                "previous_name": None if i is None else previous.names.get(old_ids[i]),
+                "previous_name": None if i is None else names.get(old_ids[i]),
                 "from": [
-                    {
-                        "id": old_ids[s],
-                        "name": previous.names.get(old_ids[s]),
-                        **_part(s, j, o, out, inn),
-                    }
-                    for s in sources[j]
+                    {"id": old_ids[s], "name": names.get(old_ids[s]), **overlap.part(s, j)}
+                    for s in sources
                 ],
             }
         )
-    retired = []
+    return records
+
+
+def _retired_records(
+    ids: np.ndarray,
+    accepted: Mapping[int, int],
+    overlap: _Overlap,
+    flows: _Flows,
+    old_ids: list[int],
+    names: Mapping[int, str],
+) -> list[dict[str, Any]]:
+    """One record per old segment no new one took over, with the cause."""
+    records = []
     taken = set(accepted.values())
-    for i in range(p):
+    for i in range(len(old_ids)):
         if i in taken:
             continue
-        into = np.flatnonzero(flow[i]).tolist()
-        if any(merges[j] for j in into):
+        into = np.flatnonzero(flows.flow[i]).tolist()
+        if any(flows.merges[j] for j in into):
             cause = "merged"
         elif len(into) >= 2:
             cause = "split"
-        elif size_old[i, 0] == 0:
+        elif overlap.size_old[i, 0] == 0:
             cause = "empty"
         else:
             cause = "dissolved"
-        retired.append(
+        records.append(
             {
                 "id": old_ids[i],
-                "name": previous.names.get(old_ids[i]),
+                "name": names.get(old_ids[i]),
                 "status": "retired",
                 "cause": cause,
-                "into": [{"id": int(ids[j]), **_part(i, j, o, out, inn)} for j in into],
+                "into": [{"id": int(ids[j]), **overlap.part(i, j)} for j in into],
             }
         )
-    transitions = [
-        (old_ids[i], int(ids[j]), int(o[i, j])) for i, j in zip(*np.nonzero(o), strict=True)
-    ]
-    same = float(np.mean(ids[labels] == np.asarray(previous_labels))) if len(labels) else None
-    return Lineage(
-        ids=ids,
-        kept_names={old_ids[i]: previous.names[old_ids[i]] for i in sorted(accepted.values())},
-        previous=previous,
-        segments=segments,
-        retired=retired,
-        transitions=sorted(transitions),
-        same_segment_share=same,
-        customers=len(labels),
-        used_ids=sorted(used),
-        rules=rules,
-    )
+    return records
 
 
 def relabel(labels: np.ndarray, ids: Sequence[int] | np.ndarray) -> np.ndarray:

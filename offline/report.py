@@ -1,16 +1,15 @@
 """The analyst report: `report.html` plus PNG figures beside it, in the bundle.
 
 Owns the figures (elbow and silhouette, 2-D PCA of the segments, churn calibration) and
-the HTML page (profile table, outcome table, churn metrics, early-life accuracy, what
-changed since the previous model, notes), each section with a short explanation.
-matplotlib runs with the Agg backend.
+the page's sections (choosing k, the segments, profiles, outcomes, churn, early-life
+accuracy, what changed since the previous model, notes), each with a short explanation;
+`offline.html` writes the tags. matplotlib runs with the Agg backend.
 
 Must not import `stream/`; it only renders numbers the trainer already computed.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.decomposition import PCA
 
+from offline.html import escape, image, number, page, table
 from offline.naming import SegmentProfile
 from offline.segmentation import KScore
 
@@ -105,22 +105,9 @@ def _calibration_figure(y: np.ndarray, proba: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _lineage_section(lineage: Mapping[str, Any], names: Mapping[int, str]) -> list[str]:
-    """ "What changed since the previous model": statuses, then the from-to table."""
+    """The "what changed since the previous model" section: statuses, then the from-to
+    table of customers."""
     old_names = {int(r["from"][0]["id"]): r["from"][0]["name"] for r in lineage["segments"]
                  if r["from"]}  # fmt: skip
     old_names |= {int(r["id"]): r["name"] for r in lineage["retired"]}
@@ -129,8 +116,8 @@ def _lineage_section(lineage: Mapping[str, Any], names: Mapping[int, str]) -> li
     same = lineage["same_segment_share"]
     parts = [
         "<h2>What changed since the previous model</h2>",
-        f"<p class='explain'>Previous bundle: <b>{html.escape(lineage['previous_version'])}"
-        f"</b> (as of {html.escape(lineage['previous_as_of'])}). The training customers "
+        f"<p class='explain'>Previous bundle: <b>{escape(lineage['previous_version'])}"
+        f"</b> (as of {escape(lineage['previous_as_of'])}). The training customers "
         "were assigned by both models; segments were matched one to one on the customers "
         "they share and on centroid distance, so a segment that is still there keeps its id "
         "and name. "
@@ -150,138 +137,145 @@ def _lineage_section(lineage: Mapping[str, Any], names: Mapping[int, str]) -> li
     for r in lineage["retired"]:
         went = "; ".join(f"to {f['id']}: {f['share_of_previous']:.0%}" for f in r["into"])
         rows.append([r["id"], r["name"], f"retired ({r['cause']})", went])
-    parts.append(_table(["id", "name", "status", "significant flows"], rows))
+    parts.append(table(["id", "name", "status", "significant flows"], rows))
     cells = {(int(t["from"]), int(t["to"])): int(t["customers"]) for t in lineage["transitions"]}
     olds = sorted({i for i, _ in cells})
     news = sorted(names)
     header = ["previous / new", *[f"{j} {names[j]}" for j in news], "customers"]
-    table = [
+    matrix = [
         [f"{i} {old_names.get(i, '')}", *[f"{cells.get((i, j), 0):,}" for j in news],
          f"{sum(cells.get((i, j), 0) for j in news):,}"]
         for i in olds
     ]  # fmt: skip
     parts.append("<p class='explain'>Customers by segment in the previous model (rows) and "
                  "in this one (columns).</p>")  # fmt: skip
-    parts.append(_table(header, table))
+    parts.append(table(header, matrix))
     return parts
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f2f2f2; }
-p.explain { color: #555; }
-"""
 
 
 def write_report(data: ReportInputs, out_dir: Path) -> list[Path]:
     """Write report.html and its figures into `out_dir`; return the files written."""
     out_dir = Path(out_dir)
-    written = [out_dir / "report.html", out_dir / FIGURES[0], out_dir / FIGURES[1]]
-    _k_figure(data, written[1])
-    _pca_figure(data, written[2])
+    page_path = out_dir / "report.html"
+    _k_figure(data, out_dir / FIGURES[0])
+    _pca_figure(data, out_dir / FIGURES[1])
+    written = [page_path, out_dir / FIGURES[0], out_dir / FIGURES[1]]
+    if data.churn is not None and data.churn_holdout is not None:
+        _calibration_figure(*data.churn_holdout, out_dir / FIGURES[2])
+        written.append(out_dir / FIGURES[2])
     parts = [
-        f"<h1>Segmentation bundle {html.escape(data.version)}</h1>",
-        f"<p>Customers as of <b>{html.escape(data.as_of)}</b>: {len(data.labels):,} customers "
+        *_k_section(data),
+        *_segments_section(),
+        *_profiles_section(data),
+        *_outcomes_section(data),
+        *_churn_section(data.churn if data.churn_holdout is not None else None),
+        *_early_section(data.early),
+    ]
+    if data.lineage is not None:
+        parts += _lineage_section(data.lineage, data.names)
+    if data.notes:
+        parts.append("<h2>Notes</h2><ul>")
+        parts += [f"<li>{escape(n)}</li>" for n in data.notes]
+        parts.append("</ul>")
+    page_path.write_text(page(f"segstream bundle {data.version}", parts), encoding="utf-8")
+    return written
+
+
+def _k_section(data: ReportInputs) -> list[str]:
+    stability = number(data.stability) if data.stability is not None else "not measured"
+    return [
+        f"<h1>Segmentation bundle {escape(data.version)}</h1>",
+        f"<p>Customers as of <b>{escape(data.as_of)}</b>: {len(data.labels):,} customers "
         f"in {data.k} segments.</p>",
         "<h2>How many segments</h2>",
         "<p class='explain'>Each k from the candidate range was fitted. Inertia (blue) always "
         "falls as k grows; the elbow is where it stops falling fast. Silhouette (orange) "
         "measures how well separated the segments are (higher is better); the chosen k has "
-        f"the best silhouette: {_fmt(data.silhouette)}. Stability is the adjusted Rand index "
-        "between refits on bootstrap resamples and the main fit (1 means identical "
-        f"segments): {_fmt(data.stability) if data.stability is not None else 'not measured'}."
-        "</p>",
-        f"<img src='{FIGURES[0]}' alt='elbow and silhouette'>",
+        f"the best silhouette: {number(data.silhouette)}. Stability is the adjusted Rand "
+        "index between refits on bootstrap resamples and the main fit (1 means identical "
+        f"segments): {stability}.</p>",
+        image(FIGURES[0], "elbow and silhouette"),
+    ]
+
+
+def _segments_section() -> list[str]:
+    return [
         "<h2>The segments</h2>",
         "<p class='explain'>Each dot is a customer, projected on the two directions of "
         "largest variance of the scaled features. Overlap in this picture can still be "
         "separation in the full space.</p>",
-        f"<img src='{FIGURES[1]}' alt='segments PCA scatter'>",
-        "<h2>Profiles</h2>",
-        "<p class='explain'>What sets each segment apart: the features whose segment mean "
-        "differs most from the population, in population standard deviations (z, on the "
-        "log-scaled features). Means and medians are in the feature's own units. The names "
-        "come from fixed rules on these differences and can be overridden in the config "
-        "file's <code>[segments.names]</code>.</p>",
+        image(FIGURES[1], "segments PCA scatter"),
     ]
+
+
+def _profiles_section(data: ReportInputs) -> list[str]:
     rows = []
     for p in data.profiles:
         for rank, feat in enumerate(p.top(4)):
             s = p.features[feat]
             lead = [p.id, data.names[p.id], f"{p.size:,}", f"{p.share:.1%}"]
             stats = [s["z"], s["mean"], s["pop_mean"], s["median"], s["pop_median"]]
-            rows.append([*(lead if rank == 0 else [""] * 4), feat, *(_fmt(v, 2) for v in stats)])
+            rows.append([*(lead if rank == 0 else [""] * 4), feat, *(number(v, 2) for v in stats)])
     header = ["id", "name", "size", "share", "feature", "z", "mean", "pop. mean", "median"]
-    parts.append(_table([*header, "pop. median"], rows))
-    parts.append("<h2>Outcomes after as-of</h2>")
-    parts.append(
+    return [
+        "<h2>Profiles</h2>",
+        "<p class='explain'>What sets each segment apart: the features whose segment mean "
+        "differs most from the population, in population standard deviations (z, on the "
+        "log-scaled features). Means and medians are in the feature's own units. The names "
+        "come from fixed rules on these differences and can be overridden in the config "
+        "file's <code>[segments.names]</code>.</p>",
+        table([*header, "pop. median"], rows),
+    ]
+
+
+def _outcomes_section(data: ReportInputs) -> list[str]:
+    parts = [
+        "<h2>Outcomes after as-of</h2>",
         "<p class='explain'>Segments should differ on what they were not clustered on: "
         "whether customers came back (any event) and what they spent in the days after "
-        f"as-of. {html.escape(data.outcome_note.capitalize())}.</p>"
-    )
+        f"as-of. {escape(data.outcome_note.capitalize())}.</p>",
+    ]
     if data.outcomes is not None:
-        out_rows = [
+        rows = [
             [seg, data.names[seg], f"{int(r['customers']):,}", f"{r['retention']:.1%}",
              f"{r['revenue_per_customer']:,.2f}", f"{r['revenue_total']:,.0f}"]
             for seg, r in zip(data.outcomes.index.astype(int), data.outcomes.to_dict("records"),
                               strict=True)
         ]  # fmt: skip
         header = ["id", "name", "customers", "retention", "revenue per customer", "revenue"]
-        parts.append(_table(header, out_rows))
-    parts.append("<h2>Churn risk</h2>")
-    if data.churn is None or data.churn_holdout is None:
-        parts.append("<p>No churn model in this bundle.</p>")
-    else:
-        c = data.churn
-        _calibration_figure(*data.churn_holdout, out_dir / FIGURES[2])
-        written.append(out_dir / FIGURES[2])
-        parts.append(
-            "<p class='explain'>A customer active in the 30 days before a snapshot churns when "
-            "they have no qualifying event in the horizon after it. The model learned from "
-            "older snapshots and is scored on the most recent one it never saw. ROC AUC is "
-            "the chance a churner ranks above a non-churner; at the alert threshold (chosen "
-            "on the training snapshots for a precision target, see the README's alert "
-            "quality section) precision is the share of alerts that "
-            "were right and recall the share of churners alerted. The calibration plot shows "
-            "predicted probabilities against observed churn rates.</p>"
-        )
-        parts.append(
-            _table(
-                ["metric", "value"],
-                [[k, _fmt(v)] for k, v in c.items() if not isinstance(v, dict)],
-            )
-        )
-        parts.append(f"<img src='{FIGURES[2]}' alt='churn calibration'>")
-    parts.append("<h2>Early-life segment</h2>")
-    if data.early is None:
-        parts.append("<p>No early-life classifier in this bundle.</p>")
-    else:
-        e = data.early
-        parts.append(
-            "<p class='explain'>New customers are assigned a segment before their behaviour "
-            "settles: a classifier learned from customers' first weeks (snapshots at several "
-            "ages) which segment they end up in at as-of. Accuracy is measured on customers "
-            "held out of training.</p>"
-        )
-        by_age = e.get("accuracy_by_age", {})
-        parts.append(
-            _table(
-                ["age (days)", "accuracy"],
-                [["all", _fmt(e["accuracy"])], *[[a, _fmt(v)] for a, v in by_age.items()]],
-            )
-        )
-    if data.lineage is not None:
-        parts += _lineage_section(data.lineage, data.names)
-    if data.notes:
-        parts.append("<h2>Notes</h2><ul>")
-        parts += [f"<li>{html.escape(n)}</li>" for n in data.notes]
-        parts.append("</ul>")
-    page = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>segstream bundle {html.escape(data.version)}</title><style>{_STYLE}</style>"
-        "</head><body>" + "\n".join(parts) + "</body></html>\n"
-    )
-    written[0].write_text(page, encoding="utf-8")
-    return written
+        parts.append(table(header, rows))
+    return parts
+
+
+def _churn_section(churn: Mapping[str, Any] | None) -> list[str]:
+    if churn is None:
+        return ["<h2>Churn risk</h2>", "<p>No churn model in this bundle.</p>"]
+    return [
+        "<h2>Churn risk</h2>",
+        "<p class='explain'>A customer active in the 30 days before a snapshot churns when "
+        "they have no qualifying event in the horizon after it. The model learned from "
+        "older snapshots and is scored on the most recent one it never saw. ROC AUC is "
+        "the chance a churner ranks above a non-churner; at the alert threshold (chosen "
+        "on the training snapshots for a precision target, see the README's alert "
+        "quality section) precision is the share of alerts that "
+        "were right and recall the share of churners alerted. The calibration plot shows "
+        "predicted probabilities against observed churn rates.</p>",
+        table(["metric", "value"],
+              [[k, number(v)] for k, v in churn.items() if not isinstance(v, dict)]),
+        image(FIGURES[2], "churn calibration"),
+    ]  # fmt: skip
+
+
+def _early_section(early: Mapping[str, Any] | None) -> list[str]:
+    if early is None:
+        return ["<h2>Early-life segment</h2>", "<p>No early-life classifier in this bundle.</p>"]
+    by_age = early.get("accuracy_by_age", {})
+    return [
+        "<h2>Early-life segment</h2>",
+        "<p class='explain'>New customers are assigned a segment before their behaviour "
+        "settles: a classifier learned from customers' first weeks (snapshots at several "
+        "ages) which segment they end up in at as-of. Accuracy is measured on customers "
+        "held out of training.</p>",
+        table(["age (days)", "accuracy"],
+              [["all", number(early["accuracy"])], *[[a, number(v)] for a, v in by_age.items()]]),
+    ]  # fmt: skip

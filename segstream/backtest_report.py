@@ -1,13 +1,14 @@
 """The backtest report: `report.html` with its figures, and `metrics.json`.
 
-Renders what `segstream.backtest.evaluate` computed (threshold sweep, detection-delay
-histogram, daily volumes) in the style of the bundle report (`offline.report`).
-matplotlib runs with the Agg backend. No evaluation happens here.
+Renders what `segstream.backtest.evaluate` computed (volumes, churn alerts judged from
+the history with the threshold sweep, migrations against a truth with the detection-delay
+histogram, migrations without truth), one function per section; the tags come from
+`offline.html`, shared with the bundle report. matplotlib runs with the Agg backend. No
+evaluation happens here.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from offline.report import _STYLE, _fmt, _table
+from offline.html import escape, image, number, page, table
 
 FIGURES = ("threshold_sweep.png", "migration_delay.png", "daily_volumes.png")
 
@@ -75,7 +76,7 @@ def _volume_figure(volumes: Mapping[str, Any], path: Path) -> None:
 
 
 def _kv(pairs: list[tuple[str, Any]]) -> str:
-    return _table(["figure", "value"], [[k, _fmt(v)] for k, v in pairs])
+    return table(["figure", "value"], [[k, number(v)] for k, v in pairs])
 
 
 def _dist_text(d: Mapping[str, Any]) -> str:
@@ -89,34 +90,54 @@ def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "metrics.json", out_dir / "report.html"]
     written[0].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    win, vol, churn = metrics["window"], metrics["volumes"], metrics["churn"]
-    parts = [
+    _volume_figure(metrics["volumes"], out_dir / FIGURES[2])
+    _sweep_figure(metrics["churn"], out_dir / FIGURES[0])
+    written += [out_dir / FIGURES[2], out_dir / FIGURES[0]]
+    parts = [*_volumes_section(metrics), *_churn_section(metrics["churn"])]
+    if "migrations" in metrics:
+        _delay_figure(metrics["migrations"], out_dir / FIGURES[1])
+        written.append(out_dir / FIGURES[1])
+        parts += _migrations_section(metrics["migrations"])
+    parts += _behaviour_section(metrics["migration_behaviour"])
+    written[1].write_text(page("segstream backtest", parts), encoding="utf-8")
+    return written
+
+
+def _volumes_section(metrics: Mapping[str, Any]) -> list[str]:
+    win, vol = metrics["window"], metrics["volumes"]
+    seg_rows = [
+        [kind, seg, number(n)]
+        for kind, segs in sorted(vol["per_day_by_segment"].items())
+        for seg, n in sorted(segs.items())
+    ]
+    return [
         "<h1>Alert backtest</h1>",
-        f"<p>Model {html.escape(str(metrics.get('model_version', '')))}; alerts decided from "
+        f"<p>Model {escape(metrics.get('model_version', ''))}; alerts decided from "
         f"<b>{win['from']}</b> to <b>{win['to']}</b> ({win['days']:.1f} days), by the same "
         "engine as the live worker, replayed over the history on its event-time clock.</p>",
         "<h2>Volumes</h2>",
-        _table(
+        table(
             ["type", "alerts per day", "customers alerted"],
             [
-                [k, _fmt(v), vol["customers_alerted"].get(k, 0)]
+                [k, number(v), vol["customers_alerted"].get(k, 0)]
                 for k, v in sorted(vol["per_day"].items())
             ],
         ),
         f"<p>Customers alerted (any type): {vol['customers_alerted']['any']:,}. Busiest hour: "
         f"{vol['busiest_hour']['start']} with {vol['busiest_hour']['alerts']:,} alerts "
         "(daily re-scores run at midnight of the event clock).</p>",
+        image(FIGURES[2], "daily volumes"),
+        table(["type", "segment", "alerts per day"], seg_rows),
     ]
-    _volume_figure(vol, out_dir / FIGURES[2])
-    written.append(out_dir / FIGURES[2])
-    parts.append(f"<img src='{FIGURES[2]}' alt='daily volumes'>")
-    seg_rows = [
-        [kind, seg, _fmt(n)]
-        for kind, segs in sorted(vol["per_day_by_segment"].items())
-        for seg, n in sorted(segs.items())
-    ]
-    parts.append(_table(["type", "segment", "alerts per day"], seg_rows))
-    parts += [
+
+
+def _churn_section(churn: Mapping[str, Any]) -> list[str]:
+    sweep = [
+        [number(r["threshold"], 2), number(r["precision"]), number(r["recall"]),
+         number(r["alerts_per_day"])]
+        for r in churn["sweep"]
+    ]  # fmt: skip
+    return [
         "<h2>Churn alerts, judged from the history</h2>",
         "<p class='explain'>An alert is right when the customer has no qualifying event in "
         f"the {churn['horizon_days']:.0f} days after it; only alerts whose horizon the "
@@ -137,49 +158,35 @@ def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
                 ("silence at alert, days", _dist_text(churn["silence_at_alert_days"])),
             ]
         ),
+        image(FIGURES[0], "threshold sweep"),
+        table(["threshold", "precision", "recall", "alerts per day"], sweep),
     ]
-    _sweep_figure(churn, out_dir / FIGURES[0])
-    written.append(out_dir / FIGURES[0])
-    parts.append(f"<img src='{FIGURES[0]}' alt='threshold sweep'>")
-    parts.append(
-        _table(
-            ["threshold", "precision", "recall", "alerts per day"],
+
+
+def _migrations_section(m: Mapping[str, Any]) -> list[str]:
+    return [
+        "<h2>Migrations against the truth</h2>",
+        "<p class='explain'>A migration alert is right when the customer changed at most "
+        f"{m['max_delay_days']:.0f} days before it. Recall counts the changes at least 14 "
+        "days before the end of the window. The flap rate counts migration alerts on "
+        "customers without a change, per customer per 30 days.</p>",
+        _kv(
             [
-                [
-                    _fmt(r["threshold"], 2),
-                    _fmt(r["precision"]),
-                    _fmt(r["recall"]),
-                    _fmt(r["alerts_per_day"]),
-                ]
-                for r in churn["sweep"]
-            ],
-        )
-    )
-    if "migrations" in metrics:
-        m = metrics["migrations"]
-        parts += [
-            "<h2>Migrations against the truth</h2>",
-            "<p class='explain'>A migration alert is right when the customer changed at most "
-            f"{m['max_delay_days']:.0f} days before it. Recall counts the changes at least 14 "
-            "days before the end of the window. The flap rate counts migration alerts on "
-            "customers without a change, per customer per 30 days.</p>",
-            _kv(
-                [
-                    ("alerts", m["alerts"]),
-                    ("precision", m["precision"]),
-                    ("changes", m["changes"]),
-                    ("recall", m["recall"]),
-                    ("detection delay, days", _dist_text(m["delay_days"])),
-                    ("landed in the expected segment", m["landed_in_target"]),
-                    ("flap rate per unchanged customer per 30 days", m["flap_rate_per_30d"]),
-                ]
-            ),
-        ]
-        _delay_figure(m, out_dir / FIGURES[1])
-        written.append(out_dir / FIGURES[1])
-        parts.append(f"<img src='{FIGURES[1]}' alt='detection delay histogram'>")
-    b = metrics["migration_behaviour"]
-    parts += [
+                ("alerts", m["alerts"]),
+                ("precision", m["precision"]),
+                ("changes", m["changes"]),
+                ("recall", m["recall"]),
+                ("detection delay, days", _dist_text(m["delay_days"])),
+                ("landed in the expected segment", m["landed_in_target"]),
+                ("flap rate per unchanged customer per 30 days", m["flap_rate_per_30d"]),
+            ]
+        ),
+        image(FIGURES[1], "detection delay histogram"),
+    ]
+
+
+def _behaviour_section(b: Mapping[str, Any]) -> list[str]:
+    return [
         "<h2>Migrations without truth</h2>",
         _kv(
             [
@@ -192,14 +199,8 @@ def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
                 ("dwell before a migration, days", _dist_text(b["dwell_days"])),
             ]
         ),
-        _table(
+        table(
             ["from \\ to", "to", "alerts"],
             [[src, dst, n] for src, row in sorted(b["matrix"].items()) for dst, n in row.items()],
         ),
     ]
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>segstream backtest</title>"
-        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
-    )
-    written[1].write_text(page)
-    return written

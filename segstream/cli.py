@@ -295,8 +295,9 @@ def train(
     from models.bundle import BundleError
     from models.catalog import CatalogError, load_catalog
     from models.events import parse_time
-    from offline.train import load_settings, parse_k, summary_tables
+    from offline.train import load_settings, parse_k
     from offline.train import train as run_training
+    from segstream.views import TrainingBars, training_summary
 
     t0 = time.perf_counter()
     try:
@@ -313,13 +314,14 @@ def train(
             raise ValueError("--previous and --no-previous contradict each other")
         if previous is None and not no_previous and (out / "current").exists():
             previous = out / "current"
-        result = run_training(
-            events, at, out, catalog, settings, now=datetime.now(UTC), console=console,
-            previous=previous, publish=not no_publish,
-        )  # fmt: skip
+        with TrainingBars(console) as bars:
+            result = run_training(
+                events, at, out, catalog, settings, now=datetime.now(UTC), progress=bars,
+                previous=previous, publish=not no_publish,
+            )  # fmt: skip
     except (CatalogError, BundleError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    for table in summary_tables(result):
+    for table in training_summary(result):
         console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")
@@ -594,8 +596,9 @@ def compare(
     from models.catalog import CatalogError, load_catalog
     from models.events import parse_time
     from offline.compare import compare as run_compare
-    from offline.compare import tables, write_html
+    from offline.compare import write_html
     from offline.reference import load_frame
+    from segstream.views import comparison_tables
 
     try:
         catalog = load_catalog(config)
@@ -611,7 +614,7 @@ def compare(
     except (CatalogError, BundleError, ValueError) as exc:
         raise _fail(str(exc)) from None
     screen = Console()
-    for table in tables(result):
+    for table in comparison_tables(result):
         screen.print(table)
     console.print(f"wrote {paths[0]} and {paths[1]}")
 

@@ -103,6 +103,28 @@ def test_round_trip(bundle_dir: Path) -> None:
         bundle.nearest(np.zeros((2, 3)))
 
 
+def test_a_manifest_without_the_newer_sections_loads(bundle_dir: Path) -> None:
+    """Bundles written before segment ids, lineage, settings and notes were recorded still
+    load; the typed view says which sections they lack."""
+    info = load_bundle(bundle_dir, CATALOG).info
+    assert info.segment_ids is None and info.lineage is None and info.settings is None
+    assert info.notes == ()
+    assert info.training_data is not None and info.training_data.fingerprint == "test-0"
+    assert [(s.id, s.name, s.size) for s in info.segments] == [
+        (0, "Casual", 10), (1, "Power Users", 10), (2, "Big Spenders", 10),
+    ]  # fmt: skip
+    assert info.churn_threshold == 0.4
+    assert set(info.artifacts) == {fmt.MODEL, fmt.EARLY, fmt.CHURN, "report.html"}
+
+
+def test_a_malformed_manifest_section_is_refused(bundle_dir: Path) -> None:
+    manifest = json.loads((bundle_dir / fmt.MANIFEST).read_text())
+    manifest["segments"][0]["id"] = "zero"
+    (bundle_dir / fmt.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"manifest\.json: malformed"):
+        load_bundle(bundle_dir, CATALOG)
+
+
 def test_tampered_artifact_is_refused(bundle_dir: Path) -> None:
     doc = json.loads((bundle_dir / fmt.MODEL).read_text())
     doc["centroids"][0][0] = 9.0

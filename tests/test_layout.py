@@ -28,7 +28,7 @@ def imported_packages(package: str) -> set[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("offline", {"stream", "faust", "segstream"}),
+        ("offline", {"stream", "faust", "segstream", "rich"}),
         ("stream", {"offline", "segstream"}),
         ("models", {"offline", "stream", "faust", "segstream"}),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,13 +33,65 @@ def history() -> History:
     return generate_history(2500, 90, seed=11)
 
 
+class Recorder:
+    """A `Progress` that keeps every call (from both of the trainer's threads)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int | None, int | None]] = []
+        self._lock = threading.Lock()
+
+    def start(self, step: str, total: int | None = None) -> None:
+        with self._lock:
+            self.calls.append(("start", step, None, total))
+
+    def advance(self, step: str, completed: int, total: int | None = None) -> None:
+        with self._lock:
+            self.calls.append(("advance", step, completed, total))
+
+    def done(self, step: str) -> None:
+        with self._lock:
+            self.calls.append(("done", step, None, None))
+
+
 @pytest.fixture(scope="module")
-def trained(history: History, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+def progress() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture(scope="module")
+def trained(
+    history: History, tmp_path_factory: pytest.TempPathFactory, progress: Recorder
+) -> TrainResult:
     folder = tmp_path_factory.mktemp("train")
     events = write_history(history, folder / "data")["events"]
     return train(
-        events, parse_time(AS_OF), folder / "models", CATALOG, TrainSettings(seed=0), now=NOW
+        events, parse_time(AS_OF), folder / "models", CATALOG, TrainSettings(seed=0), now=NOW,
+        progress=progress,
+    )  # fmt: skip
+
+
+def test_every_step_reports_its_start_progress_and_end(
+    trained: TrainResult, progress: Recorder
+) -> None:
+    """What the CLI's progress bars rely on: each step starts once, then ends, with its
+    running count never past its total."""
+    starts = [step for kind, step, _, _ in progress.calls if kind == "start"]
+    assert starts[:3] == ["reading events", "features at as-of", "segmentation (k, bootstrap)"]
+    assert starts[-1] == "writing and verifying the bundle"
+    assert {"churn snapshots", "churn model", "early-life snapshots", "early-life model"} <= set(
+        starts
     )
+    assert len(starts) == len(set(starts))
+    for step in starts:
+        calls = [c for c in progress.calls if c[1] == step]
+        assert calls[0][0] == "start" and calls[-1][0] == "done", calls
+        total = calls[0][3]
+        counts = [c[2] for c in calls if c[0] == "advance"]
+        assert counts == sorted(counts)
+        if step == "segmentation (k, bootstrap)":
+            assert counts == list(range(1, (total or 0) + 1))  # every k-means fit ticks once
+        if total is not None:
+            assert all(n is not None and n <= total for n in counts)
 
 
 def _truth(history: History, index: pd.Index) -> pd.DataFrame:
@@ -93,6 +146,10 @@ def test_bundle_is_published_and_complete(trained: TrainResult) -> None:
     assert {"manifest.json", "model.json", "early.skops", "churn.skops", "report.html"} <= files
     assert {"k_selection.png", "segments_pca.png", "churn_calibration.png"} <= files
     manifest = bundle.manifest
+    on_disk = json.loads((bundle.path / "manifest.json").read_text())
+    assert bundle.info.to_dict() == on_disk == manifest  # the typed view loses nothing
+    assert [s.id for s in bundle.info.segments] == bundle.segment_ids
+    assert bundle.info.settings is not None and bundle.info.settings.seed == 0
     assert manifest["catalog"]["fingerprint"] == CATALOG.fingerprint
     assert manifest["as_of"] == AS_OF
     assert len(manifest["training_data"]["fingerprint"]) == 64
