@@ -64,7 +64,14 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.known_types: frozenset[str] = BUILTIN_TYPES
-        r = registry
+        self._version = ""
+        self._declare_input(registry)
+        self._declare_segments(registry)
+        self._declare_shadow(registry)
+        self._declare_model(registry)
+
+    def _declare_input(self, r: CollectorRegistry) -> None:
+        """Events in, dead letters, output refused, processing and store times, Redis."""
         self.processed = Counter(
             "segstream_events_processed", "Events applied, by type.", ["type"], registry=r
         )
@@ -103,6 +110,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.redis_errors = Counter(
+            "segstream_redis_errors", "Redis operations that failed (and were retried).", registry=r
+        )
+        self.lag = Gauge(
+            "segstream_consumer_lag",
+            "Input records not yet processed, by partition (highwater - 1 - last offset).",
+            ["partition"],
+            registry=r,
+        )
+
+    def _declare_segments(self, r: CollectorRegistry) -> None:
+        """Populations, migrations, churn and every alert published."""
         self.population = Gauge(
             "segstream_segment_population",
             "Customers currently assigned to each segment (current model).",
@@ -118,6 +137,12 @@ class Metrics:
         self.churn_alerts = Counter(
             "segstream_churn_alerts", "Churn-risk alerts, by segment.", ["segment"], registry=r
         )
+        self.alerts = Counter(
+            "segstream_alerts", "Alerts published, by type.", ["type"], registry=r
+        )
+
+    def _declare_shadow(self, r: CollectorRegistry) -> None:
+        """What a candidate bundle scored in shadow mode would have done."""
         self.shadow_info = Gauge(
             "segstream_shadow_model_info",
             "1 for the candidate bundle scored in shadow mode (SEGSTREAM_SHADOW_MODEL_DIR).",
@@ -146,15 +171,15 @@ class Metrics:
             "Pearson correlation of live and candidate churn scores over recent re-scores.",
             registry=r,
         )
+
+    def _declare_model(self, r: CollectorRegistry) -> None:
+        """The bundle in use, its reloads and reassignments, and its health (PSI, drift)."""
         self.reassignments = Counter(
             "segstream_segment_reassignments",
             "Customers moved by a model update (not by their behavior), by from and to "
             "segment and the new model version.",
             ["from_segment", "to_segment", "model_version"],
             registry=r,
-        )
-        self.alerts = Counter(
-            "segstream_alerts", "Alerts published, by type.", ["type"], registry=r
         )
         self.drift = Gauge(
             "segstream_centroid_drift",
@@ -171,21 +196,11 @@ class Metrics:
         self.model_info = Gauge(
             "segstream_model_info", "The model bundle in use (value 1).", ["version"], registry=r
         )
-        self.lag = Gauge(
-            "segstream_consumer_lag",
-            "Input records not yet processed, by partition (highwater - 1 - last offset).",
-            ["partition"],
-            registry=r,
-        )
         self.psi = Gauge(
             "segstream_population_psi",
             "PSI of recent assignments against the bundle's segment shares.",
             registry=r,
         )
-        self.redis_errors = Counter(
-            "segstream_redis_errors", "Redis operations that failed (and were retried).", registry=r
-        )
-        self._version = ""
 
     def observe(
         self,
