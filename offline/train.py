@@ -40,6 +40,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from models import bundle as fmt
 from models.catalog import Catalog
 from models.eventfile import ReadStats
+from models.mapping import HistoryMapping, mapping_from_table
 from offline.churn import ChurnTrainer, churn_dataset, snapshot_times
 from offline.early import AGES, EarlyTrainer, early_dataset, new_customers
 from offline.lineage import Lineage, MatchRules, Previous, match_segments, relabel
@@ -75,6 +76,8 @@ class TrainSettings:
     #: Processes that decode a large JSONL history (0: one per CPU this process may use).
     #: Decoding through the event contract costs ~10 us per event, most of a 10 M-event read.
     readers: int = 0
+    #: How to read a history whose columns and event types are not ours (`[mapping]`).
+    mapping: HistoryMapping | None = None
 
     def __post_init__(self) -> None:
         if self.k != "auto" and not (isinstance(self.k, int) and 2 <= self.k <= 50):
@@ -109,7 +112,8 @@ def load_settings(path: Path | None, **overrides: Any) -> TrainSettings:
 
     `[segments]` may hold `k`, `exclude` (features left out of the clustering) and a
     `names` table (segment id as a string -> name); `[churn]` may hold `qualifying_types`
-    (list of event types) and `horizon_days`; `[train]` may hold `threads` and `readers`.
+    (list of event types) and `horizon_days`; `[train]` may hold `threads` and `readers`;
+    `[mapping]` says how to read a foreign CSV or Parquet log (`models.mapping`).
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -138,6 +142,7 @@ def load_settings(path: Path | None, **overrides: Any) -> TrainSettings:
     for key in ("threads", "readers"):
         if key in raw.get("train", {}):
             values[key] = int(raw["train"][key])
+    values["mapping"] = mapping_from_table(raw.get("mapping"), path)
     values.update({key: value for key, value in overrides.items() if value is not None})
     return TrainSettings(**values)
 
@@ -283,7 +288,9 @@ def _train(
     with Progress(*columns, console=console, disable=console is None, transient=False) as bar:
         step = bar.add_task("reading events", total=None)
         stats = ReadStats()
-        frame = load_frame(events, catalog, stats, processes=settings.reader_processes)
+        frame = load_frame(
+            events, catalog, stats, processes=settings.reader_processes, mapping=settings.mapping
+        )
         bar.update(step, total=1, completed=1)
         seen = frame[frame["ts"] <= as_of]
         if seen.empty:

@@ -24,6 +24,7 @@ import numpy as np
 
 from models.eventfile import ReadStats, read_events
 from models.events import Event
+from models.mapping import HistoryMapping
 from stream.decide import DAY, Alert
 from stream.engine import Engine
 from stream.health import HealthMonitor
@@ -57,6 +58,7 @@ async def replay(
     as_of: float | None = None,
     batch_size: int = 1000,
     health: HealthMonitor | None = None,
+    mapping: HistoryMapping | None = None,
 ) -> ReplaySummary:
     """Replay a history through `engine`; write alerts (JSONL) and the final state (CSV).
 
@@ -70,7 +72,9 @@ async def replay(
     gc.collect()
     gc.freeze()
     try:
-        return await _replay(engine, events_path, alerts_out, state_out, as_of, batch_size, health)
+        return await _replay(
+            engine, events_path, alerts_out, state_out, as_of, batch_size, health, mapping
+        )
     finally:
         gc.unfreeze()
 
@@ -83,6 +87,7 @@ async def _replay(
     as_of: float | None,
     batch_size: int,
     health: HealthMonitor | None,
+    mapping: HistoryMapping | None = None,
 ) -> ReplaySummary:
     summary = ReplaySummary()
     stats = ReadStats()
@@ -102,7 +107,7 @@ async def _replay(
             batch.clear()
 
     with alerts_out.open("w") as out:
-        for event in read_events(events_path, stats):
+        for event in read_events(events_path, stats, mapping=mapping):
             if as_of is not None and event.epoch > as_of:
                 continue
             seen.add(event.customer_id)
