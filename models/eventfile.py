@@ -137,9 +137,16 @@ def _rows(
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     has_props = "properties" in frame.columns
+    numbers: list[int] | range = range(1, len(frame) + 1)
+    if mapping is not None and not mapping.file_order:
+        # Time order, stable: an export is often sorted by customer, and replay takes the
+        # order it reads as the delivery order. Rows keep their numbers (errors, ids).
+        when = pd.to_datetime(frame[mapping.ts], utc=True, errors="coerce", format="ISO8601")
+        order = when.dt.tz_localize(None).to_numpy().argsort(kind="stable")
+        frame, numbers = frame.iloc[order], (order + 1).tolist()
     records: list[dict[str, Any]] = frame.to_dict(orient="records")  # type: ignore[assignment]
     header = 1 if fmt == "csv" else 0  # `where` names the CSV line, the Parquet row
-    for row, record in enumerate(records, start=1):
+    for row, record in zip(numbers, records, strict=True):
         props = record.get("properties") if has_props else None
         if isinstance(props, str):
             try:

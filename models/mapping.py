@@ -8,7 +8,9 @@ into the dict of one event (then validated by `models.events` like any other) an
 `session_start` at the first event of each session. `models.eventfile.read_events` is its
 only reader.
 
-Event ids, when the log has none, are a hash of the row number and the row's mapped cells
+A mapped log is read in time order unless `file_order` (replay takes the order it reads
+as the delivery order, and exports are often sorted by customer). Event ids, when the log
+has none, are a hash of the row number and the row's mapped cells
 (after parsing, so a CSV and a Parquet copy of one log give the same ids): a re-read of
 the same file gives the same ids, so replay recognizes what it has seen; two identical rows
 are still two events. A session's `session_start` id is a hash of customer and session, so
@@ -70,6 +72,11 @@ class HistoryMapping(BaseModel):
     )
     naive_utc: bool = Field(False, description="Read a time without a zone as UTC.")
     drop_unmapped: bool = Field(False, description="Skip source events not in `types`.")
+    file_order: bool = Field(
+        False,
+        description="Read rows in file order (the delivery order, as for our own files) "
+        "instead of time order (stable: rows of equal time keep file order).",
+    )
 
     @field_validator("customer_id", "ts", "type", "event_id", "session", "amount", "feature")
     @classmethod
@@ -156,6 +163,7 @@ def mapping_from_options(
     *,
     naive_utc: bool = False,
     drop_unmapped: bool = False,
+    file_order: bool = False,
 ) -> HistoryMapping | None:
     """`base` (the config file's mapping) with command-line options laid over it.
 
@@ -171,7 +179,7 @@ def mapping_from_options(
     ValueError: --map user=user_id: unknown target 'user'; the targets are customer_id, ts, ...
     """
     maps, types = list(maps), list(types)
-    if base is None and not (maps or types or naive_utc or drop_unmapped):
+    if base is None and not (maps or types or naive_utc or drop_unmapped or file_order):
         return None
     values: dict[str, Any] = base.model_dump() if base is not None else {}
     for target, column in _pairs(maps, "--map", "TARGET=COLUMN, e.g. customer_id=user_id"):
@@ -185,6 +193,7 @@ def mapping_from_options(
     values["types"] = {**values.get("types", {}), **dict(_pairs(types, "--map-type", shape))}
     values["naive_utc"] = values.get("naive_utc", False) or naive_utc
     values["drop_unmapped"] = values.get("drop_unmapped", False) or drop_unmapped
+    values["file_order"] = values.get("file_order", False) or file_order
     try:
         return HistoryMapping.model_validate(values)
     except ValidationError as exc:

@@ -85,6 +85,15 @@ DropUnmappedOpt = Annotated[
     ),
 ]
 
+FileOrderOpt = Annotated[
+    bool,
+    typer.Option(
+        "--file-order",
+        help="Read a mapped log in file order (the delivery order in replay) instead of "
+        "time order (the default: exports are often sorted by customer).",
+    ),
+]
+
 
 def _fail(message: str) -> typer.Exit:
     # Plain text, one line: user input in the message must not be read as rich markup.
@@ -98,6 +107,7 @@ def _mapping(
     types: list[str] | None,
     naive_utc: bool,
     drop_unmapped: bool,
+    file_order: bool,
 ) -> HistoryMapping | None:
     """The config file's [mapping] with the --map options over it (raises ValueError)."""
     import tomllib
@@ -112,7 +122,12 @@ def _mapping(
             raise ValueError(f"{config}: {exc}") from None
         base = mapping_from_table(raw.get("mapping"), config)
     return mapping_from_options(
-        base, maps or [], types or [], naive_utc=naive_utc, drop_unmapped=drop_unmapped
+        base,
+        maps or [],
+        types or [],
+        naive_utc=naive_utc,
+        drop_unmapped=drop_unmapped,
+        file_order=file_order,
     )
 
 
@@ -170,6 +185,7 @@ def features(
     map_type: MapTypeOpt = None,
     naive_utc: NaiveUtcOpt = False,
     drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Compute the feature catalog for every customer at a time, with the batch reference."""
     from models.catalog import CatalogError, load_catalog
@@ -181,7 +197,7 @@ def features(
         catalog = load_catalog(config)
         at = parse_time(as_of)
         stats = ReadStats()
-        mapping = _mapping(config, map_, map_type, naive_utc, drop_unmapped)
+        mapping = _mapping(config, map_, map_type, naive_utc, drop_unmapped, file_order)
         frame = load_frame(events, catalog, stats, mapping=mapping)
     except (CatalogError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -282,6 +298,7 @@ def train(
     map_type: MapTypeOpt = None,
     naive_utc: NaiveUtcOpt = False,
     drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Learn segments, churn risk and early-life segments; publish a verified bundle.
 
@@ -307,7 +324,7 @@ def train(
             churn_horizon_days=churn_horizon_days,
             seed=seed,
             readers=readers,
-            mapping=_mapping(config, map_, map_type, naive_utc, drop_unmapped),
+            mapping=_mapping(config, map_, map_type, naive_utc, drop_unmapped, file_order),
         )
         if previous is not None and no_previous:
             raise ValueError("--previous and --no-previous contradict each other")
@@ -357,6 +374,7 @@ def replay(
     map_type: MapTypeOpt = None,
     naive_utc: NaiveUtcOpt = False,
     drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Run a history through the same engine as the worker, without Kafka.
 
@@ -377,7 +395,9 @@ def replay(
 
     settings = StreamSettings(config_file=config) if config else StreamSettings()
     try:
-        mapping = _mapping(settings.config_file, map_, map_type, naive_utc, drop_unmapped)
+        mapping = _mapping(
+            settings.config_file, map_, map_type, naive_utc, drop_unmapped, file_order
+        )
     except ValueError as exc:
         raise _fail(str(exc)) from None
     prefix = (
@@ -454,6 +474,7 @@ def backtest(
     map_type: MapTypeOpt = None,
     naive_utc: NaiveUtcOpt = False,
     drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Measure how right the alerts are: replay a history through the worker's engine.
 
@@ -472,7 +493,9 @@ def backtest(
     t0 = time.perf_counter()
     try:
         settings = StreamSettings(config_file=config) if config else StreamSettings()
-        mapping = _mapping(settings.config_file, map_, map_type, naive_utc, drop_unmapped)
+        mapping = _mapping(
+            settings.config_file, map_, map_type, naive_utc, drop_unmapped, file_order
+        )
         metrics, run = run_backtest(
             settings, events, model, out, truth=truth, start=from_, end=to,
             batch_size=batch_size, mapping=mapping,
