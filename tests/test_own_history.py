@@ -59,7 +59,7 @@ OPTIONS = [
 ]  # fmt: skip
 
 
-def clickstream(users: int = 240, days: int = 150, seed: int = 11) -> pd.DataFrame:
+def clickstream(users: int = 150, days: int = 150, seed: int = 11) -> pd.DataFrame:
     """Sessions of browsing, some ending in the cart funnel; a third of users stop early."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, str, str, str, str]] = []
@@ -74,7 +74,7 @@ def clickstream(users: int = 240, days: int = 150, seed: int = 11) -> pd.DataFra
                 continue
             sessions += 1
             t = START + timedelta(days=day, seconds=int(rng.integers(0, 80_000)))
-            path = ["home", *rng.choice(BROWSE, size=int(rng.integers(1, 6)))]
+            path = ["home", *rng.choice(BROWSE, size=int(rng.integers(1, 4)))]
             if buyer and rng.random() < 0.4:
                 path += list(FUNNEL[: int(rng.integers(2, len(FUNNEL) + 1))])
             if rng.random() < 0.04:
@@ -187,3 +187,28 @@ def test_backtest_judges_the_alerts_on_the_mapped_log(
     churn = json.loads((tmp_path / "bt" / "metrics.json").read_text())["churn"]
     assert churn["alerts"] > 0 and churn["judgeable"] > 0
     assert churn["precision"] is not None
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--map", "user=user_id"], ["unknown target 'user'", "customer_id, ts, type"]),
+        (["--map", "customer_id=uid"], ["customer_id from column 'uid'", "lacks"]),
+        ([], ["ecom.csv:", ": timestamp '2024-", "has no zone", "--naive-utc"]),
+    ],
+)
+def test_a_bad_mapping_is_one_clear_line(
+    log: tuple[Path, pd.DataFrame], tmp_path: Path, options: list[str], words: list[str]
+) -> None:
+    root, _ = log
+    mapping = [o for o in OPTIONS if o != "--naive-utc"] + options
+    result = CliRunner().invoke(
+        app,
+        ["features", "--events", str(root / "ecom.csv"), "--as-of", AS_OF,
+         "--out", str(tmp_path / "f.csv"), *mapping],
+        env={"COLUMNS": "80"},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    for word in words:
+        assert word in result.stderr, result.stderr
