@@ -206,7 +206,8 @@ def features(
     table.to_csv(out, float_format="%.10g")
     console.print(
         f"{len(table):,} customers x {len(catalog.names)} features -> {out} "
-        f"({stats.valid:,} valid events, {sum(stats.rejected.values()):,} rejected)"
+        f"({stats.valid:,} valid events, {sum(stats.rejected.values()):,} rejected"
+        + (f", {stats.dropped:,} unmapped dropped)" if stats.dropped else ")")
     )
     for example in stats.examples:
         console.print(f"  rejected {example}")
