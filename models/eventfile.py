@@ -164,7 +164,8 @@ def read_events(
     span: Span | None = None,
     mapping: HistoryMapping | None = None,
 ) -> Iterator[Event]:
-    """Valid events of a history file, in file order; rejections are counted in `stats`.
+    """Valid events of a history file, in file order (a mapped log: in time order unless
+    its `file_order`); rejections are counted in `stats`.
 
     `span` (from `jsonl_spans`) reads only the whole lines in that byte range of a plain
     JSONL file; rejections still name the line of the whole file.

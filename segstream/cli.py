@@ -49,7 +49,6 @@ StreamConfigOpt = Annotated[
         help="TOML config: \\[catalog] and \\[mapping] (default: SEGSTREAM_CONFIG_FILE).",
     ),
 ]
-
 MapOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -84,7 +83,6 @@ DropUnmappedOpt = Annotated[
         "name; they count toward the type-agnostic features).",
     ),
 ]
-
 FileOrderOpt = Annotated[
     bool,
     typer.Option(
