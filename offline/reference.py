@@ -24,6 +24,7 @@ import pandas as pd
 from models.catalog import SECONDS_PER_DAY, Catalog, EventFilter, distinct_key, numeric_value
 from models.eventfile import ReadStats, Span, jsonl_spans, read_events
 from models.events import Event
+from models.mapping import HistoryMapping
 
 log = logging.getLogger(__name__)
 
@@ -202,18 +203,20 @@ def load_frame(
     stats: ReadStats | None = None,
     processes: int = 1,
     parallel_from_bytes: int = 64 << 20,
+    mapping: HistoryMapping | None = None,
 ) -> pd.DataFrame:
     """Read a history file through the contract into an `events_frame`.
 
     A plain JSONL file of at least `parallel_from_bytes` is decoded in `processes` processes
     (decoding is most of a read: ~10 us per event here, so 10 M events take minutes on one
     core); the result, rejections included, is the same as a read in this process.
+    `mapping` reads a foreign CSV or Parquet log (`models.mapping`), in this process.
     """
     stats = stats if stats is not None else ReadStats()
     big = Path(path).stat().st_size >= parallel_from_bytes
-    spans = jsonl_spans(path, processes) if processes > 1 and big else []
+    spans = jsonl_spans(path, processes) if processes > 1 and big and mapping is None else []
     if len(spans) <= 1:
-        return events_frame(read_events(path, stats), catalog)
+        return events_frame(read_events(path, stats, mapping=mapping), catalog)
     # spawn, not fork: the caller may hold threads (progress display, BLAS pools).
     context = multiprocessing.get_context("spawn")
     try:

@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from models import bundle as fmt
 from models.catalog import Catalog
 from models.eventfile import ReadStats
+from models.mapping import HistoryMapping
 from offline.churn import ChurnTrainer, churn_dataset, snapshot_times
 from offline.early import EarlyTrainer, early_dataset, new_customers
 from offline.lineage import Lineage, MatchRules, Previous, match_segments, relabel
@@ -111,13 +112,19 @@ class History:
 
 
 def load_history(
-    events: Path, catalog: Catalog, as_of: float, *, processes: int, progress: Progress
+    events: Path,
+    catalog: Catalog,
+    as_of: float,
+    *,
+    processes: int,
+    progress: Progress,
+    mapping: HistoryMapping | None = None,
 ) -> History:
-    """Read and decode `events` (a large JSONL file in `processes` processes); ValueError
-    when nothing happened by as-of."""
+    """Read and decode `events` (a large JSONL file in `processes` processes; a foreign
+    CSV or Parquet log through `mapping`); ValueError when nothing happened by as-of."""
     progress.start("reading events")
     stats = ReadStats()
-    frame = load_frame(events, catalog, stats, processes=processes)
+    frame = load_frame(events, catalog, stats, processes=processes, mapping=mapping)
     progress.done("reading events")
     seen = int((frame["ts"] <= as_of).sum())
     if not seen:

@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from models import bundle as fmt
 from models.catalog import Catalog
+from models.mapping import HistoryMapping, mapping_from_table
 from offline.early import AGES
 from offline.lineage import Lineage, MatchRules
 from offline.steps import (
@@ -68,6 +69,8 @@ class TrainSettings:
     #: Processes that decode a large JSONL history (0: one per CPU this process may use):
     #: decoding through the event contract is most of a large read (benchmarks/NOTES.md).
     readers: int = 0
+    #: How to read a history whose columns and event types are not ours (`[mapping]`).
+    mapping: HistoryMapping | None = None
 
     def __post_init__(self) -> None:
         if self.k != "auto" and not (isinstance(self.k, int) and 2 <= self.k <= 50):
@@ -102,7 +105,8 @@ def load_settings(path: Path | None, **overrides: Any) -> TrainSettings:
 
     `[segments]` may hold `k`, `exclude` (features left out of the clustering) and a
     `names` table (segment id as a string -> name); `[churn]` may hold `qualifying_types`
-    (list of event types) and `horizon_days`; `[train]` may hold `threads` and `readers`.
+    (list of event types) and `horizon_days`; `[train]` may hold `threads` and `readers`;
+    `[mapping]` says how to read a foreign CSV or Parquet log (`models.mapping`).
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -131,6 +135,7 @@ def load_settings(path: Path | None, **overrides: Any) -> TrainSettings:
     for key in ("threads", "readers"):
         if key in raw.get("train", {}):
             values[key] = int(raw["train"][key])
+    values["mapping"] = mapping_from_table(raw.get("mapping"), path)
     values.update({key: value for key, value in overrides.items() if value is not None})
     return TrainSettings(**values)
 
@@ -191,8 +196,9 @@ def train(
     before = _load_previous(previous, catalog)
     with threadpool_limits(limits=settings.threads):
         history = load_history(
-            events, catalog, as_of, processes=settings.reader_processes, progress=progress
-        )
+            events, catalog, as_of, processes=settings.reader_processes, progress=progress,
+            mapping=settings.mapping,
+        )  # fmt: skip
         feats = customer_features(history, catalog, as_of, progress)
         # The churn model and the data fingerprint need only the events, so they run on a
         # second thread while segmentation and the early-life classifier run on this one

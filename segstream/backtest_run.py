@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from models.eventfile import read_events
+from models.mapping import HistoryMapping
 from stream.decide import Rules
 from stream.engine import BatchResult, Engine
 from stream.health import HealthMonitor
@@ -89,11 +90,11 @@ def alerts_frame(path: Path) -> pd.DataFrame:
     return frame
 
 
-def events_table(path: Path) -> pd.DataFrame:
+def events_table(path: Path, mapping: HistoryMapping | None = None) -> pd.DataFrame:
     """The history's valid events as (customer_id, type, ts), one row per event id."""
     seen: set[str] = set()
     rows = []
-    for e in read_events(path):
+    for e in read_events(path, mapping=mapping):
         if e.event_id not in seen:
             seen.add(e.event_id)
             rows.append((e.customer_id, e.type, e.epoch))
@@ -110,6 +111,7 @@ async def run_history(
     *,
     rules: Rules | None = None,
     batch_size: int = 1000,
+    mapping: HistoryMapping | None = None,
 ) -> HistoryRun:
     """Replay `events` through the engine with `model`; keep the alerts and churn scores.
 
@@ -124,7 +126,9 @@ async def run_history(
             psi_window=settings.psi_window,
             drift_bound=settings.drift_bound,
         )
-        summary = await replay(engine, events, alerts_out, batch_size=batch_size, health=health)
+        summary = await replay(
+            engine, events, alerts_out, batch_size=batch_size, health=health, mapping=mapping
+        )
     finally:
         await drop_prefix(runtime.connection, prefix)
         await runtime.close()
@@ -156,9 +160,12 @@ def backtest(
     end: str | None = None,
     rules: Rules | None = None,
     batch_size: int = 1000,
+    mapping: HistoryMapping | None = None,
 ) -> tuple[dict[str, Any], HistoryRun]:
     """Replay `events` with `model` and judge the alerts between `start` and `end`.
 
+    `mapping` reads a foreign CSV or Parquet log (`models.mapping`), for both the replay
+    and the churn judgement.
     `start` defaults to the bundle's as-of time, `end` to the last event. Writes
     `out/alerts.jsonl`; returns the figures (what `metrics.json` holds) and the run.
     Raises `BundleError`, `TruthError`, `RedisUnavailable` or `ValueError` with the reason.
@@ -171,7 +178,7 @@ def backtest(
     from stream.runtime import load_model
 
     bundle = load_model(settings, load_catalog(settings.config_file), model)
-    table = events_table(events)
+    table = events_table(events, mapping)
     changes = (
         read_truth(truth, table["customer_id"].unique(), bundle.segment_names) if truth else None
     )
@@ -182,7 +189,13 @@ def backtest(
     out.mkdir(parents=True, exist_ok=True)
     run = asyncio.run(
         run_history(
-            settings, events, model, out / "alerts.jsonl", rules=rules, batch_size=batch_size
+            settings,
+            events,
+            model,
+            out / "alerts.jsonl",
+            rules=rules,
+            batch_size=batch_size,
+            mapping=mapping,
         )
     )
     metrics = evaluate(

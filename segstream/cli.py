@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from offline.shapes import SHAPE_HELP, SHAPES
+
+if TYPE_CHECKING:
+    from models.mapping import HistoryMapping
 
 app = typer.Typer(
     help="segstream keeps every customer assigned to a behavioral segment in real time.",
@@ -39,12 +42,93 @@ ConfigOpt = Annotated[
         help="TOML config; its [catalog] section adds features (see README).",
     ),
 ]
+StreamConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help="TOML config: \\[catalog] and \\[mapping] (default: SEGSTREAM_CONFIG_FILE).",
+    ),
+]
+MapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--map",
+        metavar="TARGET=COLUMN",
+        help="Read a CSV/Parquet log with columns of its own: TARGET (customer_id, ts, type, "
+        "event_id, session, amount, feature) is in COLUMN, e.g. --map customer_id=user_id. "
+        "Repeat for each; overrides the config's \\[mapping] table. Without event_id, ids "
+        "are derived from each row; a session column opens a session_start per session.",
+    ),
+]
+MapTypeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--map-type",
+        metavar="SOURCE=TYPE",
+        help="The log's event SOURCE counts as our TYPE, e.g. --map-type "
+        "order_completed=purchase (amount from --map amount=COLUMN, else 0). Repeatable.",
+    ),
+]
+NaiveUtcOpt = Annotated[
+    bool,
+    typer.Option(
+        "--naive-utc", help="Read a mapped time without a zone as UTC (else it is an error)."
+    ),
+]
+DropUnmappedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--drop-unmapped",
+        help="Skip source events no --map-type names (default: keep them under their own "
+        "name; they count toward the type-agnostic features).",
+    ),
+]
+FileOrderOpt = Annotated[
+    bool,
+    typer.Option(
+        "--file-order",
+        help="Read a mapped log in file order (the delivery order in replay) instead of "
+        "time order (the default: exports are often sorted by customer).",
+    ),
+]
 
 
 def _fail(message: str) -> typer.Exit:
     # Plain text, one line: user input in the message must not be read as rich markup.
     typer.echo(f"error: {' '.join(message.split())}", err=True)
     return typer.Exit(2)
+
+
+def _mapping(
+    config: Path | None,
+    maps: list[str] | None,
+    types: list[str] | None,
+    naive_utc: bool,
+    drop_unmapped: bool,
+    file_order: bool,
+) -> HistoryMapping | None:
+    """The config file's [mapping] with the --map options over it (raises ValueError)."""
+    import tomllib
+
+    from models.mapping import mapping_from_options, mapping_from_table
+
+    base = None
+    if config is not None:
+        try:
+            raw = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"{config}: {exc}") from None
+        base = mapping_from_table(raw.get("mapping"), config)
+    return mapping_from_options(
+        base,
+        maps or [],
+        types or [],
+        naive_utc=naive_utc,
+        drop_unmapped=drop_unmapped,
+        file_order=file_order,
+    )
 
 
 @app.command()
@@ -177,6 +261,11 @@ def features(
     ],
     out: Annotated[Path, typer.Option("--out", help="CSV to write (customer_id, features...).")],
     config: ConfigOpt = None,
+    map_: MapOpt = None,
+    map_type: MapTypeOpt = None,
+    naive_utc: NaiveUtcOpt = False,
+    drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Compute the feature catalog for every customer at a time, with the batch reference."""
     from models.catalog import CatalogError, load_catalog
@@ -188,7 +277,8 @@ def features(
         catalog = load_catalog(config)
         at = parse_time(as_of)
         stats = ReadStats()
-        frame = load_frame(events, catalog, stats)
+        mapping = _mapping(config, map_, map_type, naive_utc, drop_unmapped, file_order)
+        frame = load_frame(events, catalog, stats, mapping=mapping)
     except (CatalogError, ValueError) as exc:
         raise _fail(str(exc)) from None
     table = features_at(frame, catalog, at)
@@ -196,7 +286,8 @@ def features(
     table.to_csv(out, float_format="%.10g")
     console.print(
         f"{len(table):,} customers x {len(catalog.names)} features -> {out} "
-        f"({stats.valid:,} valid events, {sum(stats.rejected.values()):,} rejected)"
+        f"({stats.valid:,} valid events, {sum(stats.rejected.values()):,} rejected"
+        + (f", {stats.dropped:,} unmapped dropped)" if stats.dropped else ")")
     )
     for example in stats.examples:
         console.print(f"  rejected {example}")
@@ -252,7 +343,8 @@ def train(
             "--config",
             exists=True,
             dir_okay=False,
-            help="TOML config: \\[catalog] features, \\[segments] k and names, \\[churn] types.",
+            help="TOML config: \\[catalog] features, \\[segments] k and names, \\[churn] "
+            "types, \\[mapping] of a foreign log.",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed, the same bundle.")] = 0,
@@ -283,6 +375,11 @@ def train(
             "promote it); prints the bundle's path on stdout.",
         ),
     ] = False,
+    map_: MapOpt = None,
+    map_type: MapTypeOpt = None,
+    naive_utc: NaiveUtcOpt = False,
+    drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Learn segments, churn risk and early-life segments; publish a verified bundle.
 
@@ -309,6 +406,7 @@ def train(
             churn_horizon_days=churn_horizon_days,
             seed=seed,
             readers=readers,
+            mapping=_mapping(config, map_, map_type, naive_utc, drop_unmapped, file_order),
         )
         if previous is not None and no_previous:
             raise ValueError("--previous and --no-previous contradict each other")
@@ -356,6 +454,12 @@ def replay(
             "that owns it finds it. Without it, a scratch prefix is used and deleted."
         ),
     ] = False,
+    config: StreamConfigOpt = None,
+    map_: MapOpt = None,
+    map_type: MapTypeOpt = None,
+    naive_utc: NaiveUtcOpt = False,
+    drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Run a history through the same engine as the worker, without Kafka.
 
@@ -374,7 +478,13 @@ def replay(
     from stream.runtime import drop_prefix, open_runtime
     from stream.settings import StreamSettings
 
-    settings = StreamSettings()
+    settings = StreamSettings(config_file=config) if config else StreamSettings()
+    try:
+        mapping = _mapping(
+            settings.config_file, map_, map_type, naive_utc, drop_unmapped, file_order
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     prefix = (
         settings.key_prefix if backfill else f"{settings.key_prefix}-replay-{uuid.uuid4().hex[:8]}"
     )
@@ -397,6 +507,7 @@ def replay(
                 batch_size=batch_size,
                 health=health,
                 partitions=settings.input_partitions if backfill else 1,
+                mapping=mapping,
             )
             elapsed = time.perf_counter() - t0
             console.print(
@@ -444,6 +555,12 @@ def backtest(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Events per batch.")] = 1000,
+    config: StreamConfigOpt = None,
+    map_: MapOpt = None,
+    map_type: MapTypeOpt = None,
+    naive_utc: NaiveUtcOpt = False,
+    drop_unmapped: DropUnmappedOpt = False,
+    file_order: FileOrderOpt = False,
 ) -> None:
     """Measure how right the alerts are: replay a history through the worker's engine.
 
@@ -461,9 +578,13 @@ def backtest(
 
     t0 = time.perf_counter()
     try:
+        settings = StreamSettings(config_file=config) if config else StreamSettings()
+        mapping = _mapping(
+            settings.config_file, map_, map_type, naive_utc, drop_unmapped, file_order
+        )
         metrics, run = run_backtest(
-            StreamSettings(), events, model, out, truth=truth, start=from_, end=to,
-            batch_size=batch_size,
+            settings, events, model, out, truth=truth, start=from_, end=to,
+            batch_size=batch_size, mapping=mapping,
         )  # fmt: skip
     except (CatalogError, BundleError, RedisUnavailable, TruthError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -25,6 +25,7 @@ import numpy as np
 
 from models.eventfile import ReadStats, read_events
 from models.events import Event
+from models.mapping import HistoryMapping
 from stream.decide import Alert
 from stream.engine import BatchResult, Engine
 from stream.health import HealthMonitor
@@ -62,6 +63,7 @@ async def replay(
     batch_size: int = 1000,
     health: HealthMonitor | None = None,
     partitions: int = 1,
+    mapping: HistoryMapping | None = None,
 ) -> ReplaySummary:
     """Replay a history through `engine`; write alerts (JSONL) and the final state (CSV).
 
@@ -79,8 +81,9 @@ async def replay(
     gc.freeze()
     try:
         return await _replay(
-            engine, events_path, alerts_out, state_out, as_of, batch_size, health, partitions
-        )
+            engine, events_path, alerts_out, state_out, as_of, batch_size, health,
+            partitions=partitions, mapping=mapping,
+        )  # fmt: skip
     finally:
         gc.unfreeze()
 
@@ -93,7 +96,9 @@ async def _replay(
     as_of: float | None,
     batch_size: int,
     health: HealthMonitor | None,
+    *,
     partitions: int,
+    mapping: HistoryMapping | None,
 ) -> ReplaySummary:
     summary = ReplaySummary()
     stats = ReadStats()
@@ -121,7 +126,7 @@ async def _replay(
             summary.rescored += outcome.rescored
             batch.clear()
 
-        for event in read_events(events_path, stats):
+        for event in read_events(events_path, stats, mapping=mapping):
             if as_of is not None and event.epoch > as_of:
                 continue
             seen.add(event.customer_id)
