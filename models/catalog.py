@@ -2,7 +2,9 @@
 
 A feature is a name, an aggregation, an event filter and (for windowed aggregations) a
 window in UTC calendar days: a W-day window at time t covers the UTC days
-day(t)-W+1 .. day(t), counting only events at or before t.
+day(t)-W+1 .. day(t), counting only events at or before t. The window ``"lifetime"``
+covers every day since the customer was first seen (counts, sums and active days; the
+stream keeps them in the customer's profile, which outlives the day windows).
 
 The catalog compiles into *base aggregates*: per-day counters, sums and distinct sets,
 and per-customer first/last timestamps. The offline batch reference (`offline/reference.py`)
@@ -33,12 +35,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 SECONDS_PER_DAY: Final = 86_400
 DEFAULT_WINDOWS: Final = (7, 30, 90)
 DEFAULT_RETENTION_DAYS: Final = 90
+#: Days a customer's profile (lifetime totals, first and last seen) outlives its last event.
+DEFAULT_PROFILE_RETENTION_DAYS: Final = 730
 #: days_since_last_* when the customer never had such an event, and its upper bound.
 DEFAULT_RECENCY_CAP_DAYS: Final = 365.0
 
 Aggregation = Literal[
-    "count", "sum", "distinct", "active_days", "days_since_last", "tenure", "ratio"
+    "count", "sum", "distinct", "active_days", "days_since_last", "tenure", "span_days", "ratio"
 ]
+#: The window of a lifetime feature (`FeatureSpec.window_days`).
+LIFETIME: Final = "lifetime"
+Window = int | Literal["lifetime"]
 WINDOWED: Final = frozenset({"count", "sum", "distinct", "active_days"})
 Scalar = str | int | float | bool
 
@@ -112,7 +119,7 @@ class FeatureSpec(BaseModel):
 
     name: str
     aggregation: Aggregation
-    window_days: int | None = None
+    window_days: Window | None = None
     filter: EventFilter = Field(default_factory=EventFilter)
     property: str | None = None
     numerator: str | None = None
@@ -126,8 +133,11 @@ class FeatureSpec(BaseModel):
         if not _NAME.match(self.name):
             raise ValueError(f"{where}: name must be lowercase letters, digits and _")
         windowed = self.aggregation in WINDOWED
-        if windowed and (self.window_days is None or self.window_days < 1):
-            raise ValueError(f"{where}: {self.aggregation} needs window_days >= 1")
+        days = self.window_days
+        if windowed and (days is None or (days != LIFETIME and days < 1)):
+            raise ValueError(f"{where}: {self.aggregation} needs window_days >= 1 or 'lifetime'")
+        if self.aggregation == "distinct" and days == LIFETIME:
+            raise ValueError(f"{where}: distinct values are counted over day windows only")
         if not windowed and self.window_days is not None:
             raise ValueError(f"{where}: {self.aggregation} takes no window_days")
         if self.aggregation in ("sum", "distinct") and not self.property:
@@ -136,6 +146,8 @@ class FeatureSpec(BaseModel):
             raise ValueError(f"{where}: ratio needs numerator and denominator")
         if self.aggregation == "tenure" and (self.filter.types or self.filter.where):
             raise ValueError(f"{where}: tenure counts from the first event of any kind")
+        if self.aggregation == "span_days" and not (self.filter.types or self.filter.where):
+            raise ValueError(f"{where}: span_days needs a filter (for any event, use tenure)")
         return self
 
 
@@ -165,6 +177,18 @@ def _defaults() -> list[FeatureSpec]:
     ]
     specs += [
         FeatureSpec(
+            name=f"{stem}_lifetime",
+            aggregation=agg,
+            window_days=LIFETIME,
+            filter=EventFilter(types=types),
+            property=prop,
+            description=f"{text}, since first seen",
+        )
+        for stem, agg, types, prop, text in kinds
+        if agg != "distinct" and stem != "email_opens"
+    ]
+    specs += [
+        FeatureSpec(
             name="days_since_last_event",
             aggregation="days_since_last",
             description="days from the latest event to t",
@@ -185,6 +209,19 @@ def _defaults() -> list[FeatureSpec]:
             denominator="purchases_90d",
             description="revenue_90d / purchases_90d, 0 without purchases",
         ),
+        FeatureSpec(
+            name="purchase_span_days",
+            aggregation="span_days",
+            filter=EventFilter(types=("purchase",)),
+            description="days from the first event to the latest purchase, 0 without purchases",
+        ),
+        FeatureSpec(
+            name="avg_days_between_purchases",
+            aggregation="ratio",
+            numerator="purchase_span_days",
+            denominator="purchases_lifetime",
+            description="purchase_span_days / purchases_lifetime, 0 without purchases",
+        ),
     ]
     return specs
 
@@ -196,7 +233,8 @@ class Layout:
     Both computations (batch reference and Redis store) return these, one number each:
     `c{i}w{W}` counts and `a{i}w{W}` active days of counter i, `s{j}w{W}` sums, `d{k}w{W}`
     distinct values, `l{m}` the latest timestamp of last-filter m (NaN when none) and
-    `first`, the earliest timestamp of any event.
+    `first`, the earliest timestamp of any event. With `lifetime`, also `c{i}life`,
+    `a{i}life` and `s{j}life`: the same over every day since the customer was first seen.
     """
 
     counters: tuple[EventFilter, ...]
@@ -205,6 +243,7 @@ class Layout:
     lasts: tuple[EventFilter, ...]
     windows: tuple[int, ...]
     actives: tuple[int, ...]  # counters whose active days are needed
+    lifetime: bool = False  # any lifetime feature: lifetime totals of every counter and sum
 
     @cached_property
     def columns(self) -> tuple[str, ...]:
@@ -214,6 +253,10 @@ class Layout:
             cols += [f"a{i}w{w}" for i in self.actives]
             cols += [f"s{j}w{w}" for j in range(len(self.sums))]
             cols += [f"d{k}w{w}" for k in range(len(self.distincts))]
+        if self.lifetime:
+            cols += [f"c{i}life" for i in range(len(self.counters))]
+            cols += [f"a{i}life" for i in self.actives]
+            cols += [f"s{j}life" for j in range(len(self.sums))]
         cols += [f"l{m}" for m in range(len(self.lasts))]
         cols.append("first")
         return tuple(cols)
@@ -225,7 +268,7 @@ class Catalog:
 
     >>> cat = default_catalog()
     >>> len(cat.names), cat.names[0], cat.names[-1]
-    (31, 'events_7d', 'avg_order_value_90d')
+    (40, 'events_7d', 'avg_days_between_purchases')
     """
 
     features: tuple[FeatureSpec, ...]
@@ -243,7 +286,8 @@ class Catalog:
                         raise CatalogError(
                             f"feature {spec.name!r}: {part!r} must be declared before it"
                         )
-            if spec.window_days is not None and spec.window_days > self.retention_days:
+            days = spec.window_days
+            if isinstance(days, int) and days > self.retention_days:
                 raise CatalogError(
                     f"feature {spec.name!r}: window of {spec.window_days} days is longer than "
                     f"the retention of {self.retention_days} days"
@@ -277,6 +321,7 @@ class Catalog:
         lasts: list[EventFilter] = []
         windows: set[int] = set()
         actives: set[int] = set()
+        lifetime = False
 
         def slot(items: list[Any], item: Any) -> int:
             if item not in items:
@@ -284,7 +329,9 @@ class Catalog:
             return items.index(item)
 
         for spec in self.features:
-            if spec.window_days is not None:
+            if spec.window_days == LIFETIME:
+                lifetime = True
+            elif spec.window_days is not None:
                 windows.add(spec.window_days)
             match spec.aggregation:
                 case "count":
@@ -295,7 +342,7 @@ class Catalog:
                     slot(sums, (spec.filter, spec.property))
                 case "distinct":
                     slot(distincts, (spec.filter, spec.property))
-                case "days_since_last":
+                case "days_since_last" | "span_days":
                     slot(lasts, spec.filter)
         return Layout(
             counters=tuple(counters),
@@ -304,21 +351,23 @@ class Catalog:
             lasts=tuple(lasts),
             windows=tuple(sorted(windows)),
             actives=tuple(sorted(actives)),
+            lifetime=lifetime,
         )
 
     def base_column(self, spec: FeatureSpec) -> str:
-        """The base aggregate a windowed or recency feature reads."""
+        """The base aggregate a windowed, recency or span feature reads."""
         lay = self.layout
+        w = "life" if spec.window_days == LIFETIME else f"w{spec.window_days}"
         match spec.aggregation:
             case "count":
-                return f"c{lay.counters.index(spec.filter)}w{spec.window_days}"
+                return f"c{lay.counters.index(spec.filter)}{w}"
             case "active_days":
-                return f"a{lay.counters.index(spec.filter)}w{spec.window_days}"
+                return f"a{lay.counters.index(spec.filter)}{w}"
             case "sum":
-                return f"s{lay.sums.index((spec.filter, spec.property))}w{spec.window_days}"  # type: ignore[arg-type]
+                return f"s{lay.sums.index((spec.filter, spec.property))}{w}"  # type: ignore[arg-type]
             case "distinct":
-                return f"d{lay.distincts.index((spec.filter, spec.property))}w{spec.window_days}"  # type: ignore[arg-type]
-            case "days_since_last":
+                return f"d{lay.distincts.index((spec.filter, spec.property))}{w}"  # type: ignore[arg-type]
+            case "days_since_last" | "span_days":
                 return f"l{lay.lasts.index(spec.filter)}"
             case "tenure":
                 return "first"
@@ -343,6 +392,10 @@ class Catalog:
                 values = np.where(np.isnan(last), spec.cap_days, np.minimum(days, spec.cap_days))
             elif spec.aggregation == "tenure":
                 values = (at_arr - np.asarray(base["first"], dtype=float)) / SECONDS_PER_DAY
+            elif spec.aggregation == "span_days":
+                last = np.asarray(base[self.base_column(spec)], dtype=float)
+                span = (last - np.asarray(base["first"], dtype=float)) / SECONDS_PER_DAY
+                values = np.where(np.isnan(last), 0.0, span)
             else:  # ratio
                 num = by_name[spec.numerator]  # type: ignore[index]
                 den = by_name[spec.denominator]  # type: ignore[index]
@@ -363,13 +416,16 @@ class Catalog:
             if s.aggregation == "ratio":
                 what_of = f"{s.numerator} / {s.denominator}"
             agg = f"{s.aggregation}({what_of})" if what_of else s.aggregation
-            window = f"{s.window_days} d" if s.window_days else "-"
+            window = (
+                "-" if s.window_days is None else str(s.window_days).replace("lifetime", "life")
+            )
+            window = f"{window} d" if isinstance(s.window_days, int) else window
             rows.append(f"| `{s.name}` | {agg} | {events} | {window} | {s.description} |")
         return "\n".join(rows)
 
 
 def default_catalog() -> Catalog:
-    """The 31 built-in features (see the README's table)."""
+    """The 40 built-in features (see the README's table)."""
     return Catalog(features=tuple(_defaults()))
 
 

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.catalog import SECONDS_PER_DAY, Catalog, EventFilter, distinct_key, numeric_value
+from models.catalog import (
+    DEFAULT_PROFILE_RETENTION_DAYS,
+    SECONDS_PER_DAY,
+    Catalog,
+    EventFilter,
+    distinct_key,
+    numeric_value,
+)
 from models.eventfile import ReadStats, Span, jsonl_spans, read_events
 from models.events import Event
 from models.mapping import HistoryMapping
@@ -106,12 +113,54 @@ def _number(frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     return frame
 
 
-def base_aggregates(frame: pd.DataFrame, catalog: Catalog, at: float) -> pd.DataFrame:
+def current_life(frame: pd.DataFrame, at: float, profile_days: int) -> np.ndarray:
+    """Which events count at time `at`: those at or before it in each customer's current
+    life. A customer silent for more than `profile_days` is forgotten (the stream's
+    profile expires): a later event starts a new life, and one silent that long at `at`
+    has no row at all.
+
+    >>> f = pd.DataFrame({"cust": [0, 0, 0, 1], "ts": [0.0, 86400.0, 9 * 86400.0, 0.0]})
+    >>> current_life(f, 9 * 86400.0, 5).tolist(), current_life(f, 7 * 86400.0, 5).tolist()
+    ([False, False, True, False], [False, False, False, False])
+    """
+    ts = frame["ts"].to_numpy()
+    upto = ts <= at
+    if not upto.any():
+        return upto
+    cust = frame["cust"].to_numpy()
+    order = np.lexsort((ts, cust))
+    c, t = cust[order], ts[order]
+    keep = upto[order]
+    limit = profile_days * SECONDS_PER_DAY
+    # A life starts at a customer's first event and after every silence longer than
+    # `limit`; each event belongs to the latest start at or before it.
+    start = np.ones(len(c), dtype=bool)
+    start[1:] = (c[1:] != c[:-1]) | (t[1:] - t[:-1] > limit)
+    life = np.cumsum(start)
+    # The current life at `at`: the one of the customer's last event at or before `at`.
+    last_life = np.zeros(int(cust.max()) + 1, dtype=np.int64)
+    last_ts = np.full(len(last_life), -np.inf)
+    np.maximum.at(last_life, c[keep], life[keep])
+    np.maximum.at(last_ts, c[keep], t[keep])
+    alive = at - last_ts <= limit
+    counted = np.zeros(len(ts), dtype=bool)
+    counted[order] = keep & (life == last_life[c]) & alive[c]
+    return counted
+
+
+def base_aggregates(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    at: float,
+    *,
+    profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
+) -> pd.DataFrame:
     """The catalog's base aggregates (see `models.catalog.Layout`) at time `at`.
 
-    One row per customer with an event at or before `at`, sorted by customer id.
+    One row per customer with an event at or before `at` in its current life
+    (`current_life`), sorted by customer id.
     """
-    upto = frame["ts"].to_numpy() <= at
+    upto = current_life(frame, at, profile_days)
 
     columns: dict[str, np.ndarray] = {}
 
@@ -169,13 +218,28 @@ def base_aggregates(frame: pd.DataFrame, catalog: Catalog, at: float) -> pd.Data
             keys = column(f"m:d{k}")
             span = int(frame[f"m:d{k}"].max()) + 1 if len(frame) else 1
             out[f"d{k}w{w}"] = distinct(in_window & (keys >= 0), keys, max(span, 1))
+    if lay.lifetime:
+        for i in range(len(lay.counters)):
+            hits = column(f"m:c{i}")
+            out[f"c{i}life"] = count(hits)
+            if i in lay.actives:
+                span = int(day.max() - day.min()) + 1 if len(day) else 1
+                out[f"a{i}life"] = distinct(hits, day - (day.min() if len(day) else 0), span)
+        for j in range(len(lay.sums)):
+            out[f"s{j}life"] = np.bincount(row, column(f"m:s{j}"), minlength=n)
     for m in range(len(lay.lasts)):
         out[f"l{m}"] = extreme(column(f"m:l{m}"), np.maximum, -np.inf)
     out["first"] = extreme(np.ones(len(ts), dtype=bool), np.minimum, np.inf)
     return pd.DataFrame(out, index=customers)[list(lay.columns)]
 
 
-def features_at(frame: pd.DataFrame, catalog: Catalog, at: float) -> pd.DataFrame:
+def features_at(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    at: float,
+    *,
+    profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
+) -> pd.DataFrame:
     """Every feature of the catalog for every customer seen by time `at`.
 
     >>> from models.catalog import default_catalog
@@ -192,7 +256,7 @@ def features_at(frame: pd.DataFrame, catalog: Catalog, at: float) -> pd.DataFram
     >>> [float(row[f]) for f in names]
     [2.0, 40.0, 20.0, 3.0]
     """
-    base = base_aggregates(frame, catalog, at)
+    base = base_aggregates(frame, catalog, at, profile_days=profile_days)
     values = catalog.assemble({c: base[c].to_numpy() for c in base.columns}, at)
     return pd.DataFrame(values, index=base.index, columns=list(catalog.names))
 
