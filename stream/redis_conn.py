@@ -161,15 +161,3 @@ async def connect(
             reason = str(exc) or type(exc).__name__
             raise RedisUnavailable(f"Redis at {conn.url} is not reachable: {reason}") from None
     return conn
-
-
-async def get_many(client: Redis | RedisCluster, keys: list[str]) -> list[Any]:
-    """GET of many keys in one round trip: MGET, or a pipeline on a cluster, where the
-    keys may live on several nodes (MGET across slots is refused)."""
-    if isinstance(client, RedisCluster):
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return list(await pipe.execute())
-    # One MGET: a pipeline of GETs costs redis-py ~10 us per command to pack.
-    return list(await client.mget(keys))

@@ -13,11 +13,11 @@ from threadpoolctl import threadpool_limits
 
 from models.bundle import Bundle, load_bundle
 from models.catalog import Catalog, load_catalog
-from stream.engine import AssignmentStore, Engine
+from stream.engine import Engine
 from stream.redis_conn import Connection, connect
 from stream.settings import StreamSettings
 from stream.shadow import Shadow
-from stream.store import RedisFeatureStore
+from stream.store import RedisAssignmentStore, RedisFeatureStore
 
 
 @dataclass
@@ -58,7 +58,9 @@ async def open_runtime(
         conn.client, catalog, prefix=key_prefix, max_lateness_days=settings.max_lateness_days
     )
     await store.load()
-    assignments = AssignmentStore(conn.client, prefix=key_prefix, ttl_seconds=store.ttl_seconds)
+    assignments = RedisAssignmentStore(
+        conn.client, prefix=key_prefix, ttl_seconds=store.ttl_seconds
+    )
     engine = Engine(
         catalog,
         store,

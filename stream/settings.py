@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.decide import Rules
-from stream.store import DEFAULT_MAX_LATENESS_DAYS
+from stream.stores import DEFAULT_MAX_LATENESS_DAYS
 
 DEFAULT_RULES = Rules()  # the alert thresholds' defaults live in one place: `Rules`
 
