@@ -21,6 +21,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
@@ -298,3 +299,22 @@ def memory_stores(
         keyspace=features.keyspace, prefix=prefix, ttl_seconds=features.ttl_seconds
     )
     return features, assignments
+
+
+@dataclass
+class MemoryConnection:
+    """What ``memory://`` opens in `stream.runtime`: one process's keyspace.
+
+    Shaped like `stream.redis_conn.Connection` where the runtime's users need it (`url`,
+    `drop`, `close`); nothing outlives the process.
+    """
+
+    keyspace: Keyspace = field(default_factory=Keyspace)
+    url: str = "memory://"
+
+    async def drop(self, prefix: str) -> int:
+        """Delete every key under `prefix`; returns how many."""
+        return self.keyspace.drop(prefix)
+
+    async def close(self) -> None:
+        """Nothing to close: the keyspace goes with its last reference."""

@@ -48,6 +48,19 @@ class Connection:
         for stop in self._stop:
             stop()
 
+    async def drop(self, prefix: str) -> int:
+        """Delete every key under `prefix` (a replay's scratch state); returns how many."""
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=f"{prefix}:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += await self.client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += await self.client.delete(*batch)
+        return deleted
+
 
 def redact(url: str) -> str:
     """The URL with any password replaced, fit for logs.

@@ -169,8 +169,8 @@ class RedisAssignmentStore:
     (with the staged feature states) are one `commit.lua` call on a server, one call per
     hash slot in one pipeline on a cluster.
 
-    The cache holds each state packed (the bytes written to Redis), not as objects: a dict
-    of str to bytes is invisible to Python's cycle collector (see benchmarks/README.md).
+    The cache holds each state packed (the bytes written to Redis), not as objects, so
+    Python's cycle collector never walks it (the engine benchmark's gain, commit aa60420).
     """
 
     def __init__(
