@@ -32,9 +32,9 @@ from stream.redis_conn import RedisUnavailable, connect
 from stream.runtime import drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from stream.worker import Message, Worker
+from tests.bundles import make_bundle
 from tests.servers import RedisServer
 from tests.support import discard
-from tests.test_bundle import make_bundle
 
 APP_USER, APP_SECRET = "app", "s3cret"
 ADMIN_SECRET = "adm1n-Pw-9f3k"  # the default user's password (requirepass)

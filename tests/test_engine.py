@@ -8,18 +8,24 @@ test.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.bundle import load_bundle
+from models.eventfile import read_events
 from models.events import Event
+from offline.synthetic import generate_history, write_history
 from stream.engine import Engine
 from stream.replay import replay
+from stream.runtime import drop_prefix, open_runtime
+from stream.settings import StreamSettings
 from stream.stores import due_key, feature_key
+from tests.bundles import CATALOG, make_bundle
 from tests.store_backends import StoreBackend
 from tests.support import run
-from tests.test_bundle import CATALOG, make_bundle
 
 DAY = 86_400.0
 
@@ -153,3 +159,41 @@ def test_a_new_bundle_starts_a_fresh_population_window_and_keeps_the_halflife(
             assert engine.centers.halflife == 0.25
 
     run(body())
+
+
+def test_memory_url_replays_into_the_alerts_and_state_of_redis(
+    tmp_path: Path, embedded_redis_url: str
+) -> None:
+    """``SEGSTREAM_REDIS_URL=memory://`` runs the same engine on the in-memory stores: a
+    replay gives the alert ids, final features and assignment states of a Redis one."""
+    bundle = make_bundle(tmp_path / "models")
+    events = write_history(generate_history(80, 40, seed=5), tmp_path / "data")["events"]
+
+    async def one(url: str) -> tuple[list[str], list[str], np.ndarray, dict[str, list[object]]]:
+        settings = StreamSettings(redis_url=url, model_dir=tmp_path / "models")
+        prefix = f"engine-{uuid.uuid4().hex[:8]}"
+        runtime = await open_runtime(settings, model_path=bundle, prefix=prefix)
+        try:
+            out = tmp_path / f"alerts-{url.partition(':')[0]}.jsonl"
+            summary = await replay(runtime.engine, events, out)
+            assert summary.rescored > 0
+            ids = [json.loads(line)["alert_id"] for line in out.read_text().splitlines()]
+            customers = sorted({json.loads(line)["customer_id"] for line in events.open()})
+            feats = await runtime.engine.features.read(customers, at=summary_end(events))
+            states = await runtime.engine.assignments.load(customers)
+            assert await drop_prefix(runtime.connection, prefix) > 0
+            return ids, feats.customers, feats.values, {c: s.to_list() for c, s in states.items()}
+        finally:
+            await runtime.close()
+
+    memory = run(one("memory://"))
+    redis = run(one(embedded_redis_url))
+    assert memory[0] and memory[0] == redis[0]  # the same alerts, in the same order
+    assert memory[1] == redis[1]
+    np.testing.assert_array_equal(memory[2], redis[2])
+    assert memory[3] == redis[3]
+
+
+def summary_end(events: Path) -> float:
+    """The newest event time of a history file."""
+    return max(e.epoch for e in read_events(events))

@@ -37,8 +37,8 @@ from stream.settings import StreamSettings
 from stream.store import feature_key
 from stream.stores import state_key
 from stream.worker import Message, Worker
+from tests.bundles import make_bundle
 from tests.support import discard
-from tests.test_bundle import make_bundle
 
 #: The reasons the README's event contract documents for the decoder.
 DECODER_REASONS = frozenset(
