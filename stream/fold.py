@@ -187,6 +187,12 @@ def fold(
     Returns the status code per event (0 applied, 1 duplicate, 2 too_late), the state
     right after each event (None while the customer has none) and the new state to
     store, None when no event was applied (nothing to write).
+
+    >>> spec = FoldSpec(retention_days=90, n_counters=1, n_lasts=0, max_lateness_days=7)
+    >>> ev = [86_400.0 * 20_000, event_fingerprint("e1"), [1], [], [], []]
+    >>> codes, after, new = fold(None, [ev, ev], spec)
+    >>> codes, after[1] == new, fold(new, [ev], spec)[0]
+    ([0, 1], True, [1])
     """
     st = _State(raw, spec)
     c = spec.n_counters
