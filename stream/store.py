@@ -51,7 +51,7 @@ from redis.asyncio import Redis, RedisCluster
 from models.catalog import Catalog
 from models.events import Event
 from stream.decide import CustomerState
-from stream.fold import EventEncoder, event_fingerprint
+from stream.fold import EventEncoder
 from stream.scripts import Call, Script, topology
 from stream.stores import (
     DEFAULT_MAX_LATENESS_DAYS,
@@ -65,7 +65,6 @@ from stream.stores import (
     by_customer,
     centers_key,
     check_lateness,
-    customer_tag,
     due_key,
     feature_key,
     population_key,
@@ -74,8 +73,6 @@ from stream.stores import (
 
 STORE: Final = Script("store.lua")
 COMMIT: Final = Script("commit.lua")
-#: store.lua's source (what `RedisFeatureStore.load` loads).
-SCRIPT: Final = STORE.source
 
 
 class RedisFeatureStore:
@@ -337,7 +334,6 @@ class RedisAssignmentStore:
 __all__ = [
     "COMMIT",
     "DEFAULT_MAX_LATENESS_DAYS",
-    "SCRIPT",
     "STATUSES",
     "STORE",
     "ApplyResult",
@@ -346,8 +342,6 @@ __all__ = [
     "RedisAssignmentStore",
     "RedisFeatureStore",
     "StagedFeatures",
-    "customer_tag",
-    "event_fingerprint",
     "feature_key",
     "state_key",
 ]
