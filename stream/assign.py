@@ -5,8 +5,8 @@ start at the bundle's centroids and move by `halflife` toward the points they wi
 segments follow slow behavioral drift between retrainings. Assignment (`distances`) does
 not use the local river state directly: it uses the *shared* centers, which every worker
 of a consumer group refreshes at each sync (`merge`): a worker's movement since its last
-sync is added to the shared centers (in Redis, by `stream.centers_store`) and everybody
-reads the sum back. Between syncs every worker assigns with the same centers; they are
+sync is added to the shared centers (`AssignmentStore.sync_centers` of `stream.stores`)
+and everybody reads the sum back. Between syncs every worker assigns with the same centers; they are
 at most one sync interval stale.
 
 Pure: no Redis, no faust.

@@ -16,268 +16,36 @@ events are decided again into the same alerts: saving first would turn the secon
 decision into a no-op and lose the alerts (the order is the delivery guarantee, see
 docs/reliability.md). Features need no such care: the store is idempotent per event.
 
-It depends on the store classes passed in, not on Kafka or faust.
+It depends on the store protocols of `stream.stores` (Redis or in-memory implementations
+are passed in), not on Redis, Kafka or faust.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
-from redis.asyncio import Redis, RedisCluster
-from redis.crc import key_slot
 
 from models.bundle import Bundle
 from models.catalog import Catalog
 from models.events import Event
 from stream.assign import OnlineCenters
 from stream.decide import DAY, Alert, CustomerState, Decider, Decisions, Row, Rules, iso
-from stream.redis_conn import get_many
 from stream.shadow import Shadow, ShadowTally
-from stream.store import (
+from stream.stores import (
     ApplyResult,
+    AssignmentStore,
     EventStatus,
     Features,
-    RedisFeatureStore,
+    FeatureStore,
     StagedFeatures,
-    customer_tag,
 )
 
 log = logging.getLogger(__name__)
-
-
-def state_key(prefix: str, customer_id: str) -> str:
-    """Key of a customer's assignment state; same hash tag as its features."""
-    return f"{prefix}:a:{{{customer_tag(customer_id)}}}"
-
-
-_WRITE_SCRIPT = """
--- One batch's writes, atomic: staged feature states (compare-and-set), assignment states,
--- re-score times and population changes.
--- KEYS = feature keys (nf), state keys (ns), due keys (nd), then the population key when
--- there are changes. ARGV[1] = msgpack {feature_ttl, state_ttl, nf, ns, nd, digests,
--- feature states, state values, due, population}; due = one {mode, {member, score, ...}}
--- per due key (mode NX keeps an existing time, SET replaces it); population = {segment,
--- change, ...}. A feature state is written only over the state it was computed from
--- (SHA1 `digest`, '' for none); returns the 1-based indices of the others (conflicts).
-local a = cmsgpack.unpack(ARGV[1])
-local fttl, sttl, nf, ns, nd = a[1], a[2], a[3], a[4], a[5]
-local digests, fstates, svalues, due, pop = a[6], a[7], a[8], a[9], a[10]
-local conflicts = {}
-for i = 1, nf do
-  local current = redis.call('GET', KEYS[i])
-  local digest = current and redis.sha1hex(current) or ''
-  if digest == digests[i] then
-    redis.call('SET', KEYS[i], fstates[i], 'EX', fttl)
-  else
-    conflicts[#conflicts + 1] = i
-  end
-end
-for i = 1, ns do redis.call('SET', KEYS[nf + i], svalues[i], 'EX', sttl) end
-for d = 1, nd do
-  local mode, items = due[d][1], due[d][2]
-  for j = 1, #items, 2 do
-    if mode == 'NX' then
-      redis.call('ZADD', KEYS[nf + ns + d], 'NX', items[j + 1], items[j])
-    else
-      redis.call('ZADD', KEYS[nf + ns + d], items[j + 1], items[j])
-    end
-  end
-end
-for j = 1, #pop, 2 do redis.call('HINCRBY', KEYS[nf + ns + nd + 1], pop[j], pop[j + 1]) end
-return conflicts
-"""
-
-
-class AssignmentStore:
-    """Customers' assignment states and the per-partition re-score index, in Redis.
-
-    A worker owns its partitions' customers, so it keeps their states in memory and reads
-    Redis only for customers it has not seen; `forget()` drops that cache when partitions
-    move (a rebalance) so a state another worker wrote is read again. A batch's writes
-    are one script call on a single server, one pipeline on a cluster.
-
-    The cache holds each state packed (the bytes written to Redis), not as objects: a dict
-    of str to bytes is invisible to Python's cycle collector, while 100k live states made
-    every full collection walk them (25% of a 100k-customer replay's time, measured).
-    """
-
-    def __init__(
-        self,
-        client: Redis | RedisCluster,
-        *,
-        prefix: str,
-        ttl_seconds: int,
-        cache_size: int = 500_000,
-    ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.ttl_seconds = ttl_seconds
-        self.cache_size = cache_size
-        self.round_trips = 0
-        self._cache: dict[str, bytes] = {}  # customer id -> packed state
-        self._cluster = isinstance(client, RedisCluster)
-        self._write = client.register_script(_WRITE_SCRIPT)
-
-    def due_key(self, partition: int) -> str:
-        return f"{self.prefix}:due:{partition}"
-
-    def population_key(self, version: str) -> str:
-        return f"{self.prefix}:population:{version}"
-
-    def forget(self) -> None:
-        """Drop the in-memory states (call when partitions are reassigned)."""
-        self._cache.clear()
-
-    async def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerState]:
-        cache = self._cache
-        found = {
-            cid: CustomerState.from_list(msgpack.unpackb(cache[cid]))
-            for cid in customer_ids
-            if cid in cache
-        }
-        missing = [cid for cid in customer_ids if cid not in found]
-        if missing:
-            self.round_trips += 1
-            keys = [state_key(self.prefix, cid) for cid in missing]
-            values = await get_many(self.client, keys)
-            for cid, v in zip(missing, values, strict=True):
-                if v:
-                    found[cid] = CustomerState.from_list(msgpack.unpackb(v))
-        return found
-
-    async def save(
-        self,
-        states: dict[str, CustomerState],
-        due: dict[int, dict[str, float]],
-        population: Counter[int],
-        version: str,
-        *,
-        reschedule: bool = False,
-        features: StagedFeatures | None = None,
-        feature_ttl: int | None = None,
-    ) -> list[int]:
-        """Write states, population changes, re-score times and the staged `features`
-        (with `reschedule` False a customer already scheduled keeps its time, so activity
-        never postpones it). Returns the positions in `features` that met a conflict
-        (another writer changed the state since it was read): the caller applies those
-        customers' events again.
-
-        The in-memory states change only once Redis has them: a failed write leaves this
-        worker deciding from what Redis holds, as a restarted one would.
-        """
-        staged = features or StagedFeatures()
-        if not states and not due and not staged.keys:
-            return []
-        packed = {cid: msgpack.packb(st.to_list()) for cid, st in states.items()}
-        conflicts = await self._store(
-            packed, due, population, version, reschedule, staged, feature_ttl or self.ttl_seconds
-        )
-        if len(self._cache) + len(packed) > self.cache_size:
-            self._cache.clear()
-        self._cache.update(packed)
-        return conflicts
-
-    async def _store(
-        self,
-        states: dict[str, bytes],
-        due: dict[int, dict[str, float]],
-        population: Counter[int],
-        version: str,
-        reschedule: bool,
-        staged: StagedFeatures,
-        feature_ttl: int,
-    ) -> list[int]:
-        self.round_trips += 1
-        packed = {state_key(self.prefix, cid): value for cid, value in states.items()}
-        changes = [(str(seg), n) for seg, n in population.items() if n]
-        mode = "SET" if reschedule else "NX"
-        if not self._cluster:
-            keys = [*staged.keys, *packed, *(self.due_key(p) for p in due)]
-            pop: list[Any] = [item for pair in changes for item in pair]
-            if pop:
-                keys.append(self.population_key(version))
-            due_args = [
-                [mode, [v for m, t in members.items() for v in (m, repr(t))]]
-                for members in due.values()
-            ]
-            blob = msgpack.packb(
-                [feature_ttl, self.ttl_seconds, len(staged.keys), len(packed), len(due),
-                 staged.digests, staged.states, list(packed.values()), due_args, pop],
-                use_bin_type=False,
-            )  # fmt: skip
-            found = await self._write(keys=keys, args=[blob])
-            return [int(i) - 1 for i in found]
-        # A cluster: one atomic call per hash slot for each customer's two states (they
-        # share the slot), the schedule and the population counts beside them.
-        slots: dict[int, tuple[list[int], list[str]]] = {}
-        for i, key in enumerate(staged.keys):
-            slots.setdefault(key_slot(key.encode()), ([], []))[0].append(i)
-        for key in packed:
-            slots.setdefault(key_slot(key.encode()), ([], []))[1].append(key)
-        calls = []
-        for f_idx, s_keys in slots.values():
-            blob = msgpack.packb(
-                [feature_ttl, self.ttl_seconds, len(f_idx), len(s_keys), 0,
-                 [staged.digests[i] for i in f_idx], [staged.states[i] for i in f_idx],
-                 [packed[k] for k in s_keys], [], []],
-                use_bin_type=False,
-            )  # fmt: skip
-            keys = [staged.keys[i] for i in f_idx] + s_keys
-            calls.append((f_idx, self._write(keys=keys, args=[blob])))
-        pipe = self.client.pipeline(transaction=False)
-        for partition, members in due.items():
-            pipe.zadd(self.due_key(partition), members, nx=not reschedule)  # type: ignore[arg-type]
-        for segment, change in changes:
-            pipe.hincrby(self.population_key(version), segment, change)
-        replies = await asyncio.gather(*(call for _, call in calls))
-        await pipe.execute()
-        pairs = zip(calls, replies, strict=True)
-        return [f_idx[int(i) - 1] for (f_idx, _), found in pairs for i in found]
-
-    async def unschedule(self, partition: int, customer_ids: Sequence[str]) -> None:
-        """Remove customers from a partition's re-score schedule."""
-        self.round_trips += 1
-        await self.client.zrem(self.due_key(partition), *customer_ids)
-
-    async def due(self, partition: int, now: float, limit: int) -> list[str]:
-        self.round_trips += 1
-        key = self.due_key(partition)
-        found = await self.client.zrangebyscore(key, "-inf", float(now), 0, limit)
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in found]
-
-    def centers_key(self, version: str) -> str:
-        return f"{self.prefix}:centers:{version}"
-
-    async def sync_centers(self, version: str, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """Add this worker's center movement to the group's and return the group's centers.
-
-        The hash holds every worker's accumulated movement; centers = bundle + movement.
-        """
-        self.round_trips += 1
-        key = self.centers_key(version)
-        pipe = self.client.pipeline(transaction=False)
-        for (i, j), value in np.ndenumerate(delta):
-            if value:
-                pipe.hincrbyfloat(key, f"{i}:{j}", float(value))
-        pipe.hgetall(key)
-        replies = await pipe.execute()
-        moved = np.zeros_like(base)
-        for field_name, value in replies[-1].items():
-            i, j = (int(p) for p in field_name.decode().split(":"))
-            moved[i, j] = float(value)
-        shared: np.ndarray = base + moved
-        return shared
-
-    async def population(self, version: str) -> dict[int, int]:
-        raw = await self.client.hgetall(self.population_key(version))  # type: ignore[misc]
-        return {int(k): int(v) for k, v in raw.items()}
 
 
 @dataclass
@@ -317,7 +85,7 @@ class Engine:
     def __init__(
         self,
         catalog: Catalog,
-        features: RedisFeatureStore,
+        features: FeatureStore,
         assignments: AssignmentStore,
         bundle: Bundle,
         *,
@@ -551,4 +319,4 @@ class Engine:
         return {"psi": float(psi), "observed": observed, "expected": expected, "window": total}
 
 
-__all__ = ["AssignmentStore", "BatchResult", "Engine", "Staged", "iso", "state_key"]
+__all__ = ["BatchResult", "Engine", "Staged", "iso"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,19 @@ class Connection:
         await self.client.aclose()
         for stop in self._stop:
             stop()
+
+    async def drop(self, prefix: str) -> int:
+        """Delete every key under `prefix` (a replay's scratch state); returns how many."""
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=f"{prefix}:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += await self.client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += await self.client.delete(*batch)
+        return deleted
 
 
 def redact(url: str) -> str:
@@ -84,20 +98,46 @@ def start_embedded(timeout: float = 10.0) -> tuple[str, Callable[[], None]]:
         atexit.unregister(halt)
 
     atexit.register(halt)
+    try:
+        wait_answering(port, process, timeout=timeout, log=workdir / "valkey.log")
+    except RedisUnavailable as exc:
+        halt()
+        raise RedisUnavailable(f"embedded Valkey did not start on {HOST}:{port}: {exc}") from None
+    return f"redis://{HOST}:{port}/0", halt
+
+
+def wait_answering(
+    port: int,
+    process: subprocess.Popen[bytes],
+    *,
+    timeout: float = 15.0,
+    password: str | None = None,
+    log: Path | None = None,
+) -> None:
+    """Wait until the server we started on `port` answers PING (after AUTH `password`).
+
+    Raises `RedisUnavailable` with the end of its `log` when it exits or stays silent.
+    """
+    hello = (f"AUTH {password}\r\n" if password else "") + "PING\r\n"
+    replies = 2 if password else 1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             break
         try:
             with socket.create_connection((HOST, port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return f"redis://{HOST}:{port}/0", halt
+                sock.sendall(hello.encode())
+                got = b""
+                while got.count(b"\r\n") < replies and (chunk := sock.recv(64)):
+                    got += chunk
+                if got.endswith(b"+PONG\r\n"):
+                    return
         except OSError:
-            time.sleep(0.05)
-    text = (workdir / "valkey.log").read_text(errors="replace")[-2000:]
-    halt()
-    raise RedisUnavailable(f"embedded Valkey did not start on {HOST}:{port}: {text}")
+            pass
+        time.sleep(0.05)
+    state = "exited" if process.poll() is not None else "did not answer"
+    tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+    raise RedisUnavailable(f"the server on {HOST}:{port} {state}: {tail}")
 
 
 def _plain(url: str, **kwargs: Any) -> Connection:
@@ -161,15 +201,3 @@ async def connect(
             reason = str(exc) or type(exc).__name__
             raise RedisUnavailable(f"Redis at {conn.url} is not reachable: {reason}") from None
     return conn
-
-
-async def get_many(client: Redis | RedisCluster, keys: list[str]) -> list[Any]:
-    """GET of many keys in one round trip: MGET, or a pipeline on a cluster, where the
-    keys may live on several nodes (MGET across slots is refused)."""
-    if isinstance(client, RedisCluster):
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return list(await pipe.execute())
-    # One MGET: a pipeline of GETs costs redis-py ~10 us per command to pack.
-    return list(await client.mget(keys))

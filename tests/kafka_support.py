@@ -11,11 +11,13 @@ Registered from conftest.py with ``pytest_plugins = ["tests.kafka_support"]``.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.broker import start_embedded_broker
 
@@ -66,3 +68,29 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+async def read_all(bootstrap: str, topic: str, timeout: float = 20) -> dict[int, list[Any]]:
+    """Every record in `topic` by partition, read until each partition's fetch highwater.
+
+    Not ``end_offsets()``: Tansu 0.6 answers ListOffsets(latest) with the base offset of the
+    partition's last record batch + 1, which is short when producers batch (faust does).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for tp, batch in (await consumer.getmany(timeout_ms=200)).items():
+                records[tp.partition].extend(batch)
+            ends = [consumer.highwater(tp) for tp in tps]
+            positions = [await consumer.position(tp) for tp in tps]
+            if None not in ends and positions == ends:
+                return records
+        raise AssertionError(f"could not read {topic} to its end in {timeout}s")
+    finally:
+        await consumer.stop()

@@ -25,8 +25,7 @@ from stream.runtime import drop_prefix
 from stream.settings import StreamSettings
 from stream.store import RedisFeatureStore
 from stream.worker import Output
-from tests.kafka_support import KafkaBroker
-from tests.test_broker import read_all
+from tests.kafka_support import KafkaBroker, read_all
 
 T = TypeVar("T")
 

@@ -16,12 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,16 +26,15 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
-from stream.children import HOST, free_port, spawn
-from stream.children import stop as stop_process
+from stream.children import HOST, free_port
 from stream.metrics import Metrics
 from stream.redis_conn import RedisUnavailable, connect
 from stream.runtime import drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from stream.worker import Message, Worker
+from tests.bundles import make_bundle
+from tests.servers import RedisServer
 from tests.support import discard
-from tests.test_bundle import make_bundle
-from tests.test_cluster import server_binary
 
 APP_USER, APP_SECRET = "app", "s3cret"
 ADMIN_SECRET = "adm1n-Pw-9f3k"  # the default user's password (requirepass)
@@ -47,20 +43,8 @@ SECRETS = (APP_SECRET, ADMIN_SECRET, WRONG)
 FAST = 3.0  # seconds: a refused password must not hang in retries
 
 
-@dataclass
-class Server:
-    port: int
-
-    def url(self, user: str | None = None, password: str | None = None) -> str:
-        creds = f"{user or ''}:{password}@" if password else ""
-        return f"redis://{creds}{HOST}:{self.port}/0"
-
-    def admin(self) -> redis.Redis:
-        return redis.Redis(host=HOST, port=self.port, password=ADMIN_SECRET)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     workdir = tmp_path_factory.mktemp("redis-auth")
     port = free_port()
     config = workdir / "redis.conf"
@@ -68,28 +52,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         f'port {port}\nbind {HOST}\nsave ""\nappendonly no\ndir {workdir}\n'
         f"requirepass {ADMIN_SECRET}\nuser {APP_USER} on >{APP_SECRET} ~* &* +@all\n"
     )
-    log = (workdir / "server.log").open("wb")
-    process: subprocess.Popen[bytes] = spawn([server_binary(), str(config)], cwd=workdir, log=log)
+    server = RedisServer(port, workdir, [str(config)], password=ADMIN_SECRET)
+    server.start()
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((workdir / "server.log").read_text(errors="replace")[-1000:])
-            try:
-                with socket.create_connection((HOST, port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"-NOAUTH"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server with a password did not start on {port}")
-            time.sleep(0.05)
-        yield Server(port)
+        yield server
     finally:
-        stop_process(process)
-        log.close()
-    assert process.poll() is not None
+        server.stop()
+    assert server.process is None
+
+
+def admin_client(server: RedisServer) -> redis.Redis:
+    return redis.Redis(host=HOST, port=server.port, password=ADMIN_SECRET)
 
 
 def assert_no_secret(text: str, where: str) -> None:
@@ -97,7 +70,7 @@ def assert_no_secret(text: str, where: str) -> None:
         assert secret not in text, f"a password appears in {where}: {text[:300]!r}"
 
 
-def test_right_secret_in_the_url_connects(server: Server) -> None:
+def test_right_secret_in_the_url_connects(server: RedisServer) -> None:
     async def body() -> str:
         conn = await connect(server.url(APP_USER, APP_SECRET))
         try:
@@ -112,7 +85,7 @@ def test_right_secret_in_the_url_connects(server: Server) -> None:
     assert_no_secret(url, "Connection.url")
 
 
-def test_right_secret_as_a_keyword_connects(server: Server) -> None:
+def test_right_secret_as_a_keyword_connects(server: RedisServer) -> None:
     """`SEGSTREAM_REDIS_PASSWORD` reaches `connect` as ``password=``; a user may sit in the URL."""
 
     async def body() -> None:
@@ -134,7 +107,7 @@ def test_right_secret_as_a_keyword_connects(server: Server) -> None:
 @pytest.mark.parametrize(
     "how", ["wrong password in the URL", "wrong password keyword", "no password", "unknown user"]
 )
-def test_wrong_secret_fails_fast_and_says_so(server: Server, how: str) -> None:
+def test_wrong_secret_fails_fast_and_says_so(server: RedisServer, how: str) -> None:
     url, kwargs = {
         "wrong password in the URL": (server.url(APP_USER, WRONG), {}),
         "wrong password keyword": (server.url(), {"password": WRONG}),
@@ -154,7 +127,7 @@ def test_wrong_secret_fails_fast_and_says_so(server: Server, how: str) -> None:
 
 
 def test_runtime_with_the_settings_password_works_and_hides_it(
-    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """open_runtime with ``redis_password``, a batch through the worker, a Redis failure
     on the way (the user briefly loses EVALSHA), and no secret in logs or metrics."""
@@ -171,7 +144,7 @@ def test_runtime_with_the_settings_password_works_and_hides_it(
     )
     assert_no_secret(repr(settings), "repr(settings)")
     assert_no_secret(str(settings.model_dump()), "the settings dump")
-    admin = server.admin()
+    admin = admin_client(server)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -236,7 +209,7 @@ def test_runtime_with_the_settings_password_works_and_hides_it(
 
 
 def test_runtime_with_a_wrong_settings_password_fails_fast(
-    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     bundle = make_bundle(tmp_path / "models")

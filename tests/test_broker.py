@@ -27,7 +27,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.broker import create_topics
-from tests.kafka_support import KafkaBroker
+from tests.kafka_support import KafkaBroker, read_all
 
 #: Consumer-group timings that keep a join at a few seconds on Tansu (see module docstring):
 #: the join takes SESSION_TIMEOUT / 2; the heartbeat must stay below a third of the session.
@@ -82,32 +82,6 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     finally:
         await consumer.stop()
     return {p: offset for p, offset in committed.items() if offset is not None}
-
-
-async def read_all(bootstrap: str, topic: str, timeout: float = 20) -> dict[int, list[Any]]:
-    """Every record in `topic` by partition, read until each partition's fetch highwater.
-
-    Not ``end_offsets()``: Tansu 0.6 answers ListOffsets(latest) with the base offset of the
-    partition's last record batch + 1, which is short when producers batch (faust does).
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for tp, batch in (await consumer.getmany(timeout_ms=200)).items():
-                records[tp.partition].extend(batch)
-            ends = [consumer.highwater(tp) for tp in tps]
-            positions = [await consumer.position(tp) for tp in tps]
-            if None not in ends and positions == ends:
-                return records
-        raise AssertionError(f"could not read {topic} to its end in {timeout}s")
-    finally:
-        await consumer.stop()
 
 
 # --- aiokafka ------------------------------------------------------------------------------

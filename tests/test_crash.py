@@ -55,6 +55,8 @@ from stream.settings import StreamSettings
 from stream.store import RedisFeatureStore
 from stream.worker import Message, Output, Worker
 from tests.kafka_support import KafkaBroker
+from tests.servers import RedisServer, system_url
+from tests.store_checks import assert_matches_reference
 from tests.support import (
     alert_topics,
     drop,
@@ -65,8 +67,6 @@ from tests.support import (
     replay_alert_ids,
     settings_for,
 )
-from tests.test_cluster import server_binary
-from tests.test_store import assert_matches_reference
 
 pytestmark = pytest.mark.slow
 
@@ -421,9 +421,7 @@ def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
 @pytest.fixture
 def system_or_embedded(embedded_redis_url: str) -> str:
     """The system Redis when there is one (with the test's own prefix), else embedded."""
-    from tests.conftest import _system_url
-
-    return _system_url() or embedded_redis_url
+    return system_url() or embedded_redis_url
 
 
 # --- two workers, one killed ---------------------------------------------------------------
@@ -459,51 +457,12 @@ OUTAGE_SECONDS = 10.0
 REDIS_SECRET = "0utage-Pw-31"
 
 
-@dataclass
-class RedisServer:
-    """A private redis-server with an append-only file, which the test stops and starts."""
-
-    port: int
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{REDIS_SECRET}@{HOST}:{self.port}/0"
-
-    def start(self) -> None:
-        cmd = [server_binary(), "--port", str(self.port), "--bind", HOST, "--save", "",
-               "--appendonly", "yes", "--dir", str(self.workdir),
-               "--requirepass", REDIS_SECRET]  # fmt: skip
-        log = (self.workdir / "server.log").open("ab")
-        self.process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.workdir, start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
-                    sock.sendall(f"AUTH {REDIS_SECRET}\r\nPING\r\n".encode())
-                    if b"PONG" in sock.recv(64) or b"PONG" in sock.recv(64):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM: the server flushes its append-only file and exits (a clean restart)."""
-        if self.process is not None:
-            stop_process(self.process, 10.0)
-            self.process = None
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
+    server = RedisServer(free_port(), tmp_path, password=REDIS_SECRET)
+    port = str(server.port)
+    server.args = ["--port", port, "--bind", HOST, "--save", "", "--appendonly", "yes",
+                   "--dir", str(tmp_path), "--requirepass", REDIS_SECRET]  # fmt: skip
     server.start()
     try:
         yield server
@@ -518,7 +477,7 @@ def test_redis_down_for_ten_seconds_is_retried_and_nothing_is_lost(
     again from its append-only file, with an empty script cache. Chosen over a proxy that
     drops connections because it is what an operator sees (a restart, a failover), and
     it also exercises the reload of the store's script."""
-    group: Group = group_for(private_redis.url, 1)
+    group: Group = group_for(private_redis.url(password=REDIS_SECRET), 1)
     worker = group.start()
     produce_into(group, expected.records)
     group.wait("the worker processing batches", lambda: worker.batches() >= 2)
@@ -548,7 +507,9 @@ def test_redis_down_for_ten_seconds_is_retried_and_nothing_is_lost(
     waits = [float(line.rsplit("retrying in ", 1)[1].split()[0]) for line in failures]
     assert {0.2, 0.4, 0.8, 1.6} <= set(waits), waits  # backoff, doubling
     assert max(waits) <= 5.0
-    missing = check_end_state(group.settings, private_redis.url, kafka_broker, expected)
+    missing = check_end_state(
+        group.settings, private_redis.url(password=REDIS_SECRET), kafka_broker, expected
+    )
     print(
         f"\nredis outage: {errors:.0f} Redis errors, {len(failures)} retries logged, "
         f"committed at stop {committed_at_stop}, 10 s later {committed_late}; "

@@ -1,4 +1,9 @@
-"""The engine's daily re-score schedule, on a real Redis with a small bundle."""
+"""The engine over the store protocols: the re-score schedule, staging and the commit.
+
+Every test runs on the in-memory stores and on an embedded Valkey (`engine_backend`), so
+the engine is held to the same behaviour over both, and the fast one serves as its unit
+test.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,21 @@ import json
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.bundle import load_bundle
+from models.eventfile import read_events
 from models.events import Event
-from stream.engine import AssignmentStore, Engine
-from stream.redis_conn import connect
+from offline.synthetic import generate_history, write_history
+from stream.engine import Engine
 from stream.replay import replay
-from stream.runtime import drop_prefix
-from stream.store import RedisFeatureStore, feature_key
+from stream.runtime import drop_prefix, open_runtime
+from stream.settings import StreamSettings
+from stream.stores import due_key, feature_key
+from tests.bundles import CATALOG, make_bundle
+from tests.store_backends import StoreBackend
 from tests.support import run
-from tests.test_bundle import CATALOG, make_bundle
 
 DAY = 86_400.0
 
@@ -27,48 +36,41 @@ def ev(eid: str, cid: str, ts: str) -> Event:
     )
 
 
-def test_expired_customers_leave_the_schedule(tmp_path: Path, embedded_redis_url: str) -> None:
+def test_expired_customers_leave_the_schedule(tmp_path: Path, engine_backend: StoreBackend) -> None:
     bundle = load_bundle(make_bundle(tmp_path), CATALOG)
-    prefix = f"engine-{uuid.uuid4().hex[:8]}"
+    backend = engine_backend
+    prefix = backend.prefix
 
     async def body() -> None:
-        conn = await connect(embedded_redis_url)
-        try:
-            store = RedisFeatureStore(conn.client, CATALOG, prefix=prefix)
-            states = AssignmentStore(conn.client, prefix=prefix, ttl_seconds=3600)
-            engine = Engine(CATALOG, store, states, bundle)
+        async with backend.open(CATALOG) as stores:
+            engine = Engine(CATALOG, stores.features, stores.assignments, bundle)
             result = await engine.process(
                 [ev("1", "kept", "2026-03-01T10:00:00Z"), ev("2", "gone", "2026-03-01T11:00:00Z")]
             )
             await engine.save(result)
             assert {r.customer_id for r in result.rows} == {"kept", "gone"}
-            due_key = states.due_key(0)
-            assert set(await conn.client.zrange(due_key, 0, -1)) == {b"kept", b"gone"}
+            key = due_key(prefix, 0)
+            assert set(backend.zrange(key)) == {"kept", "gone"}
             # As if "gone" had been silent past the retention: its features expired.
-            await conn.client.delete(feature_key(prefix, "gone"))
+            backend.delete(feature_key(prefix, "gone"))
             later = result.rows[0].at + 2 * DAY
             rescored = await engine.rescore(later)
             await engine.save(rescored)
             assert [r.customer_id for r in rescored.rows] == ["kept"]
-            assert await conn.client.zrange(due_key, 0, -1) == [b"kept"]
-            score = await conn.client.zscore(due_key, "kept")
-            assert score == later + DAY  # re-scored: next check a day later
-        finally:
-            await drop_prefix(conn, prefix)
-            await conn.close()
+            assert backend.zrange(key) == ["kept"]
+            assert backend.zscore(key, "kept") == later + DAY  # re-scored: next check a day later
 
     run(body())
 
 
 @pytest.mark.parametrize("step", [1, 5000])
 def test_replay_rescores_every_customer_once_a_day(
-    tmp_path: Path, embedded_redis_url: str, step: int
+    tmp_path: Path, engine_backend: StoreBackend, step: int
 ) -> None:
     """Both customers' first events are on March 1 at 10:00, so both are due from March 2
     at 10:00: the midnights of March 3, 4 and 5 re-score each once, in steps of 1 or all
     at once ("busy" too: its daily events do not postpone the check, see `save`)."""
     bundle = load_bundle(make_bundle(tmp_path), CATALOG)
-    prefix = f"engine-{uuid.uuid4().hex[:8]}"
     rows = [("q1", "quiet", 1)] + [(f"b{d}", "busy", d) for d in range(1, 6)]
     events = tmp_path / "events.jsonl"
     events.write_text("".join(
@@ -78,106 +80,120 @@ def test_replay_rescores_every_customer_once_a_day(
     ))  # fmt: skip
 
     async def body() -> int:
-        conn = await connect(embedded_redis_url)
-        try:
-            store = RedisFeatureStore(conn.client, CATALOG, prefix=prefix)
-            states = AssignmentStore(conn.client, prefix=prefix, ttl_seconds=3600)
-            engine = Engine(CATALOG, store, states, bundle, rescore_batch=step)
+        async with engine_backend.open(CATALOG) as stores:
+            engine = Engine(CATALOG, stores.features, stores.assignments, bundle,
+                            rescore_batch=step)  # fmt: skip
             summary = await replay(engine, events, tmp_path / "alerts.jsonl")
             return summary.rescored
-        finally:
-            await drop_prefix(conn, prefix)
-            await conn.close()
 
     assert run(body()) == 6
 
 
 def test_features_and_states_are_saved_together_or_not_at_all(
-    tmp_path: Path, embedded_redis_url: str
+    tmp_path: Path, engine_backend: StoreBackend
 ) -> None:
     """A batch writes nothing until `save`: a crash before it leaves the events new, so
     they are decided again into the same alerts; after it, they are duplicates."""
     bundle = load_bundle(make_bundle(tmp_path), CATALOG)
-    prefix = f"engine-{uuid.uuid4().hex[:8]}"
+    backend = engine_backend
     batch = [ev("1", "c1", "2026-03-01T10:00:00Z"), ev("2", "c1", "2026-03-01T11:00:00Z")]
 
     async def body() -> None:
-        conn = await connect(embedded_redis_url)
-        try:
-            store = RedisFeatureStore(conn.client, CATALOG, prefix=prefix)
-            engine = Engine(CATALOG, store, AssignmentStore(conn.client, prefix=prefix,
-                                                            ttl_seconds=3600), bundle)  # fmt: skip
+        async with backend.open(CATALOG) as stores, backend.open(CATALOG) as restarted:
+            engine = Engine(CATALOG, stores.features, stores.assignments, bundle)
             first = await engine.process(batch)
-            assert await conn.client.get(feature_key(prefix, "c1")) is None  # staged only
+            assert backend.get(feature_key(backend.prefix, "c1")) is None  # staged only
             # "Crash": the result is dropped unsaved; a fresh engine sees new events.
-            again = Engine(CATALOG, store, AssignmentStore(conn.client, prefix=prefix,
-                                                           ttl_seconds=3600), bundle)  # fmt: skip
+            again = Engine(CATALOG, stores.features, restarted.assignments, bundle)
             second = await again.process(batch)
             assert second.statuses == ["applied", "applied"]
             ids = [a.body["alert_id"] for a in first.alerts]
             assert ids and ids == [a.body["alert_id"] for a in second.alerts]
             await again.save(second)
-            assert await conn.client.get(feature_key(prefix, "c1")) is not None
+            assert backend.get(feature_key(backend.prefix, "c1")) is not None
             redelivered = await again.process(batch)
             assert redelivered.statuses == ["duplicate", "duplicate"]
             assert redelivered.alerts == []  # its decisions were saved with its features
-        finally:
-            await drop_prefix(conn, prefix)
-            await conn.close()
 
     run(body())
 
 
 def test_a_concurrent_writer_turns_the_commit_into_a_replay_of_the_events(
-    tmp_path: Path, embedded_redis_url: str
+    tmp_path: Path, engine_backend: StoreBackend
 ) -> None:
     """Two workers briefly owning a partition: the staged state is not written over the
     other's; the events are applied again, and counted once."""
     bundle = load_bundle(make_bundle(tmp_path), CATALOG)
-    prefix = f"engine-{uuid.uuid4().hex[:8]}"
     mine = [ev("1", "c1", "2026-03-01T10:00:00Z")]
     theirs = [ev("1", "c1", "2026-03-01T10:00:00Z"), ev("2", "c1", "2026-03-01T12:00:00Z")]
 
     async def body() -> None:
-        conn = await connect(embedded_redis_url)
-        try:
-            store = RedisFeatureStore(conn.client, CATALOG, prefix=prefix)
-            states = AssignmentStore(conn.client, prefix=prefix, ttl_seconds=3600)
-            engine = Engine(CATALOG, store, states, bundle)
+        async with engine_backend.open(CATALOG) as stores:
+            store = stores.features
+            engine = Engine(CATALOG, store, stores.assignments, bundle)
             staged = await engine.process(mine)
             await store.apply(theirs)  # the other worker, in between
             await engine.save(staged)
             got = await store.read(["c1"], at=staged.rows[0].at + DAY)
             assert got.row("c1") is not None
-            assert got.row("c1")["sessions_7d"] == 2  # both events, the first once
-        finally:
-            await drop_prefix(conn, prefix)
-            await conn.close()
+            assert got.row("c1")["sessions_7d"] == 2  # type: ignore[index]  # both, the first once
 
     run(body())
 
 
 def test_a_new_bundle_starts_a_fresh_population_window_and_keeps_the_halflife(
-    tmp_path: Path, embedded_redis_url: str
+    tmp_path: Path, engine_backend: StoreBackend
 ) -> None:
     """Assignments made by the previous bundle say nothing about the new one's shares: a
     reload that kept them raised a false population shift (found by the reload test)."""
     bundle = load_bundle(make_bundle(tmp_path), CATALOG)
-    prefix = f"engine-{uuid.uuid4().hex[:8]}"
 
     async def body() -> None:
-        conn = await connect(embedded_redis_url)
-        try:
-            store = RedisFeatureStore(conn.client, CATALOG, prefix=prefix)
-            states = AssignmentStore(conn.client, prefix=prefix, ttl_seconds=3600)
-            engine = Engine(CATALOG, store, states, bundle, centers_halflife=0.25)
+        async with engine_backend.open(CATALOG) as stores:
+            engine = Engine(CATALOG, stores.features, stores.assignments, bundle,
+                            centers_halflife=0.25)  # fmt: skip
             await engine.save(await engine.process([ev("1", "c1", "2026-03-01T10:00:00Z")]))
             assert engine.population_shift()["window"] == 1
             engine.use(bundle)
             assert engine.population_shift()["window"] == 0
             assert engine.centers.halflife == 0.25
-        finally:
-            await drop_prefix(conn, prefix)
-            await conn.close()
 
     run(body())
+
+
+def test_memory_url_replays_into_the_alerts_and_state_of_redis(
+    tmp_path: Path, embedded_redis_url: str
+) -> None:
+    """``SEGSTREAM_REDIS_URL=memory://`` runs the same engine on the in-memory stores: a
+    replay gives the alert ids, final features and assignment states of a Redis one."""
+    bundle = make_bundle(tmp_path / "models")
+    events = write_history(generate_history(80, 40, seed=5), tmp_path / "data")["events"]
+
+    async def one(url: str) -> tuple[list[str], list[str], np.ndarray, dict[str, list[object]]]:
+        settings = StreamSettings(redis_url=url, model_dir=tmp_path / "models")
+        prefix = f"engine-{uuid.uuid4().hex[:8]}"
+        runtime = await open_runtime(settings, model_path=bundle, prefix=prefix)
+        try:
+            out = tmp_path / f"alerts-{url.partition(':')[0]}.jsonl"
+            summary = await replay(runtime.engine, events, out)
+            assert summary.rescored > 0
+            ids = [json.loads(line)["alert_id"] for line in out.read_text().splitlines()]
+            customers = sorted({json.loads(line)["customer_id"] for line in events.open()})
+            feats = await runtime.engine.features.read(customers, at=summary_end(events))
+            states = await runtime.engine.assignments.load(customers)
+            assert await drop_prefix(runtime.connection, prefix) > 0
+            return ids, feats.customers, feats.values, {c: s.to_list() for c, s in states.items()}
+        finally:
+            await runtime.close()
+
+    memory = run(one("memory://"))
+    redis = run(one(embedded_redis_url))
+    assert memory[0] and memory[0] == redis[0]  # the same alerts, in the same order
+    assert memory[1] == redis[1]
+    np.testing.assert_array_equal(memory[2], redis[2])
+    assert memory[3] == redis[3]
+
+
+def summary_end(events: Path) -> float:
+    """The newest event time of a history file."""
+    return max(e.epoch for e in read_events(events))

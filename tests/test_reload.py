@@ -8,7 +8,7 @@ from pathlib import Path
 
 from models.bundle import resolve_current
 from stream.reload import ModelWatcher
-from tests.test_bundle import CATALOG, make_bundle
+from tests.bundles import CATALOG, make_bundle
 
 
 def point_current(model_dir: Path, version_dir: Path) -> None:

@@ -25,12 +25,12 @@ from models.catalog import default_catalog
 from models.eventfile import read_events
 from offline.reference import events_frame, features_at
 from segstream.cli import app
-from stream.engine import AssignmentStore
 from stream.metrics import Metrics
 from stream.partition import partition_of
 from stream.redis_conn import Connection
 from stream.runtime import drop_prefix, open_runtime
 from stream.settings import StreamSettings
+from stream.store import RedisAssignmentStore
 from stream.worker import Worker
 from tests.support import open_store, run
 
@@ -237,7 +237,7 @@ def test_backfill_writes_the_live_prefix_and_keeps_it(
                 got.values, expected.loc[got.customers].to_numpy(), rtol=1e-9, atol=1e-9
             )
             assert sorted(got.customers) == list(expected.index)
-            states = AssignmentStore(store.client, prefix=prefix, ttl_seconds=60)
+            states = RedisAssignmentStore(store.client, prefix=prefix, ttl_seconds=60)
             assert len(await states.load(got.customers)) == len(got.customers)
             # Each customer's re-score waits in the partition its events are produced to,
             # where the worker owning that partition finds it.

@@ -1,0 +1,320 @@
+"""In-memory stores: both protocols of `stream.stores` in one process, no server.
+
+`Keyspace` is the part of Redis the stores use (strings with a time to live, sorted sets,
+hashes), under the same keys and with the same values as the Redis stores write: the
+feature state of `stream.state`, the msgpack `CustomerState`, the due sets, population
+and center hashes. `MemoryFeatureStore` applies events with `stream.fold` (store.lua's
+rules in Python); `MemoryAssignmentStore.save` does what `commit.lua` does (the staged
+feature states written only over the state they were computed from, SHA1-checked).
+`tests/test_store_contract.py` holds them to the Redis stores' behaviour.
+
+For fast tests of the engine and for tools that need no shared state; `memory_stores`
+builds a pair over one keyspace. Expiry follows `clock` (wall time, as Redis does, unless
+a test passes its own).
+
+Pure: no Redis, no faust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from models.catalog import Catalog
+from models.events import Event
+from stream.decide import CustomerState
+from stream.fold import EventEncoder, FoldSpec, fold
+from stream.stores import (
+    DEFAULT_MAX_LATENESS_DAYS,
+    ApplyResult,
+    CustomerApplied,
+    Features,
+    StagedFeatures,
+    StoreResults,
+    by_customer,
+    centers_key,
+    check_lateness,
+    due_key,
+    feature_key,
+    population_key,
+    state_key,
+)
+
+
+def digest(value: bytes | None) -> bytes:
+    """What the commit compares: the hex SHA1 of a state (``redis.sha1hex``), b"" for none.
+
+    >>> digest(None), digest(b"abc")[:8]
+    (b'', b'a9993e36')
+    """
+    return hashlib.sha1(value).hexdigest().encode() if value is not None else b""
+
+
+class Keyspace:
+    """Strings with expiry, sorted sets and hashes by key, as the stores use Redis."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._strings: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at)
+        self._zsets: dict[str, dict[str, float]] = {}
+        self._hashes: dict[str, dict[str, float]] = {}
+
+    def get(self, key: str) -> bytes | None:
+        found = self._strings.get(key)
+        if found is None:
+            return None
+        if found[1] <= self.clock():
+            del self._strings[key]
+            return None
+        return found[0]
+
+    def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        self._strings[key] = (value, self.clock() + ttl_seconds)
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds until the key expires (None: no such string)."""
+        return None if self.get(key) is None else self._strings[key][1] - self.clock()
+
+    def delete(self, key: str) -> None:
+        self._strings.pop(key, None)
+        self._zsets.pop(key, None)
+        self._hashes.pop(key, None)
+
+    def keys(self, prefix: str) -> list[str]:
+        """Live keys that start with ``prefix:``."""
+        start = f"{prefix}:"
+        strings = [k for k in list(self._strings) if self.get(k) is not None]
+        return [k for k in (*strings, *self._zsets, *self._hashes) if k.startswith(start)]
+
+    def drop(self, prefix: str) -> int:
+        """Delete every key under `prefix`; returns how many."""
+        found = self.keys(prefix)
+        for key in found:
+            self.delete(key)
+        return len(found)
+
+    def zadd(self, key: str, members: dict[str, float], *, nx: bool) -> None:
+        zset = self._zsets.setdefault(key, {})
+        for member, score in members.items():
+            if not (nx and member in zset):
+                zset[member] = float(score)
+
+    def zrem(self, key: str, members: Sequence[str]) -> None:
+        zset = self._zsets.get(key, {})
+        for member in members:
+            zset.pop(member, None)
+        if not zset:
+            self._zsets.pop(key, None)
+
+    def zrange(self, key: str, max_score: float = float("inf"), limit: int = -1) -> list[str]:
+        """Members by score then name (Redis's order), up to `max_score`, at most `limit`."""
+        zset = self._zsets.get(key, {})
+        found = sorted((s, m.encode(), m) for m, s in zset.items() if s <= max_score)
+        return [m for _, _, m in (found if limit < 0 else found[:limit])]
+
+    def zscore(self, key: str, member: str) -> float | None:
+        return self._zsets.get(key, {}).get(member)
+
+    def hincr(self, key: str, name: str, by: float) -> None:
+        fields = self._hashes.setdefault(key, {})
+        fields[name] = fields.get(name, 0) + by
+
+    def hgetall(self, key: str) -> dict[str, float]:
+        return dict(self._hashes.get(key, {}))
+
+
+class MemoryFeatureStore:
+    """The catalog's features per customer in a `Keyspace` (see `stream.fold`)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        keyspace: Keyspace | None = None,
+        prefix: str = "segstream",
+        ttl_seconds: int | None = None,
+        max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
+    ) -> None:
+        check_lateness(catalog, max_lateness_days)
+        self.keyspace = keyspace or Keyspace()
+        self.catalog = catalog
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds or catalog.retention_days * 86_400
+        self.max_lateness_days = max_lateness_days
+        lay = catalog.layout
+        self._spec = FoldSpec(
+            catalog.retention_days, len(lay.counters), len(lay.lasts), max_lateness_days
+        )
+        self._encoder = EventEncoder(catalog)
+        self._results = StoreResults(catalog)
+        self.round_trips = 0  # calls, as the Redis store counts its round trips
+
+    async def load(self) -> None:
+        """Nothing to load (the protocol's start-up step)."""
+
+    async def apply(
+        self, events: Sequence[Event], *, at: float | None = None, stage: bool = False
+    ) -> ApplyResult:
+        """As `RedisFeatureStore.apply`: statuses and features after each event; with
+        `stage`, nothing is written and `staged` holds the new states."""
+        if not events:
+            return self._results.empty()
+        self.round_trips += 1
+        mine = by_customer(events)
+        applied = []
+        for cid, idxs in mine.items():
+            key = feature_key(self.prefix, cid)
+            raw = self.keyspace.get(key)
+            codes, after, new = fold(
+                raw, [self._encoder.encode(events[i]) for i in idxs], self._spec
+            )
+            if new is not None and not stage:
+                self.keyspace.set(key, new, self.ttl_seconds)
+            applied.append(CustomerApplied(key, cid, codes, after, digest(raw) if stage else b""))
+        return self._results.apply_result(events, mine, applied, stage=stage, at=at)
+
+    async def read(self, customer_ids: Sequence[str], *, at: float) -> Features:
+        """Features of known customers at time `at` (unknown ids are left out)."""
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids:
+            return self._results.features([], [], np.empty(0))
+        self.round_trips += 1
+        values = [self.keyspace.get(feature_key(self.prefix, cid)) for cid in ids]
+        return self._results.read(ids, values, at)
+
+
+class MemoryAssignmentStore:
+    """Assignment states, schedule, population and centers in a `Keyspace`."""
+
+    def __init__(self, *, keyspace: Keyspace, prefix: str, ttl_seconds: int) -> None:
+        self.keyspace = keyspace
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+        self.round_trips = 0
+
+    def due_key(self, partition: int) -> str:
+        return due_key(self.prefix, partition)
+
+    def forget(self) -> None:
+        """Nothing cached: every `load` reads the keyspace."""
+
+    async def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerState]:
+        self.round_trips += 1
+        found = {}
+        for cid in customer_ids:
+            value = self.keyspace.get(state_key(self.prefix, cid))
+            if value:
+                found[cid] = CustomerState.from_list(msgpack.unpackb(value))
+        return found
+
+    async def save(
+        self,
+        states: dict[str, CustomerState],
+        due: dict[int, dict[str, float]],
+        population: Counter[int],
+        version: str,
+        *,
+        reschedule: bool = False,
+        features: StagedFeatures | None = None,
+        feature_ttl: int | None = None,
+    ) -> list[int]:
+        """As `RedisAssignmentStore.save` (commit.lua): returns the conflicting positions
+        in `features` (states changed since they were staged), which are not written."""
+        staged = features or StagedFeatures()
+        if not states and not due and not staged.keys:
+            return []
+        self.round_trips += 1
+        ks = self.keyspace
+        conflicts = []
+        for i, key in enumerate(staged.keys):
+            if digest(ks.get(key)) == staged.digests[i]:
+                ks.set(key, staged.states[i], feature_ttl or self.ttl_seconds)
+            else:
+                conflicts.append(i)
+        for cid, st in states.items():
+            ks.set(state_key(self.prefix, cid), msgpack.packb(st.to_list()), self.ttl_seconds)
+        for partition, members in due.items():
+            ks.zadd(self.due_key(partition), members, nx=not reschedule)
+        for segment, change in population.items():
+            if change:
+                ks.hincr(population_key(self.prefix, version), str(segment), change)
+        return conflicts
+
+    async def unschedule(self, partition: int, customer_ids: Sequence[str]) -> None:
+        """Remove customers from a partition's re-score schedule."""
+        self.round_trips += 1
+        self.keyspace.zrem(self.due_key(partition), customer_ids)
+
+    async def due(self, partition: int, now: float, limit: int) -> list[str]:
+        """Up to `limit` customers of a partition due at `now`, the longest due first."""
+        self.round_trips += 1
+        return self.keyspace.zrange(self.due_key(partition), float(now), limit)
+
+    async def sync_centers(self, version: str, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """Add this movement to the shared one and return bundle + shared movement."""
+        self.round_trips += 1
+        key = centers_key(self.prefix, version)
+        for (i, j), value in np.ndenumerate(delta):
+            if value:
+                self.keyspace.hincr(key, f"{i}:{j}", float(value))
+        moved = np.zeros_like(base)
+        for name, value in self.keyspace.hgetall(key).items():
+            i, j = (int(p) for p in name.split(":"))
+            moved[i, j] = value
+        shared: np.ndarray = base + moved
+        return shared
+
+    async def population(self, version: str) -> dict[int, int]:
+        """Customers per segment under `version` (as the saves counted them)."""
+        return {
+            int(k): int(v)
+            for k, v in self.keyspace.hgetall(population_key(self.prefix, version)).items()
+        }
+
+
+def memory_stores(
+    catalog: Catalog,
+    *,
+    prefix: str = "segstream",
+    max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
+    keyspace: Keyspace | None = None,
+) -> tuple[MemoryFeatureStore, MemoryAssignmentStore]:
+    """A feature store and an assignment store over one keyspace (the runtime's pair).
+
+    >>> from models.catalog import default_catalog
+    >>> features, assignments = memory_stores(default_catalog(), prefix="t")
+    >>> features.keyspace is assignments.keyspace, assignments.ttl_seconds // 86_400
+    (True, 90)
+    """
+    features = MemoryFeatureStore(
+        catalog, keyspace=keyspace, prefix=prefix, max_lateness_days=max_lateness_days
+    )
+    assignments = MemoryAssignmentStore(
+        keyspace=features.keyspace, prefix=prefix, ttl_seconds=features.ttl_seconds
+    )
+    return features, assignments
+
+
+@dataclass
+class MemoryConnection:
+    """What ``memory://`` opens in `stream.runtime`: one process's keyspace.
+
+    Shaped like `stream.redis_conn.Connection` where the runtime's users need it (`url`,
+    `drop`, `close`); nothing outlives the process.
+    """
+
+    keyspace: Keyspace = field(default_factory=Keyspace)
+    url: str = "memory://"
+
+    async def drop(self, prefix: str) -> int:
+        """Delete every key under `prefix`; returns how many."""
+        return self.keyspace.drop(prefix)
+
+    async def close(self) -> None:
+        """Nothing to close: the keyspace goes with its last reference."""

@@ -1,0 +1,297 @@
+"""The store interfaces the engine depends on, their result types and the key layout.
+
+Two protocols: `FeatureStore` (customers' rolling features: `apply` a batch, `read` at a
+time) and `AssignmentStore` (assignment states, the re-score schedule, population counts,
+shared online centers, and the commit of staged feature states). Implementations:
+`stream.store` (Redis, a server or a Redis Cluster) and `stream.memory_store` (one
+process, for tests and tools). `tests/test_store_contract.py` runs the same suite over all.
+
+Every implementation keeps the same keys and the same binary values (the feature state
+of `stream.state`, the msgpack `CustomerState.to_list()`), so the layout below is one thing.
+`StoreResults` turns per-customer states into the `ApplyResult` both return.
+
+Pure: no Redis, no faust.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal, Protocol
+
+import numpy as np
+
+from models.catalog import Catalog
+from models.events import Event
+from stream.decide import CustomerState
+from stream.state import StateCodec
+
+EventStatus = Literal["applied", "duplicate", "too_late"]
+#: Status by the code `store.lua` (and `stream.fold`) return: 0, 1, 2.
+STATUSES: Final[tuple[EventStatus, ...]] = ("applied", "duplicate", "too_late")
+#: How many days before its customer's newest event an event may still arrive.
+DEFAULT_MAX_LATENESS_DAYS: Final = 7
+
+
+def customer_tag(customer_id: str) -> str:
+    """A customer's Redis Cluster hash tag: the id, with `%`, `{` and `}` percent-escaped.
+
+    Escaping keeps the tag inside one pair of braces whatever the id holds (an id with a
+    `}` would otherwise cut the tag short and scatter its keys over slots), and it is
+    reversible, so distinct ids always get distinct tags.
+
+    >>> customer_tag("c42"), customer_tag("x}:f:{y"), customer_tag("100%")
+    ('c42', 'x%7D:f:%7By', '100%25')
+    """
+    return customer_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def feature_key(prefix: str, customer_id: str) -> str:
+    """The key of a customer's features.
+
+    Distinct customer ids give distinct keys (the escaped id sits between fixed text),
+    so a crafted id cannot reach another customer's state.
+
+    >>> feature_key("segstream", "c42")
+    'segstream:f:{c42}'
+    """
+    return f"{prefix}:f:{{{customer_tag(customer_id)}}}"
+
+
+def state_key(prefix: str, customer_id: str) -> str:
+    """The key of a customer's assignment state; same hash tag as its features.
+
+    >>> state_key("segstream", "c42")
+    'segstream:a:{c42}'
+    """
+    return f"{prefix}:a:{{{customer_tag(customer_id)}}}"
+
+
+def due_key(prefix: str, partition: int) -> str:
+    """The sorted set of a partition's customers by next re-score time."""
+    return f"{prefix}:due:{partition}"
+
+
+def population_key(prefix: str, version: str) -> str:
+    """The hash of customers per segment under one model version."""
+    return f"{prefix}:population:{version}"
+
+
+def centers_key(prefix: str, version: str) -> str:
+    """The hash of the group's accumulated center movement (``"i:j"`` -> float)."""
+    return f"{prefix}:centers:{version}"
+
+
+def check_lateness(catalog: Catalog, max_lateness_days: int) -> None:
+    """Refuse a lateness bound the retention cannot honour (fingerprints live in it)."""
+    if not 0 <= max_lateness_days < catalog.retention_days:
+        raise ValueError(
+            f"max_lateness_days must be between 0 and the retention minus one "
+            f"({catalog.retention_days - 1}), got {max_lateness_days}"
+        )
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features of some customers at their evaluation times (one row each)."""
+
+    names: tuple[str, ...]  # the catalog's feature names, one per column
+    customers: list[str]  # whose features each row holds
+    at: np.ndarray  # Unix seconds, per row: when the features were evaluated
+    values: np.ndarray  # (rows, features)
+
+    def row(self, customer_id: str) -> dict[str, float] | None:
+        """The customer's latest row by feature name (None when the customer is not here)."""
+        for i in range(len(self.customers) - 1, -1, -1):
+            if self.customers[i] == customer_id:
+                return dict(zip(self.names, self.values[i].tolist(), strict=True))
+        return None
+
+
+@dataclass
+class StagedFeatures:
+    """New feature states computed but not yet written (`FeatureStore.apply(stage=True)`).
+
+    `digests` are the hex SHA1 of each key's state when it was read (empty: none): the
+    commit (`AssignmentStore.save(features=...)`) writes a state only over the one it was
+    computed from. Another writer in between (two workers briefly owning one partition
+    during a rebalance) makes it a conflict, and the customer's `events` are applied
+    again instead, which the idempotent store allows.
+    """
+
+    keys: list[str] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    states: list[bytes] = field(default_factory=list)
+    events: list[list[Event]] = field(default_factory=list)
+
+    def add(self, key: str, digest: bytes, state: bytes, events: list[Event]) -> None:
+        self.keys.append(key)
+        self.digests.append(digest)
+        self.states.append(state)
+        self.events.append(events)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What a batch did: per input event, its status and its customer's features after it.
+
+    `features` has one row per event, in input order (a duplicate's row shows the state it
+    found), except a ``too_late`` event of a customer with no stored state, which has none:
+    `rows` maps each event to its row; `features.row(c)` is customer c's state after the
+    whole batch.
+    """
+
+    statuses: list[EventStatus]
+    features: Features
+    #: Per input event, its row in `features`, or -1 when it has none (a ``too_late``
+    #: event of a customer with no stored state has no row).
+    rows: list[int] = field(default_factory=list)
+    #: With `apply(stage=True)`: the states to commit (customers with an applied event).
+    staged: StagedFeatures | None = None
+
+    def count(self, status: EventStatus) -> int:
+        return sum(1 for s in self.statuses if s == status)
+
+
+@dataclass(frozen=True)
+class CustomerApplied:
+    """One customer's part of a batch, as the store computed it."""
+
+    key: str
+    customer_id: str
+    codes: Sequence[int]  # per event, an index into `STATUSES`
+    after: Sequence[bytes | None]  # per event, the state right after it (None: none yet)
+    digest: bytes  # hex SHA1 of the state before the batch (b"" when none or not staged)
+
+
+class StoreResults:
+    """Features and batch results from binary states, for one catalog (every store's)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.codec = StateCodec(catalog)
+
+    def features(self, customers: list[str], states: list[bytes], at: np.ndarray) -> Features:
+        if not states:
+            values = np.empty((0, len(self.catalog.names)))
+            return Features(self.catalog.names, [], np.empty(0), values)
+        base, when = self.codec.aggregate(states, at)
+        return Features(self.catalog.names, customers, when, self.catalog.assemble(base, when))
+
+    def read(self, ids: list[str], values: Sequence[bytes | None], at: float) -> Features:
+        """Features of the ids whose state was found (`values` aligned with `ids`)."""
+        found = [(cid, v) for cid, v in zip(ids, values, strict=True) if v]
+        return self.features(
+            [cid for cid, _ in found], [v for _, v in found], np.full(len(found), at)
+        )
+
+    def empty(self) -> ApplyResult:
+        return ApplyResult([], self.features([], [], np.empty(0)))
+
+    def apply_result(
+        self,
+        events: Sequence[Event],
+        mine: dict[str, list[int]],
+        applied: Sequence[CustomerApplied],
+        *,
+        stage: bool,
+        at: float | None,
+    ) -> ApplyResult:
+        """The `ApplyResult` of a batch; `mine` maps a customer to its events' indices."""
+        statuses: list[EventStatus] = ["applied"] * len(events)
+        states: list[bytes | None] = [None] * len(events)
+        staged = StagedFeatures()
+        for part in applied:
+            changed = False
+            idxs = mine[part.customer_id]
+            for idx, code, state in zip(idxs, part.codes, part.after, strict=True):
+                statuses[idx] = STATUSES[code]
+                states[idx] = state or None
+                changed = changed or code == 0
+            if stage and changed:
+                last = part.after[-1]
+                assert last is not None  # an applied event leaves a state
+                staged.add(part.key, part.digest, last, [events[i] for i in idxs])
+        known = [i for i, st in enumerate(states) if st is not None]
+        rows = [-1] * len(events)
+        for row, i in enumerate(known):
+            rows[i] = row
+        features = self.features(
+            [events[i].customer_id for i in known],
+            [states[i] for i in known],  # type: ignore[misc]
+            np.full(len(known), at or 0.0),
+        )
+        return ApplyResult(
+            statuses=statuses, features=features, rows=rows, staged=staged if stage else None
+        )
+
+
+def by_customer(events: Sequence[Event]) -> dict[str, list[int]]:
+    """Each customer's event indices, customers in order of first appearance."""
+    mine: dict[str, list[int]] = {}
+    for idx, event in enumerate(events):
+        mine.setdefault(event.customer_id, []).append(idx)
+    return mine
+
+
+class FeatureStore(Protocol):
+    """Customers' rolling features: exact, idempotent per event, lateness-bounded.
+
+    `apply` returns each event's status and its customer's features right after it;
+    with `stage=True` it writes nothing and returns the new states in `staged`, which
+    `AssignmentStore.save(features=...)` commits with the decisions they led to.
+    """
+
+    prefix: str
+    ttl_seconds: int
+    max_lateness_days: int
+
+    async def load(self) -> None:
+        """Prepare for use (load scripts); idempotent."""
+        ...
+
+    async def apply(
+        self, events: Sequence[Event], *, at: float | None = None, stage: bool = False
+    ) -> ApplyResult: ...
+
+    async def read(self, customer_ids: Sequence[str], *, at: float) -> Features: ...
+
+
+class AssignmentStore(Protocol):
+    """Customers' assignment states, re-score schedule, population and shared centers."""
+
+    prefix: str
+    ttl_seconds: int
+
+    def forget(self) -> None:
+        """Drop whatever is cached in memory (call when partitions are reassigned)."""
+        ...
+
+    async def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerState]: ...
+
+    async def save(
+        self,
+        states: dict[str, CustomerState],
+        due: dict[int, dict[str, float]],
+        population: Counter[int],
+        version: str,
+        *,
+        reschedule: bool = False,
+        features: StagedFeatures | None = None,
+        feature_ttl: int | None = None,
+    ) -> list[int]:
+        """Write states, schedule (NX unless `reschedule`), population changes and the
+        staged `features` (compare-and-set); return the positions in `features` that met
+        a conflict."""
+        ...
+
+    async def unschedule(self, partition: int, customer_ids: Sequence[str]) -> None: ...
+
+    async def due(self, partition: int, now: float, limit: int) -> list[str]: ...
+
+    async def sync_centers(
+        self, version: str, base: np.ndarray, delta: np.ndarray
+    ) -> np.ndarray: ...
+
+    async def population(self, version: str) -> dict[int, int]: ...

@@ -1,0 +1,726 @@
+"""One contract for every store implementation: memory, Redis, Valkey, a Redis Cluster.
+
+Each test takes `store_backend` (conftest): the in-memory stores, the machine's Redis,
+an embedded Valkey and a three-node Redis Cluster (`tests.servers.running_cluster`), and
+must pass on all of them: the features against the batch reference, statuses,
+idempotency, lateness, expiry, staging and the compare-and-set commit, the re-score
+schedule, population counts and shared centers. Tests of Lua scripts and servers take
+`redis_backend` (the three Redis ones). The in-memory feature state is compared with
+`store.lua`'s byte for byte.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis as AsyncRedis
+from redis.cluster import RedisCluster as SyncCluster
+from redis.crc import key_slot
+
+from models.catalog import catalog_from_config, default_catalog
+from models.eventfile import read_events
+from models.events import Event, decode_event, parse_time
+from offline.reference import events_frame, features_at
+from stream.decide import CustomerState
+from stream.memory_store import MemoryFeatureStore, memory_stores
+from stream.redis_conn import connect
+from stream.store import RedisFeatureStore
+from stream.stores import due_key, feature_key, state_key
+from tests.servers import HOST, Cluster
+from tests.store_backends import RedisBackend, StoreBackend
+from tests.store_checks import DAY, apply_in_batches, assert_matches_reference, cut_points, ev
+from tests.support import run
+
+
+@pytest.fixture(scope="module")
+def history_events(small_history_file: Path) -> list[Event]:
+    return list(read_events(small_history_file))
+
+
+def spread(backend: StoreBackend, count: int) -> None:
+    """`count` keys under the prefix, on every node of a cluster."""
+    per_node = {n: len(keys) for n, keys in backend.keys_per_node().items()}
+    assert sum(per_node.values()) == count
+    assert all(n > 0 for n in per_node.values()), f"keys not spread over the nodes: {per_node}"
+
+
+# --- features against the batch reference ----------------------------------------------------
+
+
+def test_parity_in_time_order(store_backend: StoreBackend, history_events: list[Event]) -> None:
+    catalog = default_catalog()
+    frame = events_frame(history_events, catalog)
+    events = sorted(history_events, key=lambda e: e.epoch)
+    assert len({e.customer_id for e in events}) >= 1000
+
+    async def body() -> None:
+        async with store_backend.open(catalog) as stores:
+            store = stores.features
+            done = 0
+            for cut in cut_points(events):
+                upto = [e for e in events[done:] if e.epoch <= cut]
+                await apply_in_batches(store, upto)
+                done += len(upto)
+                expected = features_at(frame, catalog, cut)
+                got = await store.read(list(expected.index), at=cut)
+                assert_matches_reference(got.customers, got.values, expected, catalog)
+
+    run(body())
+    spread(store_backend, len({e.customer_id for e in events}))
+
+
+def test_parity_shuffled_with_duplicates(
+    store_backend: StoreBackend, history_events: list[Event]
+) -> None:
+    """Out of order within each stretch, plus 5% redeliveries of any earlier event; the
+    states are byte for byte those `stream.fold` computes (store.lua's rules in Python)."""
+    catalog = default_catalog()
+    frame = events_frame(history_events, catalog)
+    events = sorted(history_events, key=lambda e: e.epoch)
+    rng = random.Random(11)
+    twin = MemoryFeatureStore(catalog, prefix=store_backend.prefix, max_lateness_days=89)
+
+    async def body() -> None:
+        # Stretches span weeks: accept events as late as the retention allows.
+        async with store_backend.open(catalog, max_lateness_days=89) as stores:
+            store = stores.features
+            delivered: list[Event] = []
+            done = 0
+            duplicates = 0
+            for cut in cut_points(events):
+                stretch = [e for e in events[done:] if e.epoch <= cut]
+                done += len(stretch)
+                redelivered = rng.sample(delivered + stretch, k=len(stretch) // 20)
+                duplicates += len(redelivered)
+                batch = stretch + redelivered
+                rng.shuffle(batch)
+                await apply_in_batches(store, batch, size=700)
+                await apply_in_batches(twin, batch, size=700)
+                delivered += stretch
+                expected = features_at(frame, catalog, cut)
+                got = await store.read(list(expected.index), at=cut)
+                assert_matches_reference(got.customers, got.values, expected, catalog)
+            assert duplicates > 0.04 * len(events)
+
+    run(body())
+    keys = store_backend.keys()
+    assert len(keys) == len({e.customer_id for e in events})
+    assert all(store_backend.get(k) == twin.keyspace.get(k) for k in keys)
+
+
+def test_user_defined_features_match_reference(
+    store_backend: StoreBackend, history_events: list[Event]
+) -> None:
+    catalog = catalog_from_config(
+        {
+            "features": [
+                {
+                    "name": "exports_30d",
+                    "aggregation": "count",
+                    "window_days": 30,
+                    "filter": {"types": ["feature_used"], "where": {"feature": "export"}},
+                },
+                {
+                    "name": "export_days_14d",
+                    "aggregation": "active_days",
+                    "window_days": 14,
+                    "filter": {"types": ["feature_used"], "where": {"feature": "export"}},
+                },
+                {
+                    "name": "big_purchase_revenue_60d",
+                    "aggregation": "sum",
+                    "window_days": 60,
+                    "property": "amount",
+                    "filter": {"types": ["purchase"]},
+                },
+                {
+                    "name": "event_kinds_30d",
+                    "aggregation": "distinct",
+                    "window_days": 30,
+                    "property": "feature",
+                },
+                {
+                    "name": "days_since_last_ticket",
+                    "aggregation": "days_since_last",
+                    "filter": {"types": ["support_ticket"]},
+                    "cap_days": 60,
+                },
+                {
+                    "name": "exports_per_session_30d",
+                    "aggregation": "ratio",
+                    "numerator": "exports_30d",
+                    "denominator": "sessions_30d",
+                },
+            ]
+        }
+    )
+    frame = events_frame(history_events, catalog)
+    events = sorted(history_events, key=lambda e: e.epoch)
+    at = events[-1].epoch
+
+    async def body() -> None:
+        async with store_backend.open(catalog) as stores:
+            await apply_in_batches(stores.features, events, size=1000)
+            expected = features_at(frame, catalog, at)
+            got = await stores.features.read(list(expected.index), at=at)
+            assert_matches_reference(got.customers, got.values, expected, catalog)
+            assert expected["exports_30d"].sum() > 0, "the history must exercise the filter"
+
+    run(body())
+
+
+def test_parity_with_events_up_to_the_lateness_bound_late(
+    store_backend: StoreBackend, history_events: list[Event]
+) -> None:
+    """The default bound: each event held back up to 6 days, plus 5% redeliveries within
+    the bound, gives the batch reference's features exactly."""
+    catalog = default_catalog()
+    frame = events_frame(history_events, catalog)
+    rng = random.Random(5)
+    delay = {e.event_id: rng.uniform(0, 6 * 86_400) for e in history_events}
+    arrival = sorted(history_events, key=lambda e: e.epoch + delay[e.event_id])
+    resent = rng.sample(range(len(arrival)), k=len(arrival) // 20)
+    stream = list(arrival)
+    for i in sorted(resent, reverse=True):  # a redelivery within a few hundred events
+        stream.insert(min(len(stream), i + rng.randint(1, 500)), arrival[i])
+    at = max(e.epoch for e in history_events)
+
+    async def body() -> None:
+        async with store_backend.open(catalog) as stores:
+            store = stores.features
+            statuses: Counter[str] = Counter()
+            for i in range(0, len(stream), 1000):
+                statuses.update((await store.apply(stream[i : i + 1000])).statuses)
+            assert statuses == {"applied": len(history_events), "duplicate": len(resent)}
+            expected = features_at(frame, catalog, at)
+            got = await store.read(list(expected.index), at=at)
+            assert_matches_reference(got.customers, got.values, expected, catalog)
+
+    run(body())
+
+
+def test_crash_and_replay_gives_the_reference(
+    store_backend: StoreBackend, history_events: list[Event]
+) -> None:
+    """A worker that applied a prefix, crashed, and replays the whole stream from the start."""
+    catalog = default_catalog()
+    events = sorted(history_events, key=lambda e: e.epoch)[:20_000]
+    frame = events_frame(events, catalog)
+    at = events[-1].epoch
+
+    async def body() -> None:
+        async with store_backend.open(catalog) as stores:
+            await apply_in_batches(stores.features, events[:7_777], size=1000)
+            await apply_in_batches(stores.features, events, size=1000)
+            expected = features_at(frame, catalog, at)
+            got = await stores.features.read(list(expected.index), at=at)
+            assert_matches_reference(got.customers, got.values, expected, catalog)
+
+    run(body())
+
+
+# --- windows, statuses, lateness ----------------------------------------------------------
+
+
+def test_window_edges(store_backend: StoreBackend) -> None:
+    # t is on 2026-03-10; the 7-day window covers 2026-03-04 .. 2026-03-10.
+    events = [
+        ev("out", "a", "session_start", "2026-03-03T23:59:59Z"),
+        ev("in", "a", "session_start", "2026-03-04T00:00:00Z"),
+        ev("late-day", "a", "session_start", "2026-03-10T11:00:00Z"),
+    ]
+    t = parse_time("2026-03-10T12:00:00Z")
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            store = stores.features
+            await store.apply(events)
+            row = (await store.read(["a"], at=t)).row("a")
+            assert row is not None
+            assert row["sessions_7d"] == 2
+            assert row["active_days_7d"] == 2
+            assert row["sessions_30d"] == 3
+            assert row["days_since_last_event"] == pytest.approx(1 / 24)
+            # 25 days later the customer is silent: windows empty out, recency grows.
+            later = (await store.read(["a"], at=t + 25 * DAY)).row("a")
+            assert later is not None
+            assert later["sessions_7d"] == 0
+            assert later["sessions_30d"] == 1  # 04-04's 30 days start on 03-06
+            assert later["days_since_last_event"] == pytest.approx(25 + 1 / 24)
+
+    run(body())
+
+
+def test_event_older_than_retention_is_rejected_and_counted(store_backend: StoreBackend) -> None:
+    async def body() -> None:
+        async with store_backend.open(max_lateness_days=89) as stores:
+            store = stores.features
+            await store.apply([ev("new", "a", "purchase", "2026-04-30T10:00:00Z", amount=5.0)])
+            result = await store.apply(
+                [
+                    # 2026-01-30 is 90 days before 2026-04-30: outside the 90-day retention.
+                    ev("old", "a", "purchase", "2026-01-30T23:59:59Z", amount=100.0),
+                    # 2026-01-31 is the oldest day still retained.
+                    ev("oldest-kept", "a", "purchase", "2026-01-31T00:00:00Z", amount=7.0),
+                ]
+            )
+            assert result.statuses == ["too_late", "applied"]
+            assert result.count("too_late") == 1
+            row = result.features.row("a")
+            assert row is not None
+            assert row["purchases_90d"] == 2
+            assert row["revenue_90d"] == 12.0
+
+    run(body())
+
+
+def test_lateness_bound_rejects_older_events_and_keeps_redeliveries_out(
+    store_backend: StoreBackend,
+) -> None:
+    """Default bound: 7 days before the customer's newest day; the status is decided by the
+    events before it, whatever the batching."""
+    newest = ev("new", "a", "purchase", "2026-04-30T10:00:00Z", amount=5.0)
+    week_late = ev("7d", "a", "purchase", "2026-04-23T00:00:00Z", amount=7.0)
+    too_late = ev("8d", "a", "purchase", "2026-04-22T23:59:59Z", amount=100.0)
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            store = stores.features
+            assert store.max_lateness_days == 7
+            result = await store.apply([week_late, newest, too_late, week_late])
+            assert result.statuses == ["applied", "applied", "too_late", "duplicate"]
+            row = result.features.row("a")
+            assert row is not None
+            assert (row["purchases_90d"], row["revenue_90d"]) == (2, 12.0)
+            # Once the customer moves on, a redelivery of the week-old event is too late
+            # too: its fingerprint is gone, and it is not counted a second time.
+            later = ev("next", "a", "purchase", "2026-05-01T08:00:00Z", amount=1.0)
+            again = await store.apply([later, week_late])
+            assert again.statuses == ["applied", "too_late"]
+            row = again.features.row("a")
+            assert row is not None
+            assert (row["purchases_90d"], row["revenue_90d"]) == (3, 13.0)
+            # The same events in another customer's batches of one give the same statuses.
+            one_by_one = []
+            for e in [week_late, newest, too_late, week_late]:
+                moved = e.model_copy(update={"customer_id": "b"})
+                one_by_one += (await store.apply([moved])).statuses
+            assert one_by_one == ["applied", "applied", "too_late", "duplicate"]
+
+    run(body())
+
+
+def test_lateness_bound_must_fit_the_retention() -> None:
+    for make in (
+        lambda: RedisFeatureStore(AsyncRedis(), default_catalog(), max_lateness_days=90),
+        lambda: MemoryFeatureStore(default_catalog(), max_lateness_days=90),
+    ):
+        with pytest.raises(ValueError, match=r"max_lateness_days .* \(89\), got 90"):
+            make()
+
+
+def test_duplicate_delivery_changes_nothing(store_backend: StoreBackend) -> None:
+    e1 = ev("p1", "a", "purchase", "2026-02-01T10:00:00Z", amount=20.0)
+    e2 = ev("f1", "a", "feature_used", "2026-02-01T11:00:00Z", feature="export")
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            store = stores.features
+            first = await store.apply([e1, e2, e1])
+            assert first.statuses == ["applied", "applied", "duplicate"]
+            again = await store.apply([e2, e1])
+            assert again.statuses == ["duplicate", "duplicate"]
+            assert first.features.row("a") == again.features.row("a")
+            row = again.features.row("a")
+            assert row is not None
+            assert (row["purchases_7d"], row["revenue_7d"], row["feature_uses_7d"]) == (1, 20.0, 1)
+
+    run(body())
+
+
+def test_features_follow_each_event_within_a_batch(store_backend: StoreBackend) -> None:
+    """Rows are the customer's state right after each event, whatever the batching."""
+    events = [
+        ev("s1", "a", "session_start", "2026-02-01T10:00:00Z"),
+        ev("p1", "a", "purchase", "2026-02-01T11:00:00Z", amount=5.0),
+        ev("x1", "b", "email_open", "2026-02-01T11:30:00Z"),
+        ev("p2", "a", "purchase", "2026-02-01T12:00:00Z", amount=7.0),
+    ]
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            result = await stores.features.apply(events)
+            names = result.features.names
+            revenue = [row[names.index("revenue_7d")] for row in result.features.values]
+            counts = [row[names.index("events_7d")] for row in result.features.values]
+            assert result.features.customers == ["a", "a", "b", "a"]
+            assert revenue == [0.0, 5.0, 0.0, 12.0]
+            assert counts == [1, 2, 1, 3]
+            assert list(result.features.at) == [e.epoch for e in events]
+
+    run(body())
+
+
+def test_features_follow_each_event_and_the_batch_spans_nodes(
+    store_backend: StoreBackend,
+) -> None:
+    """The per-event rows of one batch whose customers live on different nodes (slots)."""
+    customers = [f"cust-{i}" for i in range(40)]
+    events = [
+        ev("s1", "a", "session_start", "2026-02-01T10:00:00Z"),
+        ev("p1", "a", "purchase", "2026-02-01T11:00:00Z", amount=5.0),
+        ev("x1", "b", "email_open", "2026-02-01T11:30:00Z"),
+        ev("p2", "a", "purchase", "2026-02-01T12:00:00Z", amount=7.0),
+    ]
+    events += [ev(f"o-{c}", c, "session_start", "2026-02-01T12:30:00Z") for c in customers]
+    events += [ev("p1", "a", "purchase", "2026-02-01T11:00:00Z", amount=5.0)]  # redelivery
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            result = await stores.features.apply(events)
+            names = result.features.names
+            revenue = [row[names.index("revenue_7d")] for row in result.features.values]
+            counts = [row[names.index("events_7d")] for row in result.features.values]
+            assert result.features.customers == ["a", "a", "b", "a", *customers, "a"]
+            assert revenue[:4] == [0.0, 5.0, 0.0, 12.0]
+            assert counts[:4] == [1, 2, 1, 3]
+            assert counts[4:-1] == [1] * len(customers)
+            assert (revenue[-1], counts[-1]) == (12.0, 3)
+            assert result.statuses == ["applied"] * (len(events) - 1) + ["duplicate"]
+            # A duplicate's row is the state it found: "a" as of its newest event, p2.
+            assert list(result.features.at) == [e.epoch for e in events[:-1]] + [events[3].epoch]
+
+    run(body())
+    ids = ["a", "b", *customers]
+    per_node = {n: len(keys) for n, keys in store_backend.keys_per_node().items()}
+    assert sum(per_node.values()) == len(ids)
+    if store_backend.nodes > 1:
+        assert sum(1 for n in per_node.values() if n) >= 2, f"one node held the batch: {per_node}"
+
+
+def test_keys_carry_one_hash_tag_and_expire(store_backend: StoreBackend) -> None:
+    odd_ids = ["plain", "with}brace", "{tagged}", "a:b*c?[d]", "ünï\u00e7ødé", "x" * 256]
+    prefix = store_backend.prefix
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            await stores.features.apply(
+                [
+                    ev(f"e{i}", cid, "session_start", "2026-02-01T10:00:00Z")
+                    for i, cid in enumerate(odd_ids)
+                ]
+            )
+            got = await stores.features.read(odd_ids, at=parse_time("2026-02-02T00:00:00Z"))
+            assert sorted(got.customers) == sorted(odd_ids)
+            assert all(got.row(c)["events_7d"] == 1 for c in odd_ids)  # type: ignore[index]
+
+    run(body())
+    assert store_backend.keys() == sorted(feature_key(prefix, c) for c in odd_ids)
+    ttl = store_backend.ttl(feature_key(prefix, "plain"))
+    assert 89 * DAY < ttl <= 90 * DAY
+
+
+def test_unknown_customer_reads_as_absent(store_backend: StoreBackend) -> None:
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            got = await stores.features.read(["nobody"], at=parse_time("2026-02-02T00:00:00Z"))
+            assert got.customers == []
+            assert got.row("nobody") is None
+
+    run(body())
+
+
+def test_decoded_json_event_round_trips_through_the_store(store_backend: StoreBackend) -> None:
+    raw = (
+        b'{"event_id": "j1", "customer_id": "c1", "type": "purchase",'
+        b' "ts": "2026-02-01T10:00:00.123456+02:00", "properties": {"amount": 0.1}}'
+    )
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            result = await stores.features.apply([decode_event(raw)] * 3)
+            assert result.statuses == ["applied", "duplicate", "duplicate"]
+            row = result.features.row("c1")
+            assert row is not None
+            assert row["revenue_7d"] == 0.1
+
+    run(body())
+
+
+# --- staging and the commit -----------------------------------------------------------------
+
+
+def test_staging_writes_nothing_and_the_commit_writes_only_over_the_staged_state(
+    store_backend: StoreBackend,
+) -> None:
+    """`apply(stage=True)` leaves the store as it was; `save(features=...)` writes each
+    staged state unless another writer changed it since (then its position comes back)."""
+    prefix = store_backend.prefix
+    first = [ev("1", "c1", "session_start", "2026-03-01T10:00:00Z"),
+             ev("1", "c2", "session_start", "2026-03-01T10:00:00Z")]  # fmt: skip
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            staged = await stores.features.apply(first, stage=True)
+            assert staged.statuses == ["applied", "applied"]
+            assert staged.staged is not None
+            assert staged.staged.keys == [feature_key(prefix, "c1"), feature_key(prefix, "c2")]
+            assert staged.staged.digests == [b"", b""]  # no state when read
+            assert store_backend.keys() == []
+            # Staging again sees the same (nothing was written): the same states.
+            again = await stores.features.apply(first, stage=True)
+            assert again.staged is not None and again.staged.states == staged.staged.states
+            # Another writer changes c2 in between.
+            await stores.features.apply([ev("2", "c2", "purchase", "2026-03-01T11:00:00Z",
+                                            amount=3.0)])  # fmt: skip
+            conflicts = await stores.assignments.save(
+                {}, {}, Counter(), "v1", features=staged.staged, feature_ttl=1000
+            )
+            assert conflicts == [1]
+            assert store_backend.get(feature_key(prefix, "c1")) == staged.staged.states[0]
+            assert store_backend.get(feature_key(prefix, "c2")) != staged.staged.states[1]
+            assert 900 < store_backend.ttl(feature_key(prefix, "c1")) <= 1000
+            # The committed state is what was staged: its event is now a duplicate.
+            later = await stores.features.apply(first[:1], stage=True)
+            assert later.statuses == ["duplicate"]
+            assert later.staged is not None and later.staged.keys == []
+            # A state staged over an existing one carries its digest: committed once.
+            more = await stores.features.apply(
+                [ev("3", "c1", "session_start", "2026-03-02T10:00:00Z")], stage=True
+            )
+            assert more.staged is not None and len(more.staged.digests[0]) == 40
+            assert (
+                await stores.assignments.save({}, {}, Counter(), "v1", features=more.staged) == []
+            )
+            assert await stores.assignments.save({}, {}, Counter(), "v1", features=more.staged) == [
+                0
+            ]
+            row = (await stores.features.read(["c1"], at=parse_time("2026-03-02T12:00:00Z"))).row(
+                "c1"
+            )
+            assert row is not None and row["sessions_7d"] == 2
+
+    run(body())
+
+
+# --- assignment states, schedule, population, centers ----------------------------------------
+
+
+def test_assignment_store_round_trips(store_backend: StoreBackend) -> None:
+    """`AssignmentStore.save/load` (states, due index, population) on every backend."""
+    customers = [f"cust-{i}" for i in range(30)]
+    prefix = store_backend.prefix
+
+    async def body() -> None:
+        async with store_backend.open() as writer_stores, store_backend.open() as reader_stores:
+            writer = writer_stores.assignments
+            states = {
+                cid: CustomerState(segment=i % 3, since=1000.0 + i)
+                for i, cid in enumerate(customers)
+            }
+            due = {
+                0: {cid: 5000.0 + i for i, cid in enumerate(customers[:20])},
+                1: {cid: 6000.0 for cid in customers[20:]},
+            }
+            await writer.save(states, due, Counter({0: 10, 1: 10, 2: 10}), "v1")
+            # A reader without the in-memory cache sees what was written.
+            reader = reader_stores.assignments
+            loaded = await reader.load([*customers, "nobody"])
+            assert set(loaded) == set(customers)
+            assert all(loaded[c].segment == states[c].segment for c in customers)
+            assert all(loaded[c].since == states[c].since for c in customers)
+            assert await reader.due(0, 5009.0, 100) == customers[:10]
+            assert sorted(await reader.due(1, 7000.0, 100)) == sorted(customers[20:])
+            assert await reader.population("v1") == {0: 10, 1: 10, 2: 10}
+            # Without `reschedule` an already scheduled customer keeps its time.
+            await writer.save({}, {0: {customers[0]: 9999.0}}, Counter(), "v1")
+            assert customers[0] in await reader.due(0, 5000.0, 100)
+            ttl = store_backend.ttl(state_key(prefix, customers[0]))
+            assert 3500 < ttl <= 3600
+
+    run(body())
+    if store_backend.nodes > 1:
+        per_node = {n: len(k) for n, k in store_backend.keys_per_node().items()}
+        assert sum(1 for n in per_node.values() if n) >= 2, f"one node held every state: {per_node}"
+
+
+def test_schedule_order_limit_reschedule_and_unschedule(store_backend: StoreBackend) -> None:
+    """`due` gives the longest due first (ties by id), at most `limit`; `reschedule`
+    replaces a time, the default keeps it; `unschedule` removes customers."""
+    prefix = store_backend.prefix
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            a = stores.assignments
+            await a.save({}, {3: {"b": 10.0, "a": 10.0, "c": 5.0, "late": 99.0}}, Counter(), "v")
+            assert await a.due(3, 10.0, 100) == ["c", "a", "b"]
+            assert await a.due(3, 10.0, 2) == ["c", "a"]
+            assert await a.due(4, 10.0, 100) == []
+            await a.save({}, {3: {"c": 50.0}}, Counter(), "v")  # NX: c keeps 5.0
+            assert store_backend.zscore(due_key(prefix, 3), "c") == 5.0
+            await a.save({}, {3: {"c": 50.0}}, Counter(), "v", reschedule=True)
+            assert await a.due(3, 10.0, 100) == ["a", "b"]
+            assert store_backend.zscore(due_key(prefix, 3), "c") == 50.0
+            await a.unschedule(3, ["a", "late", "nobody"])
+            assert store_backend.zrange(due_key(prefix, 3)) == ["b", "c"]
+
+    run(body())
+
+
+def test_population_counts_add_up_per_version(store_backend: StoreBackend) -> None:
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            a = stores.assignments
+            state = {"c1": CustomerState(segment=1)}
+            await a.save(state, {}, Counter({1: 3, 2: 1}), "v1")
+            await a.save(state, {}, Counter({1: -1, 2: 0, 0: 2}), "v1")
+            await a.save(state, {}, Counter({5: 1}), "v2")
+            assert await a.population("v1") == {0: 2, 1: 2, 2: 1}
+            assert await a.population("v2") == {5: 1}
+            assert await a.population("v3") == {}
+
+    run(body())
+
+
+def test_centers_movement_is_shared_between_workers(store_backend: StoreBackend) -> None:
+    base = np.array([[1.0, 2.0], [3.0, 4.0]])
+
+    async def body() -> None:
+        async with store_backend.open() as one, store_backend.open() as two:
+            first = await one.assignments.sync_centers("v1", base, np.array([[0.5, 0.0], [0, 0]]))
+            np.testing.assert_allclose(first, [[1.5, 2.0], [3.0, 4.0]])
+            second = await two.assignments.sync_centers("v1", base, np.array([[0.25, 0], [0, -1]]))
+            np.testing.assert_allclose(second, [[1.75, 2.0], [3.0, 3.0]])
+            # Nothing new: the group's movement as it stands; another version is apart.
+            again = await one.assignments.sync_centers("v1", base, np.zeros((2, 2)))
+            np.testing.assert_allclose(again, second)
+            other = await one.assignments.sync_centers("v2", base, np.zeros((2, 2)))
+            np.testing.assert_allclose(other, base)
+
+    run(body())
+
+
+# --- Redis only: round trips, scripts, the cluster ---------------------------------------
+
+
+def test_a_batch_of_1000_events_is_one_round_trip(
+    store_backend: StoreBackend, history_events: list[Event]
+) -> None:
+    """One round trip everywhere; on Redis, one script call per server (per slot on a
+    cluster) for the whole batch, each customer's events in order, not one per event."""
+    batch = history_events[:1000]
+    per_customer = Counter(e.customer_id for e in batch)
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            store = stores.features
+            before_trips = store.round_trips  # type: ignore[attr-defined]
+            before_calls = (
+                store_backend.script_calls() if isinstance(store_backend, RedisBackend) else 0
+            )
+            result = await store.apply(batch)
+            assert store.round_trips - before_trips == 1  # type: ignore[attr-defined]
+            assert max(per_customer.values()) > 1  # customers with several events
+            assert len(result.statuses) == len(result.features.customers) == 1000
+            if isinstance(store_backend, RedisBackend):
+                calls = store_backend.script_calls() - before_calls
+                # Other sessions may share the server and add a few of theirs.
+                groups = (
+                    len(
+                        {
+                            key_slot(feature_key(store_backend.prefix, c).encode())
+                            for c in per_customer
+                        }
+                    )
+                    if store_backend.nodes > 1
+                    else 1
+                )
+                assert groups <= calls <= groups + 5
+
+    run(body())
+
+
+def test_store_reloads_its_script_on_every_node(redis_backend: RedisBackend) -> None:
+    """A server (every node) that lost its script cache (restart, failover) is healed by
+    the retry: the batch is applied once, and so is the commit."""
+
+    async def body() -> None:
+        async with redis_backend.open() as stores:
+            redis_backend.flush_scripts()
+            result = await stores.features.apply(
+                [ev(f"e{i}", f"c{i}", "session_start", "2026-02-01T10:00:00Z") for i in range(30)]
+            )
+            assert result.statuses == ["applied"] * 30
+            staged = await stores.features.apply(
+                [ev(f"f{i}", f"c{i}", "session_start", "2026-02-01T11:00:00Z") for i in range(30)],
+                stage=True,
+            )
+            redis_backend.flush_scripts()
+            conflicts = await stores.assignments.save(
+                {f"c{i}": CustomerState(segment=1) for i in range(30)}, {0: {"c0": 1.0}},
+                Counter({1: 30}), "v1", features=staged.staged,
+            )  # fmt: skip
+            assert conflicts == []
+            assert await stores.assignments.population("v1") == {1: 30}
+            row = (await stores.features.read(["c7"], at=parse_time("2026-02-02T00:00:00Z"))).row(
+                "c7"
+            )
+            assert row is not None and row["events_7d"] == 2
+
+    run(body())
+
+
+def test_fixture_is_a_three_node_cluster(cluster: Cluster) -> None:
+    client = SyncCluster(host=HOST, port=cluster.ports[0])
+    try:
+        assert len(client.get_primaries()) == 3
+        slots = client.cluster_slots()
+        assert sum(end - start + 1 for start, end in slots) == 16_384
+    finally:
+        client.close()
+
+    async def body() -> str:
+        conn = await connect(cluster.url)
+        try:
+            return type(conn.client).__name__
+        finally:
+            await conn.close()
+
+    assert run(body()) == "RedisCluster"
+
+
+def test_a_batch_spans_the_cluster_nodes_by_slot(cluster: Cluster) -> None:
+    """COUNTKEYSINSLOT answers on the node that serves the slot only: the customers of one
+    batch land on several nodes, each key where its slot says."""
+    backend = RedisBackend("cluster", cluster.url, f"segstream-test-{random.getrandbits(40):x}",
+                           cluster.ports)  # fmt: skip
+    ids = ["a", "b", *(f"cust-{i}" for i in range(40))]
+    try:
+
+        async def body() -> None:
+            async with backend.open() as stores:
+                await stores.features.apply(
+                    [ev(f"o-{c}", c, "session_start", "2026-02-01T12:30:00Z") for c in ids]
+                )
+
+        run(body())
+        slots = {key_slot(feature_key(backend.prefix, c).encode()) for c in ids}
+        by_node: dict[int, int] = {}
+        for port, client in backend.node_clients().items():
+            by_node[port] = sum(
+                int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", s)) for s in slots
+            )
+        assert sum(by_node.values()) == len(ids)
+        assert sum(1 for n in by_node.values() if n) >= 2, f"one node held the batch: {by_node}"
+    finally:
+        backend.cleanup()
+
+
+def test_memory_stores_share_one_keyspace() -> None:
+    features, assignments = memory_stores(default_catalog(), prefix="p")
+    assert features.keyspace is assignments.keyspace
+    assert (features.prefix, assignments.prefix) == ("p", "p")
