@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from models.catalog import Catalog, distinct_key, numeric_value
+from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog, distinct_key, numeric_value
 from models.events import Event
-from stream.state import VERSION
+from stream.state import VERSION, retired_struct
 
 DAY: Final = 86_400
 MAX_COUNT: Final = 65_535  # counters are uint16 and saturate
@@ -106,6 +106,9 @@ class FoldSpec:
     n_counters: int
     n_lasts: int
     max_lateness_days: int
+    n_sums: int = 0
+    #: A customer silent longer than this (event time) starts afresh: its profile expired.
+    profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS
 
 
 class _State:
@@ -114,8 +117,14 @@ class _State:
     def __init__(self, raw: bytes | None, spec: FoldSpec) -> None:
         c, nl = spec.n_counters, spec.n_lasts
         self.head = struct.Struct("<Bdd" + "d" * nl + "IIII")
+        self.retired_fmt = retired_struct(c, spec.n_sums)
         self.rec = struct.Struct("<" + "H" * (c + 1))
         self.n_lasts = nl
+        self.n_counters = c
+        # Retired totals: counts and active days per counter, sums (see stream.state).
+        self.r_count = [0] * c
+        self.r_active = [0] * c
+        self.r_sum = [0.0] * spec.n_sums
         self.a: list[list[int]] = []  # [day, counter_1 .. counter_C]
         self.s: list[list[Any]] = []  # [day, j, value]
         self.e: list[tuple[int, bytes]] = []  # (day, event fingerprint)
@@ -125,10 +134,15 @@ class _State:
             self.lasts = [0.0] * nl
             return
         head = self.head.unpack_from(raw)
-        self.version, self.first, self.newest = head[0], head[1], head[2]
+        self.version, self.first, self.newest = VERSION, head[1], head[2]
         self.lasts = list(head[3 : 3 + nl])
         n_a, n_s, n_e, n_v = head[3 + nl :]
         pos = self.head.size
+        if head[0] >= 2:  # version 1 had no retired totals: they start at 0
+            r = self.retired_fmt.unpack_from(raw, pos)
+            self.r_count, self.r_active = list(r[:c]), list(r[c : 2 * c])
+            self.r_sum = list(r[2 * c :])
+            pos += self.retired_fmt.size
         for _ in range(n_a):
             self.a.append(list(self.rec.unpack_from(raw, pos)))
             pos += self.rec.size
@@ -156,6 +170,7 @@ class _State:
                 len(self.v),
             )
         ]
+        parts.append(self.retired_fmt.pack(*self.r_count, *self.r_active, *self.r_sum))
         parts += [self.rec.pack(*r) for r in self.a]
         parts += [_S.pack(*r) for r in self.s]
         parts += [_H.pack(d) + fp for d, fp in self.e]
@@ -177,6 +192,22 @@ def _cut_before(records: list[Any], oldest: int) -> list[Any]:
     while pos < len(records) and records[pos][0] < oldest:
         pos += 1
     return records[pos:] if pos else records
+
+
+def _retire(st: _State, oldest: int) -> None:
+    """Add the days before `oldest` into the retired totals, then drop them."""
+    for rec in st.a:
+        if rec[0] >= oldest:
+            break
+        for i in range(st.n_counters):
+            st.r_count[i] += rec[i + 1]
+            st.r_active[i] += rec[i + 1] > 0
+    for day, j, value in st.s:
+        if day >= oldest:
+            break
+        st.r_sum[j - 1] += value
+    st.a = _cut_before(st.a, oldest)
+    st.s = _cut_before(st.s, oldest)
 
 
 def fold(
@@ -204,6 +235,9 @@ def fold(
     for idx, ev in enumerate(events):
         ts, fp = ev[0], ev[1]
         d = math.floor(ts / DAY)
+        if st.first != 0 and ts - st.newest > spec.profile_days * DAY:
+            st = _State(None, spec)  # silent past the profile retention: a new customer
+            newest_day = 0
         if d < newest_day - spec.max_lateness_days or d < 0:
             statuses.append(2)
         elif (d, fp) in st.e:
@@ -246,8 +280,7 @@ def fold(
     if not changed:
         return statuses, states, None
     oldest = newest_day - spec.retention_days + 1
-    st.a = _cut_before(st.a, oldest)
-    st.s = _cut_before(st.s, oldest)
+    _retire(st, oldest)
     # Fingerprints are needed only for days an event can still be accepted on.
     st.e = _cut_before(st.e, newest_day - spec.max_lateness_days)
     st.v = _cut_before(st.v, oldest)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from models.catalog import Catalog
+from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
 from stream.fold import EventEncoder, FoldSpec, fold
@@ -140,19 +140,24 @@ class MemoryFeatureStore:
         prefix: str = "segstream",
         ttl_seconds: int | None = None,
         max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
+        profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
     ) -> None:
         check_lateness(catalog, max_lateness_days)
         self.keyspace = keyspace or Keyspace()
         self.catalog = catalog
         self.prefix = prefix
-        self.ttl_seconds = ttl_seconds or catalog.retention_days * 86_400
+        # The key outlives the day windows: it holds the profile (lifetime totals, first
+        # and last seen) for `profile_days` after the last event.
+        self.profile_days = max(profile_days, catalog.retention_days)
+        self.ttl_seconds = ttl_seconds or self.profile_days * 86_400
         self.max_lateness_days = max_lateness_days
         lay = catalog.layout
         self._spec = FoldSpec(
-            catalog.retention_days, len(lay.counters), len(lay.lasts), max_lateness_days
-        )
+            catalog.retention_days, len(lay.counters), len(lay.lasts), max_lateness_days,
+            n_sums=len(lay.sums), profile_days=self.profile_days,
+        )  # fmt: skip
         self._encoder = EventEncoder(catalog)
-        self._results = StoreResults(catalog)
+        self._results = StoreResults(catalog, self.profile_days)
         self.round_trips = 0  # calls, as the Redis store counts its round trips
 
     async def load(self) -> None:

@@ -9,6 +9,11 @@ each customer's state as one little-endian binary string:
     E: nE x (H day, 4s event fingerprint)       the idempotency record, by day (lateness bound)
     V: nV x (H day, B k, I value fingerprint)   values seen by distinct k that day, by day
 
+R holds the retired totals: what the days that left the retention held (their counts,
+how many of them had each counter above 0, their sums), so lifetime totals are R plus the
+days still in A, exact however long ago a customer was first seen (8 bytes per counter
+and per sum). Version 1 states (before R existed) read as R = 0.
+
 Days are UTC day numbers since 1970 (uint16 lasts until 2149). Counters saturate at
 65,535 per customer, day and filter. `StateCodec.aggregate` reads many states with numpy
 and returns the catalog's base aggregates (see `models.catalog.Layout`) at given times,
@@ -27,7 +32,7 @@ import numpy as np
 
 from models.catalog import SECONDS_PER_DAY, Catalog
 
-VERSION: Final = 1
+VERSION: Final = 2
 E_WIDTH: Final = 6
 _S_DTYPE: Final = np.dtype([("day", "<u2"), ("j", "u1"), ("v", "<f8")])
 _V_DTYPE: Final = np.dtype([("day", "<u2"), ("k", "u1"), ("fp", "<u4")])
@@ -49,27 +54,41 @@ class StateCodec:
         self.layout = lay
         self.n_counters = len(lay.counters)
         self.n_lasts = len(lay.lasts)
+        self.n_sums = len(lay.sums)
         self.head = struct.Struct("<Bdd" + "d" * self.n_lasts + "IIII")
+        self.retired = retired_struct(self.n_counters, self.n_sums)
         self.a_dtype = np.dtype([("day", "<u2"), ("c", "<u2", (self.n_counters,))])
 
     def empty_state(self, *, first: float, newest: float) -> bytes:
         """A state with no days (what a customer looks like once every day expired)."""
-        return self.head.pack(VERSION, first, newest, *([0.0] * self.n_lasts), 0, 0, 0, 0)
+        head = self.head.pack(VERSION, first, newest, *([0.0] * self.n_lasts), 0, 0, 0, 0)
+        return head + bytes(self.retired.size)
+
+    def upgrade(self, state: bytes) -> bytes:
+        """A version 1 state (no retired totals) as version 2; others unchanged."""
+        if state[0] != 1:
+            return state
+        size = self.head.size
+        return bytes([VERSION]) + state[1:size] + bytes(self.retired.size) + state[size:]
 
     def aggregate(
         self, states: Sequence[bytes], at: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Base aggregates of each state at max(`at`, its newest event); also those times."""
         n = len(states)
+        states = [self.upgrade(s) for s in states]
         lay, head, nl = self.layout, self.head, self.n_lasts
         heads = np.array([head.unpack_from(s) for s in states], dtype=float).reshape(n, -1)
+        retired = np.array(
+            [self.retired.unpack_from(s, head.size) for s in states], dtype=float
+        ).reshape(n, -1)
         first, newest = heads[:, 1], heads[:, 2]
         lasts = heads[:, 3 : 3 + nl]
         sizes = heads[:, 3 + nl :].astype(np.int64)  # nA, nS, nE, nV
         widths = (self.a_dtype.itemsize, _S_DTYPE.itemsize, E_WIDTH, _V_DTYPE.itemsize)
         parts: list[list[bytes]] = [[], [], []]
         for s, (na, ns, ne, nv) in zip(states, sizes.tolist(), strict=True):
-            pos = head.size
+            pos = head.size + self.retired.size
             ends = (na * widths[0], ns * widths[1], ne * widths[2], nv * widths[3])
             parts[0].append(s[pos : pos + ends[0]])
             pos += ends[0]
@@ -109,10 +128,30 @@ class StateCodec:
             for k, (owner, latest) in enumerate(distinct):
                 seen = owner[latest >= lo[owner]]
                 out[f"d{k}w{w}"] = np.bincount(seen, minlength=n).astype(float)
+        if lay.lifetime:  # retired totals plus every day still kept
+            c = self.n_counters
+            counted = _sum_rows(counts, sizes[:, 0]) + retired[:, :c]
+            active = _sum_rows((counts > 0).astype(float), sizes[:, 0]) + retired[:, c : 2 * c]
+            summed = _sum_rows(by_sum, sizes[:, 1]) + retired[:, 2 * c :]
+            for i in range(c):
+                out[f"c{i}life"] = counted[:, i]
+            for i in lay.actives:
+                out[f"a{i}life"] = active[:, i]
+            for j in range(len(lay.sums)):
+                out[f"s{j}life"] = summed[:, j]
         for m in range(nl):
             out[f"l{m}"] = np.where(lasts[:, m] > 0, lasts[:, m], np.nan)
         out["first"] = first
         return out, t
+
+    def newest(self, states: Sequence[bytes]) -> np.ndarray:
+        """Each state's newest event time."""
+        return np.array([self.head.unpack_from(s)[2] for s in states], dtype=float)
+
+
+def retired_struct(n_counters: int, n_sums: int) -> struct.Struct:
+    """The R block: retired counts and active days per counter, retired sums."""
+    return struct.Struct("<" + "I" * (2 * n_counters) + "d" * n_sums)
 
 
 def _sum_rows(records: np.ndarray, counts: np.ndarray) -> np.ndarray:

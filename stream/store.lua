@@ -3,6 +3,7 @@
 -- One call handles any number of customers (KEYS), all in one hash slot on a cluster.
 -- A customer's state is one binary string, little-endian:
 --   B version | d first | d newest | d last_1..last_L | I nA | I nS | I nE | I nV
+--   R: I count_1..count_C | I active_1..active_C | d sum_1..sum_J   retired totals (v2)
 --   A: nA x (H day, H counter_1..counter_C)      one per active UTC day, sorted by day
 --   S: nS x (H day, B j, d value)                non-zero sums, sorted by day then j
 --   E: nE x (H day, c4 event fingerprint)        the idempotency record, sorted by day,
@@ -11,7 +12,12 @@
 -- Aggregation over windows happens in Python on the returned states, vectorized over a
 -- batch, so this script stays O(events), not O(days).
 --
--- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L, max_lateness_days}
+-- Days leaving the retention are added into R before they are cut, so lifetime totals
+-- (R plus the days kept) stay exact. A customer silent for more than profile_days
+-- (event time) starts afresh at its next event: its profile expired. A version 1 state
+-- (no R) is read with R = 0 and written back as version 2.
+--
+-- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L, max_lateness_days, J, profile_days}
 -- ARGV[2] = 'apply' (write the new states) or 'stage' (write nothing: the engine commits
 --           the states later, together with the decisions they led to)
 -- ARGV[3] = msgpack list aligned with KEYS; each item is the customer's events in order
@@ -30,6 +36,7 @@ local MAXC = 65535
 
 local spec = cmsgpack.unpack(ARGV[1])
 local retention, ttl, C, L, lateness = spec[1], spec[2], spec[3], spec[4], spec[5]
+local J, profile = spec[6], spec[7]
 local stage = ARGV[2] == 'stage'
 local inputs = cmsgpack.unpack(ARGV[3])
 
@@ -37,6 +44,8 @@ local HEAD = 'Bdd' .. string.rep('d', L) .. 'IIII'
 local HEAD_LEN = 1 + 8 * (2 + L) + 16
 local RA = 2 + 2 * C
 local A_FMT = '<' .. string.rep('H', C + 1)
+local R_FMT = '<' .. string.rep('I', 2 * C) .. string.rep('d', J)
+local R_LEN = 8 * C + 8 * J
 
 local function day_at(s, pos)
   return struct.unpack('<H', s, pos)
@@ -67,20 +76,55 @@ local function cut_before(s, width, oldest)
   return string.sub(s, pos)
 end
 
+local function empty_r()
+  local R = {}
+  for i = 1, 2 * C do R[i] = 0 end
+  for j = 1, J do R[2 * C + j] = 0 end
+  return R
+end
+
+-- Adds the A and S records of days before `oldest` into R.
+local function retire(A, S, R, oldest)
+  local pos = 1
+  while pos <= #A and day_at(A, pos) < oldest do
+    local rec = {struct.unpack(A_FMT, A, pos)}
+    for i = 1, C do
+      R[i] = R[i] + rec[i + 1]
+      if rec[i + 1] > 0 then R[C + i] = R[C + i] + 1 end
+    end
+    pos = pos + RA
+  end
+  pos = 1
+  while pos <= #S and day_at(S, pos) < oldest do
+    local j, value = struct.unpack('<Bd', S, pos + 2)
+    R[2 * C + j] = R[2 * C + j] + value
+    pos = pos + 11
+  end
+end
+
 local function apply(key, events)
   local raw = redis.call('GET', key)
-  local head, A, S, E, V
+  local head, R, A, S, E, V
   if raw then
     head = {struct.unpack('<' .. HEAD, raw)}
     local nA, nS, nE, nV = head[L + 4], head[L + 5], head[L + 6], head[L + 7]
     local p = HEAD_LEN + 1
+    if head[1] >= 2 then
+      R = {struct.unpack(R_FMT, raw, p)}
+      R[2 * C + J + 1] = nil  -- struct.unpack appends the next offset
+      p = p + R_LEN
+    else
+      R = empty_r()
+    end
+    head[1] = 2
     A = string.sub(raw, p, p + nA * RA - 1); p = p + nA * RA
     S = string.sub(raw, p, p + nS * 11 - 1); p = p + nS * 11
     E = string.sub(raw, p, p + nE * 6 - 1); p = p + nE * 6
     V = string.sub(raw, p, p + nV * 7 - 1)
   else
-    head = {1, 0, 0}
+    head = {2, 0, 0}
     for m = 1, L do head[3 + m] = 0 end
+    R = empty_r()
     A, S, E, V = '', '', '', ''
   end
   local digest = ''
@@ -89,7 +133,8 @@ local function apply(key, events)
   local function serialize()
     head[2], head[3] = first, newest
     head[L + 4], head[L + 5], head[L + 6], head[L + 7] = #A / RA, #S / 11, #E / 6, #V / 7
-    return struct.pack('<' .. HEAD, unpack(head, 1, L + 7)) .. A .. S .. E .. V
+    return struct.pack('<' .. HEAD, unpack(head, 1, L + 7)) .. struct.pack(R_FMT, unpack(R))
+      .. A .. S .. E .. V
   end
   -- A customer with no state accepts any day; its first event sets the horizon.
   local newest_day = math.floor(newest / DAY)
@@ -98,6 +143,13 @@ local function apply(key, events)
   for idx, ev in ipairs(events) do
     local ts, fp = ev[1], ev[2]
     local d = math.floor(ts / DAY)
+    if first ~= 0 and ts - newest > profile * DAY then
+      -- Silent past the profile retention: a new customer (stream.fold does the same).
+      first, newest, newest_day = 0, 0, 0
+      for m = 1, L do head[3 + m] = 0 end
+      R = empty_r()
+      A, S, E, V = '', '', '', ''
+    end
     if d < newest_day - lateness or d < 0 then  -- days are stored as uint16 from 1970
       statuses[idx] = 2
     elseif find_aligned(E, struct.pack('<H', d) .. fp, 6, 0) then
@@ -158,6 +210,7 @@ local function apply(key, events)
   end
   if changed then
     local oldest = newest_day - retention + 1
+    retire(A, S, R, oldest)
     A = cut_before(A, RA, oldest)
     S = cut_before(S, 11, oldest)
     -- Fingerprints are needed only for days an event can still be accepted on.

@@ -48,7 +48,7 @@ import msgpack
 import numpy as np
 from redis.asyncio import Redis, RedisCluster
 
-from models.catalog import Catalog
+from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
 from stream.fold import EventEncoder
@@ -89,12 +89,16 @@ class RedisFeatureStore:
         prefix: str = "segstream",
         ttl_seconds: int | None = None,
         max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
+        profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
     ) -> None:
         check_lateness(catalog, max_lateness_days)
         self.client = client
         self.catalog = catalog
         self.prefix = prefix
-        self.ttl_seconds = ttl_seconds or catalog.retention_days * 86_400
+        # The key outlives the day windows: it holds the profile (lifetime totals, first
+        # and last seen) for `profile_days` after the last event.
+        self.profile_days = max(profile_days, catalog.retention_days)
+        self.ttl_seconds = ttl_seconds or self.profile_days * 86_400
         self.max_lateness_days = max_lateness_days
         lay = catalog.layout
         self._spec = msgpack.packb(
@@ -104,10 +108,12 @@ class RedisFeatureStore:
                 len(lay.counters),
                 len(lay.lasts),
                 max_lateness_days,
+                len(lay.sums),
+                self.profile_days,
             ]
         )
         self._encoder = EventEncoder(catalog)
-        self._results = StoreResults(catalog)
+        self._results = StoreResults(catalog, self.profile_days)
         self._net = topology(client)
         #: Round trips made so far (one per `apply` or `read`); tests and metrics read it.
         self.round_trips = 0

@@ -22,7 +22,7 @@ from typing import Final, Literal, Protocol
 
 import numpy as np
 
-from models.catalog import Catalog
+from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
 from stream.state import StateCodec
@@ -168,9 +168,12 @@ class CustomerApplied:
 class StoreResults:
     """Features and batch results from binary states, for one catalog (every store's)."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self, catalog: Catalog, profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS
+    ) -> None:
         self.catalog = catalog
         self.codec = StateCodec(catalog)
+        self.profile_days = profile_days
 
     def features(self, customers: list[str], states: list[bytes], at: np.ndarray) -> Features:
         if not states:
@@ -180,8 +183,14 @@ class StoreResults:
         return Features(self.catalog.names, customers, when, self.catalog.assemble(base, when))
 
     def read(self, ids: list[str], values: Sequence[bytes | None], at: float) -> Features:
-        """Features of the ids whose state was found (`values` aligned with `ids`)."""
+        """Features of the ids whose state was found (`values` aligned with `ids`) and
+        whose profile has not expired by `at` (silent for at most `profile_days`): the key's
+        TTL runs on the wall clock, this on event time, so replay and the worker agree."""
         found = [(cid, v) for cid, v in zip(ids, values, strict=True) if v]
+        if found:
+            newest = self.codec.newest([v for _, v in found])
+            alive = at - newest <= self.profile_days * 86_400
+            found = [item for item, ok in zip(found, alive.tolist(), strict=True) if ok]
         return self.features(
             [cid for cid, _ in found], [v for _, v in found], np.full(len(found), at)
         )

@@ -112,6 +112,77 @@ def test_parity_shuffled_with_duplicates(
     assert all(store_backend.get(k) == twin.keyspace.get(k) for k in keys)
 
 
+def lifetime_history(seed: int = 5) -> list[Event]:
+    """250 days of 80 customers, in four groups of 20: active throughout; active for two
+    months, silent for over 100 days, then back; active for 40 days only; active for 20
+    days, then silent for 180 days (past a 120-day profile) and back as someone new."""
+    rng = random.Random(seed)
+    start = parse_time("2025-06-01")
+    kinds = [("session_start", {}), ("purchase", {"amount": 12.5}),
+             ("feature_used", {"feature": "export"}), ("support_ticket", {})]  # fmt: skip
+    spans = {"steady": [(0, 250)], "back": [(0, 60), (170, 250)], "gone": [(0, 40)],
+             "reborn": [(0, 20), (200, 250)]}  # fmt: skip
+    events = []
+    for group, periods in spans.items():
+        for c in range(20):
+            cid = f"{group}-{c}"
+            for lo, hi in periods:
+                for day in range(lo, hi):
+                    for n in range(rng.choice((0, 0, 1, 2))):
+                        kind, props = kinds[rng.randrange(4)]
+                        ts = start + day * DAY + rng.uniform(0, DAY - 1)
+                        iso = f"{np.datetime64(int(ts), 's')}Z"
+                        events.append(ev(f"{cid}-{day}-{n}", cid, kind, iso, **props))
+    return sorted(events, key=lambda e: e.epoch)
+
+
+def test_lifetime_profile_matches_the_reference_past_the_windows(
+    store_backend: StoreBackend,
+) -> None:
+    """Lifetime totals are exact after 250 days, with customers silent for more than the
+    90-day windows who come back, late events and redeliveries; the profile outlives the
+    windows and expires at its own retention (120 days here), on event time."""
+    catalog = default_catalog()
+    events = lifetime_history()
+    frame = events_frame(events, catalog)
+    rng = random.Random(3)
+    twin = MemoryFeatureStore(catalog, prefix=store_backend.prefix, profile_days=120)
+    start = events[0].epoch
+    cuts = [start + d * DAY + 0.37 * DAY for d in (100, 150, 199, 249)]
+
+    async def body() -> None:
+        async with store_backend.open(catalog, profile_days=120) as stores:
+            store = stores.features
+            delivered: list[Event] = []
+            done = 0
+            for cut in cuts:
+                stretch = [e for e in events[done:] if e.epoch <= cut]
+                done += len(stretch)
+                recent = [e for e in delivered[-400:] if e.epoch > cut - 5 * DAY]
+                batch = stretch + rng.sample(recent, k=min(len(recent), len(stretch) // 20))
+                # Late within the lateness bound: shuffled within 3-day stretches.
+                batch.sort(key=lambda e: (e.epoch // (3 * DAY), rng.random()))
+                await apply_in_batches(store, batch, size=300)
+                await apply_in_batches(twin, batch, size=300)
+                delivered += stretch
+                expected = features_at(frame, catalog, cut, profile_days=120)
+                ids = sorted({e.customer_id for e in events})
+                got = await store.read(ids, at=cut)
+                assert_matches_reference(got.customers, got.values, expected, catalog)
+                rows = {c: got.row(c) for c in got.customers}
+                if cut == cuts[1]:  # day 150: "back" silent 90 days, its profile kept
+                    back = [rows[f"back-{c}"] for c in range(20)]
+                    assert all(r["events_90d"] == 0 and r["events_lifetime"] > 0 for r in back)  # type: ignore[index]
+                if cut == cuts[3]:  # day 249: "gone" silent 209 days: forgotten
+                    assert not [c for c in got.customers if c.startswith("gone-")]
+                    reborn = [rows[f"reborn-{c}"] for c in range(20) if f"reborn-{c}" in rows]
+                    assert reborn and all(r["tenure_days"] < 50 for r in reborn)  # type: ignore[index]
+
+    run(body())
+    keys = store_backend.keys()
+    assert all(store_backend.get(k) == twin.keyspace.get(k) for k in keys)
+
+
 def test_user_defined_features_match_reference(
     store_backend: StoreBackend, history_events: list[Event]
 ) -> None:
@@ -420,8 +491,9 @@ def test_keys_carry_one_hash_tag_and_expire(store_backend: StoreBackend) -> None
 
     run(body())
     assert store_backend.keys() == sorted(feature_key(prefix, c) for c in odd_ids)
+    # The key holds the profile, which outlives the 90-day windows by default.
     ttl = store_backend.ttl(feature_key(prefix, "plain"))
-    assert 89 * DAY < ttl <= 90 * DAY
+    assert 729 * DAY < ttl <= 730 * DAY
 
 
 def test_unknown_customer_reads_as_absent(store_backend: StoreBackend) -> None:
