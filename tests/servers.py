@@ -38,6 +38,7 @@ __all__ = [
     "running_cluster",
     "server_binary",
     "start_embedded",
+    "start_server",
     "system_url",
 ]
 

@@ -55,7 +55,7 @@ from stream.settings import StreamSettings
 from stream.store import RedisFeatureStore
 from stream.worker import Message, Output, Worker
 from tests.kafka_support import KafkaBroker
-from tests.servers import RedisServer, system_url
+from tests.servers import RedisServer, start_server, system_url
 from tests.store_checks import assert_matches_reference
 from tests.support import (
     alert_topics,
@@ -459,11 +459,8 @@ REDIS_SECRET = "0utage-Pw-31"
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path, password=REDIS_SECRET)
-    port = str(server.port)
-    server.args = ["--port", port, "--bind", HOST, "--save", "", "--appendonly", "yes",
-                   "--dir", str(tmp_path), "--requirepass", REDIS_SECRET]  # fmt: skip
-    server.start()
+    options = ["--save", "", "--appendonly", "yes", "--requirepass", REDIS_SECRET]
+    server = start_server(tmp_path, options, password=REDIS_SECRET)
     try:
         yield server
     finally:
