@@ -438,6 +438,7 @@ def _prepare(options: DemoOptions, console: Console, stack: contextlib.ExitStack
         churn_topic=f"demo-{tag}-churn-alerts",
         population_topic=f"demo-{tag}-population-alerts",
         model_topic=f"demo-{tag}-model-alerts",
+        lifecycle_topic=f"demo-{tag}-lifecycle-alerts",
         dlq_topic=f"demo-{tag}-events-dlq",
         input_partitions=PARTITIONS,
         metrics_port=_free_port(),
@@ -469,6 +470,7 @@ def _topics(settings: Any) -> dict[str, str]:
         settings.churn_topic: "churn",
         settings.population_topic: "population",
         settings.model_topic: "model",
+        settings.lifecycle_topic: "lifecycle",
         settings.dlq_topic: "dlq",
     }
 

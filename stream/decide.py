@@ -28,7 +28,10 @@ Rules (thresholds in `Rules`):
   `segment_reassigned` (cause `model_update`, both versions), not a migration; the row is
   then judged by the rules above, and a pending candidate carries over;
 - churn risk: judged at each customer's daily re-score (churn is the absence of events):
-  rising edge of `P(churn) >= threshold`, at most once per `churn_cooldown_days`.
+  rising edge of `P(churn) >= threshold`, at most once per `churn_cooldown_days`;
+- lifecycle: every evaluation updates the customer's stage (`stream.lifecycle`: new,
+  active, dormant, returning); a change after the first evaluation is a
+  `lifecycle_changed` alert (dormant: a retention trigger; returning: a win-back).
 
 Alert ids are deterministic: a hash of the type, the customer, the model version and what
 triggered the decision (the event id, or the day of a scheduled re-score), so a replay or
@@ -44,6 +47,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import numpy as np
+
+from stream.lifecycle import next_stage
 
 SCHEMA_VERSION: Final = 1
 DAY: Final = 86_400.0
@@ -74,6 +79,7 @@ class Rules:
     migration_dwell_days: float = 3.0
     churn_cooldown_days: float = 14.0
     drivers: int = 3
+    dormant_days: float = 30.0
 
 
 class CustomerState:
@@ -90,10 +96,13 @@ class CustomerState:
         "candidate_since",
         "churn_alerted_at",
         "churn_high",
+        "last_seen",
         "model_version",
         "quiet_from",
         "segment",
         "since",
+        "stage",
+        "stage_since",
     )
 
     def __init__(
@@ -107,6 +116,9 @@ class CustomerState:
         churn_alerted_at: float = -1e18,
         model_version: str = "",
         quiet_from: int | None = None,  # the segment before a move made in silence
+        stage: str | None = None,  # lifecycle stage (stream.lifecycle)
+        stage_since: float = 0.0,  # event time the stage began
+        last_seen: float = 0.0,  # the newest event time decided
     ) -> None:
         self.segment = segment
         self.since = since
@@ -117,6 +129,9 @@ class CustomerState:
         self.churn_alerted_at = churn_alerted_at
         self.model_version = model_version
         self.quiet_from = quiet_from
+        self.stage = stage
+        self.stage_since = stage_since
+        self.last_seen = last_seen
 
     def to_list(self) -> list[Any]:
         return [
@@ -129,13 +144,20 @@ class CustomerState:
             self.churn_alerted_at,
             self.model_version,
             self.quiet_from,
+            self.stage,
+            self.stage_since,
+            self.last_seen,
         ]
 
     @classmethod
     def from_list(cls, items: Sequence[Any]) -> CustomerState:
         seg, since, cand, cand_since, anchor, high, alerted, version, *rest = items
-        quiet = rest[0] if rest else None  # states saved before quiet moves had 8 items
-        return cls(seg, since, cand, cand_since, bytes(anchor), high, alerted, version, quiet)
+        # States saved before quiet moves had 8 items, before lifecycle stages 9.
+        quiet, stage, stage_since, last_seen = [*rest, None, None, 0.0, 0.0][:4]
+        return cls(
+            seg, since, cand, cand_since, bytes(anchor), high, alerted, version, quiet,
+            stage, stage_since, last_seen,
+        )  # fmt: skip
 
     def copy(self) -> CustomerState:
         return CustomerState(*self.to_list())
@@ -284,12 +306,44 @@ class Decider:
                 before = len(out.alerts)
                 self._churn(row, state, churn_list[i], out)
                 churn_alerts += [(i, a) for a in out.alerts[before:]]
+            self._lifecycle(row, state, features[i], event=not score_churn, out=out)
             out.segments.append(state.segment if state.segment is not None else -1)
         out.churn = churn_list
         pending = [(a.body, features[i], float(churn[i])) for i, a in churn_alerts]
         if pending:
             self._add_churn_drivers(pending)
         return out
+
+    def _lifecycle(
+        self, row: Row, state: CustomerState, x: np.ndarray, *, event: bool, out: Decisions
+    ) -> None:
+        """Move the customer's lifecycle stage; alert a change (not the first stage)."""
+        silent = float(x[self._silence]) if self._silence is not None else 0.0
+        gap = (row.at - state.last_seen) / DAY if event and state.last_seen else 0.0
+        stage = next_stage(
+            state.stage,
+            tenure_days=float(x[self._tenure]),
+            silent_days=silent,
+            gap_days=max(gap, 0.0),
+            in_stage_days=(row.at - state.stage_since) / DAY,
+            early_days=self.rules.early_days,
+            dormant_days=self.rules.dormant_days,
+        )
+        if event:
+            state.last_seen = max(state.last_seen, row.at)
+        if stage == state.stage:
+            return
+        if state.stage is not None:
+            body = self._base("lifecycle_changed", row)
+            body.update(
+                stage=stage,
+                previous_stage=state.stage,
+                days_silent=round(max(gap, silent), 2),
+                segment_id=state.segment,
+                segment_name=self._name(state.segment),
+            )
+            out.alerts.append(Alert("lifecycle_changed", row.customer_id, body))
+        state.stage, state.stage_since = stage, row.at
 
     def _base(self, kind: str, row: Row) -> dict[str, Any]:
         version = self.model.version

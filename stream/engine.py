@@ -35,6 +35,7 @@ from models.catalog import Catalog
 from models.events import Event
 from stream.assign import OnlineCenters
 from stream.decide import DAY, Alert, CustomerState, Decider, Decisions, Row, Rules, iso
+from stream.lifecycle import stage_field
 from stream.shadow import Shadow, ShadowTally
 from stream.stores import (
     ApplyResult,
@@ -54,7 +55,7 @@ class Staged:
 
     states: dict[str, CustomerState]
     due: dict[int, dict[str, float]]
-    population: Counter[int]
+    population: Counter[int | str]
     version: str
     reschedule: bool
     segments: list[int]  # per row, for the PSI window
@@ -77,6 +78,11 @@ class BatchResult:
     #: A re-score that took as many customers as it may: more may be due, call again
     #: (after `save`, which moves the ones just re-scored to the next day).
     more: bool = False
+
+
+def _stage(state: CustomerState) -> str | None:
+    """The population field counting the state's lifecycle stage."""
+    return None if state.stage is None else stage_field(state.stage)
 
 
 class Engine:
@@ -194,11 +200,23 @@ class Engine:
             return BatchResult()
         feats = await self.features.read([cid for cid, _ in found], at=now)
         owner = dict(found)
-        # A customer silent past the retention has no features left: drop it from the
-        # schedule, or expired customers would fill every `limit` and starve the rest.
+        # A customer silent past the day windows has nothing left to decay: its profile
+        # stays (queryable, counted, dormant) but it leaves the schedule until its next
+        # event, or such customers would fill every `limit` and starve the rest. One whose
+        # profile expired has no features at all.
+        silence = feats.values[:, self.catalog.names.index("days_since_last_event")]
+        active = silence < self.catalog.retention_days
         gone: dict[int, list[str]] = {}
-        for cid in set(owner) - set(feats.customers):
+        past = {cid for cid, ok in zip(feats.customers, active.tolist(), strict=True) if not ok}
+        for cid in (set(owner) - set(feats.customers)) | past:
             gone.setdefault(owner[cid], []).append(cid)
+        if past:
+            feats = Features(
+                feats.names,
+                [cid for cid, ok in zip(feats.customers, active.tolist(), strict=True) if ok],
+                feats.at[active],
+                feats.values[active],
+            )
         for p, cids in gone.items():
             await self.assignments.unschedule(p, cids)
         trigger = f"rescore:{int(now // DAY)}"
@@ -223,20 +241,21 @@ class Engine:
         # Young customers are placed by the classifier; only settled ones teach the centers.
         settled = x[:, self.catalog.names.index("tenure_days")] >= self.rules.early_days
         # Population counts are kept per model version: a customer first seen under this
-        # version (new, or last decided by the previous bundle) joins its segment's count.
-        population: Counter[int] = Counter()
+        # version (new, or last decided by the previous bundle) joins its segment's count
+        # and its lifecycle stage's (`stage_field`).
+        population: Counter[int | str] = Counter()
         version = self.bundle.version
         for cid in customers:
             prev = before.get(cid)
-            new = decisions.states[cid].segment
+            now = decisions.states[cid]
             if prev is None or prev.model_version != version:
-                if new is not None:
-                    population[new] += 1
-            elif prev.segment != new:
-                if prev.segment is not None:
-                    population[prev.segment] -= 1
-                if new is not None:
-                    population[new] += 1
+                prev = CustomerState()  # joins this version's counts
+            for old, new in ((prev.segment, now.segment), (_stage(prev), _stage(now))):
+                if old != new:
+                    if old is not None:
+                        population[old] -= 1
+                    if new is not None:
+                        population[new] += 1
         due: dict[int, dict[str, float]] = {}
         for row, p in zip(rows, parts, strict=True):
             due.setdefault(p, {})[row.customer_id] = row.at + DAY

@@ -43,6 +43,7 @@ from stream.stores import (
     due_key,
     feature_key,
     population_key,
+    split_population,
     state_key,
 )
 
@@ -222,7 +223,7 @@ class MemoryAssignmentStore:
         self,
         states: dict[str, CustomerState],
         due: dict[int, dict[str, float]],
-        population: Counter[int],
+        population: Counter[int | str],
         version: str,
         *,
         reschedule: bool = False,
@@ -277,10 +278,11 @@ class MemoryAssignmentStore:
 
     async def population(self, version: str) -> dict[int, int]:
         """Customers per segment under `version` (as the saves counted them)."""
-        return {
-            int(k): int(v)
-            for k, v in self.keyspace.hgetall(population_key(self.prefix, version)).items()
-        }
+        return split_population(self.keyspace.hgetall(population_key(self.prefix, version)))[0]
+
+    async def stages(self, version: str) -> dict[str, int]:
+        """Customers per lifecycle stage among those decided under `version`."""
+        return split_population(self.keyspace.hgetall(population_key(self.prefix, version)))[1]
 
 
 def memory_stores(
@@ -288,6 +290,7 @@ def memory_stores(
     *,
     prefix: str = "segstream",
     max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
+    profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
     keyspace: Keyspace | None = None,
 ) -> tuple[MemoryFeatureStore, MemoryAssignmentStore]:
     """A feature store and an assignment store over one keyspace (the runtime's pair).
@@ -295,11 +298,12 @@ def memory_stores(
     >>> from models.catalog import default_catalog
     >>> features, assignments = memory_stores(default_catalog(), prefix="t")
     >>> features.keyspace is assignments.keyspace, assignments.ttl_seconds // 86_400
-    (True, 90)
+    (True, 730)
     """
     features = MemoryFeatureStore(
-        catalog, keyspace=keyspace, prefix=prefix, max_lateness_days=max_lateness_days
-    )
+        catalog, keyspace=keyspace, prefix=prefix, max_lateness_days=max_lateness_days,
+        profile_days=profile_days,
+    )  # fmt: skip
     assignments = MemoryAssignmentStore(
         keyspace=features.keyspace, prefix=prefix, ttl_seconds=features.ttl_seconds
     )

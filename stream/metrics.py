@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.events import BUILTIN_TYPES
 from stream.decide import Alert
+from stream.lifecycle import STAGES
 from stream.store import EventStatus
 
 if TYPE_CHECKING:
@@ -126,6 +127,12 @@ class Metrics:
             "segstream_segment_population",
             "Customers currently assigned to each segment (current model).",
             ["segment"],
+            registry=r,
+        )
+        self.stages = Gauge(
+            "segstream_lifecycle_population",
+            "Customers in each lifecycle stage (new, active, dormant, returning), current model.",
+            ["stage"],
             registry=r,
         )
         self.migrations = Counter(
@@ -287,6 +294,11 @@ class Metrics:
         """Segment sizes from `AssignmentStore.population`, labelled by segment name."""
         for segment, name in names.items():
             self.population.labels(name).set(counts.get(segment, 0))
+
+    def set_stages(self, counts: Mapping[str, int]) -> None:
+        """Customers per lifecycle stage, every stage shown (0 when none)."""
+        for stage in STAGES:
+            self.stages.labels(stage).set(counts.get(stage, 0))
 
     def set_drift(self, drift: Sequence[float], segment_ids: Sequence[int],
                   names: Mapping[int, str]) -> None:  # fmt: skip

@@ -64,8 +64,9 @@ async def _redis_stores(settings: StreamSettings, catalog: Catalog, prefix: str)
         options["password"] = settings.redis_password.get_secret_value()
     conn = await connect(settings.redis_url, **options)
     store = RedisFeatureStore(
-        conn.client, catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days
-    )
+        conn.client, catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days,
+        profile_days=settings.profile_retention_days,
+    )  # fmt: skip
     await store.load()
     assignments = RedisAssignmentStore(conn.client, prefix=prefix, ttl_seconds=store.ttl_seconds)
     return OpenStores(store, assignments, conn)
@@ -73,8 +74,9 @@ async def _redis_stores(settings: StreamSettings, catalog: Catalog, prefix: str)
 
 async def _memory_stores(settings: StreamSettings, catalog: Catalog, prefix: str) -> OpenStores:
     features, assignments = memory_stores(
-        catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days
-    )
+        catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days,
+        profile_days=settings.profile_retention_days,
+    )  # fmt: skip
     return OpenStores(features, assignments, MemoryConnection(features.keyspace))
 
 

@@ -86,6 +86,9 @@ class StreamSettings(BaseSettings):
     churn_topic: str = Field("churn-alerts", description="`churn_risk` alerts.")
     population_topic: str = Field("population-alerts", description="`population_shift` alerts.")
     model_topic: str = Field("model-alerts", description="`retrain_recommended` alerts.")
+    lifecycle_topic: str = Field(
+        "lifecycle-alerts", description="`lifecycle_changed` alerts (dormant, returning, ...)."
+    )
     dlq_topic: str = Field("events-dlq", description="Rejected input with the reason and offset.")
     metrics_port: int = Field(9464, description="Prometheus /metrics port (0: off).")
     web_port: int = Field(6066, description="Read API port (GET /customers/{id}).")
@@ -108,6 +111,19 @@ class StreamSettings(BaseSettings):
         ge=0,
         description="Days before its customer's newest event an event may arrive; older "
         "ones are dead-lettered as too_late (at most retention_days - 1).",
+    )
+    profile_retention_days: int = Field(
+        730,
+        ge=1,
+        description="Days a customer's profile (lifetime totals, first and last seen, "
+        "segment, lifecycle stage) outlives its last event, in event time; the day windows "
+        "keep their own retention.",
+    )
+    dormant_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days without an event after which a customer's lifecycle stage is "
+        "dormant; its next event makes it returning (a lifecycle_changed alert).",
     )
     clock: str = Field(
         "wall",
@@ -203,4 +219,5 @@ class StreamSettings(BaseSettings):
             migration_margin=self.migration_margin,
             migration_dwell_days=self.migration_dwell_days,
             churn_cooldown_days=self.churn_cooldown_days,
+            dormant_days=self.dormant_days,
         )

@@ -68,6 +68,7 @@ from stream.stores import (
     due_key,
     feature_key,
     population_key,
+    split_population,
     state_key,
 )
 
@@ -226,7 +227,7 @@ class RedisAssignmentStore:
         self,
         states: dict[str, CustomerState],
         due: dict[int, dict[str, float]],
-        population: Counter[int],
+        population: Counter[int | str],
         version: str,
         *,
         reschedule: bool = False,
@@ -258,7 +259,7 @@ class RedisAssignmentStore:
         self,
         states: dict[str, bytes],
         due: dict[int, dict[str, float]],
-        population: Counter[int],
+        population: Counter[int | str],
         version: str,
         reschedule: bool,
         staged: StagedFeatures,
@@ -334,7 +335,12 @@ class RedisAssignmentStore:
     async def population(self, version: str) -> dict[int, int]:
         """Customers per segment under `version` (as the saves counted them)."""
         raw = await self.client.hgetall(self.population_key(version))  # type: ignore[misc]
-        return {int(k): int(v) for k, v in raw.items()}
+        return split_population(raw)[0]
+
+    async def stages(self, version: str) -> dict[str, int]:
+        """Customers per lifecycle stage among those decided under `version`."""
+        raw = await self.client.hgetall(self.population_key(version))  # type: ignore[misc]
+        return split_population(raw)[1]
 
 
 __all__ = [

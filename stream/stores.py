@@ -16,9 +16,9 @@ Pure: no Redis, no faust.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
@@ -76,6 +76,23 @@ def due_key(prefix: str, partition: int) -> str:
 def population_key(prefix: str, version: str) -> str:
     """The hash of customers per segment under one model version."""
     return f"{prefix}:population:{version}"
+
+
+def split_population(raw: Mapping[Any, Any]) -> tuple[dict[int, int], dict[str, int]]:
+    """A population hash as customers per segment and per lifecycle stage.
+
+    >>> split_population({b"0": b"3", b"stage:new": b"2", "1": 4})
+    ({0: 3, 1: 4}, {'new': 2})
+    """
+    segments: dict[int, int] = {}
+    stages: dict[str, int] = {}
+    for key, value in raw.items():
+        field = key.decode() if isinstance(key, bytes) else str(key)
+        if field.startswith("stage:"):
+            stages[field.removeprefix("stage:")] = int(value)
+        else:
+            segments[int(field)] = int(value)
+    return segments, stages
 
 
 def centers_key(prefix: str, version: str) -> str:
@@ -283,7 +300,7 @@ class AssignmentStore(Protocol):
         self,
         states: dict[str, CustomerState],
         due: dict[int, dict[str, float]],
-        population: Counter[int],
+        population: Counter[int | str],
         version: str,
         *,
         reschedule: bool = False,
@@ -304,3 +321,4 @@ class AssignmentStore(Protocol):
     ) -> np.ndarray: ...
 
     async def population(self, version: str) -> dict[int, int]: ...
+    async def stages(self, version: str) -> dict[str, int]: ...

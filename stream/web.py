@@ -40,6 +40,7 @@ async def customer_view(engine: Engine, customer_id: str, *, now: float) -> dict
         "customer_id": customer_id,
         "segment_id": segment,
         "segment_name": engine.bundle.segment_names.get(segment) if segment is not None else None,
+        "lifecycle_stage": state.stage if state is not None else None,
         "churn_risk": None if churn is None else round(churn, 6),
         "features": {k: (v if math.isfinite(v) else None) for k, v in row.items()},
         "evaluated_at": iso(float(np.asarray(feats.at)[0])),

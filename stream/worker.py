@@ -154,6 +154,7 @@ class Worker:
         self._owned = partitions
         self.topics = {
             "segment_assigned": settings.assignments_topic,
+            "lifecycle_changed": settings.lifecycle_topic,
             "segment_reassigned": settings.assignments_topic,
             "segment_migration": settings.migrations_topic,
             "churn_risk": settings.churn_topic,
@@ -461,12 +462,14 @@ class Worker:
         started = time.perf_counter()
         try:
             counts = await self.engine.assignments.population(bundle.version)
+            stages = await self.engine.assignments.stages(bundle.version)
         except (RedisError, OSError) as exc:
             self.metrics.redis_error()
             log.warning("Redis at %s: population read failed: %s", self.redis_url, exc)
             return
         self.metrics.store_time("population", time.perf_counter() - started)
         self.metrics.set_population(counts, bundle.segment_names)
+        self.metrics.set_stages(stages)
         self.metrics.set_model(bundle.version)
 
     async def _retry(self, what: str, step: Callable[[], Awaitable[T]]) -> T:

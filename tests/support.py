@@ -103,6 +103,7 @@ def settings_for(broker: KafkaBroker, redis_url: str, **extra: Any) -> StreamSet
         "churn_topic": f"churn-{tag}",
         "population_topic": f"population-{tag}",
         "model_topic": f"model-{tag}",
+        "lifecycle_topic": f"lifecycle-{tag}",
         "dlq_topic": f"dlq-{tag}",
         "clock": "event",
         "batch_size": 500,
@@ -124,13 +125,19 @@ def outputs(settings: StreamSettings) -> list[str]:
         settings.churn_topic,
         settings.population_topic,
         settings.model_topic,
+        settings.lifecycle_topic,
         settings.dlq_topic,
     ]
 
 
 def alert_topics(settings: StreamSettings) -> list[str]:
     """The topics of per-customer alerts (those replay and the worker must agree on)."""
-    return [settings.assignments_topic, settings.migrations_topic, settings.churn_topic]
+    return [
+        settings.assignments_topic,
+        settings.migrations_topic,
+        settings.churn_topic,
+        settings.lifecycle_topic,
+    ]
 
 
 async def produce(
