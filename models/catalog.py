@@ -416,10 +416,8 @@ class Catalog:
             if s.aggregation == "ratio":
                 what_of = f"{s.numerator} / {s.denominator}"
             agg = f"{s.aggregation}({what_of})" if what_of else s.aggregation
-            window = (
-                "-" if s.window_days is None else str(s.window_days).replace("lifetime", "life")
-            )
-            window = f"{window} d" if isinstance(s.window_days, int) else window
+            days = s.window_days
+            window = f"{days} d" if isinstance(days, int) else (days or "-")
             rows.append(f"| `{s.name}` | {agg} | {events} | {window} | {s.description} |")
         return "\n".join(rows)
 

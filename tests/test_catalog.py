@@ -33,10 +33,24 @@ DEFAULT_NAMES = [
             "active_days",
         )
     ),
+    *(
+        f"{stem}_lifetime"
+        for stem in (
+            "events",
+            "sessions",
+            "feature_uses",
+            "purchases",
+            "revenue",
+            "support_tickets",
+            "active_days",
+        )
+    ),
     "days_since_last_event",
     "days_since_last_purchase",
     "tenure_days",
     "avg_order_value_90d",
+    "purchase_span_days",
+    "avg_days_between_purchases",
 ]
 
 EXPORTS_TOML = """
@@ -62,7 +76,7 @@ def config_error(*features: dict[str, Any], **section: Any) -> str:
 
 def test_default_catalog_names_in_order() -> None:
     names = default_catalog().names
-    assert len(names) == 31
+    assert len(names) == 40
     assert list(names) == DEFAULT_NAMES
     assert names[:9] == (
         "events_7d",
@@ -417,9 +431,25 @@ def test_filter_rejects_unknown_keys_and_non_scalar_where() -> None:
 def test_markdown_table_has_one_row_per_feature() -> None:
     table = default_catalog().markdown_table().splitlines()
     assert table[0] == "| feature | aggregation | events | window | what |"
-    assert len(table) == 2 + 31
+    assert len(table) == 2 + 40
     assert table[2].startswith("| `events_7d` | count | any | 7 d |")
     assert "| `revenue_30d` | sum(`amount`) | purchase | 30 d |" in table[2 + 14]
-    assert table[-1].startswith(
+    assert table[-3].startswith(
         "| `avg_order_value_90d` | ratio(revenue_90d / purchases_90d) | any | - |"
     )
+    assert "| `revenue_lifetime` | sum(`amount`) | purchase | lifetime |" in table[2 + 31]
+
+
+def test_a_user_feature_may_use_a_lifetime_window_but_not_for_distinct_values() -> None:
+    cat = catalog_from_config(
+        {"features": [{"name": "exports_lifetime", "aggregation": "count",
+                       "window_days": "lifetime",
+                       "filter": {"types": ["feature_used"], "where": {"feature": "export"}}}]}
+    )  # fmt: skip
+    spec = cat.features[-1]
+    assert cat.base_column(spec).endswith("life") and cat.layout.lifetime
+    msg = config_error(
+        {"name": "kinds_ever", "aggregation": "distinct", "window_days": "lifetime",
+         "property": "feature"}
+    )  # fmt: skip
+    assert "kinds_ever" in msg and "day windows only" in msg
