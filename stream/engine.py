@@ -58,7 +58,7 @@ class Staged:
     population: Counter[int | str]
     version: str
     reschedule: bool
-    segments: list[int]  # per row, for the PSI window
+    segments: list[int]  # per row of a customer with full windows, for the PSI window
     learn: np.ndarray  # scaled rows of settled customers, for the online centers
     features: StagedFeatures | None = None  # the batch's new feature states
 
@@ -239,7 +239,9 @@ class Engine:
             rows, x, z, self.centers.distances(z), before, score_churn=rescore
         )
         # Young customers are placed by the classifier; only settled ones teach the centers.
-        settled = x[:, self.catalog.names.index("tenure_days")] >= self.rules.early_days
+        tenure = x[:, self.catalog.names.index("tenure_days")]
+        settled = tenure >= self.rules.early_days
+        complete = (tenure >= self.catalog.retention_days).tolist()
         # Population counts are kept per model version: a customer first seen under this
         # version (new, or last decided by the previous bundle) joins its segment's count
         # and its lifecycle stage's (`stage_field`).
@@ -265,7 +267,9 @@ class Engine:
             population=population,
             version=self.bundle.version,
             reschedule=rescore,
-            segments=list(decisions.segments),
+            # The bundle's shares describe customers with full windows: a young one (or
+            # every one, on a store that starts empty) would read as a population shift.
+            segments=[seg for seg, ok in zip(decisions.segments, complete, strict=True) if ok],
             learn=z[settled],
         )
         shadow = (

@@ -55,7 +55,10 @@ class HealthMonitor:
             alerts.append(Alert("population_shift", bundle.version, body))
         self._psi_high = high
         self.drift = np.asarray(drift, dtype=float)
-        if self.drift.size and bundle.version not in self._retrain_sent:
+        # Judged, like the PSI, once the window is full of customers with full windows: a
+        # worker that starts on an empty store learns from partial histories at first.
+        full = shift["window"] >= self.psi_window
+        if full and self.drift.size and bundle.version not in self._retrain_sent:
             worst = float(self.drift.max())
             if worst > self.drift_bound:
                 body = self._body(bundle.version, "retrain_recommended", "drift", at)

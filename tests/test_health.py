@@ -50,6 +50,15 @@ def test_population_shift_fires_on_the_rising_edge_of_a_full_window() -> None:
     assert again[0].body["alert_id"] != first[0].body["alert_id"]
 
 
+def test_no_retrain_is_recommended_before_the_window_is_full() -> None:
+    """A worker on an empty store learns from partial histories at first: its drift is not
+    judged until the PSI window is full (of customers with full windows)."""
+    monitor = HealthMonitor(psi_threshold=0.25, psi_window=1000, drift_bound=1.0)
+    assert check(monitor, shift(0.0, window=10), DAY, drift=(0.2, 5.0)) == []
+    alerts = check(monitor, shift(0.0, window=1000), 2 * DAY, drift=(0.2, 5.0))
+    assert [a.kind for a in alerts] == ["retrain_recommended"]
+
+
 def test_retrain_is_recommended_once_per_model_version() -> None:
     monitor = HealthMonitor(psi_threshold=0.25, psi_window=1000, drift_bound=1.0)
     assert check(monitor, shift(0.0), DAY, drift=(0.2, 0.9)) == []
