@@ -92,7 +92,8 @@ class NaiveEngine:
         c = self.client
         lay = self.layout
         today = math.floor(at / SECONDS_PER_DAY)
-        oldest = today - self.catalog.retention_days + 1
+        # Lifetime features read every day; windows only those inside them.
+        oldest = today - self.catalog.retention_days + 1 if not lay.lifetime else "-inf"
         found: list[Any] = await c.zrangebyscore(self._key(customer, "days"), oldest, today)
         days = [int(d) for d in found]
         per_day: dict[int, dict[Any, Any]] = {}
@@ -114,6 +115,14 @@ class NaiveEngine:
                 keys = [self._key(customer, d, f"d{k}") for d in inside]
                 union = await c.sunion(keys) if keys else set()  # type: ignore[misc]
                 base[f"d{k}w{w}"] = [len(union)]
+        if lay.lifetime:
+            for i in range(len(lay.counters)):
+                counts = [int(per_day[d].get(f"c{i}".encode(), 0)) for d in days]
+                base[f"c{i}life"] = [sum(counts)]
+                if i in lay.actives:
+                    base[f"a{i}life"] = [sum(1 for n in counts if n)]
+            for j in range(len(lay.sums)):
+                base[f"s{j}life"] = [sum(float(per_day[d].get(f"s{j}".encode(), 0)) for d in days)]
         meta: dict[Any, Any] = await c.hgetall(self._key(customer, "meta"))  # type: ignore[misc]
         for m in range(len(lay.lasts)):
             raw = meta.get(f"l{m}".encode())
