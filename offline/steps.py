@@ -36,7 +36,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from models import bundle as fmt
-from models.catalog import Catalog
+from models.catalog import LIFETIME, Catalog
 from models.eventfile import ReadStats
 from models.mapping import HistoryMapping
 from offline.churn import ChurnTrainer, churn_dataset, snapshot_times
@@ -159,6 +159,19 @@ class Segments:
     notes: list[str]
 
 
+def lifetime_features(catalog: Catalog) -> list[str]:
+    """Features over a customer's whole life (lifetime windows, and ratios or spans built
+    on them or on the first event)."""
+    life = {s.name for s in catalog.features if s.window_days == LIFETIME}
+    life |= {s.name for s in catalog.features if s.aggregation == "span_days"}
+    life |= {
+        s.name
+        for s in catalog.features
+        if s.aggregation == "ratio" and {s.numerator, s.denominator} & life
+    }
+    return [n for n in catalog.names if n in life]
+
+
 def fit_segments(
     feats: pd.DataFrame,
     catalog: Catalog,
@@ -169,13 +182,18 @@ def fit_segments(
     seed: int,
     progress: Progress,
 ) -> Segments:
-    """Log1p and scale the features but `exclude`, choose k ("auto": 3 to 8) and fit, then
-    refit `n_bootstrap` resamples for stability (`offline.segmentation`)."""
+    """Log1p and scale the features but `exclude` and the lifetime ones, choose k ("auto":
+    3 to 8) and fit, then refit `n_bootstrap` resamples for stability
+    (`offline.segmentation`).
+
+    Lifetime totals grow with a customer's age, not with how it behaves now: clustered,
+    they would split the old from the young. They serve the churn model instead.
+    """
     step = "segmentation (k, bootstrap)"
     n_fits = (8 - 3 + 1 if k == "auto" else 1) + n_bootstrap
     progress.start(step, total=n_fits)
     fits = iter(range(1, n_fits + 1))
-    x = feats.drop(columns=list(exclude))
+    x = feats.drop(columns=[*exclude, *lifetime_features(catalog)])
     seg = Segmenter(
         k=k,
         log_columns=heavy_tailed_columns(catalog),
