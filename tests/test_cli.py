@@ -118,7 +118,7 @@ def test_features_writes_the_catalog_csv(history: Path, tmp_path: Path, runner: 
     at = parse_time(AS_OF)
     seen = {e.customer_id for e in read_events(history) if e.epoch <= at}
     assert sorted(table["customer_id"]) == sorted(seen)
-    assert f"{len(seen)} customers x 31 features" in err
+    assert f"{len(seen)} customers x 40 features" in err
     # the numbers are the batch reference's
     cat = default_catalog()
     want = features_at(events_frame(read_events(history), cat), cat, at)
@@ -252,7 +252,7 @@ def test_catalog_prints_the_markdown_table(runner: CliRunner) -> None:
     code, out, _ = invoke(runner, "catalog")
     assert code == 0
     assert out == default_catalog().markdown_table() + "\n"
-    assert out.count("\n") == 2 + 31
+    assert out.count("\n") == 2 + 40
 
 
 def test_catalog_names_only(runner: CliRunner) -> None:
