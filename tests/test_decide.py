@@ -66,7 +66,13 @@ class Customer:
         return out
 
     def kinds(self) -> list[str]:
-        return [kind for kind, _ in self.alerts]
+        """The segment and churn alerts (lifecycle ones have tests of their own)."""
+        return [kind for kind, _ in self.alerts if kind != "lifecycle_changed"]
+
+    def stages(self) -> list[tuple[object, object]]:
+        return [
+            (b["previous_stage"], b["stage"]) for k, b in self.alerts if k == "lifecycle_changed"
+        ]
 
     @property
     def segment(self) -> int | None:
@@ -172,7 +178,11 @@ def test_a_settling_customer_is_placed_again_not_migrated() -> None:
     c.see(31, x=1.0, tenure=31.0)  # the centers take over, and say Casual
     c.see(34, x=1.0, tenure=34.0)
     assert c.kinds() == ["segment_assigned"] * 3
-    placed = [(b["segment_id"], b["first"], b["placed_by"]) for _, b in c.alerts]
+    placed = [
+        (b["segment_id"], b["first"], b["placed_by"])
+        for kind, b in c.alerts
+        if kind == "segment_assigned"
+    ]
     assert placed == [
         (1, True, "early_life_classifier"),
         (2, False, "early_life_classifier"),
@@ -262,3 +272,25 @@ def test_a_move_under_way_survives_a_model_change() -> None:
     assert c.state["c1"].candidate == 2 and c.state["c1"].candidate_since == 1 * DAY
     c.see(4, x=9.0)  # dwell counted from before the reload
     assert c.kinds() == ["segment_assigned", "segment_migration", "segment_assigned"]
+
+
+def test_lifecycle_stages_follow_tenure_silence_and_returns() -> None:
+    """new while young, active after, dormant after 30 silent days (at a re-score),
+    returning at the next event (for 30 days), then active again; no alert for the first
+    stage, and no second first assignment."""
+    c = Customer(decider())
+    c.see(0, x=1.0, tenure=0.0)
+    c.see(31, x=1.0, tenure=31.0)
+    c.see(61, x=1.0, tenure=61.0, rescore=True, silent=30.0)
+    c.see(100, x=1.0, tenure=100.0)
+    c.see(110, x=1.0, tenure=110.0)
+    c.see(131, x=1.0, tenure=131.0)
+    assert c.stages() == [
+        ("new", "active"),
+        ("active", "dormant"),
+        ("dormant", "returning"),
+        ("returning", "active"),
+    ]
+    returning = [b for k, b in c.alerts if k == "lifecycle_changed" and b["stage"] == "returning"]
+    assert returning[0]["days_silent"] == 69.0
+    assert sum(1 for k, b in c.alerts if k == "segment_assigned" and b["first"]) == 1

@@ -152,7 +152,12 @@ def test_a_new_bundle_starts_a_fresh_population_window_and_keeps_the_halflife(
         async with engine_backend.open(CATALOG) as stores:
             engine = Engine(CATALOG, stores.features, stores.assignments, bundle,
                             centers_halflife=0.25)  # fmt: skip
-            await engine.save(await engine.process([ev("1", "c1", "2026-03-01T10:00:00Z")]))
+            # The window counts customers with full (90-day) windows: one seen 120 days ago.
+            first, later = (
+                ev("1", "c1", "2025-11-01T10:00:00Z"),
+                ev("2", "c1", "2026-03-01T10:00:00Z"),
+            )
+            await engine.save(await engine.process([first, later]))
             assert engine.population_shift()["window"] == 1
             engine.use(bundle)
             assert engine.population_shift()["window"] == 0
