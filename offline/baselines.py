@@ -122,7 +122,8 @@ class RfmLogit(BaseEstimator):  # type: ignore[misc]
 
     @staticmethod
     def _x(rfm: pd.DataFrame) -> np.ndarray:
-        return np.log1p(rfm[list(RFM_COLUMNS)].to_numpy(dtype=float).clip(min=0.0))
+        x: np.ndarray = np.log1p(rfm[list(RFM_COLUMNS)].to_numpy(dtype=float).clip(min=0.0))
+        return x
 
 
 def majority_share(y: Sequence[Any] | np.ndarray) -> float:
