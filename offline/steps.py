@@ -437,8 +437,9 @@ def fit_early(
     the classifier (`offline.early`). `labels` are the clustered customers' segments: a
     new customer who went dormant has no behavioural segment to learn."""
     progress.start("early-life snapshots")
+    first = new_customers(frame, as_of)
     data = early_dataset(
-        frame, catalog, new_customers(frame, as_of), labels, ages,
+        frame, catalog, first[first.index.isin(labels.index)], labels, ages,
         progress=lambda done, total: progress.advance("early-life snapshots", done, total),
     )  # fmt: skip
     progress.done("early-life snapshots")
