@@ -29,12 +29,15 @@ import pandas as pd
 #: population standard deviations away from the population mean.
 NOTABLE_Z = 0.5
 
-#: Behavioral names and the features that signal them (the strongest one counts).
+#: Behavioral names and the features that signal them (the strongest one counts). The
+#: signals are intensities over the longest window (and lifetime totals when the catalog
+#: has them), not the 7- or 30-day counts: in a purchase log those mostly say *when* a
+#: customer last bought, and every recent buyer would be a "Big Spender".
 BEHAVIORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Power Users", ("feature_uses_30d", "distinct_features_30d", "feature_uses_90d")),
-    ("Big Spenders", ("revenue_30d", "avg_order_value_90d", "revenue_90d", "purchases_30d")),
-    ("Support-Heavy", ("support_tickets_30d", "support_tickets_90d")),
-    ("Email Readers", ("email_opens_30d", "email_opens_90d")),
+    ("Power Users", ("feature_uses_90d", "distinct_features_90d", "feature_uses_lifetime")),
+    ("Big Spenders", ("revenue_90d", "avg_order_value_90d", "purchases_90d", "revenue_lifetime")),
+    ("Support-Heavy", ("support_tickets_90d", "support_tickets_lifetime")),
+    ("Email Readers", ("email_opens_90d", "email_opens_lifetime")),
 )
 #: Life-stage names take precedence: a silent or brand-new group is that first. Lapsing
 #: is absolute: a segment whose customers' median silence reaches `LAPSING_DAYS`.
@@ -145,7 +148,7 @@ def _signal(profile: SegmentProfile, features: Sequence[str]) -> tuple[float, st
 def rule_name(profile: SegmentProfile) -> str:
     """The business name the rules give one profile (not yet made unique).
 
-    >>> rule_name(SegmentProfile(0, 10, 0.1, {"support_tickets_30d": {"z": 2.0}}))
+    >>> rule_name(SegmentProfile(0, 10, 0.1, {"support_tickets_90d": {"z": 2.0}}))
     'Support-Heavy'
     >>> rule_name(SegmentProfile(0, 10, 0.1, {"tenure_days": {"z": -1.5}}))
     'New Customers'
@@ -201,33 +204,33 @@ def trait(feature: str, high: bool) -> str:
 
 
 def _qualifiers(group: Sequence[SegmentProfile]) -> dict[int, tuple[str, str]]:
-    """For segments sharing one name: each one's distinguishing trait and why, the trait
-    on which it stands farthest (in z) above or below every other segment of the group;
-    traits already given to another member are skipped."""
+    """For segments sharing one name: each one's distinguishing trait and why, the feature
+    on which it stands farthest (in z) above or below the mean of the others of the group;
+    a trait already given to another member is skipped."""
     out: dict[int, tuple[str, str]] = {}
     used: set[str] = set()
-    # The most distinct segment chooses first, so it gets its best trait.
     ranked = []
     for p in group:
         others = [o for o in group if o.id != p.id]
         options = []
         for f in p.features:
             zs = [o.z(f) for o in others]
-            if any(z is None for z in zs):
+            if not others or any(z is None for z in zs):
                 continue
-            z, rest = p.features[f]["z"], [float(v) for v in zs if v is not None]
-            options.append((z - max(rest), f, True, z, max(rest)))
-            options.append((min(rest) - z, f, False, z, min(rest)))
-        options.sort(key=lambda o: (-o[0], o[1], not o[2]))
+            z, rest = p.features[f]["z"], float(np.mean([float(v) for v in zs if v is not None]))
+            options.append((abs(z - rest), f, z > rest, z, rest))
+        options.sort(key=lambda o: (-o[0], o[1]))
         ranked.append((options[0][0] if options else 0.0, p, options))
+    # The most distinct segment chooses first, so it gets its best trait.
     for _, p, options in sorted(ranked, key=lambda r: (-r[0], r[1].id)):
-        for gap, f, high, z, other in options:
+        for _gap, f, high, z, rest in options:
             word = trait(f, high)
             if word in used:
                 continue
             used.add(word)
-            side = "above the highest" if high else "below the lowest"
-            out[p.id] = (word, f"{f} z={z:+.1f}, {gap:.1f} {side} of the others ({other:+.1f})")
+            n = len(group) - 1
+            mean = "the other's" if n == 1 else f"the mean of the {n} others"
+            out[p.id] = (word, f"{f} z={z:+.1f} vs {rest:+.1f}, {mean} of that name")
             break
     return out
 
@@ -241,9 +244,9 @@ def name_segments(
     then `kept` names (segments that keep their name from the previous bundle); segments
     the rules would give one name are told apart by a trait.
 
-    >>> ps = [SegmentProfile(0, 1, 0.5, {"email_opens_30d": {"z": 1.0},
+    >>> ps = [SegmentProfile(0, 1, 0.5, {"email_opens_90d": {"z": 1.0},
     ...                                  "sessions_30d": {"z": 0.8}}),
-    ...       SegmentProfile(1, 1, 0.5, {"email_opens_30d": {"z": 1.2},
+    ...       SegmentProfile(1, 1, 0.5, {"email_opens_90d": {"z": 1.2},
     ...                                  "sessions_30d": {"z": -0.4}})]
     >>> name_segments(ps)
     {0: 'Email Readers (many sessions)', 1: 'Email Readers (few sessions)'}

@@ -224,6 +224,9 @@ def train(
             events, catalog, as_of, processes=settings.reader_processes, progress=progress
         )
         feats = customer_features(history, catalog, as_of, progress)
+        population = clustered_population(feats, settings.active_days)
+        clustered = feats[population.clustered]
+        exclude = tuple(dict.fromkeys([*settings.exclude, *recency_features(catalog)]))
         # The churn model and the data fingerprint need only the events, so they run on a
         # second thread while segmentation and the early-life classifier run on this one
         # (the fits and most of numpy release the GIL).
@@ -236,9 +239,6 @@ def train(
         )  # fmt: skip
         fingerprint_job = background.submit(data_fingerprint, history.frame)
         background.shutdown(wait=False)
-        population = clustered_population(feats, settings.active_days)
-        clustered = feats[population.clustered]
-        exclude = tuple(dict.fromkeys([*settings.exclude, *recency_features(catalog)]))
         segments = fit_segments(
             clustered, catalog, k=settings.k, exclude=exclude,
             n_bootstrap=settings.n_bootstrap, seed=settings.seed, progress=progress,
