@@ -229,8 +229,8 @@ def _qualifiers(group: Sequence[SegmentProfile]) -> dict[int, tuple[str, str]]:
                 continue
             used.add(word)
             n = len(group) - 1
-            mean = "the other's" if n == 1 else f"the mean of the {n} others"
-            out[p.id] = (word, f"{f} z={z:+.1f} vs {rest:+.1f}, {mean} of that name")
+            where = "in the other" if n == 1 else f"on average in the {n} others"
+            out[p.id] = (word, f"{f} z={z:+.1f} vs {rest:+.1f} {where} of that name")
             break
     return out
 
