@@ -220,6 +220,8 @@ class SegmentRecord:
     top_features: tuple[dict[str, Any], ...] = ()
     #: Absent (not written) when outcome validation was skipped.
     outcomes: SegmentOutcomes | None = None
+    #: Why the segment has its name: the naming rule and its numbers ("" in older bundles).
+    name_reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +242,11 @@ class TrainedWith:
     early_ages_days: tuple[int, ...]
     exclude: tuple[str, ...]
     seed: int
+    #: Customers clustered: those with an event in this many days before as-of (None in
+    #: bundles from before the setting: every customer).
+    active_days: int | None = None
+    #: Catalog features the churn model used (empty: all of them).
+    churn_features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,6 +286,9 @@ class Manifest:
     thresholds: dict[str, float | None] = field(default_factory=dict)
     settings: TrainedWith | None = None
     notes: tuple[str, ...] = ()
+    #: What the trainer found wrong with its own models (a model that does not beat its
+    #: baselines, a threshold that alerts on no one): shown in red, never silently.
+    warnings: tuple[str, ...] = ()
     #: File name -> sha256 of every other file in the bundle.
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -333,6 +343,7 @@ class Manifest:
                 thresholds=dict(doc.get("thresholds") or {}),
                 settings=_section(TrainedWith, doc.get("settings")),
                 notes=tuple(str(n) for n in doc.get("notes", [])),
+                warnings=tuple(str(w) for w in doc.get("warnings", [])),
                 artifacts={str(k): str(v) for k, v in doc.get("artifacts", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -365,6 +376,7 @@ def _segment(doc: Mapping[str, Any]) -> SegmentRecord:
         share=float(doc.get("share", 0.0)),
         top_features=tuple(dict(t) for t in doc.get("top_features", [])),
         outcomes=None if outcomes is None else SegmentOutcomes(**outcomes),
+        name_reason=str(doc.get("name_reason", "")),
     )
 
 

@@ -1,11 +1,16 @@
 """Churn risk: labelled snapshots from history, a calibrated classifier and its threshold.
 
 Owns `snapshot_times` (weekly times s whose label window (s, s+H] ends by as-of, so the
-model never trains on the future), `churn_dataset` (population: customers with an event
-in the 30 days before s; label: no qualifying event in (s, s+H]) and `ChurnTrainer`, which
-fits a calibrated HistGradientBoostingClassifier, picks the alert threshold (a precision
-target) on out-of-fold predictions of the training snapshots and scores the last
-snapshot(s), held out.
+model never trains on the future), `churn_dataset` (population: every customer known at s,
+silent ones included, because the stream scores every customer; label: no qualifying event
+in (s, s+H]) and `ChurnTrainer`, which fits a calibrated HistGradientBoostingClassifier on
+every catalog feature (or the `features` chosen), picks the alert threshold (a precision
+target) on out-of-fold predictions of the training snapshots' recently active customers
+(those with an event in the 30 days before s: an alert about a customer silent for months
+tells nobody anything) and scores the last snapshot(s), held out (later snapshots than the
+training ones, every customer known then), against the baselines of `offline.baselines`
+(recency alone and an RFM logistic regression trained on the same snapshots; the majority
+class for the threshold).
 
 Must not import `stream/`, matplotlib or the other trainer steps.
 """
@@ -20,16 +25,14 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    precision_recall_curve,
-    roc_auc_score,
-)
+from sklearn.metrics import brier_score_loss, precision_recall_curve
 from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline
 
 from models.catalog import SECONDS_PER_DAY, Catalog
+from offline.baselines import RfmLogit, majority_share, ranking_scores, recency_scores, rfm_at
 from offline.reference import features_at
 
 LOOKBACK_DAYS = 30
@@ -59,11 +62,15 @@ def snapshot_times(
 
 @dataclass
 class ChurnData:
-    """Labelled snapshots: catalog features, churn label and snapshot time per row."""
+    """Labelled snapshots: catalog features, churn label and snapshot time per row, the
+    raw-history RFM columns of the baselines, and whether the customer had an event in the
+    `LOOKBACK_DAYS` before the snapshot (the customers an alert is about)."""
 
     X: pd.DataFrame
     y: np.ndarray
     snapshot: np.ndarray
+    rfm: pd.DataFrame = field(default_factory=pd.DataFrame)
+    active: np.ndarray = field(default_factory=lambda: np.array([], dtype=bool))
 
 
 def churn_dataset(
@@ -74,20 +81,26 @@ def churn_dataset(
     qualifying_types: Sequence[str] = (),
     progress: Callable[[], None] | None = None,
 ) -> ChurnData:
-    """Build the labelled snapshots (features from the batch reference at each time)."""
+    """Build the labelled snapshots (features from the batch reference at each time) of
+    every customer known at each time."""
     horizon = horizon_days * SECONDS_PER_DAY
-    qualifying = frame[frame["type"].isin(list(qualifying_types))] if qualifying_types else frame
-    parts, labels, snaps = [], [], []
-    ts, customer = frame["ts"].to_numpy(), frame["customer_id"].to_numpy()
-    q_ts, q_customer = qualifying["ts"].to_numpy(), qualifying["customer_id"].to_numpy()
+    is_q = (
+        frame["type"].isin(list(qualifying_types)).to_numpy()
+        if qualifying_types
+        else np.ones(len(frame), dtype=bool)
+    )
+    parts, labels, snaps, rfms, actives = [], [], [], [], []
+    q_ts, q_customer = frame["ts"].to_numpy()[is_q], frame["customer_id"].to_numpy()[is_q]
     for s in times:
-        recent = (ts > s - LOOKBACK_DAYS * SECONDS_PER_DAY) & (ts <= s)
-        population = pd.Index(np.sort(pd.unique(customer[recent])))
-        feats = features_at(frame, catalog, s).reindex(population)
+        feats = features_at(frame, catalog, s)
+        population = feats.index
         came_back = pd.unique(q_customer[(q_ts > s) & (q_ts <= s + horizon)])
+        rfm = rfm_at(frame, catalog, s, is_q).reindex(population)
         parts.append(feats)
+        rfms.append(rfm)
         labels.append(~population.isin(came_back))
         snaps.append(np.full(len(population), s))
+        actives.append(rfm["silent_days"].to_numpy() < LOOKBACK_DAYS)
         if progress is not None:
             progress()
     if not parts:
@@ -96,6 +109,8 @@ def churn_dataset(
         X=pd.concat(parts),
         y=np.concatenate(labels).astype(np.int64),
         snapshot=np.concatenate(snaps),
+        rfm=pd.concat(rfms),
+        active=np.concatenate(actives),
     )
 
 
@@ -145,9 +160,10 @@ class ChurnReport:
 class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
     """Calibrated gradient boosting for P(churn), with a time-based holdout.
 
-    Learns `model_` (a CalibratedClassifierCV over the full catalog matrix), `threshold_`
-    and `report_`. The threshold is the lowest whose precision on out-of-fold predictions
-    of the training snapshots reaches `min_precision` (`None`: the best-F1 threshold).
+    Learns `model_` (a CalibratedClassifierCV over the full catalog matrix, behind a column
+    selection when `features` is given), `threshold_` and `report_`. The threshold is the
+    lowest whose precision on out-of-fold predictions of the training snapshots' recently
+    active customers reaches `min_precision` (`None`: the best-F1 threshold).
     The stream alerts on the day a customer's probability crosses it, judging every
     customer every day, so an alert is far less often right than a weekly snapshot row:
     backtested (seeds 101-103, README "Alert quality"), snapshot precision 0.9 at the
@@ -160,22 +176,35 @@ class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
         max_iter: int = 150,
         random_state: int = 0,
         min_precision: float | None = 0.98,
+        features: tuple[int, ...] = (),
     ) -> None:
         self.n_holdout = n_holdout
         self.max_iter = max_iter
         self.random_state = random_state
         self.min_precision = min_precision
+        #: Catalog column positions the model may use (empty: all of them).
+        self.features = features
 
-    def _model(self, n_rows: int) -> CalibratedClassifierCV:
+    def _model(self, n_rows: int) -> Any:
         booster = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=0.1, random_state=self.random_state
         )
-        # Isotonic needs plenty of rows per fold; sigmoid is the safer choice when few.
-        method = "isotonic" if n_rows >= 3000 else "sigmoid"
+        # Sigmoid, not isotonic: isotonic calibration is a step function that gave one
+        # and the same probability to thousands of customers (45 distinct values over a
+        # held-out snapshot of 2,800), and tied customers cannot be ranked; sigmoid keeps
+        # the booster's order.
+        method = "sigmoid"
         # One booster calibrated on out-of-fold predictions (ensemble=False), not three:
         # the stream scores every customer daily, and three boosters cost three times as
         # much per call for no measurable gain in AUC here.
-        return CalibratedClassifierCV(booster, method=method, cv=3, ensemble=False)
+        model = CalibratedClassifierCV(booster, method=method, cv=3, ensemble=False)
+        if not self.features:
+            return model
+        # The stream hands the whole catalog row: the selection travels with the model.
+        select = ColumnTransformer(
+            [("features", "passthrough", list(self.features))], remainder="drop"
+        )
+        return Pipeline([("select", select), ("model", model)])
 
     def fit(self, data: ChurnData) -> Self:
         times = np.unique(data.snapshot)
@@ -190,6 +219,7 @@ class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
         for part, ys in (("training", y_train), ("holdout", y_test)):
             if len(np.unique(ys)) < 2:
                 raise ValueError(f"churn {part} snapshots hold only one class")
+        active = data.active if len(data.active) == len(data.y) else np.ones(len(data.y), bool)
         groups = data.snapshot[~test]
         cv: Any = (
             GroupKFold(n_splits=min(3, len(np.unique(groups))))
@@ -200,32 +230,65 @@ class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
             self._model(len(y_train)), X_train, y_train, groups=groups, cv=cv,
             method="predict_proba",
         )[:, 1]  # fmt: skip
+        # The threshold is for alerts, and an alert is news only about a customer who was
+        # recently active: chosen on those rows (all rows if they hold one class).
+        pick = active[~test]
+        if len(np.unique(y_train[pick])) < 2:
+            pick = np.ones(len(y_train), dtype=bool)
         self.threshold_ = (
-            best_f1_threshold(y_train, oof)
+            best_f1_threshold(y_train[pick], oof[pick])
             if self.min_precision is None
-            else precision_threshold(y_train, oof, self.min_precision)
+            else precision_threshold(y_train[pick], oof[pick], self.min_precision)
         )
         self.model_ = self._model(len(y_train)).fit(X_train, y_train)
         proba = self.model_.predict_proba(X_test)[:, 1]
-        alert = proba >= self.threshold_
-        tp = int((alert & (y_test == 1)).sum())
-        self.report_ = ChurnReport(
-            metrics={
-                "roc_auc": float(roc_auc_score(y_test, proba)),
-                "average_precision": float(average_precision_score(y_test, proba)),
-                "brier": float(brier_score_loss(y_test, proba)),
-                "threshold": self.threshold_,
-                "precision_at_threshold": tp / int(alert.sum()) if alert.any() else 0.0,
-                "recall_at_threshold": tp / int((y_test == 1).sum()),
-                "alert_share": float(alert.mean()),
-                "churn_rate_holdout": float(y_test.mean()),
-                "rows_train": len(y_train),
-                "rows_holdout": len(y_test),
-                "snapshots_train": int(len(times) - len(held)),
-                "snapshots_holdout": len(held),
-                "calibration": self.model_.method,
-            },
-            holdout_y=y_test,
-            holdout_proba=proba,
-        )
+        metrics: dict[str, Any] = {
+            **ranking_scores(y_test, proba),
+            "brier": float(brier_score_loss(y_test, proba)),
+            "distinct_scores": len(np.unique(np.round(proba, 6))),
+            **_alert_metrics(y_test[active[test]], proba[active[test]], self.threshold_),
+            "churn_rate_holdout": float(y_test.mean()),
+            "rows_train": len(y_train),
+            "rows_holdout": len(y_test),
+            "active_rows_holdout": int(active[test].sum()),
+            "snapshots_train": int(len(times) - len(held)),
+            "snapshots_holdout": len(held),
+            "holdout": "the latest snapshot(s), every customer known then; the model "
+            "learned from earlier snapshots only",
+            "calibration": "sigmoid",
+            "features": len(self.features) if self.features else X.shape[1],
+        }
+        metrics["baselines"] = self._baselines(data, test, active)
+        self.report_ = ChurnReport(metrics=metrics, holdout_y=y_test, holdout_proba=proba)
         return self
+
+    def _baselines(self, data: ChurnData, test: np.ndarray, active: np.ndarray) -> dict[str, Any]:
+        """Recency alone and an RFM logistic regression, on the same held-out rows; the
+        majority class against the threshold, on the same recently active rows."""
+        y_test = data.y[test]
+        if data.rfm.empty:
+            return {}
+        rfm_train, rfm_test = data.rfm[~test], data.rfm[test]
+        rfm = RfmLogit().fit(rfm_train, data.y[~test])
+        majority = int(np.mean(y_test[active[test]]) > 0.5) if active[test].any() else 0
+        return {
+            "recency": ranking_scores(y_test, recency_scores(rfm_test)),
+            "rfm_logit": ranking_scores(y_test, rfm.predict_proba(rfm_test)[:, 1]),
+            "majority": {
+                "predicts": "churn" if majority else "stays",
+                "accuracy": majority_share(y_test[active[test]]),
+            },
+        }
+
+
+def _alert_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What the threshold does on the recently active held-out customers."""
+    alert = proba >= threshold
+    tp = int((alert & (y == 1)).sum())
+    return {
+        "threshold": threshold,
+        "precision_at_threshold": tp / int(alert.sum()) if alert.any() else 0.0,
+        "recall_at_threshold": tp / int((y == 1).sum()) if (y == 1).any() else 0.0,
+        "alert_share": float(alert.mean()) if len(alert) else 0.0,
+        "accuracy_at_threshold": float(np.mean(alert == (y == 1))) if len(y) else float("nan"),
+    }

@@ -3,7 +3,8 @@
 Owns `new_customers` (customers whose first event lies inside the history and at least
 30 days before as-of), `early_dataset` (catalog snapshots at several ages, labelled with
 the segment at as-of) and `EarlyTrainer` (gradient boosting, accuracy on customers held
-out of training, split by customer so no customer is on both sides).
+out of training, split by customer so no customer is on both sides, with balanced accuracy
+and the majority class's accuracy beside it).
 
 Snapshots are taken at the end of the UTC day on which the customer reaches each age, so
 customers sharing that day share one batch-reference call; an "age 7" snapshot therefore
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import GroupShuffleSplit
 
 from models.catalog import SECONDS_PER_DAY, Catalog
@@ -157,6 +158,13 @@ class EarlyTrainer(BaseEstimator):  # type: ignore[misc]
         ).fit(X[train], data.y[train])
         pred = self.model_.predict(X[test])
         self.accuracy_ = float(accuracy_score(data.y[test], pred))
+        self.balanced_accuracy_ = float(balanced_accuracy_score(data.y[test], pred))
+        # The baseline: always the segment most common among the training customers
+        # (balanced accuracy 1/classes by definition).
+        values, counts = np.unique(data.y[train], return_counts=True)
+        self.majority_ = int(values[np.argmax(counts)])
+        self.majority_accuracy_ = float(np.mean(data.y[test] == self.majority_))
+        self.majority_balanced_ = 1.0 / len(np.unique(data.y[test]))
         ages = data.age[test]
         self.accuracy_by_age_ = {
             int(a): float(accuracy_score(data.y[test][ages == a], pred[ages == a]))
@@ -180,6 +188,10 @@ class EarlyTrainer(BaseEstimator):  # type: ignore[misc]
         """The numbers the manifest and report show."""
         return {
             "accuracy": self.accuracy_,
+            "balanced_accuracy": self.balanced_accuracy_,
+            "majority_accuracy": self.majority_accuracy_,
+            "majority_balanced_accuracy": self.majority_balanced_,
+            "majority_segment": self.majority_,
             "accuracy_by_age": {str(a): v for a, v in self.accuracy_by_age_.items()},
             "customers_train": self.n_customers_["train"],
             "customers_holdout": self.n_customers_["holdout"],

@@ -1,14 +1,23 @@
-"""Segment profiles and business names.
+"""Segment profiles and business names, with the reason for each name.
 
 Owns `profile_segments` (size, share, and per feature the segment's mean and median
-against the population's, with the standardized difference in the scaled space) and
-`name_segments` (deterministic rules on those profiles, unique names, config overrides).
+against the population's, with the standardized difference in the scaled space; plus the
+segment's median days since its last event, an absolute recency the clustering does not
+see) and `name_segments` / `explain_names` (deterministic rules on those profiles, config
+overrides, names kept from the previous bundle, and the rule and numbers behind each).
+
+Names are unique without numeric suffixes: when two segments would get the same
+behavioural name, each is qualified by the trait that sets it apart from the others of
+that name ("Big Spenders (frequent)" and "Big Spenders (high order value)"). The lapsing
+rule is absolute (the segment's median silence in days), never relative to a population
+that may itself be mostly lapsed.
 
 Must not import `stream/`, matplotlib or the other trainer steps.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,17 +29,37 @@ import pandas as pd
 #: population standard deviations away from the population mean.
 NOTABLE_Z = 0.5
 
-#: Behavioral names and the features that signal them (the strongest one counts).
+#: Behavioral names and the features that signal them (the strongest one counts). The
+#: signals are intensities over the longest window (and lifetime totals when the catalog
+#: has them), not the 7- or 30-day counts: in a purchase log those mostly say *when* a
+#: customer last bought, and every recent buyer would be a "Big Spender".
 BEHAVIORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Power Users", ("feature_uses_30d", "distinct_features_30d", "feature_uses_90d")),
-    ("Big Spenders", ("revenue_30d", "avg_order_value_90d", "revenue_90d", "purchases_30d")),
-    ("Support-Heavy", ("support_tickets_30d", "support_tickets_90d")),
-    ("Email Readers", ("email_opens_30d", "email_opens_90d")),
+    ("Power Users", ("feature_uses_90d", "distinct_features_90d", "feature_uses_lifetime")),
+    ("Big Spenders", ("revenue_90d", "avg_order_value_90d", "purchases_90d", "revenue_lifetime")),
+    ("Support-Heavy", ("support_tickets_90d", "support_tickets_lifetime")),
+    ("Email Readers", ("email_opens_90d", "email_opens_lifetime")),
 )
-#: Life-stage names take precedence: a silent or brand-new group is that first.
-LAPSING, LAPSING_FEATURE, LAPSING_Z = "Lapsing", "days_since_last_event", 1.0
+#: Life-stage names take precedence: a silent or brand-new group is that first. Lapsing
+#: is absolute: a segment whose customers' median silence reaches `LAPSING_DAYS`.
+LAPSING, LAPSING_FEATURE, LAPSING_DAYS = "Lapsing", "days_since_last_event", 30.0
 NEW, NEW_FEATURE, NEW_Z = "New Customers", "tenure_days", -1.0
 FALLBACK = "Casual"
+
+#: How a qualifier reads a feature stem (the name without its window), when a segment
+#: is above (first) or below (second) the others sharing its name.
+TRAITS: dict[str, tuple[str, str]] = {
+    "events": ("busy", "quiet"),
+    "sessions": ("many sessions", "few sessions"),
+    "feature_uses": ("heavy use", "light use"),
+    "distinct_features": ("broad use", "narrow use"),
+    "purchases": ("frequent", "occasional"),
+    "revenue": ("high spend", "low spend"),
+    "avg_order_value": ("high order value", "small baskets"),
+    "support_tickets": ("many tickets", "few tickets"),
+    "email_opens": ("email readers", "ignore email"),
+    "active_days": ("regular", "irregular"),
+    "avg_days_between_purchases": ("slow to return", "quick to return"),
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +71,9 @@ class SegmentProfile:
     share: float
     #: feature -> {"z", "mean", "median", "pop_mean", "pop_median"}
     features: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Median days since the customers' last event (None when the catalog has no
+    #: `days_since_last_event`).
+    silent_days: float | None = None
 
     def z(self, feature: str) -> float | None:
         stats = self.features.get(feature)
@@ -97,35 +129,110 @@ def profile_segments(
             for j, col in enumerate(columns)
         }
         size = int(rows.sum())
-        profiles.append(SegmentProfile(id=seg, size=size, share=size / n, features=stats))
+        silent = (
+            round(float(raw.loc[rows, LAPSING_FEATURE].median()), 4)
+            if LAPSING_FEATURE in raw.columns and rows.any()
+            else None
+        )
+        profiles.append(
+            SegmentProfile(id=seg, size=size, share=size / n, features=stats, silent_days=silent)
+        )
     return profiles
 
 
-def _signal(profile: SegmentProfile, features: Sequence[str]) -> float:
-    values = [z for f in features if (z := profile.z(f)) is not None]
-    return max(values) if values else float("-inf")
+def _signal(profile: SegmentProfile, features: Sequence[str]) -> tuple[float, str]:
+    values = [(z, f) for f in features if (z := profile.z(f)) is not None]
+    return max(values) if values else (float("-inf"), "")
 
 
 def rule_name(profile: SegmentProfile) -> str:
     """The business name the rules give one profile (not yet made unique).
 
-    >>> rule_name(SegmentProfile(0, 10, 0.1, {"support_tickets_30d": {"z": 2.0}}))
+    >>> rule_name(SegmentProfile(0, 10, 0.1, {"support_tickets_90d": {"z": 2.0}}))
     'Support-Heavy'
     >>> rule_name(SegmentProfile(0, 10, 0.1, {"tenure_days": {"z": -1.5}}))
     'New Customers'
+    >>> rule_name(SegmentProfile(0, 10, 0.1, {}, silent_days=45.0))
+    'Lapsing'
     """
-    recency = profile.z(LAPSING_FEATURE)
-    if recency is not None and recency >= LAPSING_Z:
-        return LAPSING
+    return rule_reason(profile)[0]
+
+
+def rule_reason(profile: SegmentProfile) -> tuple[str, str]:
+    """The rule name of one profile and why (the rule and its numbers)."""
+    if profile.silent_days is not None and profile.silent_days >= LAPSING_DAYS:
+        return LAPSING, (
+            f"median {profile.silent_days:.0f} days since the last event, "
+            f">= {LAPSING_DAYS:.0f} (an absolute rule)"
+        )
     tenure = profile.z(NEW_FEATURE)
     if tenure is not None and tenure <= NEW_Z:
-        return NEW
-    best, best_z = FALLBACK, NOTABLE_Z
+        return NEW, f"{NEW_FEATURE} z={tenure:+.1f} <= {NEW_Z:+.1f}"
+    best, best_z, why = FALLBACK, NOTABLE_Z, ""
+    strongest = (float("-inf"), "")
     for candidate, signals in BEHAVIORS:
-        z = _signal(profile, signals)
+        z, feature = _signal(profile, signals)
+        strongest = max(strongest, (z, feature))
         if z > best_z:
-            best, best_z = candidate, z
-    return best
+            best, best_z, why = candidate, z, f"{feature} z={z:+.1f}, the highest signal"
+    if best != FALLBACK:
+        return best, f"{why} above {NOTABLE_Z} among the behaviours' signals"
+    if strongest[1]:
+        return FALLBACK, (
+            f"no behaviour signal above z={NOTABLE_Z} (strongest: {strongest[1]} "
+            f"z={strongest[0]:+.1f})"
+        )
+    return FALLBACK, "no behaviour signal in the clustered features"
+
+
+def _stem(feature: str) -> str:
+    """A feature's name without its window ("purchases_30d" -> "purchases")."""
+    return re.sub(r"_(\d+d|lifetime)$", "", feature)
+
+
+def trait(feature: str, high: bool) -> str:
+    """How a qualifier reads a feature.
+
+    >>> trait("purchases_30d", True), trait("avg_order_value_90d", True), trait("x_7d", False)
+    ('frequent', 'high order value', 'low x')
+    """
+    stem = _stem(feature)
+    words = TRAITS.get(stem)
+    if words is not None:
+        return words[0] if high else words[1]
+    return f"{'high' if high else 'low'} {stem.replace('_', ' ')}"
+
+
+def _qualifiers(group: Sequence[SegmentProfile]) -> dict[int, tuple[str, str]]:
+    """For segments sharing one name: each one's distinguishing trait and why, the feature
+    on which it stands farthest (in z) above or below the mean of the others of the group;
+    a trait already given to another member is skipped."""
+    out: dict[int, tuple[str, str]] = {}
+    used: set[str] = set()
+    ranked = []
+    for p in group:
+        others = [o for o in group if o.id != p.id]
+        options = []
+        for f in p.features:
+            zs = [o.z(f) for o in others]
+            if not others or any(z is None for z in zs):
+                continue
+            z, rest = p.features[f]["z"], float(np.mean([float(v) for v in zs if v is not None]))
+            options.append((abs(z - rest), f, z > rest, z, rest))
+        options.sort(key=lambda o: (-o[0], o[1]))
+        ranked.append((options[0][0] if options else 0.0, p, options))
+    # The most distinct segment chooses first, so it gets its best trait.
+    for _, p, options in sorted(ranked, key=lambda r: (-r[0], r[1].id)):
+        for _gap, f, high, z, rest in options:
+            word = trait(f, high)
+            if word in used:
+                continue
+            used.add(word)
+            n = len(group) - 1
+            where = "in the other" if n == 1 else f"on average in the {n} others"
+            out[p.id] = (word, f"{f} z={z:+.1f} vs {rest:+.1f} {where} of that name")
+            break
+    return out
 
 
 def name_segments(
@@ -134,17 +241,27 @@ def name_segments(
     kept: Mapping[int, str] | None = None,
 ) -> dict[int, str]:
     """Unique names for the segments: rule names, config overrides (`{"2": "Whales"}`) win,
-    then `kept` names (segments that keep their name from the previous bundle), and a
-    repeated name gets " 2", " 3"... in segment id order.
+    then `kept` names (segments that keep their name from the previous bundle); segments
+    the rules would give one name are told apart by a trait.
 
-    >>> ps = [SegmentProfile(i, 1, 0.5, {"email_opens_30d": {"z": 1.0}}) for i in range(2)]
+    >>> ps = [SegmentProfile(0, 1, 0.5, {"email_opens_90d": {"z": 1.0},
+    ...                                  "sessions_30d": {"z": 0.8}}),
+    ...       SegmentProfile(1, 1, 0.5, {"email_opens_90d": {"z": 1.2},
+    ...                                  "sessions_30d": {"z": -0.4}})]
     >>> name_segments(ps)
-    {0: 'Email Readers', 1: 'Email Readers 2'}
+    {0: 'Email Readers (many sessions)', 1: 'Email Readers (few sessions)'}
     >>> name_segments(ps, {"1": "Newsletter Fans"})
     {0: 'Email Readers', 1: 'Newsletter Fans'}
-    >>> name_segments(ps, kept={1: "Email Readers"})
-    {0: 'Email Readers 2', 1: 'Email Readers'}
     """
+    return {seg: name for seg, (name, _) in explain_names(profiles, overrides, kept).items()}
+
+
+def explain_names(
+    profiles: Sequence[SegmentProfile],
+    overrides: Mapping[str, str] | None = None,
+    kept: Mapping[int, str] | None = None,
+) -> dict[int, tuple[str, str]]:
+    """`name_segments` with the reason for each name: segment id -> (name, why)."""
     ids = [p.id for p in profiles]
     overrides = dict(overrides or {})
     unknown = [key for key in overrides if not key.isdigit() or int(key) not in ids]
@@ -152,29 +269,40 @@ def name_segments(
         raise ValueError(
             f"[segments.names]: no segment {', '.join(unknown)} (ids are {ids[0]}..{ids[-1]})"
         )
-    fixed = {int(key): str(value) for key, value in overrides.items()}
-    if len(set(fixed.values())) != len(fixed):
+    fixed = {int(key): (str(value), "set in the config") for key, value in overrides.items()}
+    if len({name for name, _ in fixed.values()}) != len(fixed):
         raise ValueError("[segments.names]: two segments are given the same name")
     for seg, name in (kept or {}).items():
         if seg in fixed or seg not in ids:
             continue
-        if name in fixed.values():
+        if name in {n for n, _ in fixed.values()}:
             raise ValueError(
                 f"[segments.names]: {name!r} is the name segment {seg} keeps from the "
                 "previous bundle"
             )
-        fixed[seg] = name
-    names: dict[int, str] = {}
-    taken = set(fixed.values())
-    for p in profiles:
-        if p.id in fixed:
-            names[p.id] = fixed[p.id]
+        fixed[seg] = (name, "kept from the previous bundle (same segment)")
+    rules = {p.id: rule_reason(p) for p in profiles}
+    free = [p for p in profiles if p.id not in fixed]
+    taken = {name for name, _ in fixed.values()}
+    by_name: dict[str, list[SegmentProfile]] = {}
+    for p in free:
+        by_name.setdefault(rules[p.id][0], []).append(p)
+    names = dict(fixed)
+    for base, group in by_name.items():
+        if len(group) == 1 and base not in taken:
+            names[group[0].id] = rules[group[0].id]
             continue
-        base = rule_name(p)
-        name, n = base, 1
-        while name in taken:
-            n += 1
-            name = f"{base} {n}"
-        taken.add(name)
-        names[p.id] = name
-    return names
+        # Qualify against every segment of that base name, the fixed ones too.
+        rivals = [p for p in profiles if p.id in fixed and fixed[p.id][0] == base]
+        quals = _qualifiers([*group, *rivals])
+        for p in group:
+            word, why = quals.get(p.id, (f"segment {p.id}", "no trait tells it apart"))
+            names[p.id] = (f"{base} ({word})", f"{rules[p.id][1]}; told apart by {why}")
+    # A qualified name may still collide with a fixed one: the last resort is the id.
+    seen: set[str] = set()
+    for seg in sorted(names, key=lambda i: (i not in fixed, i)):
+        name, why = names[seg]
+        if name in seen:
+            names[seg] = (f"{name} [{seg}]", why)
+        seen.add(names[seg][0])
+    return {p.id: names[p.id] for p in profiles}

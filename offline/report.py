@@ -55,6 +55,12 @@ class ReportInputs:
     seed: int = 0
     #: The manifest's `lineage` (None for a first bundle).
     lineage: Mapping[str, Any] | None = None
+    #: What the trainer found wrong with its models: a red banner at the top.
+    warnings: Sequence[str] = field(default_factory=list)
+    #: Why each segment has its name.
+    reasons: Mapping[int, str] = field(default_factory=dict)
+    #: Which customers the clustering saw.
+    population: str = ""
 
 
 def _k_figure(data: ReportInputs, path: Path) -> None:
@@ -164,6 +170,7 @@ def write_report(data: ReportInputs, out_dir: Path) -> list[Path]:
         _calibration_figure(*data.churn_holdout, out_dir / FIGURES[2])
         written.append(out_dir / FIGURES[2])
     parts = [
+        *_warnings_banner(data.warnings),
         *_k_section(data),
         *_segments_section(),
         *_profiles_section(data),
@@ -177,8 +184,24 @@ def write_report(data: ReportInputs, out_dir: Path) -> list[Path]:
         parts.append("<h2>Notes</h2><ul>")
         parts += [f"<li>{escape(n)}</li>" for n in data.notes]
         parts.append("</ul>")
-    page_path.write_text(page(f"segstream bundle {data.version}", parts), encoding="utf-8")
+    page_path.write_text(page(f"segstream bundle {data.version}", parts, BANNER), encoding="utf-8")
     return written
+
+
+BANNER = (
+    "div.warnings { background: #fde8e8; border: 2px solid #c0392b; color: #8e1b10; "
+    "padding: 0.6em 1em; margin-bottom: 1em; }"
+)
+
+
+def _warnings_banner(warnings: Sequence[str]) -> list[str]:
+    if not warnings:
+        return []
+    return [
+        "<div class='warnings'><b>Warning: do not trust these models as they are.</b><ul>",
+        *[f"<li>{escape(w)}</li>" for w in warnings],
+        "</ul></div>",
+    ]
 
 
 def _k_section(data: ReportInputs) -> list[str]:
@@ -187,6 +210,13 @@ def _k_section(data: ReportInputs) -> list[str]:
         f"<h1>Segmentation bundle {escape(data.version)}</h1>",
         f"<p>Customers as of <b>{escape(data.as_of)}</b>: {len(data.labels):,} customers "
         f"in {data.k} segments.</p>",
+        "<p class='explain'>Who was clustered: "
+        f"{escape(data.population or 'every customer known at as-of')}. Segments describe "
+        "behaviour (rates and intensities: counts, sums and active days over their windows), "
+        "so recency features (<code>days_since_*</code>) and tenure are left out of the "
+        "clustering, and customers silent for longer than that window are a lifecycle stage "
+        "(dormant), not a segment: clustering them with the rest turned a mostly dormant "
+        "history into recency buckets. They are still assigned the nearest segment.</p>",
         "<h2>How many segments</h2>",
         "<p class='explain'>Each k from the candidate range was fitted. Inertia (blue) always "
         "falls as k grows; the elbow is where it stops falling fast. Silhouette (orange) "
@@ -210,6 +240,7 @@ def _segments_section() -> list[str]:
 
 def _profiles_section(data: ReportInputs) -> list[str]:
     rows = []
+    reasons = [[p.id, data.names[p.id], data.reasons.get(p.id, "")] for p in data.profiles]
     for p in data.profiles:
         for rank, feat in enumerate(p.top(4)):
             s = p.features[feat]
@@ -225,6 +256,11 @@ def _profiles_section(data: ReportInputs) -> list[str]:
         "come from fixed rules on these differences and can be overridden in the config "
         "file's <code>[segments.names]</code>.</p>",
         table([*header, "pop. median"], rows),
+        "<p class='explain'>Why each name: the rule that gave it and its numbers. Two "
+        "segments the rules would name alike are told apart by the trait on which each "
+        "stands farthest from the other(s); <i>Lapsing</i> is an absolute rule (median days "
+        "since the last event), not one relative to the population.</p>",
+        table(["id", "name", "why"], reasons),
     ]
 
 
@@ -252,18 +288,50 @@ def _churn_section(churn: Mapping[str, Any] | None) -> list[str]:
         return ["<h2>Churn risk</h2>", "<p>No churn model in this bundle.</p>"]
     return [
         "<h2>Churn risk</h2>",
-        "<p class='explain'>A customer active in the 30 days before a snapshot churns when "
-        "they have no qualifying event in the horizon after it. The model learned from "
-        "older snapshots and is scored on the most recent one it never saw. ROC AUC is "
-        "the chance a churner ranks above a non-churner; at the alert threshold (chosen "
-        "on the training snapshots for a precision target, see the README's alert "
-        "quality section) precision is the share of alerts that "
-        "were right and recall the share of churners alerted. The calibration plot shows "
-        "predicted probabilities against observed churn rates.</p>",
+        "<p class='explain'>A customer churns when they have no qualifying event in the "
+        "horizon after a snapshot. The model learned from older snapshots of every customer "
+        "known then (silent ones too: the stream scores them all) and is scored on the most "
+        "recent snapshot it never saw. ROC AUC is the chance a churner ranks above a "
+        "non-churner; PR AUC (average precision) summarises precision over all alert "
+        "levels. At the alert threshold (chosen on the training snapshots' recently active "
+        "customers for a precision target, see the README's alert quality section) "
+        "precision is the share of alerts that were right, recall the share of churners "
+        "alerted, and alert share the share of the held-out snapshot's recently active "
+        "customers alerted. The calibration plot shows predicted probabilities against "
+        "observed churn rates.</p>",
+        *_baseline_table(churn),
         table(["metric", "value"],
               [[k, number(v)] for k, v in churn.items() if not isinstance(v, dict)]),
         image(FIGURES[2], "churn calibration"),
     ]  # fmt: skip
+
+
+def _baseline_table(churn: Mapping[str, Any]) -> list[str]:
+    base = churn.get("baselines") or {}
+    if not base:
+        return []
+    rows = [["churn model", number(churn["roc_auc"]), number(churn["average_precision"])]]
+    for key, label in (("recency", "recency alone (days since the last qualifying event)"),
+                       ("rfm_logit", "RFM logistic regression (recency, lifetime purchases, "
+                                     "lifetime revenue)")):  # fmt: skip
+        if key in base:
+            rows.append(
+                [label, number(base[key]["roc_auc"]), number(base[key]["average_precision"])]
+            )
+    parts = [
+        "<p class='explain'>Against the baselines, on the same held-out snapshot (the model "
+        "must rank better than both):</p>",
+        table(["ranking", "ROC AUC", "PR AUC"], rows),
+    ]
+    if "majority" in base:
+        m = base["majority"]
+        parts.append(
+            "<p class='explain'>At the threshold, on the recently active held-out customers: "
+            f"accuracy {number(churn.get('accuracy_at_threshold'))}, against "
+            f"{number(m['accuracy'])} for always predicting the majority class "
+            f"({escape(m['predicts'])}).</p>"
+        )
+    return parts
 
 
 def _early_section(early: Mapping[str, Any] | None) -> list[str]:
@@ -275,7 +343,14 @@ def _early_section(early: Mapping[str, Any] | None) -> list[str]:
         "<p class='explain'>New customers are assigned a segment before their behaviour "
         "settles: a classifier learned from customers' first weeks (snapshots at several "
         "ages) which segment they end up in at as-of. Accuracy is measured on customers "
-        "held out of training.</p>",
+        "held out of training, against always predicting the largest segment (the majority "
+        "class); balanced accuracy averages the recall of each segment, so a classifier "
+        "that always says the same segment scores 1 / segments.</p>",
+        table(["classifier", "accuracy", "balanced accuracy"],
+              [["early-life classifier", number(early["accuracy"]),
+                number(early.get("balanced_accuracy"))],
+               ["majority class", number(early.get("majority_accuracy")),
+                number(early.get("majority_balanced_accuracy"))]]),
         table(["age (days)", "accuracy"],
               [["all", number(early["accuracy"])], *[[a, number(v)] for a, v in by_age.items()]]),
     ]  # fmt: skip

@@ -4,7 +4,8 @@ In the order `offline.train.train` runs them:
 
 1. `load_history`: the events, decoded through the event contract;
 2. `customer_features`: every customer's catalog features at as-of (the batch reference);
-3. `fit_segments`: log1p and scaling, choosing k, k-means and its bootstrap stability;
+3. `clustered_population`, then `fit_segments`: which customers and features the
+   clustering sees, log1p and scaling, choosing k, k-means and its bootstrap stability;
 4. `stable_ids`: lineage against the previous bundle (ids and names that survive);
 5. `profile_and_name`: profiles and business names, then `check_outcomes` after as-of;
 6. `fit_churn`: churn snapshots and model (and `data_fingerprint`), on a second thread
@@ -39,10 +40,11 @@ from models import bundle as fmt
 from models.catalog import LIFETIME, Catalog
 from models.eventfile import ReadStats
 from models.mapping import HistoryMapping
+from offline.baselines import churn_warnings, early_warnings
 from offline.churn import ChurnTrainer, churn_dataset, snapshot_times
 from offline.early import EarlyTrainer, early_dataset, new_customers
 from offline.lineage import Lineage, MatchRules, Previous, match_segments, relabel
-from offline.naming import SegmentProfile, name_segments, profile_segments
+from offline.naming import SegmentProfile, explain_names, profile_segments
 from offline.outcomes import Outcomes, segment_outcomes
 from offline.reference import features_at, load_frame
 from offline.report import ReportInputs, write_report
@@ -145,7 +147,56 @@ def customer_features(
     return feats
 
 
-# --- step 3: scale, choose k, fit the segments
+# --- step 3: who is clustered, scale, choose k, fit the segments
+
+
+@dataclass(frozen=True)
+class Population:
+    """The customers the clustering sees (a mask over the feature rows) and why."""
+
+    clustered: np.ndarray
+    rule: str
+    notes: list[str]
+
+
+def clustered_population(feats: pd.DataFrame, active_days: int) -> Population:
+    """Customers with an event in the `active_days` before as-of (0: every customer).
+
+    Segments describe how customers behave while they are customers. In a history where
+    most customers went quiet long ago (a shop's purchase log: most buy once or twice),
+    clustering everyone splits the customers by how long ago they were last seen, since
+    that is where most of the variance is, and names the dormant majority like a behaviour.
+    Dormant customers are a lifecycle stage, not a segment: they are left out of the
+    clustering (and of the profiles the names come from), and are still assigned the
+    nearest segment, as the stream does.
+    """
+    if active_days <= 0 or "days_since_last_event" not in feats.columns:
+        return Population(np.ones(len(feats), dtype=bool), "every customer known at as-of", [])
+    silent = feats["days_since_last_event"].to_numpy(dtype=float)
+    clustered = silent < active_days
+    rule = f"customers with an event in the {active_days} days before as-of"
+    if clustered.sum() < 20:  # too few to cluster: take everyone, and say so
+        return Population(
+            np.ones(len(feats), dtype=bool),
+            "every customer known at as-of",
+            [f"only {int(clustered.sum())} {rule}: clustered every customer instead"],
+        )
+    note = (
+        f"clustered {int(clustered.sum()):,} of {len(feats):,} customers ({rule}); the "
+        f"other {int((~clustered).sum()):,} are assigned the nearest segment"
+    )
+    return Population(clustered, rule, [note])
+
+
+def recency_features(catalog: Catalog) -> tuple[str, ...]:
+    """Catalog features that only say how long ago something happened (`days_since_*`):
+    left out of the clustering, which must describe behaviour, not recency.
+
+    >>> from models.catalog import default_catalog
+    >>> recency_features(default_catalog())
+    ('days_since_last_event', 'days_since_last_purchase')
+    """
+    return tuple(s.name for s in catalog.features if s.aggregation == "days_since_last")
 
 
 @dataclass(frozen=True)
@@ -225,8 +276,10 @@ class StableIds:
     ids: list[int]
     #: The scaled space with its centroids in `ids` order.
     space: fmt.ScaledSpace
-    #: Stable segment id per training customer.
+    #: Stable segment id per clustered customer.
     labels: pd.Series
+    #: Stable segment id (the nearest centroid's) of every customer known at as-of.
+    everyone: pd.Series
 
 
 def stable_ids(
@@ -235,9 +288,11 @@ def stable_ids(
     previous: fmt.Bundle | None,
     reserved: set[int],
     rules: MatchRules,
+    everyone: pd.DataFrame | None = None,
 ) -> StableIds:
     """Match the clusters to the previous bundle's segments (`offline.lineage`); without
-    one, new ids above every `reserved` one."""
+    one, new ids above every `reserved` one. `feats` are the clustered customers;
+    `everyone` (default: the same) all customers, assigned their nearest segment."""
     seg = segments.model
     lineage = match_segments(
         seg.labels_, seg.centroids_, segments.space,
@@ -251,7 +306,13 @@ def stable_ids(
         segments.space, centroids=segments.space.centroids[order], segment_ids=tuple(ids)
     )
     labels = pd.Series(relabel(seg.labels_, lineage.ids), index=feats.index, name="segment")
-    return StableIds(lineage, ids, space, labels)
+    if everyone is None:
+        return StableIds(lineage, ids, space, labels, labels)
+    # predict() numbers clusters as labels_ does (size order), so relabel applies.
+    nearest = relabel(seg.predict(everyone[list(seg.pipeline_.feature_names_in_)]), lineage.ids)
+    all_labels = pd.Series(nearest, index=everyone.index, name="segment")
+    all_labels.loc[labels.index] = labels.to_numpy()  # float ties: keep the fit's own labels
+    return StableIds(lineage, ids, space, labels, all_labels)
 
 
 # --- step 5: profiles, names and outcomes
@@ -263,6 +324,8 @@ class Named:
 
     profiles: list[SegmentProfile]
     names: dict[int, str]
+    #: Why each segment has its name (the rule and the numbers).
+    reasons: dict[int, str]
     #: The manifest's `lineage` (None for a first bundle).
     lineage: dict[str, Any] | None
     notes: list[str]
@@ -277,10 +340,13 @@ def profile_and_name(
     seg = segments.model
     profiles = profile_segments(feats, segments.scaled, seg.columns_, labels, seg.k_,
                                 ids=stable.ids)  # fmt: skip
-    names = name_segments(profiles, overrides, kept=stable.lineage.kept_names)
+    explained = explain_names(profiles, overrides, kept=stable.lineage.kept_names)
+    names = {seg: name for seg, (name, _) in explained.items()}
+    reasons = {seg: why for seg, (_, why) in explained.items()}
     doc = stable.lineage.document(names)
     lineage = None if doc is None else _plain(doc)
-    return Named(profiles, names, lineage, [] if lineage is None else [_lineage_note(lineage)])
+    notes = [] if lineage is None else [_lineage_note(lineage)]
+    return Named(profiles, names, reasons, lineage, notes)
 
 
 @dataclass(frozen=True)
@@ -322,6 +388,8 @@ class ChurnFit:
     #: (true labels, predicted probabilities) on the held-out snapshot.
     holdout: tuple[np.ndarray, np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
+    #: What is wrong with the model (`offline.baselines.churn_warnings`).
+    warnings: list[str] = field(default_factory=list)
 
 
 def fit_churn(
@@ -334,8 +402,11 @@ def fit_churn(
     seed: int,
     threads: int,
     progress: Progress,
+    features: tuple[str, ...] = (),
 ) -> ChurnFit:
-    """Churn snapshots up to as-of, then the calibrated churn model (`offline.churn`).
+    """Churn snapshots up to as-of, then the calibrated churn model (`offline.churn`) on
+    `features` (empty: every catalog feature, so features added to the catalog are used
+    as they land), compared with its baselines on the held-out snapshot.
 
     Runs on a thread of its own: `threads` limits its OpenMP/BLAS threads again.
     """
@@ -350,15 +421,17 @@ def fit_churn(
         progress.done("churn snapshots")
         progress.start("churn model", total=1)
         try:
-            churner = ChurnTrainer(random_state=seed).fit(data)
+            columns = tuple(catalog.names.index(f) for f in features)
+            churner = ChurnTrainer(random_state=seed, features=columns).fit(data)
         except ValueError as exc:
             return ChurnFit(notes=[f"no churn model: {exc}"])
         finally:
             progress.done("churn model")
     report = churner.report_
     return ChurnFit(
-        churner.model_, report.metrics, churner.threshold_, (report.holdout_y, report.holdout_proba)
-    )
+        churner.model_, report.metrics, churner.threshold_,
+        (report.holdout_y, report.holdout_proba), warnings=churn_warnings(report.metrics),
+    )  # fmt: skip
 
 
 # --- step 7: the early-life classifier
@@ -372,6 +445,7 @@ class EarlyFit:
     metrics: dict[str, Any] | None = None
     holdout: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def fit_early(
@@ -385,10 +459,12 @@ def fit_early(
     progress: Progress,
 ) -> EarlyFit:
     """Snapshots of customers' first weeks, labelled with their segment at as-of, then
-    the classifier (`offline.early`)."""
+    the classifier (`offline.early`). `labels` are the clustered customers' segments: a
+    new customer who went dormant has no behavioural segment to learn."""
     progress.start("early-life snapshots")
+    first = new_customers(frame, as_of)
     data = early_dataset(
-        frame, catalog, new_customers(frame, as_of), labels, ages,
+        frame, catalog, first[first.index.isin(labels.index)], labels, ages,
         progress=lambda done, total: progress.advance("early-life snapshots", done, total),
     )  # fmt: skip
     progress.done("early-life snapshots")
@@ -399,7 +475,8 @@ def fit_early(
         return EarlyFit(notes=[f"no early-life classifier: {exc}"])
     finally:
         progress.done("early-life model")
-    return EarlyFit(early.model_, early.metrics(), early.holdout_)
+    metrics = early.metrics()
+    return EarlyFit(early.model_, metrics, early.holdout_, warnings=early_warnings(metrics))
 
 
 # --- step 8: the manifest
@@ -419,6 +496,7 @@ def build_manifest(
     churn: ChurnFit,
     early: EarlyFit,
     notes: list[str],
+    population: Population | None = None,
 ) -> fmt.Manifest:
     """Everything the bundle records besides its header and artifact hashes."""
     seg = segments.model
@@ -442,19 +520,25 @@ def build_manifest(
             dropped_constant=tuple(seg.dropped_),
         ),
         k=int(seg.k_),
-        segments=tuple(_segment_record(p, named.names[p.id], outcomes) for p in named.profiles),
+        segments=tuple(
+            _segment_record(p, named.names[p.id], named.reasons.get(p.id, ""), outcomes)
+            for p in named.profiles
+        ),
         segment_ids=fmt.SegmentIds(
             used=tuple(stable.lineage.used_ids), next=stable.lineage.next_id
         ),
         lineage=named.lineage,
-        metrics=_plain(_metrics(len(stable.labels), seg, outcomes, churn, early)),
+        metrics=_plain(_metrics(stable, seg, outcomes, churn, early, population)),
         thresholds=_plain({"churn": churn.threshold}),
         settings=trained_with,
         notes=tuple(notes),
+        warnings=tuple([*churn.warnings, *early.warnings]),
     )
 
 
-def _segment_record(profile: SegmentProfile, name: str, outcomes: Outcomes) -> fmt.SegmentRecord:
+def _segment_record(
+    profile: SegmentProfile, name: str, reason: str, outcomes: Outcomes
+) -> fmt.SegmentRecord:
     doc = _plain(profile.to_dict())
     result = None
     if outcomes.table is not None and profile.id in outcomes.table.index:
@@ -465,13 +549,19 @@ def _segment_record(profile: SegmentProfile, name: str, outcomes: Outcomes) -> f
         )
     return fmt.SegmentRecord(
         id=doc["id"], name=name, size=doc["size"], share=doc["share"],
-        top_features=tuple(doc["top_features"]), outcomes=result,
+        top_features=tuple(doc["top_features"]), outcomes=result, name_reason=reason,
     )  # fmt: skip
 
 
 def _metrics(
-    customers: int, seg: Segmenter, outcomes: Outcomes, churn: ChurnFit, early: EarlyFit
+    stable: StableIds,
+    seg: Segmenter,
+    outcomes: Outcomes,
+    churn: ChurnFit,
+    early: EarlyFit,
+    population: Population | None,
 ) -> dict[str, Any]:
+    customers = len(stable.everyone)
     return {
         "segmentation": {
             "k": seg.k_,
@@ -481,6 +571,8 @@ def _metrics(
             "inertia": seg.inertia_,
             "k_scores": [vars(s) for s in seg.k_scores_],
             "customers": customers,
+            "clustered": len(stable.labels),
+            "clustered_population": population.rule if population else "every customer",
         },
         "churn": churn.metrics,
         "early": early.metrics,
@@ -524,7 +616,8 @@ def report_inputs(
         labels=stable.labels.to_numpy(), names=named.names, profiles=named.profiles,
         outcomes=outcomes.table, outcome_note=outcomes.note, churn=churn.metrics,
         churn_holdout=churn.holdout, early=early.metrics, notes=list(manifest.notes), seed=seed,
-        lineage=manifest.lineage,
+        lineage=manifest.lineage, warnings=list(manifest.warnings), reasons=named.reasons,
+        population=str(manifest.metrics["segmentation"].get("clustered_population", "")),
     )  # fmt: skip
 
 

@@ -2,9 +2,15 @@
 
 Owns `TrainSettings` (with the `[segments]`, `[churn]` and `[train]` sections of the
 config file) and `train`, which runs the named steps of `offline.steps` in order (read the
-events, features at as-of, segments, stable ids, names and outcomes, churn, early-life
-classifier, manifest, write and verify, publish `current`) and decides which setting goes
-to which step. `segstream.cli` is its caller besides the demo, benchmarks and tests.
+events, features at as-of, who is clustered, segments, stable ids, names and outcomes,
+churn, early-life classifier, manifest, write and verify, publish `current`) and decides
+which setting goes to which step.
+
+What the clustering sees: the customers with an event in the `active_days` (90) before
+as-of, on every catalog feature but recency (`days_since_*`) and the `exclude` list
+(tenure by default). Customers outside it are assigned the nearest segment, as the stream
+assigns them; the early-life classifier learns from clustered customers only.
+`segstream.cli` is its caller besides the demo, benchmarks and tests.
 
 Must not import `stream/`, `segstream/` or rich: callers pass a `Progress` (the CLI's
 draws rich bars).
@@ -35,6 +41,7 @@ from offline.steps import (
     Progress,
     build_manifest,
     check_outcomes,
+    clustered_population,
     customer_features,
     data_fingerprint,
     fit_churn,
@@ -42,6 +49,7 @@ from offline.steps import (
     fit_segments,
     load_history,
     profile_and_name,
+    recency_features,
     report_inputs,
     stable_ids,
     write_verified,
@@ -63,6 +71,14 @@ class TrainSettings:
     #: behaviour, not age (with it, a "New Customers" segment of 30-60 day olds appears,
     #: which early-life behaviour cannot predict); young customers have the early classifier.
     exclude: tuple[str, ...] = ("tenure_days",)
+    #: The clustering sees customers with an event in this many days before as-of (0:
+    #: every customer): dormant customers are a lifecycle stage, not a behaviour, and in
+    #: a mostly dormant history they turn segments into recency buckets. Recency features
+    #: (`days_since_*`) are always left out of the clustering for the same reason.
+    active_days: int = 90
+    #: Catalog features the churn model uses (empty: every one, so new catalog features
+    #: are picked up as they land).
+    churn_features: tuple[str, ...] = ()
     #: OpenMP/BLAS threads for the fits. The fits are small; on a busy machine more threads
     #: spin-wait on each other (measured: benchmarks/NOTES.md).
     threads: int = 1
@@ -77,6 +93,8 @@ class TrainSettings:
             raise ValueError(f"k must be 'auto' or a whole number from 2 to 50, got {self.k!r}")
         if not 1 <= self.churn_horizon_days <= 365:
             raise ValueError("churn horizon must be 1 to 365 days")
+        if self.active_days < 0:
+            raise ValueError(f"active_days must be 0 (everyone) or more, got {self.active_days}")
         if self.readers < 0:
             raise ValueError(f"readers must be 0 (one per CPU) or more, got {self.readers}")
 
@@ -103,10 +121,11 @@ def load_settings(path: Path | None, **overrides: Any) -> TrainSettings:
     """Settings from the config file's `[segments]` and `[churn]` sections, then overrides
     (None means "not given").
 
-    `[segments]` may hold `k`, `exclude` (features left out of the clustering) and a
-    `names` table (segment id as a string -> name); `[churn]` may hold `qualifying_types`
-    (list of event types) and `horizon_days`; `[train]` may hold `threads` and `readers`;
-    `[mapping]` says how to read a foreign CSV or Parquet log (`models.mapping`).
+    `[segments]` may hold `k`, `exclude` (features left out of the clustering),
+    `active_days` (who is clustered) and a `names` table (segment id as a string -> name);
+    `[churn]` may hold `qualifying_types` (list of event types), `horizon_days` and
+    `features` (the catalog features the model uses); `[train]` may hold `threads` and
+    `readers`; `[mapping]` says how to read a foreign CSV or Parquet log (`models.mapping`).
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -132,6 +151,12 @@ def load_settings(path: Path | None, **overrides: Any) -> TrainSettings:
     if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
         raise ValueError(f"{path}: [segments] exclude must be a list of feature names")
     values["exclude"] = tuple(exclude)
+    if "active_days" in segments:
+        values["active_days"] = int(segments["active_days"])
+    features = churn.get("features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise ValueError(f"{path}: [churn] features must be a list of feature names")
+    values["churn_features"] = tuple(features)
     for key in ("threads", "readers"):
         if key in raw.get("train", {}):
             values[key] = int(raw["train"][key])
@@ -152,6 +177,8 @@ class TrainResult:
     seconds: float = 0.0
     lineage: Lineage | None = None
     published: bool = True
+    #: What the trainer found wrong with its models (also in the manifest and report).
+    warnings: list[str] = field(default_factory=list)
 
 
 def used_ids(model_dir: Path) -> set[int]:
@@ -190,9 +217,11 @@ def train(
     `progress` hears about each step (nothing does by default).
     """
     progress = progress or NoProgress()
-    unknown = [c for c in settings.exclude if c not in catalog.names]
-    if unknown:
-        raise ValueError(f"[segments] exclude: not in the catalog: {', '.join(unknown)}")
+    for section, names in (("[segments] exclude", settings.exclude),
+                           ("[churn] features", settings.churn_features)):  # fmt: skip
+        unknown = [c for c in names if c not in catalog.names]
+        if unknown:
+            raise ValueError(f"{section}: not in the catalog: {', '.join(unknown)}")
     before = _load_previous(previous, catalog)
     with threadpool_limits(limits=settings.threads):
         history = load_history(
@@ -200,6 +229,9 @@ def train(
             mapping=settings.mapping,
         )  # fmt: skip
         feats = customer_features(history, catalog, as_of, progress)
+        population = clustered_population(feats, settings.active_days)
+        clustered = feats[population.clustered]
+        exclude = tuple(dict.fromkeys([*settings.exclude, *recency_features(catalog)]))
         # The churn model and the data fingerprint need only the events, so they run on a
         # second thread while segmentation and the early-life classifier run on this one
         # (the fits and most of numpy release the GIL).
@@ -208,37 +240,41 @@ def train(
             fit_churn, history.frame, catalog, as_of,
             horizon_days=settings.churn_horizon_days, qualifying_types=settings.qualifying_types,
             seed=settings.seed, threads=settings.threads, progress=progress,
+            features=settings.churn_features,
         )  # fmt: skip
         fingerprint_job = background.submit(data_fingerprint, history.frame)
         background.shutdown(wait=False)
         segments = fit_segments(
-            feats, catalog, k=settings.k, exclude=settings.exclude,
+            clustered, catalog, k=settings.k, exclude=exclude,
             n_bootstrap=settings.n_bootstrap, seed=settings.seed, progress=progress,
         )  # fmt: skip
-        stable = stable_ids(segments, feats, before, used_ids(Path(out)), rules or MatchRules())
-        named = profile_and_name(feats, segments, stable, settings.names)
+        stable = stable_ids(
+            segments, clustered, before, used_ids(Path(out)), rules or MatchRules(), feats
+        )
+        named = profile_and_name(clustered, segments, stable, settings.names)
         outcomes = check_outcomes(history, catalog, stable.labels, as_of)
         churn = churn_job.result()
         early = fit_early(
             history.frame, catalog, as_of, stable.labels, ages=settings.ages,
             seed=settings.seed, progress=progress,
         )  # fmt: skip
-        notes = [*history.notes, *segments.notes, *named.notes, *outcomes.notes, *churn.notes,
-                 *early.notes]  # fmt: skip
+        notes = [*history.notes, *population.notes, *segments.notes, *named.notes,
+                 *outcomes.notes, *churn.notes, *early.notes]  # fmt: skip
         manifest = build_manifest(
             events, as_of, catalog, _trained_with(settings), history, fingerprint_job.result(),
-            segments, stable, named, outcomes.outcomes, churn, early, notes,
+            segments, stable, named, outcomes.outcomes, churn, early, notes, population,
         )  # fmt: skip
         report = report_inputs(
             manifest, segments, stable, named, outcomes.outcomes, churn, early, settings.seed
         )
         bundle = write_verified(
             Path(out), manifest, stable.space, catalog, early, churn, report, feats,
-            stable.labels.to_numpy(), now=now, publish=publish, progress=progress,
+            stable.everyone.to_numpy(), now=now, publish=publish, progress=progress,
         )  # fmt: skip
     return TrainResult(
-        bundle=bundle, segments=stable.labels, metrics=manifest.metrics, notes=notes,
+        bundle=bundle, segments=stable.everyone, metrics=manifest.metrics, notes=notes,
         early_holdout=early.holdout, lineage=stable.lineage, published=publish,
+        warnings=list(manifest.warnings),
     )  # fmt: skip
 
 
@@ -250,6 +286,8 @@ def _trained_with(settings: TrainSettings) -> fmt.TrainedWith:
         early_ages_days=settings.ages,
         exclude=settings.exclude,
         seed=settings.seed,
+        active_days=settings.active_days,
+        churn_features=settings.churn_features,
     )
 
 

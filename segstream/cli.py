@@ -394,7 +394,7 @@ def train(
     from models.events import parse_time
     from offline.train import load_settings, parse_k
     from offline.train import train as run_training
-    from segstream.views import TrainingBars, training_summary
+    from segstream.views import TrainingBars, training_summary, warning_lines
 
     t0 = time.perf_counter()
     try:
@@ -423,6 +423,8 @@ def train(
         console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")
+    for line in warning_lines(result):
+        console.print(line)
     seconds = time.perf_counter() - t0
     if no_publish:
         console.print(f"wrote {result.bundle.path} in {seconds:.1f} s; current not moved")

@@ -11,6 +11,7 @@ import threading
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -86,12 +87,24 @@ def training_summary(result: TrainResult) -> list[Table]:
     head.add_column("metric")
     head.add_column("value", justify="right")
     head.add_row("customers", f"{seg['customers']:,}")
+    if "clustered" in seg:
+        head.add_row("clustered", f"{seg['clustered']:,} ({seg['clustered_population']})")
     head.add_row("k", str(seg["k"]))
     head.add_row("silhouette", f"{seg['silhouette']:.3f}")
     stability = seg["stability_ari"]
     head.add_row("stability (bootstrap ARI)", "-" if stability is None else f"{stability:.3f}")
     if churn:
-        head.add_row("churn ROC AUC (holdout)", f"{churn['roc_auc']:.3f}")
+        head.add_row(
+            "churn ROC AUC / PR AUC (holdout)",
+            f"{churn['roc_auc']:.3f} / {churn['average_precision']:.3f}",
+        )
+        base = churn.get("baselines") or {}
+        for key, label in (("recency", "recency alone"), ("rfm_logit", "RFM logistic reg.")):
+            if key in base:
+                head.add_row(
+                    f"  baseline: {label}",
+                    f"{base[key]['roc_auc']:.3f} / {base[key]['average_precision']:.3f}",
+                )
         head.add_row(
             "churn precision / recall at threshold",
             f"{churn['precision_at_threshold']:.3f} / {churn['recall_at_threshold']:.3f} "
@@ -99,7 +112,18 @@ def training_summary(result: TrainResult) -> list[Table]:
         )
     else:
         head.add_row("churn model", "none")
-    head.add_row("early-life accuracy (holdout)", f"{early['accuracy']:.3f}" if early else "none")
+    if early:
+        head.add_row(
+            "early-life accuracy / balanced (holdout)",
+            f"{early['accuracy']:.3f} / {early.get('balanced_accuracy', float('nan')):.3f}",
+        )
+        if "majority_accuracy" in early:
+            head.add_row(
+                "  baseline: majority segment",
+                f"{early['majority_accuracy']:.3f} / {early['majority_balanced_accuracy']:.3f}",
+            )
+    else:
+        head.add_row("early-life accuracy (holdout)", "none")
     head.add_row("outcomes", m["outcomes"]["note"])
     info = result.bundle.info
     lineage = info.lineage
@@ -111,17 +135,23 @@ def training_summary(result: TrainResult) -> list[Table]:
         retired = ", ".join(f"{r['id']} {r['name']} ({r['cause']})" for r in lineage["retired"])
         head.add_row("retired segments", retired or "none")
     segs = Table(title="segments")
-    columns = ("id", "name", "size", "share", "retention 30d", "stands out on")
+    columns = ("id", "name", "size", "share", "retention 30d", "stands out on", "why the name")
     for col in (*columns, "since previous") if status else columns:
         segs.add_column(col, justify="right" if col in ("id", "size", "share") else "left")
     for s in info.segments:
         top = ", ".join(f"{t['feature']} {t['z']:+.1f}" for t in s.top_features[:3])
         row = [
             str(s.id), s.name, f"{s.size:,}", f"{s.share:.1%}",
-            f"{s.outcomes.retention:.1%}" if s.outcomes else "-", top,
+            f"{s.outcomes.retention:.1%}" if s.outcomes else "-", top, s.name_reason,
         ]  # fmt: skip
         segs.add_row(*row, *([status.get(s.id, "")] if status else []))
     return [head, segs]
+
+
+def warning_lines(result: TrainResult) -> list[str]:
+    """The trainer's warnings as red rich markup lines (`segstream train` prints them last,
+    where nobody can miss them)."""
+    return [f"[bold red]WARNING: {escape(w)}[/]" for w in result.warnings]
 
 
 def comparison_tables(c: Comparison) -> list[Table]:
