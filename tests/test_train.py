@@ -76,7 +76,9 @@ def test_every_step_reports_its_start_progress_and_end(
     """What the CLI's progress bars rely on: each step starts once, then ends, with its
     running count never past its total."""
     starts = [step for kind, step, _, _ in progress.calls if kind == "start"]
-    assert starts[:3] == ["reading events", "features at as-of", "segmentation (k, bootstrap)"]
+    # The churn steps run on a second thread from then on: only these two come in order.
+    assert starts[:2] == ["reading events", "features at as-of"]
+    assert "segmentation (k, bootstrap)" in starts
     assert starts[-1] == "writing and verifying the bundle"
     assert {"churn snapshots", "churn model", "early-life snapshots", "early-life model"} <= set(
         starts
