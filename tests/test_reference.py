@@ -28,6 +28,13 @@ SECOND = 1 / 86_400
 NAMES = default_catalog().names
 
 
+LIFETIME_NAMES = {
+    *(n for n in default_catalog().names if n.endswith("_lifetime")),
+    "purchase_span_days",
+    "avg_days_between_purchases",
+}
+
+
 def ev(event_id: str, customer: str, kind: str, ts: str, **props: Any) -> dict[str, Any]:
     return {
         "event_id": event_id,
@@ -51,8 +58,9 @@ def row(table: pd.DataFrame, customer: str) -> dict[str, float]:
 
 
 def zeros(**values: float) -> dict[str, float]:
-    """Every default feature 0, recency 365, except the given ones."""
-    out = dict.fromkeys(NAMES, 0.0)
+    """Every default day-window feature 0, recency 365, except the given ones (lifetime
+    features are checked by their own tests)."""
+    out = dict.fromkeys((n for n in NAMES if n not in LIFETIME_NAMES), 0.0)
     out["days_since_last_event"] = 365.0
     out["days_since_last_purchase"] = 365.0
     out.update(values)
@@ -678,3 +686,28 @@ def test_reading_falls_back_to_one_process_when_readers_cannot_start(tmp_path: P
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(len(alone)), str(alone["customer_id"].nunique())]
     assert "reading in this process" in done.stderr
+
+
+def test_lifetime_features_count_every_day_of_the_current_life() -> None:
+    """Lifetime totals cover every day since first seen, windows or not; a silence longer
+    than the profile retention starts a new life (and one silent that long is gone)."""
+    events = [
+        ev("1", "a", "purchase", "2025-01-10T10:00:00Z", amount=30.0),
+        ev("2", "a", "session_start", "2025-06-01T10:00:00Z"),
+        ev("3", "a", "purchase", "2026-01-19T12:00:00Z", amount=10.0),
+        ev("4", "a", "purchase", "2026-01-19T13:00:00Z", amount=5.0),
+        ev("5", "b", "purchase", "2022-01-01T10:00:00Z", amount=99.0),  # a past life
+        ev("6", "b", "session_start", "2026-01-18T12:00:00Z"),
+        ev("7", "gone", "session_start", "2023-06-01T00:00:00Z"),
+    ]
+    table = features(events)
+    a = row(table, "a")
+    assert (a["events_lifetime"], a["purchases_lifetime"], a["revenue_lifetime"]) == (4, 3, 45)
+    assert (a["active_days_lifetime"], a["events_90d"]) == (3, 2)
+    span = (parse_time("2026-01-19T13:00:00Z") - parse_time("2025-01-10T10:00:00Z")) / 86400
+    assert a["purchase_span_days"] == pytest.approx(span)
+    assert a["avg_days_between_purchases"] == pytest.approx(span / 3)
+    b = row(table, "b")  # 4 years silent, then back: only the new life counts
+    assert (b["events_lifetime"], b["purchases_lifetime"], b["revenue_lifetime"]) == (1, 0, 0)
+    assert b["tenure_days"] == pytest.approx(2.0)
+    assert "gone" not in table.index
