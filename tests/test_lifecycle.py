@@ -231,7 +231,10 @@ def test_two_personas_that_become_one_yield_merged(tmp_path: Path) -> None:
     [retired] = doc["retired"]  # type: ignore[misc]
     assert retired["id"] in pair - {merged["id"]}  # ...and the other is retired
     assert retired["cause"] == "merged" and retired["into"][0]["id"] == merged["id"]
-    assert doc["shifted_ids"].tolist() == [merged["id"]] * 240  # type: ignore[attr-defined]
+    # The shifted customers land in the merged segment (measured 239 of 240 once recency
+    # and lifetime features left the clustering space: one sits on the border).
+    shifted = doc["shifted_ids"].tolist()  # type: ignore[attr-defined]
+    assert len(shifted) == 240 and shifted.count(merged["id"]) >= 0.98 * 240
     assert doc["unshifted_same_id"] >= 0.95  # type: ignore[operator]
 
 
