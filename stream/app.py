@@ -326,7 +326,9 @@ def create_app(
     @app.task  # type: ignore[untyped-decorator]
     async def start() -> None:
         pipeline.serve_metrics()
-        await _until_done("opening the runtime", pipeline.worker)
+        core = await _until_done("opening the runtime", pipeline.worker)
+        # Migration and churn panels draw a 0 rate from the first scrape, not "No data".
+        metrics.declare_segments(core.engine.bundle.segment_names.values())
 
     @app.agent(source)
     async def segment(stream: Any) -> None:  # a faust.Stream (StreamT lacks take_events)

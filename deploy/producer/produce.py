@@ -1,14 +1,15 @@
 """Demo producer: stream the recent part of a JSONL history to Kafka, paced, without end.
 
 Reads a history written by ``segstream generate`` (one event object per line), keeps the
-events at or after ``--from`` (an RFC 3339 time: where the backfill stopped; or the last
-``--since-days`` days, counted back from the newest event), and produces them in file
+events after ``--after`` (an RFC 3339 time: the ``--as-of`` of ``segstream replay
+--backfill``, which keeps the events up to it; or the last ``--since-days`` days, counted
+back from the newest event), and produces them in file
 order to ``--topic``, keyed by ``customer_id`` (a customer's events stay in order on one
 partition), at ``--rate`` events per second. Lines that are not JSON objects are sent as
 they are, without a key: the worker sends them to ``events-dlq``.
 
 With ``--loop`` it does not stop at the end: loop *k* sends the same events again with
-their ``ts`` moved *k* whole spans later (the span: whole days from ``--from`` to the
+their ``ts`` moved *k* whole spans later (the span: whole days from ``--after`` to the
 newest event) and ``-L<k>`` appended to their ``event_id``, so event time keeps moving
 forward and nothing is a duplicate of what was sent before.
 
@@ -22,7 +23,7 @@ Used by docker-compose.yml (service ``producer``); on the host, with the stack's
 copied out (see docs/operations.md)::
 
     python deploy/producer/produce.py --bootstrap localhost:19092 \\
-        --file history/events.jsonl --from 2026-05-17T00:00:00Z --rate 200
+        --file history/events.jsonl --after 2026-05-17T00:00:00Z --rate 200
 
 Needs only aiokafka (a dependency of segstream). Prints what it sent every 10 s.
 """
@@ -69,7 +70,7 @@ class Record:
     obj: dict[str, object] | None
 
 
-def load(path: Path, start: datetime | None, since_days: float) -> tuple[list[Record], int]:
+def load(path: Path, after: datetime | None, since_days: float) -> tuple[list[Record], int]:
     """The lines to stream and the loop span in whole days (at least 1)."""
     parsed: list[tuple[str, object]] = []
     with path.open(encoding="utf-8") as fh:
@@ -83,17 +84,16 @@ def load(path: Path, start: datetime | None, since_days: float) -> tuple[list[Re
                 parsed.append((line, None))
     times = [ts for _, obj in parsed if (ts := _ts(obj)) is not None]
     newest = max(times, default=None)
-    if start is None and newest is not None and since_days > 0:
-        start = newest - timedelta(days=since_days)
-    if start is None:
-        start = min(times, default=None)
+    if after is None and newest is not None and since_days > 0:
+        after = newest - timedelta(days=since_days)
+    start = after if after is not None else min(times, default=None)
     records = []
     for line, obj in parsed:
         if not isinstance(obj, dict):
             records.append(Record(None, line.encode(), None))
             continue
         ts = _ts(obj)
-        if start is not None and ts is not None and ts < start:
+        if after is not None and ts is not None and ts <= after:
             continue
         customer = obj.get("customer_id")
         key = str(customer).encode() if customer is not None else None
@@ -165,8 +165,8 @@ async def connect(bootstrap: str) -> AIOKafkaProducer | None:
 
 async def produce(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    start = _time(args.start) if args.start else None
-    records, span = load(path, start, args.since_days)
+    after = _time(args.after) if args.after else None
+    records, span = load(path, after, args.since_days)
     if not records:
         print(f"error: no event to send in {path}", file=sys.stderr)
         return 1
@@ -181,7 +181,8 @@ async def produce(args: argparse.Namespace) -> int:
         print(f"nothing left: all {len(records):,} events were sent before", flush=True)
         await producer.stop()
         return 0
-    print(f"streaming {len(records):,} events of {path} from {args.start or 'the start'} "
+    since = args.after or f"the last {args.since_days:g} days"
+    print(f"streaming {len(records):,} events of {path} after {since} "
           f"to {args.topic} at {rate:g} events/s, from position {position:,}"
           f"{f', looping every {span} days' if args.loop else ''}", flush=True)  # fmt: skip
 
@@ -224,14 +225,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", default="localhost:19092", help="Kafka host:port list.")
     parser.add_argument("--topic", default="events")
     parser.add_argument("--file", required=True, help="JSONL history (segstream generate).")
-    parser.add_argument(
-        "--from", dest="start", default="", help="First event time to send (RFC 3339)."
-    )
+    parser.add_argument("--after", default="", help="Send the events after this time (RFC 3339).")
     parser.add_argument(
         "--since-days",
         type=float,
         default=14.0,
-        help="Without --from: only the last N days (0: all).",
+        help="Without --after: only the last N days (0: all).",
     )
     parser.add_argument("--rate", type=float, default=200.0, help="Events per second (0: max).")
     parser.add_argument("--loop", action="store_true", help="Start over, later, at the end.")
