@@ -536,8 +536,9 @@ def demo(
 
     Starts an embedded Kafka-compatible broker (Tansu) and an embedded Valkey on free
     loopback ports (or uses SEGSTREAM_BROKER_URL and SEGSTREAM_REDIS_URL), generates a
-    history, trains a bundle on all but its last 14 days, runs the worker, replays the
-    history (fast up to the last 14 days, then at --rate) and shows the output live.
+    history, trains a bundle on all but its last 14 days, backfills Redis with those days
+    (as `replay --backfill` does), runs the worker, streams the last 14 days at --rate and
+    shows the output live.
     Ctrl-C stops it and everything it started.
     """
     import os

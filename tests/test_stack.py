@@ -197,11 +197,16 @@ def prometheus_config(stack: Stack, metrics: str, interval: str) -> Path:
 
 
 def http(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """(status, body): the body parsed when it is JSON, else the text."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
+            status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
 
 
 def wait_for(what: str, check: Any, timeout: float, stack: Stack, service: str) -> Any:
@@ -305,7 +310,9 @@ def test_the_first_minutes_of_docker_compose_up(stack: Stack) -> None:
     stack.start("producer")
 
     # Before any migration happened, the panels have series to draw (0, not "No data").
-    wait_for("populations", lambda: prom.vector("segstream_segment_population"), 60, stack, "worker")
+    wait_for(
+        "populations", lambda: prom.vector("segstream_segment_population"), 60, stack, "worker"
+    )
     segments = set(prom.vector("segstream_segment_population"))
     pairs = prom.vector("segstream_segment_migrations_total")
     assert len(pairs) == len(segments) * (len(segments) - 1), pairs
