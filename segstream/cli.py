@@ -356,6 +356,15 @@ def replay(
             "that owns it finds it. Without it, a scratch prefix is used and deleted."
         ),
     ] = False,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="With --backfill: do nothing when this Redis was backfilled before (the key "
+            "PREFIX:backfilled, set at the end of a backfill, says up to when), so a "
+            "deployment can run the same backfill at every start.",
+        ),
+    ] = False,
 ) -> None:
     """Run a history through the same engine as the worker, without Kafka.
 
@@ -364,6 +373,7 @@ def replay(
     """
     import asyncio
     import uuid
+    from datetime import UTC, datetime
 
     from models.bundle import BundleError
     from models.catalog import CatalogError
@@ -379,9 +389,18 @@ def replay(
         settings.key_prefix if backfill else f"{settings.key_prefix}-replay-{uuid.uuid4().hex[:8]}"
     )
 
+    if once and not backfill:
+        raise _fail("--once goes with --backfill")
+    marker = f"{prefix}:backfilled"
+
     async def main() -> None:
         runtime = await open_runtime(settings, model_path=model, prefix=prefix)
         try:
+            done = await runtime.connection.client.get(marker) if once else None
+            if done is not None:
+                upto = done.decode() if isinstance(done, bytes) else str(done)
+                console.print(f"already backfilled up to {upto} ({marker}): nothing to do")
+                return
             t0 = time.perf_counter()
             health = HealthMonitor(
                 psi_threshold=settings.psi_threshold,
@@ -410,6 +429,9 @@ def replay(
                 console.print(f"rejected by the contract: {dict(summary.rejected)}")
             if state_out:
                 console.print(f"state -> {state_out}")
+            if backfill:
+                upto = as_of or datetime.fromtimestamp(summary.watermark, UTC).isoformat()
+                await runtime.connection.client.set(marker, upto)
         finally:
             if not backfill:
                 await drop_prefix(runtime.connection, prefix)
