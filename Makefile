@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out
 
-.PHONY: setup demo test clean constraints
+.PHONY: setup demo test clean constraints stack
 
 setup: $(STAMP)
 
@@ -19,6 +19,17 @@ $(STAMP): pyproject.toml
 # The main job: embedded broker and Valkey, a history, a bundle, the worker, a live view.
 demo: $(STAMP)
 	$(BIN)/segstream demo --customers 1000 --duration 90
+
+# A rehearsal of `docker compose up` without Docker (tests/test_stack.py): the compose
+# services' own commands with an embedded broker and Valkey and a real Prometheus, then
+# what Prometheus shows after STACK_SECONDS of streaming; the picture goes to $(OUT)/stack.
+STACK_CUSTOMERS ?= 2000
+STACK_RATE ?= 80
+STACK_SECONDS ?= 300
+stack: $(STAMP)
+	SEGSTREAM_DEMO_CUSTOMERS=$(STACK_CUSTOMERS) SEGSTREAM_DEMO_RATE=$(STACK_RATE) \
+	SEGSTREAM_STACK_SECONDS=$(STACK_SECONDS) SEGSTREAM_STACK_OUT=$(abspath $(OUT))/stack \
+	$(BIN)/pytest tests/test_stack.py -s -p no:cacheprovider --timeout 3600
 
 test: $(STAMP)
 	$(BIN)/ruff check .

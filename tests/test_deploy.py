@@ -734,3 +734,21 @@ def test_producer_restart_resumes_from_the_wall_clock(tmp_path: Path) -> None:
     assert produce.resume(state, 100.0, 1020.0) == 4001  # a new pace from here on
     assert produce.resume(state, 100.0, 1030.0) == 5001
     assert produce.resume(None, 200.0, 1030.0) == 0
+
+
+def test_retrain_cronjob_runs_segstream_itself_on_a_writable_claim() -> None:
+    """The job trains in its own container (no `kubectl exec` into a worker), from an image
+    a cluster can pull, on the models claim mounted writable."""
+    text = (DEPLOY / "retrain" / "cronjob.yaml").read_text(encoding="utf-8")
+    assert "kubectl exec" not in text
+    job = load_yaml(DEPLOY / "retrain" / "cronjob.yaml")["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    registry, _, tag = container["image"].rpartition(":")
+    assert "/" in registry and "." in registry.split("/")[0] and tag not in ("", "latest", "local")
+    script = " ".join(container["args"])
+    assert "segstream train" in script and "segstream promote" in script
+    (models,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert not models.get("readOnly", False)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"]

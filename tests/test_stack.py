@@ -45,8 +45,13 @@ BIN = Path(sys.executable).parent
 PSI_THRESHOLD = 0.25  # SegstreamPopulationShift and the dashboard's red line
 # The rehearsal's size: 1,000 customers at 100 events/s is ~5 days of event time a minute
 # (the stack's 5,000 at 200/s: ~2 days a minute), so a minute shows several midnights.
+# `make stack` runs it at the compose file's own defaults and for longer (the environment
+# names the size, the duration and a folder for the picture of docs/operations.md).
 ENV = {"SEGSTREAM_DEMO_CUSTOMERS": "1000", "SEGSTREAM_DEMO_RATE": "100"}
-STREAM_SECONDS = float(os.environ.get("SEGSTREAM_STACK_SECONDS", "100"))
+ENV.update({k: os.environ[k] for k in ENV if k in os.environ})
+STREAM_SECONDS = float(os.environ.get("SEGSTREAM_STACK_SECONDS", "80"))
+OUT = os.environ.get("SEGSTREAM_STACK_OUT")
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 _VAR = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
 
@@ -224,10 +229,23 @@ def wait_for(what: str, check: Any, timeout: float, stack: Stack, service: str) 
 
 
 class Prometheus:
-    """Instant queries against the rehearsal's Prometheus."""
+    """Instant and range queries against the rehearsal's Prometheus."""
 
     def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}/api/v1/query?query="
+        self.api = f"http://127.0.0.1:{port}/api/v1"
+        self.base = f"{self.api}/query?query="
+
+    def series(self, expr: str, start: float, end: float, step: float) -> dict[str, Any]:
+        """{labels: [[unix time, value], ...]} of a range query."""
+        query = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
+        status, body = http(f"{self.api}/query_range?{query}")
+        assert status == 200 and body["status"] == "success", (expr, body)
+        return {
+            " -> ".join(v for k, v in sorted(row["metric"].items()) if k != "__name__"): [
+                [float(t), float(v)] for t, v in row["values"]
+            ]
+            for row in body["data"]["result"]
+        }
 
     def vector(self, expr: str) -> dict[str, float]:
         """{label values joined by ' -> ': value} of an instant query."""
@@ -306,17 +324,17 @@ def test_the_first_minutes_of_docker_compose_up(stack: Stack) -> None:
         start_new_session=True,
     )
     prom = Prometheus(ports["prometheus"])
-    started = time.monotonic()
+    started = time.monotonic()  # the producer's start (wall time: + time.time() - monotonic)
     stack.start("producer")
 
     # Before any migration happened, the panels have series to draw (0, not "No data").
     wait_for(
         "populations", lambda: prom.vector("segstream_segment_population"), 60, stack, "worker"
     )
-    segments = set(prom.vector("segstream_segment_population"))
-    pairs = prom.vector("segstream_segment_migrations_total")
+    segments = set(prom.vector("sum by (segment) (segstream_segment_population)"))
+    pairs = prom.vector("sum by (from_segment, to_segment) (segstream_segment_migrations_total)")
     assert len(pairs) == len(segments) * (len(segments) - 1), pairs
-    assert set(prom.vector("segstream_churn_alerts_total")) == segments
+    assert set(prom.vector("sum by (segment) (segstream_churn_alerts_total)")) == segments
 
     # A restart of the producer half-way resumes where it was: nothing re-sent.
     time.sleep(STREAM_SECONDS / 2)
@@ -331,7 +349,7 @@ def test_the_first_minutes_of_docker_compose_up(stack: Stack) -> None:
 
     window = f"{int(time.monotonic() - started)}s"
     picture = {
-        "populations": prom.vector("segstream_segment_population"),
+        "populations": prom.vector("sum by (segment) (segstream_segment_population)"),
         "migrations": prom.scalar(f"sum(increase(segstream_segment_migrations_total[{window}]))"),
         "churn_alerts": prom.scalar(f"sum(increase(segstream_churn_alerts_total[{window}]))"),
         "psi": prom.scalar("segstream_population_psi"),
@@ -357,3 +375,89 @@ def test_the_first_minutes_of_docker_compose_up(stack: Stack) -> None:
     assert status == 200 and 0 < len(rows) <= 20, (status, rows)
     assert {row["type"] for row in rows} <= {"segment_migration", "churn_risk"}, rows
     assert rows[0]["event_time"] >= rows[-1]["event_time"], rows
+    if OUT:
+        record_first_hour(prom, started, time.time() - time.monotonic(), Path(OUT), picture)
+
+    # The operator's one-off commands, exactly as docs/operations.md shows them.
+    run_documented_ops_commands(stack)
+
+
+def documented_ops_commands() -> list[list[str]]:
+    """The `docker compose run --rm ops ...` commands of docs/operations.md, as argv."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    found = re.findall(r"^docker compose run --rm ops (.+)$", text, re.M)
+    return [shlex.split(line, comments=True) for line in found]
+
+
+def run_documented_ops_commands(stack: Stack) -> None:
+    """Train a candidate, compare, promote and roll back through the `ops` service."""
+    commands = documented_ops_commands()
+    assert [c[0] for c in commands] == ["train", "compare", "promote", "rollback"], commands
+    candidate = ""
+    models = stack.mounts("ops")["/models"]
+    for argv in commands:
+        words = [stack.rewrite(w, "ops") for w in argv]
+        if candidate:  # the docs' example folder stands for the one `train` printed
+            words = [re.sub(rf"{re.escape(str(models))}/\d{{8}}T\d{{6}}Z-\w+", candidate, w)
+                     for w in words]  # fmt: skip
+        proc = subprocess.run(
+            ["segstream", *words],
+            env=stack.environment("ops"),
+            cwd=stack.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, (argv, proc.stdout[-2000:], proc.stderr[-3000:])
+        if argv[0] == "train":
+            candidate = proc.stdout.strip().splitlines()[-1]
+            assert Path(candidate).parent == models, candidate
+    history = (models / "history.jsonl").read_text().splitlines()
+    assert len(history) >= 2, history  # the promotion and the rollback, logged
+    assert (models / "current").resolve().name != Path(candidate).name  # rolled back
+
+
+def record_first_hour(
+    prom: Prometheus, started: float, offset: float, out: Path, picture: dict[str, Any]
+) -> None:
+    """The dashboard's first panels over the run, as JSON and as a PNG for the docs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start, end = started + offset, time.time()
+    step = max(1.0, (end - start) / 200)
+    queries = {
+        "Segment populations": "sum by (segment) (segstream_segment_population)",
+        "Migrations / s": "sum(rate(segstream_segment_migrations_total[30s]))",
+        "Churn alerts / s": "sum(rate(segstream_churn_alerts_total[30s]))",
+        "Population PSI": "segstream_population_psi",
+    }
+    data = {title: prom.series(expr, start, end, step) for title, expr in queries.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "first-hour.json").write_text(
+        json.dumps({"env": ENV, "queries": queries, "series": data, "end": picture}, indent=1)
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
+    for ax, (title, series) in zip(axes.flat, data.items(), strict=True):
+        for label, points in sorted(series.items()):
+            xs = [(t - start) / 60 for t, _ in points]
+            ax.plot(xs, [v for _, v in points], label=label or None, linewidth=1.2)
+        if title == "Population PSI":
+            ax.axhline(PSI_THRESHOLD, color="red", linestyle="--", linewidth=1, label="alert")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if title in ("Segment populations", "Population PSI"):
+            ax.legend(fontsize=7, loc="best")
+    for ax in axes[1]:
+        ax.set_xlabel("minutes after the producer started")
+    fig.suptitle(
+        f"segstream stack rehearsal: {ENV['SEGSTREAM_DEMO_CUSTOMERS']} customers, "
+        f"{ENV['SEGSTREAM_DEMO_RATE']} events/s (Prometheus, tests/test_stack.py)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(out / "first-hour.png", dpi=80)
+    plt.close(fig)
