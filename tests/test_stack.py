@@ -358,6 +358,19 @@ def test_the_first_minutes_of_docker_compose_up(stack: Stack) -> None:
         "rejected": prom.vector("sum by (reason) (segstream_events_rejected_total)"),
         "alerts": prom.vector("sum by (type) (segstream_alerts_total)"),
         "firing": prom.vector('ALERTS{alertstate="firing"}'),
+        # What SegstreamMassMigration compares with 5 %, projected from the last minute.
+        "migrated_share_per_hour": prom.scalar(
+            "sum(rate(segstream_segment_migrations_total[1m])) * 3600"
+            " / sum(segstream_segment_population)"
+        ),
+        "rules_holding": sorted(
+            rule["alert"]
+            for group in load_yaml(stack.mounts("prometheus")["/etc/prometheus/rules.yml"])[
+                "groups"
+            ]
+            for rule in group["rules"]
+            if "alert" in rule and prom.vector(rule["expr"])
+        ),
     }
     (stack.root / "picture.json").write_text(json.dumps(picture, indent=2))
     print(json.dumps(picture, indent=2))
@@ -367,6 +380,9 @@ def test_the_first_minutes_of_docker_compose_up(stack: Stack) -> None:
     assert picture["churn_alerts"] > 0, picture
     assert 0 <= picture["psi"] < PSI_THRESHOLD, picture
     assert picture["alerts"].get("population_shift", 0) == 0, picture
+    assert picture["rules_holding"] == [], picture  # no alert rule's condition holds
+    if OUT:  # at the stack's own pace (not the test's faster one): no mass migration
+        assert picture["migrated_share_per_hour"] < 0.05, picture
     assert picture["duplicates"] == 0 and not any(picture["rejected"].values()), picture
     assert picture["applied"] > 0.5 * STREAM_SECONDS * float(ENV["SEGSTREAM_DEMO_RATE"])
 
