@@ -23,9 +23,10 @@ demo: $(STAMP)
 # A rehearsal of `docker compose up` without Docker (tests/test_stack.py): the compose
 # services' own commands with an embedded broker and Valkey and a real Prometheus, then
 # what Prometheus shows after STACK_SECONDS of streaming; the picture goes to $(OUT)/stack.
+# 2,000 customers at 8 events/s: the event-time pace of the stack's 5,000 at 20/s.
 STACK_CUSTOMERS ?= 2000
-STACK_RATE ?= 80
-STACK_SECONDS ?= 300
+STACK_RATE ?= 8
+STACK_SECONDS ?= 360
 stack: $(STAMP)
 	SEGSTREAM_DEMO_CUSTOMERS=$(STACK_CUSTOMERS) SEGSTREAM_DEMO_RATE=$(STACK_RATE) \
 	SEGSTREAM_STACK_SECONDS=$(STACK_SECONDS) SEGSTREAM_STACK_OUT=$(abspath $(OUT))/stack \

@@ -23,7 +23,7 @@ Used by docker-compose.yml (service ``producer``); on the host, with the stack's
 copied out (see docs/operations.md)::
 
     python deploy/producer/produce.py --bootstrap localhost:19092 \\
-        --file history/events.jsonl --after 2026-05-17T00:00:00Z --rate 200
+        --file history/events.jsonl --after 2026-05-16T18:00:00Z --rate 20
 
 Needs only aiokafka (a dependency of segstream). Prints what it sent every 10 s.
 """
