@@ -722,18 +722,20 @@ def test_producer_sends_after_the_backfill_and_loops_forward(tmp_path: Path) -> 
     assert produce.shifted(kept[0], 0, span) == kept[0].value  # loop 0: the line as written
 
 
-def test_producer_restart_resumes_from_the_wall_clock(tmp_path: Path) -> None:
-    """A restarted producer starts past every event sent before (the schedule is
-    `started + i / rate`), so it re-sends nothing; a new rate keeps the position."""
+def test_producer_restart_resumes_past_everything_sent(tmp_path: Path) -> None:
+    """The position after a chunk is recorded before the chunk is sent: a restart starts
+    past every event that may have been sent, never before it."""
     produce = producer_module()
     state = tmp_path / "producer" / "state.json"
-    assert produce.resume(state, 200.0, 1000.0) == 0  # first run: writes the state
-    assert json.loads(state.read_text()) == {"started": 1000.0, "rate": 200.0}
-    # Killed at 1010.0 it had sent at most the events due by then: positions 0..2000.
-    assert produce.resume(state, 200.0, 1010.0) == 2001
-    assert produce.resume(state, 100.0, 1020.0) == 4001  # a new pace from here on
-    assert produce.resume(state, 100.0, 1030.0) == 5001
-    assert produce.resume(None, 200.0, 1030.0) == 0
+    assert produce.resume(state) == 0  # a first run
+    produce.reserve(state, 500)  # about to send 0..499
+    assert produce.resume(state) == 500
+    produce.reserve(state, 1000)
+    assert produce.resume(state) == 1000
+    state.write_text("{")  # a torn file (cannot happen: replaced atomically) starts over
+    assert produce.resume(state) == 0
+    produce.reserve(None, 5)  # no --state: nothing kept
+    assert produce.resume(None) == 0
 
 
 def test_retrain_cronjob_runs_segstream_itself_on_a_writable_claim() -> None:

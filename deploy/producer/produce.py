@@ -13,11 +13,13 @@ their ``ts`` moved *k* whole spans later (the span: whole days from ``--after`` 
 newest event) and ``-L<k>`` appended to their ``event_id``, so event time keeps moving
 forward and nothing is a duplicate of what was sent before.
 
-With ``--state FILE`` the position survives a restart: the first run writes when it
-started and its rate; a restarted producer resumes where the wall clock says the stream
-is (``(now - started) x rate`` events in), never re-sending an event. Without it every
-run starts from the beginning (and the worker drops what it already applied as
-duplicates).
+With ``--state FILE`` the position survives a restart, and nothing is sent twice: before
+each chunk (about a second of events) the file records the position *after* it, so a
+restarted producer (a crash, ``docker compose restart``, ``down`` and ``up`` the next
+day) goes on from there. A crash mid-chunk skips the rest of that chunk rather than risk
+a duplicate. The pace restarts from the restart: event time goes on where it stopped,
+however long the producer was down. Without ``--state`` every run starts from the
+beginning (and the worker drops what it already applied as duplicates).
 
 Used by docker-compose.yml (service ``producer``); on the host, with the stack's history
 copied out (see docs/operations.md)::
@@ -122,28 +124,27 @@ def shifted(record: Record, loop: int, span_days: int) -> bytes:
     return json.dumps(obj).encode()
 
 
-def resume(state: Path | None, rate: float, now: float) -> int:
-    """Where to start: 0 on a first run (the state is written), else the position the wall
-    clock gives since the recorded start, one past any event sent before."""
+def resume(state: Path | None) -> int:
+    """Where to start: the position recorded in `state`, or 0 (no state, or a first run).
+
+    >>> resume(None)
+    0
+    """
     if state is None:
         return 0
     try:
-        saved = json.loads(state.read_text(encoding="utf-8"))
-        started, saved_rate = float(saved["started"]), float(saved["rate"])
+        return max(0, int(json.loads(state.read_text(encoding="utf-8"))["position"]))
     except (OSError, ValueError, KeyError, TypeError):
-        _save(state, now, rate)
         return 0
-    # An event at position i is sent no earlier than started + i / rate.
-    position = int((now - started) * saved_rate) + 1 if saved_rate > 0 else 0
-    if rate != saved_rate and rate > 0:  # a new pace: the same position, a new schedule
-        _save(state, now - position / rate, rate)
-    return position
 
 
-def _save(state: Path, started: float, rate: float) -> None:
+def reserve(state: Path | None, position: int) -> None:
+    """Record `position` as where a restart begins, before sending what comes before it."""
+    if state is None:
+        return
     state.parent.mkdir(parents=True, exist_ok=True)
     tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"started": started, "rate": rate}), encoding="utf-8")
+    tmp.write_text(json.dumps({"position": position}), encoding="utf-8")
     os.replace(tmp, state)  # atomic: a crash leaves the old state or the new one
 
 
@@ -176,7 +177,7 @@ async def produce(args: argparse.Namespace) -> int:
         return 1
     rate = args.rate
     state = Path(args.state) if args.state else None
-    position = resume(state, rate, time.time())
+    position = resume(state)
     if not args.loop and position >= len(records):
         print(f"nothing left: all {len(records):,} events were sent before", flush=True)
         await producer.stop()
@@ -187,33 +188,34 @@ async def produce(args: argparse.Namespace) -> int:
           f"{f', looping every {span} days' if args.loop else ''}", flush=True)  # fmt: skip
 
     interval = 1.0 / rate if rate > 0 else 0.0
-    # Pace against the schedule from the recorded start, not per message: sleeps add up
-    # right, and a restarted producer keeps the schedule it had.
-    t0 = time.time() - position * interval
+    chunk = max(1, min(500, int(rate) or 500))  # about a second of events
+    t0 = time.monotonic()  # pace against the schedule, not per message: sleeps add up right
     sent = 0
-    last_report = time.monotonic()
-    pending = []
+    last_report = t0
     try:
         while args.loop or position < len(records):
-            loop, index = divmod(position, len(records))
-            record = records[index]
-            value = shifted(record, loop, span)
-            pending.append(await producer.send(args.topic, value=value, key=record.key))
-            position += 1
-            sent += 1
-            if len(pending) >= 500:
-                await asyncio.gather(*pending)
-                pending.clear()
-            if interval:
-                delay = t0 + position * interval - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            end = position + chunk if args.loop else min(position + chunk, len(records))
+            if args.limit:
+                end = min(end, position + args.limit - sent)
+            reserve(state, end)
+            pending = []
+            for at in range(position, end):
+                loop, index = divmod(at, len(records))
+                record = records[index]
+                value = shifted(record, loop, span)
+                pending.append(await producer.send(args.topic, value=value, key=record.key))
+                sent += 1
+                if interval:
+                    delay = t0 + sent * interval - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            await asyncio.gather(*pending)
+            position = end
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
                 print(f"sent {sent:,} events (position {position:,}, loop {loop})", flush=True)
             if args.limit and sent >= args.limit:
                 break
-        await asyncio.gather(*pending)
     finally:
         await producer.stop()
     print(f"done: {sent:,} events sent, position {position:,}", flush=True)
@@ -232,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=14.0,
         help="Without --after: only the last N days (0: all).",
     )
-    parser.add_argument("--rate", type=float, default=200.0, help="Events per second (0: max).")
+    parser.add_argument("--rate", type=float, default=20.0, help="Events per second (0: max).")
     parser.add_argument("--loop", action="store_true", help="Start over, later, at the end.")
     parser.add_argument("--state", default="", help="File that keeps the position (restarts).")
     parser.add_argument("--limit", type=int, default=0, help="Stop after N events (0: no limit).")
