@@ -290,8 +290,8 @@ def test_the_first_minutes_of_docker_compose_up(stack: Stack) -> None:
     _, prometheus = prometheus_tools()
     bootstrap = stack.hosts["kafka:9092"]
     asyncio.run(create_topics(bootstrap, topics_of(stack)))  # service `topics`
-    stack.complete("trainer", timeout=240)
-    stack.complete("backfill", timeout=240)
+    stack.complete("trainer", timeout=900)  # ~1 min at the test's size, more for make stack
+    stack.complete("backfill", timeout=900)
     stack.complete("backfill", timeout=60)  # a second `up`: the backfill is not redone
     assert stack.log("backfill").count(" daily re-scores") == 1, stack.log("backfill")
     assert "already backfilled up to 2026-05-16T18:00:00Z" in stack.log("backfill")
