@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out
 
-.PHONY: setup demo test clean constraints
+.PHONY: setup demo test clean constraints stack
 
 setup: $(STAMP)
 
@@ -19,6 +19,20 @@ $(STAMP): pyproject.toml
 # The main job: embedded broker and Valkey, a history, a bundle, the worker, a live view.
 demo: $(STAMP)
 	$(BIN)/segstream demo --customers 1000 --duration 90
+
+# A rehearsal of `docker compose up` without Docker (tests/test_stack.py): the compose
+# services' own commands with an embedded broker and Valkey and a real Prometheus, then
+# what Prometheus shows after STACK_SECONDS of streaming; the picture goes to $(OUT)/stack.
+# The defaults are the compose file's own: 5,000 customers at 20 events/s (~15 min).
+STACK_CUSTOMERS ?= 5000
+STACK_RATE ?= 20
+STACK_SECONDS ?= 330
+stack: $(STAMP)
+	mkdir -p $(OUT)
+	SEGSTREAM_DEMO_CUSTOMERS=$(STACK_CUSTOMERS) SEGSTREAM_DEMO_RATE=$(STACK_RATE) \
+	SEGSTREAM_STACK_SECONDS=$(STACK_SECONDS) SEGSTREAM_STACK_OUT=$(abspath $(OUT))/stack \
+	$(BIN)/pytest tests/test_stack.py -s -p no:cacheprovider --timeout 3600 \
+	  --basetemp=$(abspath $(OUT))/stack-run
 
 test: $(STAMP)
 	$(BIN)/ruff check .

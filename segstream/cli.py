@@ -456,6 +456,15 @@ def replay(
             "that owns it finds it. Without it, a scratch prefix is used and deleted."
         ),
     ] = False,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="With --backfill: do nothing when this Redis was backfilled before (the key "
+            "PREFIX:backfilled, set at the end of a backfill, says up to when), so a "
+            "deployment can run the same backfill at every start.",
+        ),
+    ] = False,
     config: StreamConfigOpt = None,
     map_: MapOpt = None,
     map_type: MapTypeOpt = None,
@@ -470,6 +479,7 @@ def replay(
     """
     import asyncio
     import uuid
+    from datetime import UTC, datetime
 
     from models.bundle import BundleError
     from models.catalog import CatalogError
@@ -491,9 +501,17 @@ def replay(
         settings.key_prefix if backfill else f"{settings.key_prefix}-replay-{uuid.uuid4().hex[:8]}"
     )
 
+    if once and not backfill:
+        raise _fail("--once goes with --backfill")
+    marker = f"{prefix}:backfilled"
+
     async def main() -> None:
         runtime = await open_runtime(settings, model_path=model, prefix=prefix)
         try:
+            done = await runtime.connection.get(marker) if once else None
+            if done is not None:
+                console.print(f"already backfilled up to {done} ({marker}): nothing to do")
+                return
             t0 = time.perf_counter()
             health = HealthMonitor(
                 psi_threshold=settings.psi_threshold,
@@ -523,6 +541,9 @@ def replay(
                 console.print(f"rejected by the contract: {dict(summary.rejected)}")
             if state_out:
                 console.print(f"state -> {state_out}")
+            if backfill:
+                upto = as_of or datetime.fromtimestamp(summary.watermark, UTC).isoformat()
+                await runtime.connection.put(marker, upto)
         finally:
             if not backfill:
                 await drop_prefix(runtime.connection, prefix)
@@ -659,8 +680,9 @@ def demo(
 
     Starts an embedded Kafka-compatible broker (Tansu) and an embedded Valkey on free
     loopback ports (or uses SEGSTREAM_BROKER_URL and SEGSTREAM_REDIS_URL), generates a
-    history, trains a bundle on all but its last 14 days, runs the worker, replays the
-    history (fast up to the last 14 days, then at --rate) and shows the output live.
+    history, trains a bundle on all but its last 14 days, backfills Redis with those days
+    (as `replay --backfill` does), runs the worker, streams the last 14 days at --rate and
+    shows the output live.
     Ctrl-C stops it and everything it started.
     """
     import os

@@ -3,11 +3,13 @@
 Owns the orchestration of the laptop demo: start an embedded Kafka-compatible broker
 (Tansu) and an embedded Valkey on free loopback ports (or use the broker and Redis the
 caller names), generate a history, train a bundle on everything before the last
-`live_days` days, run the faust worker in this process with the event-time clock, stream
-the history through the broker (the trained-on part as fast as possible, a *catch-up*
-that warms the empty store up; then the last days at `rate` events/s) and show what comes
-out of the output topics (`DemoView`). Everything it started is stopped on the way out,
-whatever the way out is (end of history, `duration`, SIGINT/SIGTERM, an exception).
+`live_days` days, *backfill* the store with everything before those days (the history
+replayed through the worker's engine into the worker's own key prefix, as `segstream
+replay --backfill` does, so the worker starts warm, as a deployment does), run the faust
+worker in this process with the event-time clock, stream the last days through the
+broker at `rate` events/s and show what comes out of the output topics (`DemoView`).
+Everything it started is stopped on the way out, whatever the way out is (end of
+history, `duration`, SIGINT/SIGTERM, an exception).
 
 It reads no environment variable (the CLI passes the broker and Redis URLs) and holds no
 business rule: features, decisions and alerts are the worker's.
@@ -45,7 +47,7 @@ HISTORY_START = datetime(2026, 1, 1, tzinfo=UTC)
 PARTITIONS = 4
 SHOWN = 8  # migrations and churn alerts kept on screen
 PLAIN_EVERY = 5.0  # seconds between progress lines when stdout is not a terminal
-CHUNK = 5000  # records sent before waiting for their acks during catch-up
+CHUNK = 5000  # records sent before waiting for their acks
 STOP_TIMEOUT = 15.0  # seconds the worker gets to stop
 
 
@@ -334,8 +336,7 @@ class _Plan:
 
     settings: Any  # StreamSettings
     bootstrap: str
-    records: list[tuple[bytes, bytes]]
-    catch_up: int  # records[:catch_up] are sent as fast as possible
+    records: list[tuple[bytes, bytes]]  # the live part, sent at the demo's rate
     example: str
     redis_note: str
     drop_state: bool
@@ -390,11 +391,8 @@ def _prepare(options: DemoOptions, console: Console, stack: contextlib.ExitStack
 
     history = generate_history(options.customers, options.days, options.seed)
     paths = write_history(history, out_dir=options.out / "history")
-    ts = history.events["ts"]
     live_at = options.live_start
-    catch_up = int((ts < live_at).sum()) if ts.is_monotonic_increasing else 0
-    if not ts.is_monotonic_increasing:  # delivery order differs from time order: cut by position
-        catch_up = int((ts.reset_index(drop=True) < live_at).cummin().sum())
+    live = (history.events["ts"] >= live_at).to_numpy()
     console.print(
         f"history: {len(history.events):,} events, {options.customers:,} customers x "
         f"{options.days} days -> {paths['events']}"
@@ -419,7 +417,9 @@ def _prepare(options: DemoOptions, console: Console, stack: contextlib.ExitStack
 
     lines = paths["events"].read_bytes().splitlines()
     records = [
-        (cid.encode(), line) for cid, line in zip(history.events["customer_id"], lines, strict=True)
+        (cid.encode(), line)
+        for cid, line, now in zip(history.events["customer_id"], lines, live, strict=True)
+        if now
     ]
     truth = history.truth
     movers = truth.dropna(subset=["migration_day"])["customer_id"]
@@ -450,16 +450,70 @@ def _prepare(options: DemoOptions, console: Console, stack: contextlib.ExitStack
         rescore_interval_seconds=3600.0,
         model_poll_seconds=3600.0,
     )
+    earlier = options.out / "history" / "backfill.jsonl"
+    earlier.write_bytes(b"".join(line + b"\n" for line, now in zip(lines, live, strict=True)
+                                 if not now))  # fmt: skip
+    console.print(f"backfill: the history before {live_at:%Y-%m-%d} into Redis ...")
+    if options.redis_url is not None:
+        stack.callback(_drop_state, settings)
+    done = asyncio.run(_backfill(settings, earlier, models / "current"))
+    console.print(
+        f"backfill: {done.events:,} events of {done.customers:,} customers, "
+        f"{done.rescored:,} daily re-scores; the worker starts warm"
+    )
     console.print(f"setup took {time.perf_counter() - t0:.1f} s")
     return _Plan(
         settings=settings,
         bootstrap=bootstrap,
         records=records,
-        catch_up=catch_up,
         example=example,
         redis_note=redis_note,
         drop_state=options.redis_url is not None,
     )
+
+
+async def _backfill(settings: Any, events: Path, model: Path) -> Any:
+    """Replay `events` into the worker's key prefix (`segstream replay --backfill`): each
+    customer's features, segment and next daily re-score, in its input partition."""
+    from stream.health import HealthMonitor
+    from stream.replay import replay
+    from stream.runtime import open_runtime
+
+    runtime = await open_runtime(settings, model_path=model, prefix=settings.key_prefix)
+    try:
+        health = HealthMonitor(
+            psi_threshold=settings.psi_threshold,
+            psi_window=settings.psi_window,
+            drift_bound=settings.drift_bound,
+        )
+        return await replay(
+            runtime.engine,
+            events,
+            events.with_name("backfill-alerts.jsonl"),
+            health=health,
+            partitions=settings.input_partitions,
+        )
+    finally:
+        await runtime.close()
+
+
+def _drop_state(settings: Any) -> None:
+    """Remove the run's keys from a Redis that is not the demo's own (also when the run
+    fails between the backfill and the end, where `_stream` would have done it)."""
+    from stream.redis_conn import connect
+    from stream.runtime import drop_prefix
+
+    async def drop() -> None:
+        conn = await connect(settings.redis_url)
+        try:
+            await drop_prefix(conn, settings.key_prefix)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(drop())
+    except Exception as exc:  # best effort on the way out; the run's result stands
+        log.warning("could not remove the demo's keys %s:*: %r", settings.key_prefix, exc)
 
 
 def _topics(settings: Any) -> dict[str, str]:
@@ -558,17 +612,12 @@ async def _stream(options: DemoOptions, plan: _Plan, console: Console) -> DemoSu
         )
 
     async def produce() -> None:
-        view.phase = "catch-up (as fast as possible)"
-        for i in range(0, plan.catch_up, CHUNK):
-            await send(plan.records[i : min(i + CHUNK, plan.catch_up)])
-        while not caught_up():
-            await asyncio.sleep(0.1)
         view.phase = f"live ({options.rate:,.0f} events/s)"
-        begin, sent = time.monotonic(), plan.catch_up
+        begin, sent = time.monotonic(), 0
         while sent < len(plan.records):
-            due = plan.catch_up + int((time.monotonic() - begin) * options.rate)
+            due = int((time.monotonic() - begin) * options.rate)
             if due > sent:
-                upto = min(due, len(plan.records))
+                upto = min(due, len(plan.records), sent + CHUNK)
                 await send(plan.records[sent:upto])
                 sent = upto
             await asyncio.sleep(0.05)

@@ -45,7 +45,7 @@ from stream.pipeline import Pipeline, RuntimeFactory
 from stream.retry import until_done
 from stream.runtime import open_runtime
 from stream.settings import StreamSettings
-from stream.web import register
+from stream.web import RecentAlerts, register
 from stream.worker import Message, Output, Worker
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,19 @@ def create_app(
 
     pipeline.owned = owned
 
-    publish = publisher(app, metrics)
+    recent = RecentAlerts(
+        {
+            settings.migrations_topic,
+            settings.churn_topic,
+            settings.population_topic,
+            settings.model_topic,
+        }
+    )
+    send = publisher(app, metrics)
+
+    async def publish(outputs: list[Output]) -> None:
+        await send(outputs)
+        recent.record(outputs)  # acked: now they were published
 
     def update_lag(core: Worker) -> None:
         for tp in app.consumer.assignment():
@@ -352,7 +364,7 @@ def create_app(
     async def close(sender: Any, **kwargs: Any) -> None:
         await pipeline.close()
 
-    register(app, pipeline)
+    register(app, pipeline, recent)
     return app
 
 

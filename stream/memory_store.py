@@ -321,6 +321,15 @@ class MemoryConnection:
     keyspace: Keyspace = field(default_factory=Keyspace)
     url: str = "memory://"
 
+    async def get(self, key: str) -> str | None:
+        """A plain string value (a marker such as a backfill's), or None."""
+        value = self.keyspace.get(key)
+        return None if value is None else value.decode()
+
+    async def put(self, key: str, value: str) -> None:
+        """Set a plain string value that does not expire (for this process's life)."""
+        self.keyspace.set(key, value.encode(), float("inf"))
+
     async def drop(self, prefix: str) -> int:
         """Delete every key under `prefix`; returns how many."""
         return self.keyspace.drop(prefix)

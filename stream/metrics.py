@@ -50,6 +50,17 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _EVENT_BUCKETS = (1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1)
 
 
+#: Every alert type the worker publishes (`stream.decide` and `stream.health`).
+ALERT_TYPES = (
+    "segment_assigned",
+    "segment_reassigned",
+    "segment_migration",
+    "churn_risk",
+    "population_shift",
+    "retrain_recommended",
+    "lifecycle_changed",
+)
+
 #: The label that stands for every event type outside the known ones.
 OTHER = "other"
 
@@ -67,7 +78,7 @@ class Metrics:
         self.known_types: frozenset[str] = BUILTIN_TYPES
         self._version = ""
         self._declare_input(registry)
-        self._declare_segments(registry)
+        self._declare_population(registry)
         self._declare_shadow(registry)
         self._declare_model(registry)
 
@@ -121,7 +132,7 @@ class Metrics:
             registry=r,
         )
 
-    def _declare_segments(self, r: CollectorRegistry) -> None:
+    def _declare_population(self, r: CollectorRegistry) -> None:
         """Populations, migrations, churn and every alert published."""
         self.population = Gauge(
             "segstream_segment_population",
@@ -290,6 +301,31 @@ class Metrics:
     def store_time(self, operation: str, seconds: float) -> None:
         self.store_seconds.labels(operation).observe(seconds)
 
+    def declare_segments(self, names: Iterable[str]) -> None:
+        """Create every segment-labelled series of a bundle at 0, so a dashboard draws a
+        rate from the first scrape instead of "No data" until the first migration.
+
+        Call it at start and after a model reload with the bundle's segment names (values
+        of `Bundle.segment_names`); series already there keep their values, and the
+        series of segments a previous bundle had stay (counters never go back).
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> m = Metrics(CollectorRegistry())
+        >>> m.declare_segments(["Loyal", "Casual"])
+        >>> m.registry.get_sample_value(
+        ...     "segstream_segment_migrations_total",
+        ...     {"from_segment": "Casual", "to_segment": "Loyal"})
+        0.0
+        """
+        segments = sorted({str(name) for name in names})
+        for name in segments:
+            self.churn_alerts.labels(name)
+            for other in segments:
+                if other != name:
+                    self.migrations.labels(name, other)
+        for kind in ALERT_TYPES:
+            self.alerts.labels(kind)
+
     def set_population(self, counts: Mapping[int, int], names: Mapping[int, str]) -> None:
         """Segment sizes from `AssignmentStore.population`, labelled by segment name."""
         for segment, name in names.items():
@@ -324,4 +360,4 @@ class Metrics:
         self.redis_errors.inc()
 
 
-__all__ = ["REJECT_REASONS", "Metrics"]
+__all__ = ["ALERT_TYPES", "REJECT_REASONS", "Metrics"]

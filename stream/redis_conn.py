@@ -48,6 +48,15 @@ class Connection:
         for stop in self._stop:
             stop()
 
+    async def get(self, key: str) -> str | None:
+        """A plain string value (a marker such as a backfill's), or None."""
+        value = await self.client.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def put(self, key: str, value: str) -> None:
+        """Set a plain string value that does not expire."""
+        await self.client.set(key, value)
+
     async def drop(self, prefix: str) -> int:
         """Delete every key under `prefix` (a replay's scratch state); returns how many."""
         deleted = 0

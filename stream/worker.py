@@ -185,6 +185,8 @@ class Worker:
             t for spec in engine.catalog.features for t in spec.filter.types
         }
         metrics.set_model(engine.bundle.version)
+        # Migration and churn panels draw a 0 rate from the first scrape, not "No data".
+        metrics.declare_segments(engine.bundle.segment_names.values())
         if engine.shadow is not None:
             metrics.set_shadow_model(engine.shadow.bundle.version)
 
@@ -209,6 +211,7 @@ class Worker:
             self.engine.use(found.bundle)
         self.metrics.model_reloads.labels("loaded").inc()
         self.metrics.set_model(found.bundle.version)
+        self.metrics.declare_segments(found.bundle.segment_names.values())
         log.info("switched model bundle %s -> %s", previous, found.bundle.version)
         return True
 

@@ -120,8 +120,11 @@ def test_demo_from_nothing_streams_and_leaves_no_process(tmp_path: Path) -> None
     print(f"\ndemo took {seconds:.1f} s\n{out[-1500:]}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedded Tansu" in out and "embedded Valkey" in out
+    # The worker starts warm: the days before the live part were backfilled into Redis.
+    assert count(r"backfill: ([\d,]+) events", out) > 0
     assert count(r"events processed ([\d,]+)", out) > 0
     assert count(r"segment_assigned=(\d+)", out) >= 1
+    assert "population_shift" not in out.split("summary:")[-1]  # no shift in this history
     assert re.search(r"populations: \w", out)
     assert "http://127.0.0.1:" in out and "/metrics" in out and "/customers/" in out
     assert sorted(set(result.children.values())) == ["tansu", "valkey-server"]

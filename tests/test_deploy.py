@@ -25,6 +25,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ RULES_TEST = DEPLOY / "prometheus" / "rules_test.yml"
 PROM_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "segstream.json"
 DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+INFINITY = DEPLOY / "grafana" / "provisioning" / "datasources" / "infinity.yml"
 DASHBOARD_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "segstream.yml"
 SEGSTREAM = Path(sys.executable).with_name("segstream")
 
@@ -262,13 +264,24 @@ def test_grafana_provisioning() -> None:
     datasource = load_yaml(DATASOURCE)["datasources"][0]
     assert datasource["type"] == "prometheus"
     assert datasource["url"] == "http://prometheus:9090"
+    infinity = load_yaml(INFINITY)["datasources"][0]
+    assert infinity["type"] == "yesoreyeram-infinity-datasource"
+    plugins = compose()["services"]["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
+    assert infinity["type"] in plugins.split(",")
     dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     uids = {
         target["datasource"]["uid"]
         for panel in dash["panels"]
         for target in panel.get("targets", [])
     }
-    assert uids == {datasource["uid"]}
+    assert uids == {datasource["uid"], infinity["uid"]}
+    # The alert table reads the worker's read API, at the address compose gives it.
+    (table,) = [p for p in dash["panels"] if p.get("datasource", {}).get("uid") == infinity["uid"]]
+    url = urllib.parse.urlsplit(table["targets"][0]["url"])
+    assert f"{url.scheme}://{url.netloc}" in infinity["jsonData"]["allowedHosts"]
+    assert url.path == "/alerts/recent"
+    port = str(compose()["services"]["worker"]["environment"]["SEGSTREAM_WEB_PORT"])
+    assert url.netloc == f"worker:{port}"
     provider = load_yaml(DASHBOARD_PROVIDER)["providers"][0]
     mounts = compose()["services"]["grafana"]["volumes"]
     assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in mounts
@@ -438,7 +451,8 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 
 def test_compose_services_and_images() -> None:
     services = compose()["services"]
-    for needed in ("kafka", "redis", "trainer", "worker", "producer", "prometheus", "grafana"):
+    needed_services = ("kafka", "redis", "trainer", "backfill", "worker", "producer")
+    for needed in (*needed_services, "prometheus", "grafana", "ops"):
         assert needed in services, needed
     for name, service in services.items():
         assert "image" in service or "build" in service, f"{name}: no image and no build"
@@ -470,16 +484,22 @@ def test_compose_segstream_commands_exist() -> None:
 
 
 def test_compose_trainer_and_producer() -> None:
+    """The bundle is trained before the backfill's end, and the producer streams exactly
+    what the backfill left out: no cold start, no day seen twice, no model that saw it."""
     services = compose()["services"]
-    calls: dict[str, list[str]] = {"generate": [""], "train": [""]}
+    calls: dict[str, list[str]] = {"generate": [""], "train": [""], "replay": [""]}
     for service, argv in segstream_invocations():
-        if service == "trainer" and argv and argv[0] in calls:
+        if service in ("trainer", "backfill") and argv and argv[0] in calls:
             calls[argv[0]] = argv
     assert calls["generate"][1:] == [
         "--customers",
-        "5000",
+        "${SEGSTREAM_DEMO_CUSTOMERS:-5000}",
         "--days",
-        "120",
+        "150",
+        "--migrate-from-day",
+        "100",
+        "--migrate-to-day",
+        "146",
         "--out",
         "/data/history",
     ]
@@ -491,13 +511,59 @@ def test_compose_trainer_and_producer() -> None:
         "--out",
         "/models",
     ]
+    backfill = dict(w.split("=", 1) if "=" in w else (w, "") for w in calls["replay"][1:])
+    assert "--backfill" in backfill and "--once" in backfill
+    assert backfill["--events"] == "/data/history/events.jsonl"
+    assert backfill["--model"] == "/models/current"
+    env = services["backfill"]["environment"]
+    assert env["SEGSTREAM_REDIS_URL"] == services["worker"]["environment"]["SEGSTREAM_REDIS_URL"]
+    assert str(env["SEGSTREAM_INPUT_PARTITIONS"]) == "8"  # the `topics` service's partitions
+    assert "--partitions 8" in " ".join(_argv(services["topics"]["command"]))
+
     producer = services["producer"]
     script = _argv(producer["entrypoint"])[-1]
     sources = {target: source for source, target in bind_mounts(producer)}
     directory = str(Path(script).parent)
     assert directory in sources, f"producer script {script} is not bind-mounted"
     assert (ROOT / sources[directory] / Path(script).name).is_file()
-    assert "--help" not in _argv(producer.get("command"))
+    options = dict(w.split("=", 1) if "=" in w else (w, "") for w in _argv(producer["command"]))
+    assert "--help" not in options
+    assert options["--after"] == backfill["--as-of"]
+    assert calls["train"][4] < backfill["--as-of"]  # RFC 3339 UTC strings sort as times
+    assert "--loop" in options
+    state = options["--state"]
+    writable = [v for v in producer["volumes"] if not str(v).endswith(":ro")]
+    assert any(state.startswith(str(v).split(":")[1] + "/") for v in writable), state
+
+
+def test_compose_ops_service_writes_models() -> None:
+    """`docker compose run --rm ops <segstream command>`: the one-off commands of
+    docs/operations.md, with the models volume the worker reads (read-only) writable."""
+    services = compose()["services"]
+    ops = services["ops"]
+    assert ops["profiles"] == ["ops"]  # not started by `docker compose up`
+    assert "entrypoint" not in ops and "command" not in ops  # segstream <arguments>
+    assert "models:/models" in ops["volumes"]
+    assert "models:/models:ro" in services["worker"]["volumes"]
+    assert ops["environment"]["SEGSTREAM_MODEL_DIR"] == "/models"
+
+
+def test_documented_compose_commands_are_valid() -> None:
+    """Every `docker compose run --rm ops segstream-command --options` in the docs and the
+    README names a sub-command and options that exist, and paths the ops service mounts."""
+    text = (ROOT / "docs" / "operations.md").read_text() + (ROOT / "README.md").read_text()
+    runs = re.findall(r"^docker compose run --rm ops (.+)$", text, re.M)
+    assert len(runs) >= 4, runs
+    mounts = {str(v).split(":")[1] for v in compose()["services"]["ops"]["volumes"]}
+    for run in runs:
+        argv = shlex.split(run, comments=True)
+        code, help_text = cli_help(argv[0])
+        assert code == 0, (run, help_text)
+        for word in argv[1:]:
+            if word.startswith("--"):
+                assert word.split("=")[0] in help_text, (run, word)
+            elif word.startswith("/"):
+                assert "/" + word.split("/")[1] in mounts, (run, word)
 
 
 def test_compose_bind_mounts_exist() -> None:
@@ -532,8 +598,10 @@ def test_compose_depends_on_and_health() -> None:
     assert worker["kafka"]["condition"] == "service_healthy"
     assert worker["redis"]["condition"] == "service_healthy"
     assert worker["trainer"]["condition"] == "service_completed_successfully"
+    assert worker["backfill"]["condition"] == "service_completed_successfully"
     assert services["producer"]["depends_on"]["worker"]["condition"] == "service_healthy"
-    assert services["prometheus"]["depends_on"]["worker"]["condition"] == "service_healthy"
+    # Started, not healthy: when the worker fails, Prometheus and Grafana are there to say so.
+    assert services["prometheus"]["depends_on"]["worker"]["condition"] == "service_started"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
@@ -602,3 +670,87 @@ def test_the_image_build_keeps_building() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
     assert "PIP_CONSTRAINT=/src/constraints.txt pip install ." in text
     assert re.search(r"^COPY .*constraints\.txt", text, re.M)
+
+
+# --------------------------------------------------------------------------- producer
+
+
+@cache
+def producer_module() -> Any:
+    """deploy/producer/produce.py, imported from its file (it is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("produce", DEPLOY / "producer" / "produce.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["produce"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _history(path: Path) -> Path:
+    start = datetime(2026, 5, 10, tzinfo=UTC)
+    rows = [
+        {"event_id": f"e{i}", "customer_id": f"c{i % 3}", "type": "page_view",
+         "ts": (start + timedelta(hours=6 * i)).isoformat()}
+        for i in range(40)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    return path
+
+
+def test_producer_sends_after_the_backfill_and_loops_forward(tmp_path: Path) -> None:
+    """Loop k repeats the streamed events k spans later with new ids: per customer, event
+    time only grows across loops, and no event id repeats."""
+    produce = producer_module()
+    after = produce._time("2026-05-15T00:00:00Z")
+    records, span = produce.load(_history(tmp_path / "events.jsonl"), after, 14.0)
+    kept = [r for r in records if r.obj is not None]
+    assert all(produce._ts(r.obj) > after for r in kept)
+    assert len(kept) == 19  # up to 2026-05-15T00:00 (event 20) is the backfill's
+    assert [r.key for r in records if r.obj is None] == [None]  # the bad line, for the DLQ
+    assert span == 5  # 2026-05-15 to the newest event (2026-05-19 18:00): 5 whole days
+    last: dict[bytes, str] = {}
+    ids: set[str] = set()
+    for loop in range(3):
+        for record in kept:
+            body = json.loads(produce.shifted(record, loop, span))
+            assert body["ts"] >= last.get(record.key, ""), (loop, body)
+            last[record.key] = body["ts"]
+            assert body["event_id"] not in ids
+            ids.add(body["event_id"])
+    assert produce.shifted(kept[0], 0, span) == kept[0].value  # loop 0: the line as written
+
+
+def test_producer_restart_resumes_past_everything_sent(tmp_path: Path) -> None:
+    """The position after a chunk is recorded before the chunk is sent: a restart starts
+    past every event that may have been sent, never before it."""
+    produce = producer_module()
+    state = tmp_path / "producer" / "state.json"
+    assert produce.resume(state) == 0  # a first run
+    produce.reserve(state, 500)  # about to send 0..499
+    assert produce.resume(state) == 500
+    produce.reserve(state, 1000)
+    assert produce.resume(state) == 1000
+    state.write_text("{")  # a torn file (cannot happen: replaced atomically) starts over
+    assert produce.resume(state) == 0
+    produce.reserve(None, 5)  # no --state: nothing kept
+    assert produce.resume(None) == 0
+
+
+def test_retrain_cronjob_runs_segstream_itself_on_a_writable_claim() -> None:
+    """The job trains in its own container (no `kubectl exec` into a worker), from an image
+    a cluster can pull, on the models claim mounted writable."""
+    text = (DEPLOY / "retrain" / "cronjob.yaml").read_text(encoding="utf-8")
+    assert "kubectl exec" not in text
+    job = load_yaml(DEPLOY / "retrain" / "cronjob.yaml")["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    registry, _, tag = container["image"].rpartition(":")
+    assert "/" in registry and "." in registry.split("/")[0] and tag not in ("", "latest", "local")
+    script = " ".join(container["args"])
+    assert "segstream train" in script and "segstream promote" in script
+    (models,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert not models.get("readOnly", False)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"]
