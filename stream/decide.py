@@ -80,7 +80,7 @@ class Rules:
     #: crosses `migration_evidence` nats (`stream.detect`); `centers`: when the nearest
     #: center holds the margin for the dwell (the rule before issue 22).
     migration_detector: str = "evidence"
-    migration_evidence: float = 8.0
+    migration_evidence: float = 10.0
 
 
 class CustomerState:
@@ -192,6 +192,7 @@ class _Prepared:
     current: list[int]
     event: list[list[list[float]]]
     gap: list[list[float]]
+    scale: list[float]
 
     def governs(self, i: int) -> bool:
         return i in self.at
@@ -448,9 +449,9 @@ class Decider:
             seg = st.segment if st is not None else None
             current[i] = pos.get(seg, 0) if seg is not None else 0
         idx = np.flatnonzero(mask)
-        event, gap = self.evidence.prepare(features[idx], current[idx])
+        event, gap, scale = self.evidence.prepare(features[idx], current[idx])
         at = {int(i): j for j, i in enumerate(idx.tolist())}
-        return _Prepared(at, current.tolist(), event, gap)
+        return _Prepared(at, current.tolist(), event, gap, scale)
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
@@ -464,12 +465,14 @@ class Decider:
         current = self.segment_ids.index(state.segment)
         j = prep.at[i]
         if current == prep.current[i]:
-            event, gap = prep.event[j], prep.gap[j]
+            event, gap, scale = prep.event[j], prep.gap[j], prep.scale[j]
         else:  # the segment changed earlier in this batch: the baseline's prior with it
-            e, g = ev.prepare(x[None, :], np.array([current]))
-            event, gap = e[0], g[0]
+            e, g, a = ev.prepare(x[None, :], np.array([current]))
+            event, gap, scale = e[0], g[0], a[0]
         column = ev.profiles.column(row.kind) if row.kind else None
-        state.evidence, moved = ev.update(state.evidence, row.at, column, current, event, gap)
+        state.evidence, moved = ev.update(
+            state.evidence, row.at, column, current, event, gap, scale
+        )
         if moved is None:
             return False
         state.candidate_since = row.at  # no dwell: the evidence is the confirmation

@@ -24,6 +24,7 @@ engine builds it.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -185,22 +186,31 @@ class Evidence:
         self.tenure_col = tenure_col
         log_rates = np.log(profiles.rates)
         total = profiles.rates.sum(axis=1)
-        # Against a current segment c: event term log(l_s / l_c) per column, rate gap.
+        # Against a current segment c: event term log(l_s / l_c) per column.
         self._seg_event = (log_rates[None, :, :] - log_rates[:, None, :]).tolist()  # [c][s][m]
-        self._seg_gap = (total[None, :] - total[:, None]).tolist()  # [c][s]
+        self._total_list = total.tolist()
         self._log_rates = log_rates
         self._total = total
         self.k = len(total)
 
     def prepare(
         self, x: np.ndarray, current: np.ndarray
-    ) -> tuple[list[list[list[float]]], list[list[float]]]:
-        """Per row: the event term log(l_s / b_m) for every column m and segment s, and
-        the rate gap sum(l_s) - sum(b), against the row's own baseline b."""
+    ) -> tuple[list[list[list[float]]], list[list[float]], list[float]]:
+        """Per row: the event term log(a l_s / b_m) for every column m and segment s, the
+        rate gap a sum(l_s) - sum(b) against the row's own baseline b, and a.
+
+        `a` is the customer's activity relative to its current segment (sum(b) over
+        sum(l_c), within [1/3, 3]): a customer who does half of what its segment does is
+        expected to do half of what a new segment does too, so its move is judged by the
+        mix of its events, not by its volume alone.
+        """
         base = self.profiles.baseline(x, x[:, self.tenure_col], current)
-        event = self._log_rates[None, :, :] - np.log(base)[:, None, :]  # (n, s, m)
-        gap = self._total[None, :] - base.sum(axis=1)[:, None]
-        return event.tolist(), gap.tolist()
+        scale = np.clip(base.sum(axis=1) / self._total[current], 1.0 / 3.0, 3.0)
+        event = (
+            self._log_rates[None, :, :] + np.log(scale)[:, None, None] - np.log(base)[:, None, :]
+        )  # (n, s, m)
+        gap = scale[:, None] * self._total[None, :] - base.sum(axis=1)[:, None]
+        return event.tolist(), gap.tolist(), scale.tolist()
 
     def update(
         self,
@@ -210,6 +220,7 @@ class Evidence:
         current: int,
         event: list[list[float]],
         gap: list[float],
+        scale: float,
     ) -> tuple[bytes, int | None]:
         """One event of the customer at `at` (rate column `column`, None: not modelled)
         while in segment position `current`: the new state, and the segment position
@@ -219,7 +230,8 @@ class Evidence:
             return pack(at, [0.0] * self.k), None
         last, sums = found
         dt = max(at - last, 0.0) / DAY
-        seg_event, seg_gap = self._seg_event[current], self._seg_gap[current]
+        seg_event, rates, log_scale = self._seg_event[current], self._total_list, math.log(scale)
+        mine = rates[current]
         cap = 2.0 * self.threshold
         best, best_sum = None, self.threshold
         for s in range(self.k):
@@ -227,10 +239,10 @@ class Evidence:
                 sums[s] = 0.0
                 continue
             own = -dt * gap[s]
-            seg = -dt * seg_gap[s]
+            seg = -dt * (scale * rates[s] - mine)
             if column is not None:
                 own += event[s][column]
-                seg += seg_event[s][column]
+                seg += seg_event[s][column] + log_scale
             total = min(max(sums[s] + min(own, seg), 0.0), cap)
             sums[s] = total
             if total >= best_sum:
