@@ -193,6 +193,7 @@ class _Prepared:
     event: list[list[list[float]]]
     gap: list[list[float]]
     scale: list[float]
+    clumping: list[float]
 
     def governs(self, i: int) -> bool:
         return i in self.at
@@ -449,9 +450,9 @@ class Decider:
             seg = st.segment if st is not None else None
             current[i] = pos.get(seg, 0) if seg is not None else 0
         idx = np.flatnonzero(mask)
-        event, gap, scale = self.evidence.prepare(features[idx], current[idx])
+        event, gap, scale, clumping = self.evidence.prepare(features[idx], current[idx])
         at = {int(i): j for j, i in enumerate(idx.tolist())}
-        return _Prepared(at, current.tolist(), event, gap, scale)
+        return _Prepared(at, current.tolist(), event, gap, scale, clumping)
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
@@ -465,17 +466,20 @@ class Decider:
         current = self.segment_ids.index(state.segment)
         j = prep.at[i]
         if current == prep.current[i]:
-            event, gap, scale = prep.event[j], prep.gap[j], prep.scale[j]
+            event, gap, scale, clump = prep.event[j], prep.gap[j], prep.scale[j], prep.clumping[j]
         else:  # the segment changed earlier in this batch: the baseline's prior with it
-            e, g, a = ev.prepare(x[None, :], np.array([current]))
-            event, gap, scale = e[0], g[0], a[0]
+            e, g, a, c = ev.prepare(x[None, :], np.array([current]))
+            event, gap, scale, clump = e[0], g[0], a[0], c[0]
         column = ev.profiles.column(row.kind) if row.kind else None
-        state.evidence, moved = ev.update(
-            state.evidence, row.at, column, current, event, gap, scale
+        state.evidence, moved, began = ev.update(
+            state.evidence, row.at, column, current, event, gap, scale, clump
         )
         if moved is None:
+            # Firmly in its segment as far as the evidence goes: the anchor follows, so a
+            # new model places the customer from what it does now (`_reassign`).
+            state.anchor = _anchor(x)
             return False
-        state.candidate_since = row.at  # no dwell: the evidence is the confirmation
+        state.candidate_since = began  # the dwell: since the evidence began building
         self._migrate(row, state, self.segment_ids[moved], x, out)
         return True
 

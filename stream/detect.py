@@ -63,6 +63,9 @@ class RateProfiles:
     long_days: float
     short_days: float
     profile_days: float
+    #: Catalog columns of the long window's active days and any-type count (None: no
+    #: clumping estimate, the events are taken as Poisson).
+    clumping_cols: tuple[int, int] | None = None
 
     @property
     def columns(self) -> int:
@@ -92,6 +95,24 @@ class RateProfiles:
             (np.maximum(own, 0.0) + prior) / (days + PRIOR_DAYS)[:, None], RATE_FLOOR
         )
         return rates
+
+    def clumping(self, x: np.ndarray, tenure: np.ndarray) -> np.ndarray:
+        """How much burstier than a Poisson process each row's events are, in [1, 4]:
+        the active days a Poisson customer with its event count would have, over the
+        active days it had (long window). Overdispersed counts crowd their events into
+        fewer days, and each event then tells less: the evidence is divided by it.
+
+        >>> p = RateProfiles(("a",), False, np.ones((1, 1)), (0,), (0,), 90.0, 7.0, 30.0, (1, 2))
+        >>> p.clumping(np.array([[0.0, 90.0, 90.0], [0.0, 30.0, 90.0]]), np.array([200.0] * 2))
+        array([1.        , 1.89...])
+        """
+        if self.clumping_cols is None:
+            return np.ones(len(x))
+        days = np.clip(np.minimum(tenure, self.long_days), 1.0, None)
+        active, events = x[:, self.clumping_cols[0]], x[:, self.clumping_cols[1]]
+        expected = days * -np.expm1(-events / days)
+        ratio: np.ndarray = np.clip(expected / np.maximum(active, 1.0), 1.0, 4.0)
+        return ratio
 
 
 def rate_profiles(catalog: Catalog, space: ScaledSpace) -> RateProfiles | None:
@@ -137,6 +158,16 @@ def rate_profiles(catalog: Catalog, space: ScaledSpace) -> RateProfiles | None:
     if len(longs) != 1 or len(shorts) != 1:
         return None  # windows that differ by type: no common baseline period
     cols = typed + anytype[:1]
+    long_window = catalog.features[cols[0][3]].window_days
+    actives = [
+        i
+        for i, spec in enumerate(catalog.features)
+        if spec.aggregation == "active_days"
+        and spec.window_days == long_window
+        and not spec.filter.types
+        and not spec.filter.where
+    ]
+    clumping = (actives[0], anytype[0][3]) if actives and anytype else None
     rates = np.stack([np.maximum(raw[:, used[c[1]]], 0.0) / c[2] for c in cols], axis=1)
     if anytype:
         rates[:, -1] = rates[:, -1] - rates[:, :-1].sum(axis=1)
@@ -149,27 +180,38 @@ def rate_profiles(catalog: Catalog, space: ScaledSpace) -> RateProfiles | None:
         long_days=float(longs.pop() or 0),
         short_days=float(shorts.pop() or 0),
         profile_days=float(cols[0][2]),
+        clumping_cols=clumping,
     )
 
 
-_HEAD: Final = struct.Struct("<I")
+_HEAD: Final = struct.Struct("<IH")
+_TICK: Final = 600.0  # seconds: the resolution of the evidence's age
 
 
-def pack(last: float, sums: Sequence[float]) -> bytes:
-    """The evidence state in bytes: the last update (whole seconds) and float16 sums.
+def pack(last: float, start: float, sums: Sequence[float], current: int) -> bytes:
+    """The evidence state in bytes: the last update (whole seconds), how long before it
+    the leading evidence began (10-minute ticks), and a float16 sum per segment but the
+    current one (always 0).
 
-    >>> unpack(pack(86_400.0, [0.0, 1.5]), 2)
-    (86400.0, [0.0, 1.5])
+    >>> unpack(pack(86_400.0, 80_400.0, [0.0, 0.0, 1.5], 1), 1, 3)
+    (86400.0, 80400.0, [0.0, 0.0, 1.5])
     """
-    return _HEAD.pack(int(last)) + np.asarray(sums, dtype="<f2").tobytes()
+    age = min(max(int((last - start) // _TICK), 0), 65_535)
+    others = [v for i, v in enumerate(sums) if i != current]
+    return _HEAD.pack(int(last), age) + np.asarray(others, dtype="<f2").tobytes()
 
 
-def unpack(blob: bytes, k: int) -> tuple[float, list[float]] | None:
-    """The evidence state packed by `pack`, None when absent or for another k."""
-    if len(blob) != _HEAD.size + 2 * k:
+def unpack(blob: bytes, current: int, k: int) -> tuple[float, float, list[float]] | None:
+    """The evidence state packed by `pack` for `k` segments (None when absent). One of a
+    bundle with fewer segments reads as 0 for the new ones (lineage appends new ids), so
+    evidence under way when a retrained bundle comes in carries over."""
+    if len(blob) < _HEAD.size or (len(blob) - _HEAD.size) % 2:
         return None
-    (last,) = _HEAD.unpack_from(blob)
-    return float(last), np.frombuffer(blob, dtype="<f2", offset=_HEAD.size).astype(float).tolist()
+    last, age = _HEAD.unpack_from(blob)
+    others = np.frombuffer(blob, dtype="<f2", offset=_HEAD.size).astype(float).tolist()
+    others = (others + [0.0] * k)[: k - 1]
+    sums = [*others[:current], 0.0, *others[current:]]
+    return float(last), float(last) - age * _TICK, sums
 
 
 class Evidence:
@@ -195,22 +237,25 @@ class Evidence:
 
     def prepare(
         self, x: np.ndarray, current: np.ndarray
-    ) -> tuple[list[list[list[float]]], list[list[float]], list[float]]:
+    ) -> tuple[list[list[list[float]]], list[list[float]], list[float], list[float]]:
         """Per row: the event term log(a l_s / b_m) for every column m and segment s, the
-        rate gap a sum(l_s) - sum(b) against the row's own baseline b, and a.
+        rate gap a sum(l_s) - sum(b) against the row's own baseline b, a, and the row's
+        clumping (`RateProfiles.clumping`), which divides the evidence.
 
         `a` is the customer's activity relative to its current segment (sum(b) over
         sum(l_c), within [1/3, 3]): a customer who does half of what its segment does is
         expected to do half of what a new segment does too, so its move is judged by the
         mix of its events, not by its volume alone.
         """
-        base = self.profiles.baseline(x, x[:, self.tenure_col], current)
+        tenure = x[:, self.tenure_col]
+        base = self.profiles.baseline(x, tenure, current)
         scale = np.clip(base.sum(axis=1) / self._total[current], 1.0 / 3.0, 3.0)
         event = (
             self._log_rates[None, :, :] + np.log(scale)[:, None, None] - np.log(base)[:, None, :]
         )  # (n, s, m)
         gap = scale[:, None] * self._total[None, :] - base.sum(axis=1)[:, None]
-        return event.tolist(), gap.tolist(), scale.tolist()
+        clumped = self.profiles.clumping(x, tenure)
+        return event.tolist(), gap.tolist(), scale.tolist(), clumped.tolist()
 
     def update(
         self,
@@ -221,14 +266,17 @@ class Evidence:
         event: list[list[float]],
         gap: list[float],
         scale: float,
-    ) -> tuple[bytes, int | None]:
+        clumping: float = 1.0,
+    ) -> tuple[bytes, int | None, float]:
         """One event of the customer at `at` (rate column `column`, None: not modelled)
-        while in segment position `current`: the new state, and the segment position
-        whose evidence crossed the threshold (the strongest), if any."""
-        found = unpack(blob, self.k)
+        while in segment position `current`: the new state, the segment position whose
+        evidence crossed the threshold (the strongest), if any, and since when the
+        leading evidence has been building (the move's dwell)."""
+        found = unpack(blob, current, self.k)
         if found is None:
-            return pack(at, [0.0] * self.k), None
-        last, sums = found
+            return pack(at, at, [0.0] * self.k, current), None, at
+        last, start, sums = found
+        was = max(sums)
         dt = max(at - last, 0.0) / DAY
         seg_event, rates, log_scale = self._seg_event[current], self._total_list, math.log(scale)
         mine = rates[current]
@@ -243,11 +291,13 @@ class Evidence:
             if column is not None:
                 own += event[s][column]
                 seg += seg_event[s][column] + log_scale
-            total = min(max(sums[s] + min(own, seg), 0.0), cap)
+            total = min(max(sums[s] + min(own, seg) / clumping, 0.0), cap)
             sums[s] = total
             if total >= best_sum:
                 best, best_sum = s, total
-        return pack(max(at, last), sums), best
+        if was <= 0.0:  # a new run of evidence begins with this event
+            start = at
+        return pack(max(at, last), start, sums, current), best, start
 
 
 __all__ = ["Evidence", "RateProfiles", "pack", "rate_profiles", "unpack"]

@@ -56,10 +56,12 @@ def run(
     events: list[tuple[float, int]], x: np.ndarray, evidence: Evidence, segment: int
 ) -> tuple[float, int] | None:
     """Feed events (days, column) while in `segment`; the first firing (day, segment)."""
-    event, gap, scale = evidence.prepare(x, np.array([segment]))
+    event, gap, scale, clumping = evidence.prepare(x, np.array([segment]))
     blob = b""
     for day, col in events:
-        blob, fired = evidence.update(blob, day * DAY, col, segment, event[0], gap[0], scale[0])
+        blob, fired, _ = evidence.update(
+            blob, day * DAY, col, segment, event[0], gap[0], scale[0], clumping[0]
+        )
         if fired is not None:
             return day, fired
     return None
@@ -97,10 +99,12 @@ def test_a_steady_customer_raises_no_evidence_for_months() -> None:
 
 
 def test_the_state_packs_into_a_few_bytes() -> None:
-    blob = pack(1_700_000_000.0, [0.0, 3.25, 12.5])
-    assert len(blob) == 4 + 2 * 3
-    assert unpack(blob, 3) == (1_700_000_000.0, [0.0, 3.25, 12.5])
-    assert unpack(blob, 4) is None  # another bundle's segments: start again
+    blob = pack(1_700_000_000.0, 1_699_990_000.0, [0.0, 3.25, 12.5], current=0)
+    assert len(blob) == 4 + 2 + 2 * 2  # no sum kept for the current segment
+    assert unpack(blob, 0, 3) == (1_700_000_000.0, 1_699_990_400.0, [0.0, 3.25, 12.5])
+    # A retrained bundle with a segment more: the evidence carries over, 0 for the new one.
+    assert unpack(blob, 0, 4) == (1_700_000_000.0, 1_699_990_400.0, [0.0, 3.25, 12.5, 0.0])
+    assert unpack(b"", 0, 3) is None
     state = CustomerState(segment=1, evidence=blob)
     assert CustomerState.from_list(msgpack.unpackb(msgpack.packb(state.to_list()))) == state
     # A state saved before the evidence existed (9 items) still loads.
