@@ -504,7 +504,7 @@ def _recall_within(
 
     >>> c = pd.DataFrame({"customer_id": ["a", "b", "c"], "changed_at": [0.0, 0.0, 50 * DAY]})
     >>> _recall_within(c, {("a", 0.0): 2.0, ("b", 0.0): 10.0}, 60 * DAY, [7, 28])
-    {'7': 0.5, '28': 1.0}
+    {'7': 0.3333, '28': 1.0}
     """
     out: dict[str, float | None] = {}
     for d in within_days:

@@ -15,6 +15,11 @@ Rules (thresholds in `Rules`):
   only when the candidate held for `migration_dwell_days` of event time and an event of
   the customer confirms it; then `segment_migration` (with the 3 features that drove the
   move) and `segment_assigned`;
+- early migration (the default detector, `Rules.migration_detector = "evidence"`): a
+  settled customer's own events feed a per-customer CUSUM of the evidence for each
+  other segment's daily rates (`stream.detect`); when one passes `migration_evidence`,
+  the event that crossed it makes the `segment_migration` to that segment, without the
+  margin and dwell (they still settle young customers and move silent ones);
 - quiet moves: a move completed at a daily re-score of a customer silent since the
   candidate appeared (features that only decayed) changes the segment with
   `segment_assigned` (`placed_by: inactivity`) only; the customer's next event settles
