@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 DAY = 86_400.0
+RECALL_WITHIN = (7.0, 14.0, 28.0)  # days after a change: recall as a function of speed
 SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 
 
@@ -404,6 +405,9 @@ def migration_quality(
     min_observed_days: float = 14.0,
     silence_days: float = 30.0,
     qualifying_types: Sequence[str] = (),
+    settled: pd.DataFrame | None = None,
+    within_days: Sequence[float] = RECALL_WITHIN,
+    settle_days: float = 28.0,
 ) -> dict[str, Any]:
     """Migration alerts against the truth (customer_id, changed_at, to_segment).
 
@@ -416,6 +420,13 @@ def migration_quality(
     [start, end - min_observed]; the detection delay is the first right alert - T. Flap
     rate: migration alerts on customers without a change (and active in the window), per
     such customer per 30 days.
+
+    Speed: `recall_within` gives, for each d in `within_days`, the share of the changes
+    with at least d days of history after them that had a right alert within d days.
+    Destination: a change without `to_segment` is judged against the segment it settles
+    in, from `settled` (customer_id, at, nearest: the raw nearest centroid at each daily
+    re-score): the nearest at its last re-score at least `settle_days` after the change.
+    `landed_in_target` is the share of detected changes whose last right alert named it.
     """
     mig = in_window(alerts, "segment_migration", start, end).copy()
     history_end = float(events["ts"].max())
@@ -437,6 +448,8 @@ def migration_quality(
         (changes["changed_at"] >= start) & (changes["changed_at"] <= end - min_observed_days * DAY)
     ]
     delays, landed, with_target = [], 0, 0
+    delays_by: dict[tuple[str, float], float] = {}
+    settled_at = _settled(settled, counted, settle_days)
     for cid, changed, target in zip(
         counted["customer_id"].tolist(),
         counted["changed_at"].to_numpy(dtype=float).tolist(),
@@ -449,9 +462,11 @@ def migration_quality(
         if hits.empty:
             continue
         delays.append((float(hits["at"].iloc[0]) - changed) / DAY)
-        if target >= 0:
+        delays_by[(cid, changed)] = delays[-1]
+        wanted = target if target >= 0 else settled_at.get((cid, changed), -1)
+        if wanted >= 0:
             with_target += 1
-            landed += int(float(hits["to_segment_id"].iloc[-1]) == target)
+            landed += int(float(hits["to_segment_id"].iloc[-1]) == wanted)
     active = set(events.loc[(events["ts"] >= start) & (events["ts"] <= end), "customer_id"])
     unchanged = active - set(changes["customer_id"])
     on_unchanged = mig["customer_id"].isin(unchanged) & ~mig.index.isin(list(churn_led))
@@ -469,6 +484,7 @@ def migration_quality(
         "recall": _ratio(len(delays), len(counted)),
         "delay_days": _dist(delays),
         "delays": [round(d, 3) for d in delays],
+        "recall_within": _recall_within(counted, delays_by, end, within_days),
         "with_target": with_target,
         "landed_in_target": _ratio(landed, with_target),
         "unchanged_customers": len(unchanged),
@@ -476,6 +492,47 @@ def migration_quality(
         "flap_rate_per_30d": _ratio(flaps, len(unchanged) * months),
         "max_delay_days": max_delay_days,
     }
+
+
+def _recall_within(
+    counted: pd.DataFrame,
+    delays: Mapping[tuple[str, float], float],
+    end: float,
+    within_days: Sequence[float],
+) -> dict[str, float | None]:
+    """Per d: detected within d days / changes with d days of history after them.
+
+    >>> c = pd.DataFrame({"customer_id": ["a", "b", "c"], "changed_at": [0.0, 0.0, 50 * DAY]})
+    >>> _recall_within(c, {("a", 0.0): 2.0, ("b", 0.0): 10.0}, 60 * DAY, [7, 28])
+    {'7': 0.3333, '28': 1.0}
+    """
+    out: dict[str, float | None] = {}
+    for d in within_days:
+        pairs = [
+            (cid, t)
+            for cid, t in zip(counted["customer_id"], counted["changed_at"], strict=True)
+            if t + d * DAY <= end
+        ]
+        hit = sum(1 for p in pairs if delays.get(p, math.inf) <= d)
+        out[f"{d:g}"] = _ratio(hit, len(pairs))
+    return out
+
+
+def _settled(
+    settled: pd.DataFrame | None, counted: pd.DataFrame, settle_days: float
+) -> dict[tuple[str, float], int]:
+    """(customer, change) -> the raw nearest centroid at the customer's last re-score at
+    least `settle_days` after the change (absent when the history stops before)."""
+    if settled is None or settled.empty or counted.empty:
+        return {}
+    last = settled.sort_values("at", kind="stable").groupby("customer_id").tail(1)
+    when = dict(zip(last["customer_id"], last["at"].astype(float), strict=True))
+    nearest = dict(zip(last["customer_id"], last["nearest"].astype(int), strict=True))
+    out = {}
+    for cid, changed in zip(counted["customer_id"], counted["changed_at"], strict=True):
+        if cid in when and when[cid] >= changed + settle_days * DAY:
+            out[(cid, float(changed))] = int(nearest[cid])
+    return out
 
 
 def migration_behaviour(
@@ -568,5 +625,6 @@ def evaluate(
             end=end,
             silence_days=horizon_days,
             qualifying_types=qualifying_types,
+            settled=scores if "nearest" in scores else None,
         )
     return out

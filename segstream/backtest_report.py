@@ -47,15 +47,22 @@ def _sweep_figure(churn: Mapping[str, Any], path: Path) -> None:
 
 def _delay_figure(migrations: Mapping[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    delays = migrations["delays"]
+    delays = sorted(migrations["delays"])
+    changes = max(int(migrations["changes"]), 1)
     if delays:
         ax.hist(delays, bins=min(30, max(5, len(delays) // 3)), color="tab:blue", alpha=0.8)
         median = migrations["delay_days"]["median"]
         ax.axvline(median, color="grey", linestyle=":", label=f"median {median:.1f} d")
-        ax.legend()
+        ax.legend(loc="upper center")
+        # Recall as a function of days since the change (share of all counted changes).
+        right = ax.twinx()
+        right.step(delays, [(i + 1) / changes for i in range(len(delays))], where="post",
+                   color="tab:green")  # fmt: skip
+        right.set_ylim(0, 1.05)
+        right.set_ylabel("recall within x days", color="tab:green")
     ax.set_xlabel("days from the change to its first migration alert")
     ax.set_ylabel("changes")
-    ax.set_title("Migration detection delay")
+    ax.set_title("Migration detection delay, and recall by days since the change")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -163,6 +170,14 @@ def _churn_section(churn: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _speed_rows(m: Mapping[str, Any]) -> list[list[Any]]:
+    """Recall within d days of the change, and the delay quantiles: the speed users get."""
+    rows = [[f"recall within {d} days", number(r)] for d, r in m.get("recall_within", {}).items()]
+    delay = m["delay_days"]
+    rows += [[f"delay {q}, days", number(delay[q])] for q in ("p25", "median", "p75", "p90")]
+    return rows
+
+
 def _migrations_section(m: Mapping[str, Any]) -> list[str]:
     return [
         "<h2>Migrations against the truth</h2>",
@@ -181,6 +196,11 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("flap rate per unchanged customer per 30 days", m["flap_rate_per_30d"]),
             ]
         ),
+        "<h3>How fast</h3>",
+        "<p class='explain'>Recall within d days counts the changes with at least d days "
+        "of history after them; the delay runs from the change to its first right alert. "
+        "A gradual drift's change time is its midpoint.</p>",
+        table(["figure", "value"], _speed_rows(m)),
         image(FIGURES[1], "detection delay histogram"),
     ]
 

@@ -33,11 +33,12 @@ from stream.settings import StreamSettings
 
 
 class ScoringEngine(Engine):
-    """An `Engine` that records (customer, time, churn probability, segment) per re-score."""
+    """An `Engine` that records (customer, time, churn probability, segment, raw nearest
+    centroid) per re-score; the nearest tells where a migrating customer settled."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.scores: list[tuple[str, float, float, int]] = []
+        self.scores: list[tuple[str, float, float, int, int]] = []
 
     @classmethod
     def like(cls, engine: Engine, rules: Rules | None = None) -> ScoringEngine:
@@ -58,9 +59,15 @@ class ScoringEngine(Engine):
         self, now: float, partitions: Sequence[int] = (0,), limit: int | None = None
     ) -> BatchResult:
         result = await super().rescore(now, partitions, limit)
+        values = result.features.values if result.features is not None else None
+        if values is None or not len(result.rows):
+            return result
+        nearest = self.bundle.nearest(values).tolist()
         self.scores += [
-            (row.customer_id, row.at, p, seg)
-            for row, p, seg in zip(result.rows, result.churn, result.segments, strict=True)
+            (row.customer_id, row.at, p, seg, near)
+            for row, p, seg, near in zip(
+                result.rows, result.churn, result.segments, nearest, strict=True
+            )
         ]
         return result
 
@@ -135,8 +142,10 @@ async def run_history(
     bundle = engine.bundle
     chosen = bundle.manifest.get("settings", {})
     scores = pd.DataFrame(
-        engine.scores, columns=["customer_id", "at", "probability", "segment"]
-    ).astype({"customer_id": object, "at": float, "probability": float, "segment": int})
+        engine.scores, columns=["customer_id", "at", "probability", "segment", "nearest"]
+    ).astype(
+        {"customer_id": object, "at": float, "probability": float, "segment": int, "nearest": int}
+    )
     return HistoryRun(
         alerts=alerts_frame(alerts_out),
         scores=scores,
@@ -214,6 +223,8 @@ def backtest(
     metrics["rules"] = {
         "migration_margin": run.rules.migration_margin,
         "migration_dwell_days": run.rules.migration_dwell_days,
+        "migration_detector": run.rules.migration_detector,
+        "migration_evidence": run.rules.migration_evidence,
         "churn_cooldown_days": run.rules.churn_cooldown_days,
         "early_days": run.rules.early_days,
     }

@@ -15,6 +15,11 @@ Rules (thresholds in `Rules`):
   only when the candidate held for `migration_dwell_days` of event time and an event of
   the customer confirms it; then `segment_migration` (with the 3 features that drove the
   move) and `segment_assigned`;
+- early migration (the default detector, `Rules.migration_detector = "evidence"`): a
+  settled customer's own events feed a per-customer CUSUM of the evidence for each
+  other segment's daily rates (`stream.detect`); when one passes `migration_evidence`,
+  the event that crossed it makes the `segment_migration` to that segment, without the
+  margin and dwell (they still settle young customers and move silent ones);
 - quiet moves: a move completed at a daily re-score of a customer silent since the
   candidate appeared (features that only decayed) changes the segment with
   `segment_assigned` (`placed_by: inactivity`) only; the customer's next event settles
@@ -48,6 +53,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
+from stream.detect import Evidence, RateProfiles
 from stream.lifecycle import next_stage
 
 SCHEMA_VERSION: Final = 1
@@ -80,6 +86,11 @@ class Rules:
     churn_cooldown_days: float = 14.0
     drivers: int = 3
     dormant_days: float = 30.0
+    #: `evidence`: settled customers move when the events' evidence for another segment
+    #: crosses `migration_evidence` nats (`stream.detect`); `centers`: when the nearest
+    #: center holds the margin for the dwell (the rule before issue 22).
+    migration_detector: str = "evidence"
+    migration_evidence: float = 10.0
 
 
 class CustomerState:
@@ -96,6 +107,7 @@ class CustomerState:
         "candidate_since",
         "churn_alerted_at",
         "churn_high",
+        "evidence",
         "last_seen",
         "model_version",
         "quiet_from",
@@ -116,6 +128,7 @@ class CustomerState:
         churn_alerted_at: float = -1e18,
         model_version: str = "",
         quiet_from: int | None = None,  # the segment before a move made in silence
+        evidence: bytes = b"",  # packed migration evidence (`stream.detect.pack`)
         stage: str | None = None,  # lifecycle stage (stream.lifecycle)
         stage_since: float = 0.0,  # event time the stage began
         last_seen: float = 0.0,  # the newest event time decided
@@ -129,6 +142,7 @@ class CustomerState:
         self.churn_alerted_at = churn_alerted_at
         self.model_version = model_version
         self.quiet_from = quiet_from
+        self.evidence = evidence
         self.stage = stage
         self.stage_since = stage_since
         self.last_seen = last_seen
@@ -144,6 +158,7 @@ class CustomerState:
             self.churn_alerted_at,
             self.model_version,
             self.quiet_from,
+            self.evidence,
             self.stage,
             self.stage_since,
             self.last_seen,
@@ -152,11 +167,13 @@ class CustomerState:
     @classmethod
     def from_list(cls, items: Sequence[Any]) -> CustomerState:
         seg, since, cand, cand_since, anchor, high, alerted, version, *rest = items
-        # States saved before quiet moves had 8 items, before lifecycle stages 9.
-        quiet, stage, stage_since, last_seen = [*rest, None, None, 0.0, 0.0][:4]
+        # States saved before quiet moves had 8 items, before issue 22 9, before lifecycle
+        # stages 10.
+        defaults: list[Any] = [None, b"", None, 0.0, 0.0]
+        quiet, evidence, stage, stage_since, last_seen = [*rest, *defaults[len(rest) :]][:5]
         return cls(
             seg, since, cand, cand_since, bytes(anchor), high, alerted, version, quiet,
-            stage, stage_since, last_seen,
+            bytes(evidence), stage, stage_since, last_seen,
         )  # fmt: skip
 
     def copy(self) -> CustomerState:
@@ -179,6 +196,7 @@ class Row:
     customer_id: str
     at: float
     trigger: str  # the event id, or "rescore:<day>"
+    kind: str = ""  # the event's type ("" at a re-score)
 
 
 @dataclass
@@ -188,6 +206,22 @@ class Alert:
     kind: str
     key: str
     body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch's evidence terms (`stream.detect.Evidence.prepare`): `at` maps a row to its
+    position in `event`/`gap`; `current` is each row's segment position before the batch."""
+
+    at: dict[int, int]
+    current: list[int]
+    event: list[list[list[float]]]
+    gap: list[list[float]]
+    scale: list[float]
+    clumping: list[float]
+
+    def governs(self, i: int) -> bool:
+        return i in self.at
 
 
 @dataclass
@@ -234,6 +268,7 @@ class Decider:
         scaled_columns: Sequence[int],
         typical: np.ndarray,
         rules: Rules = Rules(),
+        profiles: RateProfiles | None = None,
     ) -> None:
         self.model = model
         self.segment_ids = list(segment_ids)
@@ -248,6 +283,12 @@ class Decider:
         )
         self.has_early = getattr(model, "early_model", True) is not None
         self.has_churn = getattr(model, "churn_model", True) is not None
+        # Without rate profiles (a catalog that counts no event types) the centers decide.
+        self.evidence = (
+            Evidence(profiles, rules.migration_evidence, self._tenure)
+            if profiles is not None and rules.migration_detector == "evidence"
+            else None
+        )
 
     def decide(
         self,
@@ -284,6 +325,7 @@ class Decider:
         targets = np.where(young, early, ids[np.argmin(distances, axis=1)]).tolist()
         young_list = young.tolist()
         churn_list = churn.tolist()
+        prep = self._prepare(rows, features, young, states, score_churn)
         # One copy per customer and batch, updated in place row by row: the caller's
         # states stay as they were (the engine diffs them for the population counts).
         copied: set[str] = set()
@@ -300,7 +342,7 @@ class Decider:
                 copied.add(cid)
             self._assign(
                 row, state, targets[i], young_list[i], features, i, distances[i], out, replaced,
-                confirm=not score_churn,
+                prep, confirm=not score_churn,
             )  # fmt: skip
             if score_churn:
                 before = len(out.alerts)
@@ -370,12 +412,16 @@ class Decider:
         dist: np.ndarray,
         out: Decisions,
         replaced: dict[str, int],
+        prep: _Prepared | None,
         *,
         confirm: bool,
     ) -> None:
         """Update `state` in place for row `i` (features `features[i]`).
 
         `confirm` is set for rows of the customer's own events: only they complete a move.
+        With the evidence detector, a settled customer's events feed its evidence and
+        only the evidence completes a move; the centers still move a silent customer at
+        its re-scores (`placed_by: inactivity`) and young ones settle as before.
         """
         if state.segment is None:
             body = self._base("segment_assigned", row)
@@ -404,6 +450,9 @@ class Decider:
                 if young or self._clear_margin(state.quiet_from, target, dist):
                     self._complete(row, state, target, young, features[i], out)
                 return  # near the border: the next event decides
+        governed = prep is not None and prep.governs(i) and state.quiet_from is None
+        if governed and prep is not None and self._detect(row, state, features[i], i, prep, out):
+            return
         if target == state.segment:
             state.candidate = None
             if state.quiet_from is None:  # in silence, the anchor keeps the settled features
@@ -431,7 +480,65 @@ class Decider:
             self._place(row, state, target, features[i], "inactivity", out)
             state.quiet_from, state.anchor = quiet_from, anchor
             return
+        if governed:
+            return  # the evidence decides this customer's moves, not the centers
         self._complete(row, state, target, young, features[i], out)
+
+    def _prepare(
+        self,
+        rows: Sequence[Row],
+        features: np.ndarray,
+        young: np.ndarray,
+        states: dict[str, CustomerState],
+        score_churn: bool,
+    ) -> _Prepared | None:
+        """The batch's evidence terms for the rows the evidence governs: events of
+        customers past the settling period (young + one dwell), computed at once."""
+        if self.evidence is None or score_churn:
+            return None
+        settle = self.rules.early_days + self.rules.migration_dwell_days
+        mask = ~young & (features[:, self._tenure] >= settle)
+        if not mask.any():
+            return None
+        pos = {seg: p for p, seg in enumerate(self.segment_ids)}
+        current = np.zeros(len(rows), dtype=np.int64)
+        for i, row in enumerate(rows):
+            st = states.get(row.customer_id)
+            seg = st.segment if st is not None else None
+            current[i] = pos.get(seg, 0) if seg is not None else 0
+        idx = np.flatnonzero(mask)
+        event, gap, scale, clumping = self.evidence.prepare(features[idx], current[idx])
+        at = {int(i): j for j, i in enumerate(idx.tolist())}
+        return _Prepared(at, current.tolist(), event, gap, scale, clumping)
+
+    def _detect(
+        self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
+        out: Decisions,
+    ) -> bool:  # fmt: skip
+        """Feed one event to the customer's evidence; migrate when it crosses (True)."""
+        ev = self.evidence
+        assert ev is not None and state.segment is not None
+        if state.model_version != self.model.version or state.segment not in self.segment_ids:
+            return False
+        current = self.segment_ids.index(state.segment)
+        j = prep.at[i]
+        if current == prep.current[i]:
+            event, gap, scale, clump = prep.event[j], prep.gap[j], prep.scale[j], prep.clumping[j]
+        else:  # the segment changed earlier in this batch: the baseline's prior with it
+            e, g, a, c = ev.prepare(x[None, :], np.array([current]))
+            event, gap, scale, clump = e[0], g[0], a[0], c[0]
+        column = ev.profiles.column(row.kind) if row.kind else None
+        state.evidence, moved, began = ev.update(
+            state.evidence, row.at, column, current, event, gap, scale, clump
+        )
+        if moved is None:
+            # Firmly in its segment as far as the evidence goes: the anchor follows, so a
+            # new model places the customer from what it does now (`_reassign`).
+            state.anchor = _anchor(x)
+            return False
+        state.candidate_since = began  # the dwell: since the evidence began building
+        self._migrate(row, state, self.segment_ids[moved], x, out)
+        return True
 
     def _complete(
         self, row: Row, state: CustomerState, target: int, young: bool, x: np.ndarray,
@@ -470,6 +577,7 @@ class Decider:
         state.segment, state.since, state.candidate = target, row.at, None
         state.anchor = _anchor(x)
         state.quiet_from = None
+        state.evidence = b""  # evidence against the old segment means nothing now
 
     def _reassign(self, row: Row, state: CustomerState, target: int, out: Decisions) -> None:
         """First look at a customer under a new bundle: where the new model puts it.
@@ -495,6 +603,7 @@ class Decider:
         )
         out.alerts.append(Alert("segment_reassigned", row.customer_id, body))
         state.segment, state.since = target, row.at
+        state.evidence = b""
         state.quiet_from = None  # placed from the settled features: no longer in silence
         if state.candidate == target:
             state.candidate = None

@@ -35,6 +35,7 @@ from models.catalog import Catalog
 from models.events import Event
 from stream.assign import OnlineCenters
 from stream.decide import DAY, Alert, CustomerState, Decider, Decisions, Row, Rules, iso
+from stream.detect import rate_profiles
 from stream.lifecycle import stage_field
 from stream.shadow import Shadow, ShadowTally
 from stream.stores import (
@@ -129,6 +130,7 @@ class Engine:
             bundle.space.index.tolist(),
             bundle.space.typical_row(len(self.catalog.names)),
             self.rules,
+            rate_profiles(self.catalog, bundle.space),
         )
 
     async def process(
@@ -163,7 +165,7 @@ class Engine:
         # Feature rows skip too_late events of customers without state: map, don't index.
         feature_rows = [applied.rows[i] for i in keep]
         when = applied.features.at
-        rows = [Row(events[i].customer_id, float(when[r]), events[i].event_id)
+        rows = [Row(events[i].customer_id, float(when[r]), events[i].event_id, events[i].type)
                 for i, r in zip(keep, feature_rows, strict=True)]  # fmt: skip
         parts = [partitions[i] if partitions else 0 for i in keep]
         x = (

@@ -168,6 +168,18 @@ class StreamSettings(BaseSettings):
         ge=0,
         description="...and stay nearer this long (event time) before a migration.",
     )
+    migration_detector: Literal["evidence", "centers"] = Field(
+        "evidence",
+        description="What moves a settled customer: `evidence` (the customer's events "
+        "against each segment's daily rates, `stream/detect.py`) or `centers` (the nearest "
+        "center with the margin and dwell above, the rule before issue 22).",
+    )
+    migration_evidence: float = Field(
+        DEFAULT_RULES.migration_evidence,
+        gt=0,
+        description="Evidence (nats of log-likelihood ratio) for another segment that "
+        "makes a migration, with the `evidence` detector.",
+    )
     churn_cooldown_days: float = Field(
         DEFAULT_RULES.churn_cooldown_days,
         ge=0,
@@ -218,6 +230,8 @@ class StreamSettings(BaseSettings):
             early_days=self.early_days,
             migration_margin=self.migration_margin,
             migration_dwell_days=self.migration_dwell_days,
+            migration_detector=self.migration_detector,
+            migration_evidence=self.migration_evidence,
             churn_cooldown_days=self.churn_cooldown_days,
             dormant_days=self.dormant_days,
         )

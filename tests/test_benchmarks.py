@@ -91,7 +91,10 @@ def test_the_alert_tuning_grid_writes_a_row_per_setting(redis_url: str, tmp_path
             "--redis-url", redis_url]  # fmt: skip
     tune_alerts.main(args)
     doc = json.loads((tmp_path / "tuning.json").read_text())["shapes"]["sudden"]
-    assert [(r["margin"], r["dwell_days"]) for r in doc["summary"]] == [(0.1, 3.0), (0.2, 3.0)]
+    # The raw nearest center, the centers' grid, and the evidence at its default threshold.
+    assert [(r["detector"], r["margin"], r["dwell_days"]) for r in doc["summary"]] == [
+        ("nearest", 0.0, 0.0), ("rules", 0.1, 3.0), ("rules", 0.2, 3.0), ("evidence", 0.2, 3.0)
+    ]  # fmt: skip
     assert {r["seed"] for r in doc["runs"]} == {5}
     assert "| 0.2 | 3.0 |" in (tmp_path / "tuning.md").read_text()
 

@@ -337,9 +337,10 @@ def test_real_moves_after_the_reload_are_still_alerted(scenario: Scenario) -> No
         }
 
     # The movers the old model catches, the new one catches as well (but for one whose
-    # path crosses the new segment, which the margin can hold back), with its version.
+    # path crosses the new segment: the new model reassigns it there, or the margin
+    # holds it back), with its version.
     in_control, in_reload = caught(s.control), caught(s.reload)
-    assert len(in_reload) >= max(3, len(in_control)), (len(in_reload), len(in_control))
+    assert len(in_reload) >= max(3, len(in_control) - 1), (len(in_reload), len(in_control))
     assert len(in_control - in_reload) <= 1, sorted(in_control - in_reload)
     for body in s.reload.of("segment_migration", after=RELOAD):
         if body["customer_id"] in in_reload:

@@ -1,0 +1,304 @@
+"""Early migration evidence: each segment a profile of daily event rates, and a CUSUM.
+
+Owns `RateProfiles` (read once per bundle from its centroids and the catalog's count
+features) and `Evidence`, the per-customer sequential test the decider runs at each of
+the customer's own events: for every other segment s, a CUSUM of the log-likelihood
+ratio of the customer's events (a Poisson process per event type) under s's rates
+against the better of two explanations of "nothing changed":
+
+- the customer's own baseline: its rates over the long window minus the short one (the
+  weeks before the latest), so an atypical but steady customer raises no evidence;
+- the rates of its current segment, so a customer who did move is not pulled back by a
+  baseline that still remembers the old behaviour.
+
+The 30- and 90-day windows move slowly after a change; the events themselves do not, so
+the evidence crosses its threshold within days of a sudden switch. The destination is
+the segment with the most evidence. The state is `k` float16 sums and the time of the
+last update, packed into a few bytes (`pack`/`unpack`); it changes only at the
+customer's events (silence is accounted for at the next one), so it is the same whatever
+the batching and whenever the daily re-scores ran.
+
+Imports numpy, the catalog and the bundle's space only; `stream.decide` calls it, the
+engine builds it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from models.bundle import ScaledSpace
+from models.catalog import Catalog
+
+DAY: Final = 86_400.0
+#: Rates below this (per day) are raised to it: a segment that "never" does something
+#: would make one such event infinite evidence.
+RATE_FLOOR: Final = 0.003
+#: Days of the current segment's rates mixed into a customer's own baseline (a prior):
+#: a customer with few days of history is judged mostly against its segment.
+PRIOR_DAYS: Final = 7.0
+
+
+@dataclass(frozen=True)
+class RateProfiles:
+    """Per-segment daily rates of the event types the catalog counts, and where to read a
+    customer's own counts of them in a feature row.
+
+    Column m of `rates` is event type `types[m]`; the last column ("other") holds every
+    other type when the catalog counts events of any type. `long_cols`/`short_cols` are
+    the catalog columns of each column's longest- and shortest-window counts (for
+    "other": the any-type counts; the typed ones are subtracted).
+    """
+
+    types: tuple[str, ...]
+    other: bool
+    rates: np.ndarray  # (segments, columns) per-day rates, rows in segment-id order
+    long_cols: tuple[int, ...]
+    short_cols: tuple[int, ...]
+    long_days: float
+    short_days: float
+    profile_days: float
+    #: Catalog columns of the long window's active days and any-type count (None: no
+    #: clumping estimate, the events are taken as Poisson).
+    clumping_cols: tuple[int, int] | None = None
+
+    @property
+    def columns(self) -> int:
+        return len(self.types) + int(self.other)
+
+    def column(self, event_type: str) -> int | None:
+        """The rate column an event of `event_type` counts in (None: not modelled)."""
+        try:
+            return self.types.index(event_type)
+        except ValueError:
+            return len(self.types) if self.other else None
+
+    def counts(self, x: np.ndarray, cols: Sequence[int]) -> np.ndarray:
+        """Per rate column, the counts of the feature columns `cols` in rows `x` (n, catalog)."""
+        got = x[:, list(cols)]
+        if self.other:
+            got[:, -1] = np.maximum(got[:, -1] - got[:, :-1].sum(axis=1), 0.0)
+        return got
+
+    def baseline(self, x: np.ndarray, tenure: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Each row's own daily rates before its latest short window, with the rates of
+        its current segment (`current`: row positions in `rates`) as a prior."""
+        days = np.clip(np.minimum(tenure, self.long_days) - self.short_days, 0.0, None)
+        own = self.counts(x, self.long_cols) - self.counts(x, self.short_cols)
+        prior = self.rates[current] * PRIOR_DAYS
+        rates: np.ndarray = np.maximum(
+            (np.maximum(own, 0.0) + prior) / (days + PRIOR_DAYS)[:, None], RATE_FLOOR
+        )
+        return rates
+
+    def clumping(self, x: np.ndarray, tenure: np.ndarray) -> np.ndarray:
+        """How much burstier than a Poisson process each row's events are, in [1, 4]:
+        the active days a Poisson customer with its event count would have, over the
+        active days it had (long window). Overdispersed counts crowd their events into
+        fewer days, and each event then tells less: the evidence is divided by it.
+
+        >>> p = RateProfiles(("a",), False, np.ones((1, 1)), (0,), (0,), 90.0, 7.0, 30.0, (1, 2))
+        >>> p.clumping(np.array([[0.0, 90.0, 90.0], [0.0, 30.0, 90.0]]), np.array([200.0] * 2))
+        array([1.        , 1.89...])
+        """
+        if self.clumping_cols is None:
+            return np.ones(len(x))
+        days = np.clip(np.minimum(tenure, self.long_days), 1.0, None)
+        active, events = x[:, self.clumping_cols[0]], x[:, self.clumping_cols[1]]
+        expected = days * -np.expm1(-events / days)
+        ratio: np.ndarray = np.clip(expected / np.maximum(active, 1.0), 1.0, 4.0)
+        return ratio
+
+
+def rate_profiles(catalog: Catalog, space: ScaledSpace) -> RateProfiles | None:
+    """The profiles of a bundle: for each count feature of a single event type (and of
+    any type), its per-day rate at each centroid, read off its shortest full window
+    among those the segmentation uses (30 days in the default catalog: 90-day counts of
+    customers younger than 90 days are short). None when the catalog counts no events.
+
+    >>> from models.catalog import default_catalog
+    >>> cat = default_catalog()
+    >>> idx = np.array([cat.names.index("sessions_30d")])
+    >>> space = ScaledSpace(index=idx, log1p=np.array([True]), mean=np.zeros(1),
+    ...     scale=np.ones(1), centroids=np.log1p(np.array([[3.0], [30.0]])), segment_ids=(0, 1))
+    >>> p = rate_profiles(cat, space)
+    >>> p.types, p.other, p.rates.round(2).tolist()
+    (('session_start',), False, [[0.1], [1.0]])
+    """
+    windows: dict[tuple[str, ...], dict[int, int]] = {}
+    for col, spec in enumerate(catalog.features):
+        f = spec.filter
+        days = spec.window_days
+        if spec.aggregation != "count" or f.where or len(f.types) > 1 or not isinstance(days, int):
+            continue  # lifetime counts are no daily rate
+        windows.setdefault(tuple(f.types), {})[days] = col
+    used = {int(c): j for j, c in enumerate(np.asarray(space.index).tolist())}
+    # Centroids back in raw units (the space's inverse transform).
+    raw = np.asarray(space.centroids) * np.asarray(space.scale) + np.asarray(space.mean)
+    raw = np.where(np.asarray(space.log1p), np.expm1(raw), raw)
+    picked: list[tuple[tuple[str, ...], int, int, int, int]] = []  # key, profile col, days...
+    for key, by_window in windows.items():
+        if len(by_window) < 2:
+            continue
+        long_w, short_w = max(by_window), min(by_window)
+        seen = [w for w in sorted(by_window) if w > short_w and by_window[w] in used]
+        if not seen:
+            continue
+        picked.append((key, by_window[seen[0]], seen[0], by_window[long_w], by_window[short_w]))
+    typed = [p for p in picked if p[0]]
+    anytype = [p for p in picked if not p[0]]
+    if not typed:
+        return None
+    longs = {w for *_, lc, _ in picked for w in [catalog.features[lc].window_days]}
+    shorts = {w for *_, sc in picked for w in [catalog.features[sc].window_days]}
+    if len(longs) != 1 or len(shorts) != 1:
+        return None  # windows that differ by type: no common baseline period
+    cols = typed + anytype[:1]
+    long_window = catalog.features[cols[0][3]].window_days
+    actives = [
+        i
+        for i, spec in enumerate(catalog.features)
+        if spec.aggregation == "active_days"
+        and spec.window_days == long_window
+        and not spec.filter.types
+        and not spec.filter.where
+    ]
+    clumping = (actives[0], anytype[0][3]) if actives and anytype else None
+    rates = np.stack([np.maximum(raw[:, used[c[1]]], 0.0) / c[2] for c in cols], axis=1)
+    if anytype:
+        rates[:, -1] = rates[:, -1] - rates[:, :-1].sum(axis=1)
+    return RateProfiles(
+        types=tuple(c[0][0] for c in typed),
+        other=bool(anytype),
+        rates=np.maximum(rates, RATE_FLOOR),
+        long_cols=tuple(c[3] for c in cols),
+        short_cols=tuple(c[4] for c in cols),
+        long_days=float(longs.pop() or 0),
+        short_days=float(shorts.pop() or 0),
+        profile_days=float(cols[0][2]),
+        clumping_cols=clumping,
+    )
+
+
+_HEAD: Final = struct.Struct("<IH")
+_TICK: Final = 600.0  # seconds: the resolution of the evidence's age
+
+
+def pack(last: float, start: float, sums: Sequence[float], current: int) -> bytes:
+    """The evidence state in bytes: the last update (whole seconds), how long before it
+    the leading evidence began (10-minute ticks), and a float16 sum per segment but the
+    current one (always 0).
+
+    >>> unpack(pack(86_400.0, 80_400.0, [0.0, 0.0, 1.5], 1), 1, 3)
+    (86400.0, 80400.0, [0.0, 0.0, 1.5])
+    """
+    age = min(max(int((last - start) // _TICK), 0), 65_535)
+    others = [v for i, v in enumerate(sums) if i != current]
+    return _HEAD.pack(int(last), age) + np.asarray(others, dtype="<f2").tobytes()
+
+
+def unpack(blob: bytes, current: int, k: int) -> tuple[float, float, list[float]] | None:
+    """The evidence state packed by `pack` for `k` segments (None when absent). One of a
+    bundle with fewer segments reads as 0 for the new ones (lineage appends new ids), so
+    evidence under way when a retrained bundle comes in carries over."""
+    if len(blob) < _HEAD.size or (len(blob) - _HEAD.size) % 2:
+        return None
+    last, age = _HEAD.unpack_from(blob)
+    others = np.frombuffer(blob, dtype="<f2", offset=_HEAD.size).astype(float).tolist()
+    others = (others + [0.0] * k)[: k - 1]
+    sums = [*others[:current], 0.0, *others[current:]]
+    return float(last), float(last) - age * _TICK, sums
+
+
+class Evidence:
+    """The sequential test over one bundle's profiles (see the module docstring).
+
+    `prepare` computes, for a batch of rows, what does not depend on the customer's state
+    (its baseline's terms); `update` then runs the CUSUM of one row in pure Python (k is
+    small), and says which segment crossed `threshold`, if any.
+    """
+
+    def __init__(self, profiles: RateProfiles, threshold: float, tenure_col: int) -> None:
+        self.profiles = profiles
+        self.threshold = threshold
+        self.tenure_col = tenure_col
+        log_rates = np.log(profiles.rates)
+        total = profiles.rates.sum(axis=1)
+        # Against a current segment c: event term log(l_s / l_c) per column.
+        self._seg_event = (log_rates[None, :, :] - log_rates[:, None, :]).tolist()  # [c][s][m]
+        self._total_list = total.tolist()
+        self._log_rates = log_rates
+        self._total = total
+        self.k = len(total)
+
+    def prepare(
+        self, x: np.ndarray, current: np.ndarray
+    ) -> tuple[list[list[list[float]]], list[list[float]], list[float], list[float]]:
+        """Per row: the event term log(a l_s / b_m) for every column m and segment s, the
+        rate gap a sum(l_s) - sum(b) against the row's own baseline b, a, and the row's
+        clumping (`RateProfiles.clumping`), which divides the evidence.
+
+        `a` is the customer's activity relative to its current segment (sum(b) over
+        sum(l_c), within [1/3, 3]): a customer who does half of what its segment does is
+        expected to do half of what a new segment does too, so its move is judged by the
+        mix of its events, not by its volume alone.
+        """
+        tenure = x[:, self.tenure_col]
+        base = self.profiles.baseline(x, tenure, current)
+        scale = np.clip(base.sum(axis=1) / self._total[current], 1.0 / 3.0, 3.0)
+        event = (
+            self._log_rates[None, :, :] + np.log(scale)[:, None, None] - np.log(base)[:, None, :]
+        )  # (n, s, m)
+        gap = scale[:, None] * self._total[None, :] - base.sum(axis=1)[:, None]
+        clumped = self.profiles.clumping(x, tenure)
+        return event.tolist(), gap.tolist(), scale.tolist(), clumped.tolist()
+
+    def update(
+        self,
+        blob: bytes,
+        at: float,
+        column: int | None,
+        current: int,
+        event: list[list[float]],
+        gap: list[float],
+        scale: float,
+        clumping: float = 1.0,
+    ) -> tuple[bytes, int | None, float]:
+        """One event of the customer at `at` (rate column `column`, None: not modelled)
+        while in segment position `current`: the new state, the segment position whose
+        evidence crossed the threshold (the strongest), if any, and since when the
+        leading evidence has been building (the move's dwell)."""
+        found = unpack(blob, current, self.k)
+        if found is None:
+            return pack(at, at, [0.0] * self.k, current), None, at
+        last, start, sums = found
+        was = max(sums)
+        dt = max(at - last, 0.0) / DAY
+        seg_event, rates, log_scale = self._seg_event[current], self._total_list, math.log(scale)
+        mine = rates[current]
+        cap = 2.0 * self.threshold
+        best, best_sum = None, self.threshold
+        for s in range(self.k):
+            if s == current:
+                sums[s] = 0.0
+                continue
+            own = -dt * gap[s]
+            seg = -dt * (scale * rates[s] - mine)
+            if column is not None:
+                own += event[s][column]
+                seg += seg_event[s][column] + log_scale
+            total = min(max(sums[s] + min(own, seg) / clumping, 0.0), cap)
+            sums[s] = total
+            if total >= best_sum:
+                best, best_sum = s, total
+        if was <= 0.0:  # a new run of evidence begins with this event
+            start = at
+        return pack(max(at, last), start, sums, current), best, start
+
+
+__all__ = ["Evidence", "RateProfiles", "pack", "rate_profiles", "unpack"]
