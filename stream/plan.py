@@ -91,11 +91,6 @@ class EventClock:
     boundary: dict[int, float] = field(default_factory=dict)
     reached: dict[int, float] = field(default_factory=dict)
 
-    def low(self, owned: Collection[int]) -> float | None:
-        """The owned partitions' low watermark (None before any of them has an event)."""
-        times = [t for p, t in self.reached.items() if p in owned]
-        return min(times) if times else None
-
 
 def midnight(at: float, partitions: tuple[int, ...] | None = None) -> list[Step]:
     """What runs when event time reaches midnight `at` (re-scoring `partitions`' schedules,
