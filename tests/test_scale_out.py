@@ -206,8 +206,10 @@ def test_four_workers_on_a_cluster_one_killed_and_restarted(
         population, centers = stored(cluster.url, group.settings.key_prefix, version, base)
         recount = recount_population(cluster.url, group.settings.key_prefix, version)
         missing = check_end_state(group.settings, cluster.url, kafka_broker, single.expected)
+        mark("checked")
     finally:
         group.stop()
+        mark("stopped")
         asyncio.run(drop(cluster.url, group.settings.key_prefix))
     kinds = Counter(
         (single.alerts[i]["type"], single.alerts[i]["event_time"].endswith("T00:00:00Z"))

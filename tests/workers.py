@@ -14,6 +14,7 @@ Shared by tests/test_crash.py and tests/test_scale_out.py (tests never import ea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -228,7 +229,14 @@ class Group:
         self.wait("every record committed", self.done)
 
     def stop(self) -> None:
+        """SIGTERM to every worker at once (their shutdowns overlap), then `Proc.stop`
+        each: wait, SIGKILL after 10 s."""
         for proc in self.procs:
+            if proc.alive:
+                proc.process.terminate()
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.process.wait(10.0)
             proc.stop()
 
 
