@@ -118,7 +118,7 @@ async def _replay(
             # is the delivery order.
             nonlocal clock
             one = [0] * len(batch)
-            steps, clock = plan_event_clock(clock, [e.epoch for e in batch], one, {0})
+            steps, clock = plan_event_clock(clock, [e.epoch for e in batch], one, {0}, whole=True)
             parts = [partition_of(e.customer_id, partitions) for e in batch]
             outcome = await runner.run(steps, batch, parts, write)
             summary.events += len(batch)
