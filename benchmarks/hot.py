@@ -19,7 +19,7 @@ import math
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from itertools import cycle, islice
 from pathlib import Path
 

@@ -32,12 +32,10 @@ from typing import Any, Final
 
 from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog, distinct_key, numeric_value
 from models.events import Event
-from stream.state import VERSION, retired_struct
+from stream.state import DEFAULT_DEDUPE_MAX_EVENTS, VERSION, retired_struct
 
 DAY: Final = 86_400
 MAX_COUNT: Final = 65_535  # counters are uint16 and saturate
-#: Fingerprints kept per customer (the idempotency record's cap; SEGSTREAM_DEDUPE_MAX_EVENTS).
-DEFAULT_DEDUPE_MAX_EVENTS: Final = 10_000
 _S = struct.Struct("<HBd")
 _V = struct.Struct("<HB")
 _H = struct.Struct("<H")

@@ -29,7 +29,8 @@ import numpy as np
 from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
-from stream.fold import DEFAULT_DEDUPE_MAX_EVENTS, EventEncoder, FoldSpec, fold
+from stream.fold import EventEncoder, FoldSpec, fold
+from stream.state import DEFAULT_DEDUPE_MAX_EVENTS
 from stream.stores import (
     DEFAULT_MAX_LATENESS_DAYS,
     ApplyResult,

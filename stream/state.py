@@ -34,6 +34,9 @@ from models.catalog import SECONDS_PER_DAY, Catalog
 
 VERSION: Final = 2
 E_WIDTH: Final = 6
+#: Event fingerprints kept per customer (the E block's cap; SEGSTREAM_DEDUPE_MAX_EVENTS):
+#: 60 KB at most, so a customer id that gets every anonymous event stays bounded.
+DEFAULT_DEDUPE_MAX_EVENTS: Final = 10_000
 _S_DTYPE: Final = np.dtype([("day", "<u2"), ("j", "u1"), ("v", "<f8")])
 _V_DTYPE: Final = np.dtype([("day", "<u2"), ("k", "u1"), ("fp", "<u4")])
 

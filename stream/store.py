@@ -51,8 +51,9 @@ from redis.asyncio import Redis, RedisCluster
 from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
-from stream.fold import DEFAULT_DEDUPE_MAX_EVENTS, EventEncoder
+from stream.fold import EventEncoder
 from stream.scripts import Call, Script, topology
+from stream.state import DEFAULT_DEDUPE_MAX_EVENTS
 from stream.stores import (
     DEFAULT_MAX_LATENESS_DAYS,
     STATUSES,
