@@ -1,5 +1,8 @@
 """A hot customer id: the per-event cost of one id that gets every event of a day.
 
+Usage (the benchmark is `python -m benchmarks.run --only hot`; this is for profiling):
+python -m benchmarks.hot --events 20000 [--store] [--only hot|spread|both]
+
 A placeholder id such as ``guest`` collects every anonymous event. `hot_history` writes
 `count` events of one UTC day (types and properties taken in order from a generated
 history) twice: all under one customer id, and spread over `count // 10` ordinary
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from itertools import cycle, islice
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -101,6 +105,47 @@ def hot_once(url: str, bundle: Path, events: Path, batch_size: int = 1000) -> Ho
     return asyncio.run(_replay(url, bundle, events, batch_size))
 
 
+async def _store_only(url: str, events: Path, batch_size: int = 1000) -> dict[str, float]:
+    """The feature store alone on `events`: seconds in total, in `store.lua` (with the
+    network) and in the window aggregation (`StoreResults.apply_result`)."""
+    from models.catalog import default_catalog
+    from stream.redis_conn import connect
+    from stream.store import RedisFeatureStore
+
+    spent = {"script": 0.0, "aggregate": 0.0}
+    items = list(read_events(events))
+    prefix = new_prefix("hot-store")
+    conn = await connect(url)
+    store = RedisFeatureStore(conn.client, default_catalog(), prefix=prefix)
+    await store.load()
+    net, results = store._net, store._results  # timed where they are called
+    script, aggregate = net.run, results.apply_result
+
+    async def timed_run(*args: Any) -> Any:
+        t = time.perf_counter()
+        out = await script(*args)
+        spent["script"] += time.perf_counter() - t
+        return out
+
+    def timed_aggregate(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        out = aggregate(*args, **kwargs)
+        spent["aggregate"] += time.perf_counter() - t
+        return out
+
+    net.run = timed_run  # type: ignore[method-assign,assignment]
+    results.apply_result = timed_aggregate  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(items), batch_size):
+            await store.apply(items[i : i + batch_size])
+        spent["total"] = time.perf_counter() - t0
+    finally:
+        await conn.close()
+        drop(url, prefix)
+    return spent
+
+
 def _main() -> None:  # pragma: no cover - a profiling entry point
     import argparse
 
@@ -112,6 +157,9 @@ def _main() -> None:  # pragma: no cover - a profiling entry point
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--work", type=Path, default=Path("/tmp/segstream-hot"))
     parser.add_argument("--only", choices=("hot", "spread", "both"), default="both")
+    parser.add_argument(
+        "--store", action="store_true", help="Time the feature store alone (script, numpy)."
+    )
     args = parser.parse_args()
     hist = Histories(args.work).get(300, 60)
     model = args.work / "models"
@@ -120,6 +168,12 @@ def _main() -> None:  # pragma: no cover - a profiling entry point
     files = hot_history(hist, args.events, args.work / f"hot-{args.events}")
     for name in ("hot", "spread"):
         if args.only in (name, "both"):
+            if args.store:
+                spent = asyncio.run(_store_only(args.redis_url, getattr(files, name)))
+                print(f"{name} (store alone): " + ", ".join(
+                    f"{k} {v:.2f} s" for k, v in spent.items()
+                ) + f", {spent['total'] / files.events * 1e6:.1f} us/event")  # fmt: skip
+                continue
             run = hot_once(args.redis_url, bundle_dir(model), getattr(files, name))
             print(f"{name}: {run.seconds:.2f} s, {run.us_per_event:.1f} us/event, "
                   f"state {run.hot_state_bytes} B")  # fmt: skip

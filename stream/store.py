@@ -30,7 +30,9 @@ within its customer and UTC day. An event whose day is more than `max_lateness_d
 every later day keeps its fingerprints, so a redelivery is either recognised and ignored
 or too late, and never counted twice. The bound keeps the idempotency record small
 (6 bytes per event for 8 days instead of for the whole retention); the windows still
-cover the whole retention.
+cover the whole retention. A customer keeps at most `dedupe_max_events` fingerprints
+(SEGSTREAM_DEDUPE_MAX_EVENTS): past it the oldest are evicted and counted
+(`ApplyResult.evicted`), and a redelivery of an evicted event is applied again.
 
 Expiry: days leaving the retention are trimmed inside the same call; the key itself
 expires `retention_days` after its last write, so customers silent that long vanish.
