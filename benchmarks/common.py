@@ -83,7 +83,7 @@ QUICK = Sizes(
     memory_customers=(100, 300),
     growth_customers=(100, 300),
     train_customers=(300,),
-    hot_events=2_000,
+    hot_events=1_000,
 )
 
 PRESETS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
