@@ -91,6 +91,10 @@ class Rules:
     #: center holds the margin for the dwell (the rule before issue 22).
     migration_detector: str = "evidence"
     migration_evidence: float = 10.0
+    #: The evidence also counts silence at the customer's daily re-score, and a re-score
+    #: completes a move whose evidence saw an event of the customer (a quieter segment is
+    #: then seen without waiting for the next event); off: silence counts at the next event.
+    migration_evidence_rescore: bool = True
 
 
 class CustomerState:
@@ -451,8 +455,9 @@ class Decider:
                     self._complete(row, state, target, young, features[i], out)
                 return  # near the border: the next event decides
         governed = prep is not None and prep.governs(i) and state.quiet_from is None
-        if governed and prep is not None and self._detect(row, state, features[i], i, prep, out):
-            return
+        if governed and prep is not None:
+            if self._detect(row, state, features[i], i, prep, out, confirm=confirm):
+                return
         if target == state.segment:
             state.candidate = None
             if state.quiet_from is None:  # in silence, the anchor keeps the settled features
@@ -492,9 +497,10 @@ class Decider:
         states: dict[str, CustomerState],
         score_churn: bool,
     ) -> _Prepared | None:
-        """The batch's evidence terms for the rows the evidence governs: events of
-        customers past the settling period (young + one dwell), computed at once."""
-        if self.evidence is None or score_churn:
+        """The batch's evidence terms for the rows the evidence governs: events (and,
+        with `migration_evidence_rescore`, daily re-scores) of customers past the settling
+        period (young + one dwell), computed at once."""
+        if self.evidence is None or (score_churn and not self.rules.migration_evidence_rescore):
             return None
         settle = self.rules.early_days + self.rules.migration_dwell_days
         mask = ~young & (features[:, self._tenure] >= settle)
@@ -513,9 +519,15 @@ class Decider:
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
-        out: Decisions,
+        out: Decisions, *, confirm: bool = True,
     ) -> bool:  # fmt: skip
-        """Feed one event to the customer's evidence; migrate when it crosses (True)."""
+        """Feed one event (`confirm`) or a daily re-score (the silence since the last
+        update) to the customer's evidence; migrate when it crosses (True).
+
+        A re-score completes a move only when an event of the customer came after the
+        evidence began: silence alone is churn's business (a customer fading out would
+        otherwise migrate to the quietest segment), and its next event decides.
+        """
         ev = self.evidence
         assert ev is not None and state.segment is not None
         if state.model_version != self.model.version or state.segment not in self.segment_ids:
@@ -531,6 +543,8 @@ class Decider:
         state.evidence, moved, began = ev.update(
             state.evidence, row.at, column, current, event, gap, scale, clump
         )
+        if not confirm and (moved is None or state.last_seen <= began):
+            return False  # the centers' rules go on (quiet moves); the anchor stays
         if moved is None:
             # Firmly in its segment as far as the evidence goes: the anchor follows, so a
             # new model places the customer from what it does now (`_reassign`).
