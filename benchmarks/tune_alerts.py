@@ -96,9 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-day", type=int, default=100)
     parser.add_argument("--margins", type=float, nargs="+", default=[0.10, 0.15, 0.20])
     parser.add_argument("--dwells", type=float, nargs="+", default=[3.0, 5.0, 7.0])
-    parser.add_argument(
-        "--detectors", nargs="+", default=list(DETECTORS[:3]), choices=DETECTORS
-    )
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS[:3]), choices=DETECTORS)
     parser.add_argument("--evidence", type=float, nargs="+", default=[Rules().migration_evidence])
     parser.add_argument(
         "--migrate-from-day",

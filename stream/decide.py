@@ -455,9 +455,12 @@ class Decider:
                     self._complete(row, state, target, young, features[i], out)
                 return  # near the border: the next event decides
         governed = prep is not None and prep.governs(i) and state.quiet_from is None
-        if governed and prep is not None:
-            if self._detect(row, state, features[i], i, prep, out, confirm=confirm):
-                return
+        if (
+            governed
+            and prep is not None
+            and self._detect(row, state, features[i], i, prep, out, confirm=confirm)
+        ):
+            return
         if target == state.segment:
             state.candidate = None
             if state.quiet_from is None:  # in silence, the anchor keeps the settled features
