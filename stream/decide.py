@@ -58,6 +58,9 @@ from stream.lifecycle import next_stage
 
 SCHEMA_VERSION: Final = 1
 DAY: Final = 86_400.0
+#: A re-score completes an evidence move only when the destination expects at most this
+#: many events in the customer's silence so far (P(none) >= e^-2, about 14 %).
+QUIET_EVENTS: Final = 2.0
 
 
 class Model(Protocol):
@@ -528,8 +531,10 @@ class Decider:
         update) to the customer's evidence; migrate when it crosses (True).
 
         A re-score completes a move only when an event of the customer came after the
-        evidence began: silence alone is churn's business (a customer fading out would
-        otherwise migrate to the quietest segment), and its next event decides.
+        evidence began, and the destination explains the silence since its last event
+        (it expects at most `QUIET_EVENTS` in it): silence alone is churn's business (a
+        customer who stopped would otherwise migrate to the quietest segment), and its
+        next event decides.
         """
         ev = self.evidence
         assert ev is not None and state.segment is not None
@@ -546,7 +551,11 @@ class Decider:
         state.evidence, moved, began = ev.update(
             state.evidence, row.at, column, current, event, gap, scale, clump
         )
-        if not confirm and (moved is None or state.last_seen <= began):
+        if not confirm and (
+            moved is None
+            or state.last_seen <= began
+            or ev.expected(moved, scale, (row.at - state.last_seen) / DAY) > QUIET_EVENTS
+        ):
             return False  # the centers' rules go on (quiet moves); the anchor stays
         if moved is None:
             # Firmly in its segment as far as the evidence goes: the anchor follows, so a

@@ -138,6 +138,9 @@ def rate_profiles(
     >>> p = rate_profiles(cat, space)
     >>> p.types, p.other, p.rates.round(2).tolist()
     (('session_start',), False, [[0.1], [1.0]])
+    >>> means = [{"sessions_30d": 6.0}, {"sessions_30d": 45.0}]  # the members' means
+    >>> rate_profiles(cat, space, means).rates.round(2).tolist()
+    [[0.2], [1.5]]
     """
     windows: dict[tuple[str, ...], dict[int, int]] = {}
     for col, spec in enumerate(catalog.features):
@@ -271,6 +274,11 @@ class Evidence:
         gap = scale[:, None] * self._total[None, :] - base.sum(axis=1)[:, None]
         clumped = self.profiles.clumping(x, tenure)
         return event.tolist(), gap.tolist(), scale.tolist(), clumped.tolist()
+
+    def expected(self, segment: int, scale: float, days: float) -> float:
+        """How many events a customer at `scale` times segment position `segment`'s
+        rates does in `days` (what a silence that long says about that segment)."""
+        return float(scale * self._total_list[segment] * days)
 
     def update(
         self,
