@@ -19,7 +19,10 @@ Rules (thresholds in `Rules`):
   settled customer's own events feed a per-customer CUSUM of the evidence for each
   other segment's daily rates (`stream.detect`); when one passes `migration_evidence`,
   the event that crossed it makes the `segment_migration` to that segment, without the
-  margin and dwell (they still settle young customers and move silent ones);
+  margin and dwell (they still settle young customers and move silent ones); with
+  `migration_evidence_rescore` the daily re-score counts the silence too, and completes
+  a move whose evidence saw an event of the customer and whose destination explains the
+  silence since (a quieter segment is then seen without waiting for the next event);
 - quiet moves: a move completed at a daily re-score of a customer silent since the
   candidate appeared (features that only decayed) changes the segment with
   `segment_assigned` (`placed_by: inactivity`) only; the customer's next event settles

@@ -2,8 +2,9 @@
 and small in the customer's state.
 
 The pure tests drive `Evidence.update` with seeded Poisson event streams over two
-hand-made segment profiles; the memory test replays the shared seed-21 history
-(tests/conftest.py) and weighs every customer's packed assignment state.
+hand-made segment profiles, and `Decider.decide` with those streams and a daily re-score
+at each midnight (silence counted at the re-score); the memory test replays the shared
+seed-21 history (tests/conftest.py) and weighs every customer's packed assignment state.
 """
 
 from __future__ import annotations
