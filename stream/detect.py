@@ -127,8 +127,8 @@ def rate_profiles(
     `SegmentRecord.means`) gives each segment's members' mean counts; without them (older
     bundles) the counts are read off the centroids. A centroid is a mean of log counts:
     it sits well below the members' mean where they differ (a "Casual" segment holding
-    fading customers read 0.09 sessions a day, its members' mean was 0.3), and a
-    customer who became casual then raised little evidence for it.
+    fading customers read 0.09 sessions a day off its centroid, 0.14 off its members'
+    mean), and a customer who became casual then raised little evidence for it.
 
     >>> from models.catalog import default_catalog
     >>> cat = default_catalog()
