@@ -40,8 +40,9 @@ FIGURES = (
 )  # fmt: skip
 #: Detectors compared: the raw nearest center (no margin, no dwell), the centers with
 #: hysteresis (the rules before issue 22, over --margins x --dwells), and the evidence
-#: (`stream.detect`, over --evidence thresholds).
-DETECTORS = ("nearest", "rules", "evidence")
+#: (`stream.detect`, over --evidence thresholds), and the evidence counting silence only
+#: at the next event (`evidence-event`: the detector before the re-score updates).
+DETECTORS = ("nearest", "rules", "evidence", "evidence-event")
 
 
 def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-day", type=int, default=100)
     parser.add_argument("--margins", type=float, nargs="+", default=[0.10, 0.15, 0.20])
     parser.add_argument("--dwells", type=float, nargs="+", default=[3.0, 5.0, 7.0])
-    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS[:3]), choices=DETECTORS)
     parser.add_argument("--evidence", type=float, nargs="+", default=[Rules().migration_evidence])
     parser.add_argument(
         "--migrate-from-day",
@@ -149,6 +150,11 @@ def configs(args: argparse.Namespace) -> list[tuple[str, Rules]]:
         ]  # fmt: skip
     if "evidence" in args.detectors:
         out += [("evidence", Rules(migration_evidence=e)) for e in args.evidence]
+    if "evidence-event" in args.detectors:
+        out += [
+            ("evidence-event", Rules(migration_evidence=e, migration_evidence_rescore=False))
+            for e in args.evidence
+        ]
     return out
 
 
@@ -179,7 +185,7 @@ def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, A
         for detector, rules in grid:
             t0 = time.perf_counter()
             margin, dwell = rules.migration_margin, rules.migration_dwell_days
-            evidence = rules.migration_evidence if detector == "evidence" else 0.0
+            evidence = rules.migration_evidence if detector.startswith("evidence") else 0.0
             metrics, _ = backtest(
                 settings, root / "events.jsonl", bundle_dir(root / "models"),
                 root / f"bt-{detector}-{margin}-{dwell}-{evidence}",

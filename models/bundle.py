@@ -222,6 +222,10 @@ class SegmentRecord:
     outcomes: SegmentOutcomes | None = None
     #: Why the segment has its name: the naming rule and its numbers ("" in older bundles).
     name_reason: str = ""
+    #: The members' mean of every feature the segmentation uses (raw units; empty in older
+    #: bundles): the migration evidence reads each segment's daily rates from these
+    #: (`stream.detect.rate_profiles`), not from the centroid (a mean of logs).
+    means: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -377,6 +381,7 @@ def _segment(doc: Mapping[str, Any]) -> SegmentRecord:
         top_features=tuple(dict(t) for t in doc.get("top_features", [])),
         outcomes=None if outcomes is None else SegmentOutcomes(**outcomes),
         name_reason=str(doc.get("name_reason", "")),
+        means={str(k): float(v) for k, v in (doc.get("means") or {}).items()},
     )
 
 

@@ -90,6 +90,7 @@ class SegmentProfile:
             "size": self.size,
             "share": round(self.share, 6),
             "top_features": [{"feature": f, **self.features[f]} for f in self.top(n_top)],
+            "means": {f: stats["mean"] for f, stats in sorted(self.features.items())},
         }
 
 

@@ -550,6 +550,7 @@ def _segment_record(
     return fmt.SegmentRecord(
         id=doc["id"], name=name, size=doc["size"], share=doc["share"],
         top_features=tuple(doc["top_features"]), outcomes=result, name_reason=reason,
+        means=doc["means"],
     )  # fmt: skip
 
 

@@ -19,7 +19,10 @@ Rules (thresholds in `Rules`):
   settled customer's own events feed a per-customer CUSUM of the evidence for each
   other segment's daily rates (`stream.detect`); when one passes `migration_evidence`,
   the event that crossed it makes the `segment_migration` to that segment, without the
-  margin and dwell (they still settle young customers and move silent ones);
+  margin and dwell (they still settle young customers and move silent ones); with
+  `migration_evidence_rescore` the daily re-score counts the silence too, and completes
+  a move whose evidence saw an event of the customer and whose destination explains the
+  silence since (a quieter segment is then seen without waiting for the next event);
 - quiet moves: a move completed at a daily re-score of a customer silent since the
   candidate appeared (features that only decayed) changes the segment with
   `segment_assigned` (`placed_by: inactivity`) only; the customer's next event settles
@@ -58,6 +61,9 @@ from stream.lifecycle import next_stage
 
 SCHEMA_VERSION: Final = 1
 DAY: Final = 86_400.0
+#: A re-score completes an evidence move only when the destination expects at most this
+#: many events in the customer's silence so far (P(none) >= e^-2, about 14 %).
+QUIET_EVENTS: Final = 2.0
 
 
 class Model(Protocol):
@@ -91,6 +97,10 @@ class Rules:
     #: center holds the margin for the dwell (the rule before issue 22).
     migration_detector: str = "evidence"
     migration_evidence: float = 10.0
+    #: The evidence also counts silence at the customer's daily re-score, and a re-score
+    #: completes a move whose evidence saw an event of the customer (a quieter segment is
+    #: then seen without waiting for the next event); off: silence counts at the next event.
+    migration_evidence_rescore: bool = True
 
 
 class CustomerState:
@@ -451,7 +461,11 @@ class Decider:
                     self._complete(row, state, target, young, features[i], out)
                 return  # near the border: the next event decides
         governed = prep is not None and prep.governs(i) and state.quiet_from is None
-        if governed and prep is not None and self._detect(row, state, features[i], i, prep, out):
+        if (
+            governed
+            and prep is not None
+            and self._detect(row, state, features[i], i, prep, out, confirm=confirm)
+        ):
             return
         if target == state.segment:
             state.candidate = None
@@ -492,9 +506,10 @@ class Decider:
         states: dict[str, CustomerState],
         score_churn: bool,
     ) -> _Prepared | None:
-        """The batch's evidence terms for the rows the evidence governs: events of
-        customers past the settling period (young + one dwell), computed at once."""
-        if self.evidence is None or score_churn:
+        """The batch's evidence terms for the rows the evidence governs: events (and,
+        with `migration_evidence_rescore`, daily re-scores) of customers past the settling
+        period (young + one dwell), computed at once."""
+        if self.evidence is None or (score_churn and not self.rules.migration_evidence_rescore):
             return None
         settle = self.rules.early_days + self.rules.migration_dwell_days
         mask = ~young & (features[:, self._tenure] >= settle)
@@ -513,9 +528,17 @@ class Decider:
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
-        out: Decisions,
+        out: Decisions, *, confirm: bool = True,
     ) -> bool:  # fmt: skip
-        """Feed one event to the customer's evidence; migrate when it crosses (True)."""
+        """Feed one event (`confirm`) or a daily re-score (the silence since the last
+        update) to the customer's evidence; migrate when it crosses (True).
+
+        A re-score completes a move only when an event of the customer came after the
+        evidence began, and the destination explains the silence since its last event
+        (it expects at most `QUIET_EVENTS` in it): silence alone is churn's business (a
+        customer who stopped would otherwise migrate to the quietest segment), and its
+        next event decides.
+        """
         ev = self.evidence
         assert ev is not None and state.segment is not None
         if state.model_version != self.model.version or state.segment not in self.segment_ids:
@@ -531,6 +554,12 @@ class Decider:
         state.evidence, moved, began = ev.update(
             state.evidence, row.at, column, current, event, gap, scale, clump
         )
+        if not confirm and (
+            moved is None
+            or state.last_seen <= began
+            or ev.expected(moved, scale, (row.at - state.last_seen) / DAY) > QUIET_EVENTS
+        ):
+            return False  # the centers' rules go on (quiet moves); the anchor stays
         if moved is None:
             # Firmly in its segment as far as the evidence goes: the anchor follows, so a
             # new model places the customer from what it does now (`_reassign`).

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -115,11 +115,20 @@ class RateProfiles:
         return ratio
 
 
-def rate_profiles(catalog: Catalog, space: ScaledSpace) -> RateProfiles | None:
+def rate_profiles(
+    catalog: Catalog, space: ScaledSpace, means: Sequence[Mapping[str, float]] | None = None
+) -> RateProfiles | None:
     """The profiles of a bundle: for each count feature of a single event type (and of
-    any type), its per-day rate at each centroid, read off its shortest full window
+    any type), its per-day rate in each segment, read off its shortest full window
     among those the segmentation uses (30 days in the default catalog: 90-day counts of
     customers younger than 90 days are short). None when the catalog counts no events.
+
+    `means` (one mapping per segment, in `space.segment_ids` order: the bundle's
+    `SegmentRecord.means`) gives each segment's members' mean counts; without them (older
+    bundles) the counts are read off the centroids. A centroid is a mean of log counts:
+    it sits well below the members' mean where they differ (a "Casual" segment holding
+    fading customers read 0.09 sessions a day off its centroid, 0.14 off its members'
+    mean), and a customer who became casual then raised little evidence for it.
 
     >>> from models.catalog import default_catalog
     >>> cat = default_catalog()
@@ -129,6 +138,9 @@ def rate_profiles(catalog: Catalog, space: ScaledSpace) -> RateProfiles | None:
     >>> p = rate_profiles(cat, space)
     >>> p.types, p.other, p.rates.round(2).tolist()
     (('session_start',), False, [[0.1], [1.0]])
+    >>> means = [{"sessions_30d": 6.0}, {"sessions_30d": 45.0}]  # the members' means
+    >>> rate_profiles(cat, space, means).rates.round(2).tolist()
+    [[0.2], [1.5]]
     """
     windows: dict[tuple[str, ...], dict[int, int]] = {}
     for col, spec in enumerate(catalog.features):
@@ -169,7 +181,12 @@ def rate_profiles(catalog: Catalog, space: ScaledSpace) -> RateProfiles | None:
         and not spec.filter.where
     ]
     clumping = (actives[0], anytype[0][3]) if actives and anytype else None
-    rates = np.stack([np.maximum(raw[:, used[c[1]]], 0.0) / c[2] for c in cols], axis=1)
+    names = [catalog.names[c[1]] for c in cols]
+    if means is not None and len(means) == len(raw) and all(n in m for m in means for n in names):
+        counts = np.array([[m[n] for n in names] for m in means], dtype=float)
+    else:
+        counts = np.stack([raw[:, used[c[1]]] for c in cols], axis=1)
+    rates = np.maximum(counts, 0.0) / np.array([c[2] for c in cols], dtype=float)
     if anytype:
         rates[:, -1] = rates[:, -1] - rates[:, :-1].sum(axis=1)
     return RateProfiles(
@@ -257,6 +274,11 @@ class Evidence:
         gap = scale[:, None] * self._total[None, :] - base.sum(axis=1)[:, None]
         clumped = self.profiles.clumping(x, tenure)
         return event.tolist(), gap.tolist(), scale.tolist(), clumped.tolist()
+
+    def expected(self, segment: int, scale: float, days: float) -> float:
+        """How many events a customer at `scale` times segment position `segment`'s
+        rates does in `days` (what a silence that long says about that segment)."""
+        return float(scale * self._total_list[segment] * days)
 
     def update(
         self,

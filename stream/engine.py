@@ -83,6 +83,14 @@ class BatchResult:
     evicted: int = 0
 
 
+def _segment_means(bundle: Bundle) -> list[dict[str, float]] | None:
+    """The members' mean features of each segment, in `bundle.space.segment_ids` order (None
+    for a bundle that does not record them: the evidence reads the centroids)."""
+    by_id = {s.id: s.means for s in bundle.info.segments}
+    found = [by_id.get(int(i), {}) for i in bundle.space.segment_ids]
+    return found if all(found) else None
+
+
 def _stage(state: CustomerState) -> str | None:
     """The population field counting the state's lifecycle stage."""
     return None if state.stage is None else stage_field(state.stage)
@@ -132,7 +140,7 @@ class Engine:
             bundle.space.index.tolist(),
             bundle.space.typical_row(len(self.catalog.names)),
             self.rules,
-            rate_profiles(self.catalog, bundle.space),
+            rate_profiles(self.catalog, bundle.space, _segment_means(bundle)),
         )
 
     async def process(

@@ -189,6 +189,12 @@ class StreamSettings(BaseSettings):
         description="Evidence (nats of log-likelihood ratio) for another segment that "
         "makes a migration, with the `evidence` detector.",
     )
+    migration_evidence_rescore: bool = Field(
+        DEFAULT_RULES.migration_evidence_rescore,
+        description="The evidence also counts a customer's silence at its daily re-score, "
+        "where a move whose evidence saw an event of the customer is completed (false: "
+        "silence counts at the next event, which completes the move).",
+    )
     churn_cooldown_days: float = Field(
         DEFAULT_RULES.churn_cooldown_days,
         ge=0,
@@ -241,6 +247,7 @@ class StreamSettings(BaseSettings):
             migration_dwell_days=self.migration_dwell_days,
             migration_detector=self.migration_detector,
             migration_evidence=self.migration_evidence,
+            migration_evidence_rescore=self.migration_evidence_rescore,
             churn_cooldown_days=self.churn_cooldown_days,
             dormant_days=self.dormant_days,
         )

@@ -2,13 +2,15 @@
 and small in the customer's state.
 
 The pure tests drive `Evidence.update` with seeded Poisson event streams over two
-hand-made segment profiles; the memory test replays the shared seed-21 history
-(tests/conftest.py) and weighs every customer's packed assignment state.
+hand-made segment profiles, and `Decider.decide` with those streams and a daily re-score
+at each midnight (silence counted at the re-score); the memory test replays the shared
+seed-21 history (tests/conftest.py) and weighs every customer's packed assignment state.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
@@ -18,7 +20,7 @@ import redis
 from typer.testing import CliRunner
 
 from segstream.cli import app
-from stream.decide import CustomerState
+from stream.decide import CustomerState, Decider, Row, Rules
 from stream.detect import DAY, Evidence, RateProfiles, pack, unpack
 
 # Two segments over (session_start, feature_used, other): readers and builders.
@@ -155,3 +157,91 @@ def test_the_evidence_keeps_the_state_within_the_memory_budget(
         ]
     )
     assert after <= 1.10 * before, (before, after)
+
+
+# --- the evidence inside the decider: silence counted at the daily re-score -------------
+
+NAMES = ["s90", "f90", "any90", "s7", "f7", "any7", "tenure_days", "days_since_last_event"]
+KINDS = ("session_start", "feature_used", "page_view")  # the profiles' columns
+
+
+@dataclass
+class Builders:
+    """A model whose centers always place the customer with the builders (segment id 2),
+    so only the evidence can move it; no early-life classifier, no churn model."""
+
+    version: str = "v1"
+    segment_names: dict[int, str] = field(default_factory=lambda: {1: "Readers", 2: "Builders"})
+    churn_threshold: float = 0.5
+    early_model: object = None
+    churn_model: object = None
+
+    def scale(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features, dtype=float)[:, :1]
+
+    def nearest(self, features: np.ndarray) -> np.ndarray:
+        return np.full(len(features), 2)
+
+    def early_segment(self, features: np.ndarray) -> np.ndarray:
+        return np.full(len(features), 2)
+
+    def churn_probability(self, features: np.ndarray) -> np.ndarray:
+        return np.zeros(len(features))
+
+
+def builder_turns(
+    after: np.ndarray | None, seed: int, *, rescore: bool, days: int = 40
+) -> list[tuple[float, str, dict[str, object]]]:
+    """A steady builder for 10 days, then (from day 10) events at `after`'s rates (None:
+    no event at all), driven through `Decider.decide` as the engine does: each event,
+    and each UTC midnight a re-score. Its (day, trigger, body) segment migrations."""
+    rules = Rules(migration_evidence=10.0, migration_evidence_rescore=rescore)
+    decider = Decider(Builders(), [1, 2], NAMES, [0], np.zeros(len(NAMES)), rules, PROFILES)
+    rng = np.random.default_rng(seed)
+    events = stream_of(RATES[1], 10, rng)
+    if after is not None:
+        events += stream_of(after, days - 10, rng, start=10)
+    rows = [(t, f"e{n}", KINDS[col]) for n, (t, col) in enumerate(events)]
+    rows += [(float(d), f"rescore:{d}", "") for d in range(1, days)]
+    rows.sort(key=lambda r: (r[0], r[1].startswith("e")))  # midnight before its events
+    x = np.c_[steady_row(RATES[1]), [[0.0]]]
+    x[0, 6] = 200.0  # settled long ago
+    states: dict[str, CustomerState] = {}
+    moves = []
+    for t, trigger, kind in rows:
+        out = decider.decide(
+            [Row("c1", t * DAY, trigger, kind)], x, x[:, :1], np.array([[1.0, 0.0]]),
+            states, score_churn=not kind,
+        )  # fmt: skip
+        states = out.states
+        moves += [(t, trigger, a.body) for a in out.alerts if a.kind == "segment_migration"]
+    return moves
+
+
+def test_a_move_to_a_quieter_segment_is_seen_at_the_rescore_before_its_next_event() -> None:
+    """A builder turned reader does a third of what it did: the silence between its
+    events is the evidence, and the daily re-score counts it without waiting for the
+    next event (the move's alert then has the re-score's stable trigger)."""
+    delays: dict[bool, list[float]] = {True: [], False: []}
+    at_rescore = 0
+    for seed in range(20):
+        for rescore in (True, False):
+            moves = builder_turns(RATES[0], seed, rescore=rescore)
+            assert moves, (seed, rescore)
+            day, trigger, body = moves[0]
+            assert (body["from_segment_id"], body["to_segment_id"]) == (2, 1)
+            delays[rescore].append(day - 10)
+            at_rescore += rescore and trigger.startswith("rescore:")
+    assert min(delays[True]) >= 0
+    assert at_rescore >= 10  # most crossings are at a midnight, between two events
+    # Never later than waiting for the next event, and a day sooner at the median.
+    assert all(a <= b for a, b in zip(delays[True], delays[False], strict=True))
+    assert np.median(delays[True]) <= np.median(delays[False]) - 0.5, delays
+
+
+def test_silence_alone_never_makes_a_migration() -> None:
+    """A builder who stops for good piles up evidence for the quieter segment at every
+    re-score, but no event of its came after the evidence began: that is churn's
+    business, and no segment_migration is raised."""
+    for seed in range(5):
+        assert builder_turns(None, seed, rescore=True, days=60) == []

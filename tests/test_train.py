@@ -20,6 +20,7 @@ from models.events import parse_time
 from offline.synthetic import History, generate_history, write_history
 from offline.train import TrainResult, TrainSettings, train
 from segstream.cli import app
+from stream.detect import rate_profiles
 
 CATALOG = default_catalog()
 AS_OF = "2026-04-01T00:00:00Z"  # the end of a 90-day history from 2026-01-01
@@ -151,6 +152,16 @@ def test_bundle_is_published_and_complete(trained: TrainResult) -> None:
     on_disk = json.loads((bundle.path / "manifest.json").read_text())
     assert bundle.info.to_dict() == on_disk == manifest  # the typed view loses nothing
     assert [s.id for s in bundle.info.segments] == bundle.segment_ids
+    # Each segment's members' mean of every feature the segmentation uses: the migration
+    # evidence's daily rates (`stream.detect.rate_profiles`) are read from them.
+    used = set(manifest["features"]["used"])
+    assert all(set(s.means) == used for s in bundle.info.segments)
+    profiles = rate_profiles(CATALOG, bundle.space, [s.means for s in bundle.info.segments])
+    assert profiles is not None
+    sessions = profiles.rates[:, profiles.types.index("session_start")]
+    days = profiles.profile_days
+    means = [s.means[f"sessions_{days:.0f}d"] / days for s in bundle.info.segments]
+    np.testing.assert_allclose(sessions, np.maximum(means, 0.003))
     assert bundle.info.settings is not None and bundle.info.settings.seed == 0
     assert manifest["catalog"]["fingerprint"] == CATALOG.fingerprint
     assert manifest["as_of"] == AS_OF
