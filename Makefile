@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 # Pins for the image (constraints.txt): what a fresh venv resolves today, setuptools included.
 constraints:

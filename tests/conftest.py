@@ -30,6 +30,19 @@ pytest_plugins = ["tests.kafka_support"]
 settings.register_profile("segstream", deadline=None, database=None)
 settings.load_profile("segstream")
 
+# `make test` runs the suite on two processes (pytest-xdist, `--dist loadgroup`). Each
+# module goes to one process whole, so a module's fixtures are built once; the modules that
+# run the worker, the demo or the compose stack as subprocesses in real time share one
+# process, so two of them never compete for the two cores at once.
+LIVE_MODULES = frozenset({"test_stack", "test_crash", "test_scale_out", "test_demo"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("live" if module in LIVE_MODULES else module))
+
+
 TRAINED_AS_OF = "2026-04-10T00:00:00Z"  # the training date of `trained_history`
 
 
