@@ -165,7 +165,7 @@ async def simulate(
                 idx = cycled(mine[w], per_sync, s * per_sync)
                 old[w].learn_many(rows[idx])
                 new[w].learn_many(rows[idx], times[idx])
-            for w in np.roll(np.arange(workers), s):  # who syncs first varies
+            for w in np.roll(np.arange(workers), s).tolist():  # who syncs first varies
                 moved += old[w].local_delta()
                 old[w].merge(base + moved)
                 c = new[w]
