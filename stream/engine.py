@@ -61,6 +61,7 @@ class Staged:
     reschedule: bool
     segments: list[int]  # per row of a customer with full windows, for the PSI window
     learn: np.ndarray  # scaled rows of settled customers, for the online centers
+    learn_at: np.ndarray  # their event times (a row's weight decays in event time)
     features: StagedFeatures | None = None  # the batch's new feature states
 
 
@@ -109,6 +110,7 @@ class Engine:
         rules: Rules | None = None,
         centers: OnlineCenters | None = None,
         centers_halflife: float = 0.001,
+        centers_memory_days: float = 7.0,
         psi_window: int = 5000,
         rescore_batch: int = 5000,
         shadow: Shadow | None = None,
@@ -121,6 +123,7 @@ class Engine:
         self.rules = rules or Rules()
         self.psi_window = psi_window
         self.centers_halflife = centers_halflife
+        self.centers_memory_days = centers_memory_days
         self.recent: deque[int] = deque(maxlen=psi_window)
         self.use(bundle, centers)
 
@@ -128,7 +131,10 @@ class Engine:
         """Switch to a (verified) bundle; the next batch is scored with it."""
         self.bundle = bundle
         self.centers = centers or OnlineCenters(
-            bundle.centroids, bundle.segment_ids, halflife=self.centers_halflife
+            bundle.centroids,
+            bundle.segment_ids,
+            halflife=self.centers_halflife,
+            memory_days=self.centers_memory_days,
         )
         # The PSI window compares assignments with *this* bundle's shares: assignments
         # made by the previous one would raise a false population shift at every reload.
@@ -189,7 +195,9 @@ class Engine:
         result.features = applied.features
         if applied.staged is not None and applied.staged.keys:
             if result.staged is None:
-                result.staged = Staged({}, {}, Counter(), self.bundle.version, False, [], x[:0])
+                result.staged = Staged(
+                    {}, {}, Counter(), self.bundle.version, False, [], x[:0], np.empty(0)
+                )
             result.staged.features = applied.staged
         return result
 
@@ -284,6 +292,7 @@ class Engine:
             # every one, on a store that starts empty) would read as a population shift.
             segments=[seg for seg, ok in zip(decisions.segments, complete, strict=True) if ok],
             learn=z[settled],
+            learn_at=np.array([r.at for r in rows], dtype=float)[settled],
         )
         shadow = (
             self.shadow.observe(rows, x, before, decisions, rescore=rescore)
@@ -329,12 +338,17 @@ class Engine:
         result.staged = None
         self.recent.extend(staged.segments)
         if len(staged.learn):
-            self.centers.learn_many(staged.learn)
+            self.centers.learn_many(staged.learn, staged.learn_at)
 
     async def sync_centers(self) -> None:
-        """Share this worker's online-center movement with the group and adopt the result."""
+        """Share this worker's center statistics with the group and adopt the merge.
+
+        Safe to retry: the store sets this worker's absolute statistics, not a delta."""
         c = self.centers
-        c.merge(await self.assignments.sync_centers(self.bundle.version, c.base_, c.local_delta()))
+        group = await self.assignments.sync_centers(
+            self.bundle.version, c.worker, c.stats_.pack(), c.forget_
+        )
+        c.merge(group)
 
     def population_shift(self) -> dict[str, Any]:
         """PSI between the recent assignments and the bundle's segment shares."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -67,6 +67,7 @@ class Keyspace:
         self._strings: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at)
         self._zsets: dict[str, dict[str, float]] = {}
         self._hashes: dict[str, dict[str, float]] = {}
+        self._blobs: dict[str, dict[str, bytes]] = {}  # hashes of bytes values
 
     def get(self, key: str) -> bytes | None:
         found = self._strings.get(key)
@@ -88,12 +89,15 @@ class Keyspace:
         self._strings.pop(key, None)
         self._zsets.pop(key, None)
         self._hashes.pop(key, None)
+        self._blobs.pop(key, None)
 
     def keys(self, prefix: str) -> list[str]:
         """Live keys that start with ``prefix:``."""
         start = f"{prefix}:"
         strings = [k for k in list(self._strings) if self.get(k) is not None]
-        return [k for k in (*strings, *self._zsets, *self._hashes) if k.startswith(start)]
+        return [
+            k for k in (*strings, *self._zsets, *self._hashes, *self._blobs) if k.startswith(start)
+        ]
 
     def drop(self, prefix: str) -> int:
         """Delete every key under `prefix`; returns how many."""
@@ -130,6 +134,17 @@ class Keyspace:
 
     def hgetall(self, key: str) -> dict[str, float]:
         return dict(self._hashes.get(key, {}))
+
+    def hset(self, key: str, name: str, value: bytes) -> None:
+        self._blobs.setdefault(key, {})[name] = value
+
+    def hdel(self, key: str, names: Sequence[str]) -> None:
+        fields = self._blobs.get(key, {})
+        for name in names:
+            fields.pop(name, None)
+
+    def hgetall_bytes(self, key: str) -> dict[str, bytes]:
+        return dict(self._blobs.get(key, {}))
 
 
 class MemoryFeatureStore:
@@ -270,19 +285,17 @@ class MemoryAssignmentStore:
         self.round_trips += 1
         return self.keyspace.zrange(self.due_key(partition), float(now), limit)
 
-    async def sync_centers(self, version: str, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """Add this movement to the shared one and return bundle + shared movement."""
+    async def sync_centers(
+        self, version: str, worker: str, stats: bytes, forget: Mapping[str, bytes] | None = None
+    ) -> dict[str, bytes]:
+        """As `RedisAssignmentStore.sync_centers` (centers.lua): drop the stale entries
+        that still hold the value seen, set this worker's entry, return all."""
         self.round_trips += 1
         key = centers_key(self.prefix, version)
-        for (i, j), value in np.ndenumerate(delta):
-            if value:
-                self.keyspace.hincr(key, f"{i}:{j}", float(value))
-        moved = np.zeros_like(base)
-        for name, value in self.keyspace.hgetall(key).items():
-            i, j = (int(p) for p in name.split(":"))
-            moved[i, j] = value
-        shared: np.ndarray = base + moved
-        return shared
+        seen = self.keyspace.hgetall_bytes(key)
+        self.keyspace.hdel(key, [n for n, v in (forget or {}).items() if seen.get(n) == v])
+        self.keyspace.hset(key, worker, stats)
+        return self.keyspace.hgetall_bytes(key)
 
     async def population(self, version: str) -> dict[int, int]:
         """Customers per segment under `version` (as the saves counted them)."""

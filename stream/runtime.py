@@ -111,6 +111,7 @@ async def open_runtime(
         bundle,
         rules=settings.rules(),
         centers_halflife=settings.centers_halflife,
+        centers_memory_days=settings.centers_memory_days,
         psi_window=settings.psi_window,
         rescore_batch=settings.rescore_batch_size,
         shadow=_shadow(settings, catalog),
@@ -132,6 +133,7 @@ def _shadow(settings: StreamSettings, catalog: Catalog) -> Shadow | None:
         catalog,
         settings.rules(),
         halflife=settings.centers_halflife,
+        memory_days=settings.centers_memory_days,
         window=settings.psi_window,
     )
 

@@ -43,7 +43,7 @@ This module knows Redis and the catalog; it knows nothing of faust or Kafka.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import msgpack
@@ -78,6 +78,7 @@ from stream.stores import (
 
 STORE: Final = Script("store.lua")
 COMMIT: Final = Script("commit.lua")
+CENTERS: Final = Script("centers.lua")
 
 
 class RedisFeatureStore:
@@ -320,25 +321,22 @@ class RedisAssignmentStore:
         found = await self.client.zrangebyscore(key, "-inf", float(now), 0, limit)
         return [v.decode() if isinstance(v, bytes) else str(v) for v in found]
 
-    async def sync_centers(self, version: str, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """Add this worker's center movement to the group's and return the group's centers.
-
-        The hash holds every worker's accumulated movement; centers = bundle + movement.
-        """
+    async def sync_centers(
+        self, version: str, worker: str, stats: bytes, forget: Mapping[str, bytes] | None = None
+    ) -> dict[str, bytes]:
+        """Write this worker's center statistics and return every worker's (`centers.lua`):
+        one key, so one hash slot, one atomic call. HSET of absolute values, never an
+        increment, so a sync retried after a lost reply writes the same value again; a
+        stale entry in `forget` is dropped only if it still holds the value seen."""
         self.round_trips += 1
-        key = self.centers_key(version)
-        pipe = self.client.pipeline(transaction=False)
-        for (i, j), value in np.ndenumerate(delta):
-            if value:
-                pipe.hincrbyfloat(key, f"{i}:{j}", float(value))
-        pipe.hgetall(key)
-        replies = await pipe.execute()
-        moved = np.zeros_like(base)
-        for field_name, value in replies[-1].items():
-            i, j = (int(p) for p in field_name.decode().split(":"))
-            moved[i, j] = float(value)
-        shared: np.ndarray = base + moved
-        return shared
+        args: list[str | bytes] = [worker, stats]
+        for name, value in (forget or {}).items():
+            args += [name, value]
+        (flat,) = await self._net.run(CENTERS, [([self.centers_key(version)], args)])
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): bytes(v)
+            for k, v in zip(flat[::2], flat[1::2], strict=True)
+        }
 
     async def population(self, version: str) -> dict[int, int]:
         """Customers per segment under `version` (as the saves counted them)."""

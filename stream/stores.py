@@ -96,8 +96,10 @@ def split_population(raw: Mapping[Any, Any]) -> tuple[dict[int, int], dict[str, 
 
 
 def centers_key(prefix: str, version: str) -> str:
-    """The hash of the group's accumulated center movement (``"i:j"`` -> float)."""
-    return f"{prefix}:centers:{version}"
+    """The hash of every worker's center statistics (worker id -> `CenterStats.pack()`).
+
+    One key per model version, so all of a version's centers share one hash slot."""
+    return f"{prefix}:center-stats:{version}"
 
 
 def check_lateness(catalog: Catalog, max_lateness_days: int) -> None:
@@ -334,8 +336,12 @@ class AssignmentStore(Protocol):
     async def due(self, partition: int, now: float, limit: int) -> list[str]: ...
 
     async def sync_centers(
-        self, version: str, base: np.ndarray, delta: np.ndarray
-    ) -> np.ndarray: ...
+        self, version: str, worker: str, stats: bytes, forget: Mapping[str, bytes] | None = None
+    ) -> dict[str, bytes]:
+        """Write this worker's center statistics (its absolute values: a retry writes the
+        same), drop each `forget` entry that still holds the value given, and return
+        every worker's (`stream.centers`)."""
+        ...
 
     async def population(self, version: str) -> dict[int, int]: ...
     async def stages(self, version: str) -> dict[str, int]: ...

@@ -367,7 +367,7 @@ class Worker:
         return await self.rescore(publish)
 
     async def sync_centers(self) -> None:
-        """Share online-center movement with the group (see `Engine.sync_centers`).
+        """Share the online-center statistics with the group (see `Engine.sync_centers`).
 
         The periodic job of the wall clock; the event clock syncs at each midnight.
         """

@@ -25,12 +25,14 @@ from models.catalog import catalog_from_config, default_catalog
 from models.eventfile import read_events
 from models.events import Event, decode_event, parse_time
 from offline.reference import events_frame, features_at
+from stream.assign import OnlineCenters
+from stream.centers import merge_centers
 from stream.decide import CustomerState
 from stream.memory_store import MemoryFeatureStore, memory_stores
 from stream.redis_conn import connect
 from stream.state import StateCodec
 from stream.store import RedisFeatureStore
-from stream.stores import due_key, feature_key, state_key
+from stream.stores import AssignmentStore, due_key, feature_key, state_key
 from tests.servers import HOST, Cluster
 from tests.store_backends import RedisBackend, StoreBackend
 from tests.store_checks import DAY, apply_in_batches, assert_matches_reference, cut_points, ev
@@ -730,20 +732,47 @@ def test_population_counts_add_up_per_version(store_backend: StoreBackend) -> No
     run(body())
 
 
-def test_centers_movement_is_shared_between_workers(store_backend: StoreBackend) -> None:
-    base = np.array([[1.0, 2.0], [3.0, 4.0]])
+def test_centers_are_every_workers_statistics_merged_and_a_retry_changes_nothing(
+    store_backend: StoreBackend,
+) -> None:
+    """Two workers share their center statistics through the store: each entry is the
+    worker's absolute value (a retried sync changes nothing), every worker reads the same
+    merge as the pure function gives, a stale entry goes only while it holds the value seen,
+    and another version is apart (one hash per version: one slot on a cluster)."""
+    base = np.array([[0.0, 0.0], [10.0, 0.0]])
+
+    def centers(worker: str) -> OnlineCenters:
+        return OnlineCenters(base, [1, 2], halflife=0.5, memory_days=1.0, worker=worker)
+
+    async def sync(store: AssignmentStore, c: OnlineCenters, version: str = "v1") -> np.ndarray:
+        group = await store.sync_centers(version, c.worker, c.stats_.pack(), c.forget_)
+        return c.merge(group).copy()
 
     async def body() -> None:
         async with store_backend.open() as one, store_backend.open() as two:
-            first = await one.assignments.sync_centers("v1", base, np.array([[0.5, 0.0], [0, 0]]))
-            np.testing.assert_allclose(first, [[1.5, 2.0], [3.0, 4.0]])
-            second = await two.assignments.sync_centers("v1", base, np.array([[0.25, 0], [0, -1]]))
-            np.testing.assert_allclose(second, [[1.75, 2.0], [3.0, 3.0]])
-            # Nothing new: the group's movement as it stands; another version is apart.
-            again = await one.assignments.sync_centers("v1", base, np.zeros((2, 2)))
-            np.testing.assert_allclose(again, second)
-            other = await one.assignments.sync_centers("v2", base, np.zeros((2, 2)))
-            np.testing.assert_allclose(other, base)
+            a, b = centers("a"), centers("b")
+            a.learn_many(np.array([[1.0, 1.0], [9.0, 0.0]]), np.array([0.0, DAY]))
+            b.learn_many(np.array([[11.0, 1.0]]), np.array([DAY]))
+            first = await sync(one.assignments, a)
+            assert first.tolist() != base.tolist()
+            both = await sync(two.assignments, b)
+            assert (await sync(two.assignments, b)).tolist() == both.tolist()  # a retry
+            assert (await sync(one.assignments, a)).tolist() == both.tolist()
+            expected = merge_centers(
+                base, [a.stats_, b.stats_], prior_weight=2.0, halflife_seconds=DAY
+            )
+            np.testing.assert_array_equal(both, expected)
+            # A worker gone for 50 half-lives is dropped; one that wrote since is kept.
+            c = centers("c")
+            c.learn_many(np.array([[0.5, 0.0]]), np.array([60 * DAY]))
+            await sync(one.assignments, c)
+            assert set(c.forget_) == {"a", "b"}
+            b.learn_many(np.array([[9.5, 0.0]]), np.array([60 * DAY]))
+            await sync(two.assignments, b)
+            group = await one.assignments.sync_centers("v1", "c", c.stats_.pack(), c.forget_)
+            assert sorted(group) == ["b", "c"]
+            other = await sync(two.assignments, centers("d"), version="v2")
+            np.testing.assert_array_equal(other, base)
 
     run(body())
 
