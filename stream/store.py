@@ -21,8 +21,11 @@ already published.
 
 Key layout (`stream.stores`): ``{prefix}:f:{<customer>}`` (features, binary format in
 `stream/state.py`), ``{prefix}:a:{<customer>}`` (assignment state, msgpack), one hash tag
-per customer so both share a slot; ``{prefix}:due:<partition>`` (sorted set),
-``{prefix}:population:<version>`` and ``{prefix}:centers:<version>`` (hashes).
+per customer so both share a slot, with ``{prefix}:o:{<customer>}`` (the owner record:
+generation and token of the last save, and what the state counts in; for fencing and the
+population transitions); ``{prefix}:due:<partition>`` (sorted set),
+``{prefix}:population:<version>`` and ``{prefix}:centers:<version>`` (hashes),
+``{prefix}:generation`` (the group's claim counter).
 
 Idempotency and lateness: an event is identified by a 32-bit fingerprint of its event_id
 within its customer and UTC day. An event whose day is more than `max_lateness_days`
