@@ -10,22 +10,22 @@
 --   due = one {mode, {member, score, ...}, {member to remove, ...}} per due key (mode NX
 --   keeps an existing time, SET replaces it);
 --   generations = per state, the generation of the worker's claim on its partition;
---   counted = per state, {version, {population field, ...}} it counts in ('' deleted);
+--   counted = per state, "<version>\t<field>\t..." it counts in ('' none: deleted);
 --   token = this save's id, the same on every retry of it;
 --   population prefix = '{prefix}:population:' to count here (all keys on one server),
 --   '' to return the changes for the caller to count under the token (a cluster).
 --
--- Fencing: an owner key holds {generation, token, version before, fields before, version,
--- fields} of the last save that wrote its customer (so the counts' transition is read
--- from it, not by decoding the state). If any customer's generation is newer than the
--- save's, the whole call writes nothing and returns {1, {}, {}}: a worker whose claim
+-- Fencing: an owner key holds "<generation>\n<token>\n<counted before>\n<counted>" of the
+-- last save that wrote its customer (counted = "<version>\t<field>\t...", the population
+-- fields the state counts in, '' for none). If any customer's generation is newer than
+-- the save's, the whole call writes nothing and returns {1, {}, {}}: a worker whose claim
 -- was superseded (a rebalance) cannot write over the new owner's states.
 --
--- Population: each state's transition (its version and segment / stage fields before,
--- from the owner record, and after) is counted once. A retry of the same save (its
--- reply was lost) finds its own token in the owner key: counted here, it counts nothing;
--- returning, it returns the recorded transition again (the caller's count is idempotent
--- on the token).
+-- Population: each state's transition (what it counted in, from the owner record, to
+-- what it counts in now) is counted once; an unchanged one costs nothing. A retry of the
+-- same save (its reply was lost) finds its own token in the owner record: counted here,
+-- it counts nothing; returning, it returns the recorded transition again (the caller's
+-- count is idempotent on the token).
 --
 -- Returns {fenced (0/1), conflicts (1-based indices of feature states not written: the
 -- state changed since it was read), changes {version, field, delta, ...}}.
@@ -37,9 +37,13 @@ local gens, token, pprefix, counted = a[10], a[11], a[12], a[13]
 local owners = {}
 for i = 1, ns do
   local raw = redis.call('GET', KEYS[nf + ns + i])
-  local owner = raw and cmsgpack.unpack(raw) or false
-  if owner and owner[1] > gens[i] then return {1, {}, {}} end
-  owners[i] = owner
+  if raw then
+    local gen, tok, was, now = string.match(raw, '^(%d+)\n([^\n]*)\n([^\n]*)\n(.*)$')
+    if tonumber(gen) > gens[i] then return {1, {}, {}} end
+    owners[i] = {tok, was, now}
+  else
+    owners[i] = false
+  end
 end
 
 local conflicts = {}
@@ -53,41 +57,34 @@ for i = 1, nf do
   end
 end
 
-local sums, order = {}, {}
-local function add(version, names, by)
-  if version == '' then return end
-  for _, name in ipairs(names) do
-    local k = version .. '\n' .. name
-    if sums[k] == nil then
-      sums[k] = 0
-      order[#order + 1] = {version, name, k}
-    end
-    sums[k] = sums[k] + by
+local combos, order = {}, {}
+local function add(combo, by)
+  if combo == '' then return end
+  if combos[combo] == nil then
+    combos[combo] = 0
+    order[#order + 1] = combo
   end
+  combos[combo] = combos[combo] + by
 end
 
 for i = 1, ns do
   local skey, okey, value, owner = KEYS[nf + i], KEYS[nf + ns + i], svalues[i], owners[i]
-  local again = owner and owner[2] == token
-  local was, before = '', {}
-  if again then
-    was, before = owner[3], owner[4]
-  elseif owner and redis.call('EXISTS', skey) == 1 then
-    was, before = owner[5], owner[6]
-  end
-  local now, after = counted[i][1], counted[i][2]
+  local again = owner and owner[1] == token
+  local was = ''
+  if again then was = owner[2] elseif owner then was = owner[3] end
+  local now = counted[i]
   if value == '' then
     redis.call('DEL', skey)
   else
     redis.call('SET', skey, value, 'EX', sttl)
   end
-  -- A deleted customer's owner key stays a day: long enough to fence and recognise a
+  -- A deleted customer's owner record stays a day: long enough to fence and recognise a
   -- retry, short enough not to keep every expired customer.
-  redis.call('SET', okey, cmsgpack.pack({gens[i], token, was, before, now, after}), 'EX',
+  redis.call('SET', okey, gens[i] .. '\n' .. token .. '\n' .. was .. '\n' .. now, 'EX',
              value == '' and math.min(sttl, 86400) or sttl)
-  if not (again and pprefix ~= '') then
-    add(was, before, -1)
-    add(now, after, 1)
+  if was ~= now and not (again and pprefix ~= '') then
+    add(was, -1)
+    add(now, 1)
   end
 end
 
@@ -104,8 +101,29 @@ for d = 1, nd do
   for j = 1, #gone do redis.call('ZREM', key, gone[j]) end
 end
 
+-- Few distinct combinations (versions x segments x stages): split them into fields here.
+local sums, fields = {}, {}
+for _, combo in ipairs(order) do
+  local by = combos[combo]
+  if by ~= 0 then
+    local version = nil
+    for part in string.gmatch(combo, '[^\t]+') do
+      if version == nil then
+        version = part
+      else
+        local k = version .. '\t' .. part
+        if sums[k] == nil then
+          sums[k] = 0
+          fields[#fields + 1] = {version, part, k}
+        end
+        sums[k] = sums[k] + by
+      end
+    end
+  end
+end
+
 local changes = {}
-for _, item in ipairs(order) do
+for _, item in ipairs(fields) do
   local by = sums[item[3]]
   if by ~= 0 then
     if pprefix ~= '' then

@@ -261,11 +261,11 @@ class MemoryAssignmentStore:
         ks = self.keyspace
         token = token or os.urandom(8).hex()
         gens = {cid: int((owners or {}).get(cid, 0)) for cid in states}
-        records = {}
+        records: dict[str, list[str] | None] = {}
         for cid in states:
             raw = ks.get(owner_key(self.prefix, cid))
-            record = msgpack.unpackb(raw) if raw else None
-            if record is not None and record[0] > gens[cid]:
+            record = raw.decode().split("\n", 3) if raw else None
+            if record is not None and int(record[0]) > gens[cid]:
                 raise Fenced(f"a newer owner holds customers of this save (token {token})")
             records[cid] = record
         conflicts = []
@@ -274,30 +274,30 @@ class MemoryAssignmentStore:
                 ks.set(key, staged.states[i], feature_ttl or self.ttl_seconds)
             else:
                 conflicts.append(i)
-        changes: Counter[tuple[str, str]] = Counter()
+        combos: Counter[str] = Counter()
         for cid, st in states.items():
             key = state_key(self.prefix, cid)
             record = records[cid]
             again = record is not None and record[1] == token
-            was, before = "", []
-            if record and again:
-                was, before = record[2], record[3]
-            elif record and ks.get(key) is not None:
-                was, before = record[4], record[5]
-            now, after = counted_as(st)
+            was = "" if record is None else record[2] if again else record[3]
+            now = counted_as(st)
             value = b"" if st is None else msgpack.packb(st.to_list())
             if value:
                 ks.set(key, value, self.ttl_seconds)
             else:
                 ks.delete(key)
             ttl = min(self.ttl_seconds, 86_400) if not value else self.ttl_seconds
-            record = [gens[cid], token, was, before, now, after]
-            ks.set(owner_key(self.prefix, cid), msgpack.packb(record), ttl)
-            if not again:
-                for name in before if was else ():
-                    changes[(was, name)] -= 1
-                for name in after if now else ():
-                    changes[(now, name)] += 1
+            owner = f"{gens[cid]}\n{token}\n{was}\n{now}".encode()
+            ks.set(owner_key(self.prefix, cid), owner, ttl)
+            if was != now and not again:
+                combos[was] -= 1
+                combos[now] += 1
+        changes: Counter[tuple[str, str]] = Counter()
+        for combo, by in combos.items():
+            if combo and by:
+                version, *names = combo.split("\t")
+                for name in names:
+                    changes[(version, name)] += by
         for (version, name), change in changes.items():
             if change:
                 key = population_key(self.prefix, version)

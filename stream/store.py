@@ -292,7 +292,7 @@ class RedisAssignmentStore:
         self,
         states: dict[str, bytes],
         gens: list[int],
-        counted: list[tuple[str, list[str]]],
+        counted: list[str],
         due: dict[int, dict[str, float]],
         gone: dict[int, list[str]],
         reschedule: bool,

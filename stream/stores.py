@@ -126,18 +126,21 @@ def count_states(
     return dict(segments), dict(stages)
 
 
-def counted_as(state: CustomerState | None) -> tuple[str, list[str]]:
-    """The version and population fields a state counts in ('' and none: a deleted one).
+def counted_as(state: CustomerState | None) -> str:
+    """What a state counts in: its version and population fields, tab-separated ('' for
+    a deleted state or one without a version); commit.lua compares these strings.
 
     >>> counted_as(CustomerState(segment=3, model_version="v1", stage="new"))
-    ('v1', ['3', 'stage:new'])
+    'v1\\t3\\tstage:new'
     """
     if state is None or not state.model_version:
-        return "", []
-    found = [] if state.segment is None else [str(state.segment)]
+        return ""
+    found = [state.model_version]
+    if state.segment is not None:
+        found.append(str(state.segment))
     if state.stage is not None:
         found.append(stage_field(state.stage))
-    return state.model_version, found
+    return "\t".join(found)
 
 
 class Fenced(Exception):
