@@ -52,7 +52,7 @@ from stream.metrics import Metrics
 from stream.redis_conn import RedisUnavailable, connect
 from stream.runtime import open_runtime
 from stream.settings import StreamSettings
-from stream.store import RedisFeatureStore
+from stream.store import RedisAssignmentStore, RedisFeatureStore
 from stream.worker import Message, Output, Worker
 from tests.kafka_support import KafkaBroker
 from tests.servers import RedisServer, start_server, system_url
@@ -121,8 +121,18 @@ def check_end_state(
     async def read() -> tuple[Any, dict[str, list[Any]]]:
         conn = await connect(redis_url)
         try:
-            store = RedisFeatureStore(conn.client, catalog, prefix=settings.key_prefix)
+            prefix = settings.key_prefix
+            store = RedisFeatureStore(conn.client, catalog, prefix=prefix)
             got = await store.read(list(want.index), at=at)
+            # The population gauges' hashes equal a recount of the stored states (issue
+            # 20, finding 8), whatever was killed or redelivered.
+            states = RedisAssignmentStore(conn.client, prefix=prefix, ttl_seconds=3600)
+            keys = [k.decode() async for k in conn.client.scan_iter(match=f"{prefix}:population:*")]
+            assert keys, "no population counted"
+            for key in keys:
+                version = key.removeprefix(f"{prefix}:population:")
+                counts = (await states.population(version), await states.stages(version))
+                assert counts == await states.recount(version), version
         finally:
             await conn.close()
         found = await records_by_topic(broker.bootstrap, alert_topics(settings))
