@@ -40,6 +40,7 @@ class Sizes:
     memory_customers: tuple[int, ...]  # section 4
     growth_customers: tuple[int, ...]  # section 5
     train_customers: tuple[int, ...]  # section 6
+    hot_events: int = 100_000  # section 7: events of one customer id in one day
 
 
 FULL = Sizes(
@@ -82,6 +83,7 @@ QUICK = Sizes(
     memory_customers=(100, 300),
     growth_customers=(100, 300),
     train_customers=(300,),
+    hot_events=1_000,
 )
 
 PRESETS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
@@ -108,6 +110,7 @@ TARGETS = {
     "p99": Target("p99 <= 100 ms at 2,000 events/s", 100.0, at_most=True),
     "memory": Target("<= 2 KiB per customer", 2048.0, at_most=True),
     "train": Target("< 2 minutes at 100k customers", 120.0, at_most=True),
+    "hot": Target("<= 3x an ordinary customer's per-event cost", 3.0, at_most=True),
 }
 
 

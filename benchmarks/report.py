@@ -19,6 +19,7 @@ SECTIONS = {
     "memory": "4. Memory",
     "growth": "5. Cost growth with the number of customers",
     "training": "6. Training (`segstream train`)",
+    "hot": "7. A hot customer id (one id gets every event of a day)",
 }
 
 CAVEAT = (

@@ -3,7 +3,7 @@
 Usage: python -m benchmarks.run [--quick | --size quick|medium|full] [--repeats N]
        [--out benchmarks/] [--redis-url URL] [--only SECTION ...] [--context TEXT]
 
-Sections: engine (vs the naive baseline), e2e, latency, memory, growth, training; see
+Sections: engine (vs the naive baseline), e2e, latency, memory, growth, training, hot; see
 `benchmarks.report.SECTIONS`. Redis: `--redis-url`, else 127.0.0.1:6379 when it answers,
 else an embedded Valkey; every run uses a key prefix of its own and deletes it. The broker
 is an embedded Tansu. Exits 1 when a section failed (the others are still reported).
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, engine, report, training
+from benchmarks import e2e, engine, hot, report, training
 from benchmarks.common import (
     PRESETS,
     TARGETS,
@@ -349,8 +349,61 @@ class Bench:
                 fig.judge(TARGETS["train"])
             self.add(fig)
 
+    def hot(self) -> None:
+        s = self.sizes
+        files = hot.hot_history(
+            self.history(s.engine_customers), s.hot_events, self.work / f"hot-{s.hot_events}"
+        )
+        bundle = training.bundle_dir(self.model_dir)
+        hot_runs: list[hot.HotRun] = []
+        spread_runs: list[hot.HotRun] = []
+        for _ in range(max(1, self.repeats)):  # alternated: a change of load hits both
+            hot_runs.append(hot.hot_once(self.redis_url, bundle, files.hot))
+            spread_runs.append(hot.hot_once(self.redis_url, bundle, files.spread))
+        n = files.events
+        pairs = zip(hot_runs, spread_runs, strict=True)
+        ratios = [h.us_per_event / o.us_per_event for h, o in pairs]
+        self.add(
+            Figure(
+                "hot",
+                f"per-event cost, {n:,} events of one customer id in one day",
+                "µs/event",
+                [r.us_per_event for r in hot_runs],
+                note=f"`{hot.HOT_ID}`, replay path (stream.replay, batches of 1,000)",
+            )
+        )
+        self.add(
+            Figure(
+                "hot",
+                f"per-event cost, the same {n:,} events over {files.ordinary_customers:,} "
+                "ordinary customers",
+                "µs/event",
+                [r.us_per_event for r in spread_runs],
+                note="10 events each, same types, times and day",
+            )
+        )
+        self.add(
+            Figure(
+                "hot",
+                "hot / ordinary per-event cost",
+                "x",
+                ratios,
+                note="per pair of runs",
+            ).judge(TARGETS["hot"])
+        )
+        self.add(
+            Figure(
+                "hot",
+                "bytes of the hot customer's feature state after the day",
+                "bytes",
+                [float(r.hot_state_bytes) for r in hot_runs],
+                note="STRLEN; the idempotency record holds at most SEGSTREAM_DEDUPE_MAX_EVENTS "
+                "(10,000) fingerprints of 6 bytes",
+            )
+        )
 
-ORDER = ("engine", "memory", "growth", "training", "e2e", "latency")
+
+ORDER = ("engine", "memory", "growth", "training", "e2e", "latency", "hot")
 
 
 def _throughput(section: str, name: str, runs: list[engine.ReplayRun]) -> Figure:
@@ -404,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                 "training": bench.training,
                 "e2e": bench.e2e,
                 "latency": bench.latency,
+                "hot": bench.hot,
             }
             for key in ORDER:
                 if key not in args.only:

@@ -537,6 +537,11 @@ def replay(
                 f"{summary.rescored:,} daily re-scores"
             )
             console.print(f"alerts: {dict(summary.alerts)} -> {alerts_out}")
+            if summary.evicted:
+                console.print(
+                    f"{summary.evicted:,} event fingerprints evicted by the per-customer "
+                    "cap (SEGSTREAM_DEDUPE_MAX_EVENTS): dedupe of those is best-effort"
+                )
             if summary.rejected:
                 console.print(f"rejected by the contract: {dict(summary.rejected)}")
             if state_out:

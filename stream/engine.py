@@ -84,6 +84,8 @@ class BatchResult:
     #: A re-score that took as many customers as it may: more may be due, call again
     #: (after `save`, which moves the ones just re-scored to the next day).
     more: bool = False
+    #: Fingerprints the per-customer cap evicted (`ApplyResult.evicted`).
+    evicted: int = 0
 
 
 class Engine:
@@ -179,6 +181,7 @@ class Engine:
         )
         result = await self._decide(rows, x, parts)
         result.statuses = applied.statuses
+        result.evicted = applied.evicted
         result.features = applied.features
         if applied.staged is not None and applied.staged.keys:
             if result.staged is None:

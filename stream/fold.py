@@ -8,7 +8,12 @@ in-memory store hands it to `fold`.
 `fold(state, events, ...)` applies one customer's encoded events to its binary state
 exactly as `store.lua` does: the same statuses (applied, duplicate, too_late), the same
 state bytes after every event, the same trimming of days past the retention and of
-fingerprints past the lateness bound. The byte format is the one `stream.state` reads.
+fingerprints past the lateness bound, the same cap on fingerprints (`dedupe_max_events`,
+the oldest go first, counted while their day can still take an event). The state after
+an event that is not the customer's last applied one leaves the fingerprints out (nE = 0):
+only the window aggregation reads it, and it skips them; so the cost per event does not
+grow with the number of fingerprints (a hot customer id, issue 20 finding 6). The byte
+format is the one `stream.state` reads.
 Both must change together; `tests/test_store_contract.py` compares their states byte for
 byte.
 
@@ -20,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog, distinct_key, numeric_value
 from models.events import Event
-from stream.state import VERSION, retired_struct
+from stream.state import DEFAULT_DEDUPE_MAX_EVENTS, VERSION, retired_struct
 
 DAY: Final = 86_400
 MAX_COUNT: Final = 65_535  # counters are uint16 and saturate
@@ -109,6 +115,8 @@ class FoldSpec:
     n_sums: int = 0
     #: A customer silent longer than this (event time) starts afresh: its profile expired.
     profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS
+    #: At most this many event fingerprints per customer; the oldest go first.
+    dedupe_max_events: int = DEFAULT_DEDUPE_MAX_EVENTS
 
 
 class _State:
@@ -127,7 +135,10 @@ class _State:
         self.r_sum = [0.0] * spec.n_sums
         self.a: list[list[int]] = []  # [day, counter_1 .. counter_C]
         self.s: list[list[Any]] = []  # [day, j, value]
-        self.e: list[tuple[int, bytes]] = []  # (day, event fingerprint)
+        # The idempotency record as 6-byte records (day, event fingerprint), sorted by
+        # day, and the set of them: a lookup and an in-order insert cost O(1).
+        self.e: deque[bytes] = deque()
+        self.seen: set[bytes] = set()
         self.v: list[tuple[int, int, bytes]] = []  # (day, k, value fingerprint)
         if raw is None:
             self.version, self.first, self.newest = VERSION, 0.0, 0.0
@@ -150,14 +161,17 @@ class _State:
             self.s.append(list(_S.unpack_from(raw, pos)))
             pos += _S.size
         for _ in range(n_e):
-            self.e.append((_H.unpack_from(raw, pos)[0], raw[pos + 2 : pos + 6]))
+            rec = raw[pos : pos + 6]
+            self.e.append(rec)
+            self.seen.add(rec)
             pos += 6
         for _ in range(n_v):
             day, k = _V.unpack_from(raw, pos)
             self.v.append((day, k, raw[pos + 3 : pos + 7]))
             pos += 7
 
-    def pack(self) -> bytes:
+    def pack(self, with_e: bool = True) -> bytes:
+        """The state's bytes; without the E block (nE = 0) unless `with_e`."""
         parts = [
             self.head.pack(
                 self.version,
@@ -166,14 +180,15 @@ class _State:
                 *self.lasts,
                 len(self.a),
                 len(self.s),
-                len(self.e),
+                len(self.e) if with_e else 0,
                 len(self.v),
             )
         ]
         parts.append(self.retired_fmt.pack(*self.r_count, *self.r_active, *self.r_sum))
         parts += [self.rec.pack(*r) for r in self.a]
         parts += [_S.pack(*r) for r in self.s]
-        parts += [_H.pack(d) + fp for d, fp in self.e]
+        if with_e:
+            parts += self.e
         parts += [_V.pack(d, k) + fp for d, k, fp in self.v]
         return b"".join(parts)
 
@@ -212,16 +227,18 @@ def _retire(st: _State, oldest: int) -> None:
 
 def fold(
     raw: bytes | None, events: Sequence[Sequence[Any]], spec: FoldSpec
-) -> tuple[list[int], list[bytes | None], bytes | None]:
+) -> tuple[list[int], list[bytes | None], bytes | None, int]:
     """Apply one customer's encoded events (`EventEncoder.encode`) to its state `raw`.
 
     Returns the status code per event (0 applied, 1 duplicate, 2 too_late), the state
-    right after each event (None while the customer has none) and the new state to
-    store, None when no event was applied (nothing to write).
+    right after each event (None while the customer has none; without the fingerprints
+    before the last applied event), the new state to store (None when no event was
+    applied: nothing to write) and how many fingerprints the cap evicted while their day
+    could still take an event.
 
     >>> spec = FoldSpec(retention_days=90, n_counters=1, n_lasts=0, max_lateness_days=7)
     >>> ev = [86_400.0 * 20_000, event_fingerprint("e1"), [1], [], [], []]
-    >>> codes, after, new = fold(None, [ev, ev], spec)
+    >>> codes, after, new, evicted = fold(None, [ev, ev], spec)
     >>> codes, after[1] == new, fold(new, [ev], spec)[0]
     ([0, 1], True, [1])
     """
@@ -232,6 +249,7 @@ def fold(
     states: list[bytes | None] = []
     current = raw
     changed = False
+    evicted = 0
     for idx, ev in enumerate(events):
         ts, fp = ev[0], ev[1]
         d = math.floor(ts / DAY)
@@ -240,12 +258,17 @@ def fold(
             newest_day = 0
         if d < newest_day - spec.max_lateness_days or d < 0:
             statuses.append(2)
-        elif (d, fp) in st.e:
+        elif _H.pack(d) + fp in st.seen:
             statuses.append(1)
         else:
             statuses.append(0)
             changed = True
-            st.e.insert(_insert_at(st.e, d), (d, fp))
+            erec = _H.pack(d) + fp
+            at = len(st.e)  # after the last record of its day or before (store.lua's scan)
+            while at > 0 and _H.unpack_from(st.e[at - 1])[0] > d:
+                at -= 1
+            st.e.insert(at, erec)
+            st.seen.add(erec)
             pos = _insert_at(st.a, d)
             if pos > 0 and st.a[pos - 1][0] == d:
                 rec = st.a[pos - 1]
@@ -273,16 +296,25 @@ def fold(
                 st.first = ts
             st.newest = max(st.newest, ts)
             newest_day = max(newest_day, d)
+            # The cap: the oldest fingerprints go first; counted when their day can still
+            # take an event (then a redelivery of it would be counted twice).
+            while len(st.e) > spec.dedupe_max_events:
+                old = st.e.popleft()
+                st.seen.discard(old)
+                if _H.unpack_from(old)[0] >= newest_day - spec.max_lateness_days:
+                    evicted += 1
             # Untrimmed in between: days past the retention lie outside every window anyway.
             if idx < len(events) - 1:
-                current = st.pack()
+                current = st.pack(with_e=False)
         states.append(current)
     if not changed:
-        return statuses, states, None
+        return statuses, states, None, evicted
     oldest = newest_day - spec.retention_days + 1
     _retire(st, oldest)
     # Fingerprints are needed only for days an event can still be accepted on.
-    st.e = _cut_before(st.e, newest_day - spec.max_lateness_days)
+    horizon = newest_day - spec.max_lateness_days
+    while st.e and _H.unpack_from(st.e[0])[0] < horizon:
+        st.e.popleft()
     st.v = _cut_before(st.v, oldest)
     new = st.pack()
     # From the last applied event on, the state is the trimmed one (what is stored).
@@ -290,4 +322,4 @@ def fold(
         states[idx] = new
         if statuses[idx] == 0:
             break
-    return statuses, states, new
+    return statuses, states, new, evicted

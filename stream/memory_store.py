@@ -31,6 +31,7 @@ from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
 from stream.fold import EventEncoder, FoldSpec, fold
+from stream.state import DEFAULT_DEDUPE_MAX_EVENTS
 from stream.stores import (
     DEFAULT_MAX_LATENESS_DAYS,
     STATE_TTL_MARGIN_SECONDS,
@@ -42,6 +43,7 @@ from stream.stores import (
     StoreResults,
     by_customer,
     centers_key,
+    check_dedupe_cap,
     check_lateness,
     count_states,
     counted_as,
@@ -161,8 +163,10 @@ class MemoryFeatureStore:
         ttl_seconds: int | None = None,
         max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
         profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
+        dedupe_max_events: int = DEFAULT_DEDUPE_MAX_EVENTS,
     ) -> None:
         check_lateness(catalog, max_lateness_days)
+        check_dedupe_cap(dedupe_max_events)
         self.keyspace = keyspace or Keyspace()
         self.catalog = catalog
         self.prefix = prefix
@@ -171,10 +175,12 @@ class MemoryFeatureStore:
         self.profile_days = max(profile_days, catalog.retention_days)
         self.ttl_seconds = ttl_seconds or self.profile_days * 86_400
         self.max_lateness_days = max_lateness_days
+        self.dedupe_max_events = dedupe_max_events
         lay = catalog.layout
         self._spec = FoldSpec(
             catalog.retention_days, len(lay.counters), len(lay.lasts), max_lateness_days,
             n_sums=len(lay.sums), profile_days=self.profile_days,
+            dedupe_max_events=dedupe_max_events,
         )  # fmt: skip
         self._encoder = EventEncoder(catalog)
         self._results = StoreResults(catalog, self.profile_days)
@@ -196,12 +202,14 @@ class MemoryFeatureStore:
         for cid, idxs in mine.items():
             key = feature_key(self.prefix, cid)
             raw = self.keyspace.get(key)
-            codes, after, new = fold(
+            codes, after, new, evicted = fold(
                 raw, [self._encoder.encode(events[i]) for i in idxs], self._spec
             )
             if new is not None and not stage:
                 self.keyspace.set(key, new, self.ttl_seconds)
-            applied.append(CustomerApplied(key, cid, codes, after, digest(raw) if stage else b""))
+            applied.append(
+                CustomerApplied(key, cid, codes, after, digest(raw) if stage else b"", evicted)
+            )
         return self._results.apply_result(events, mine, applied, stage=stage, at=at)
 
     async def read(self, customer_ids: Sequence[str], *, at: float) -> Features:
@@ -360,6 +368,7 @@ def memory_stores(
     max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
     profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
     keyspace: Keyspace | None = None,
+    dedupe_max_events: int = DEFAULT_DEDUPE_MAX_EVENTS,
 ) -> tuple[MemoryFeatureStore, MemoryAssignmentStore]:
     """A feature store and an assignment store over one keyspace (the runtime's pair).
 
@@ -370,7 +379,7 @@ def memory_stores(
     """
     features = MemoryFeatureStore(
         catalog, keyspace=keyspace, prefix=prefix, max_lateness_days=max_lateness_days,
-        profile_days=profile_days,
+        profile_days=profile_days, dedupe_max_events=dedupe_max_events,
     )  # fmt: skip
     assignments = MemoryAssignmentStore(
         keyspace=features.keyspace,

@@ -103,6 +103,13 @@ class Metrics:
         self.duplicates = Counter(
             "segstream_events_duplicate", "Redelivered events skipped by id.", registry=r
         )
+        self.dedupe_evicted = Counter(
+            "segstream_dedupe_evicted",
+            "Event fingerprints evicted by the per-customer cap (SEGSTREAM_DEDUPE_MAX_EVENTS) "
+            "while their day could still take an event: a redelivery of one of those events "
+            "is counted again.",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "segstream_batch_seconds",
             "Time to process one batch (decode, store, decide).",
@@ -233,8 +240,10 @@ class Metrics:
         *,
         seconds: float | None = None,
         events: int | None = None,
+        evicted: int = 0,
     ) -> None:
-        """Record one batch: each valid event's status (with its type), the alerts, the time.
+        """Record one batch: each valid event's status (with its type), the alerts, the time
+        and the fingerprints the dedupe cap evicted.
 
         `statuses` and `types` run in parallel, one per valid event given to the engine;
         `events` (default: len(statuses)) divides `seconds` into the per-event time.
@@ -253,6 +262,8 @@ class Metrics:
             else:
                 self.rejected.labels(status).inc()
         self.count_alerts(alerts)
+        if evicted:
+            self.dedupe_evicted.inc(evicted)
         if seconds is not None:
             n = len(statuses) if events is None else events
             self.batch_seconds.observe(seconds)

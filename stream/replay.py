@@ -43,6 +43,7 @@ class ReplaySummary:
     alerts: Counter[str] = field(default_factory=Counter)
     customers: int = 0
     rescored: int = 0  # daily re-scores at midnights (each customer's churn check, once a day)
+    evicted: int = 0  # fingerprints the per-customer dedupe cap evicted
     watermark: float = 0.0
     rejected: Counter[str] = field(default_factory=Counter)
 
@@ -118,11 +119,12 @@ async def _replay(
             # is the delivery order.
             nonlocal clock
             one = [0] * len(batch)
-            steps, clock = plan_event_clock(clock, [e.epoch for e in batch], one, {0})
+            steps, clock = plan_event_clock(clock, [e.epoch for e in batch], one, {0}, whole=True)
             parts = [partition_of(e.customer_id, partitions) for e in batch]
             outcome = await runner.run(steps, batch, parts, write)
             summary.events += len(batch)
             summary.statuses.update(outcome.statuses)
+            summary.evicted += outcome.evicted
             summary.rescored += outcome.rescored
             batch.clear()
 

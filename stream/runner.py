@@ -57,6 +57,7 @@ class Outcome:
     statuses: list[EventStatus] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     rescored: int = 0  # customers re-scored
+    evicted: int = 0  # fingerprints the per-customer dedupe cap evicted
 
 
 class StepRunner:
@@ -96,6 +97,7 @@ class StepRunner:
                     result = await self.apply(events[lo:hi], partitions[lo:hi])
                     await self._publish_and_save(step, result, publish, outcome)
                     outcome.statuses += result.statuses
+                    outcome.evicted += result.evicted
                 case Rescore(at, drain, only):
                     more = True
                     while more:

@@ -66,6 +66,7 @@ async def _redis_stores(settings: StreamSettings, catalog: Catalog, prefix: str)
     store = RedisFeatureStore(
         conn.client, catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days,
         profile_days=settings.profile_retention_days,
+        dedupe_max_events=settings.dedupe_max_events,
     )  # fmt: skip
     await store.load()
     assignments = RedisAssignmentStore(
@@ -78,6 +79,7 @@ async def _memory_stores(settings: StreamSettings, catalog: Catalog, prefix: str
     features, assignments = memory_stores(
         catalog, prefix=prefix, max_lateness_days=settings.max_lateness_days,
         profile_days=settings.profile_retention_days,
+        dedupe_max_events=settings.dedupe_max_events,
     )  # fmt: skip
     return OpenStores(features, assignments, MemoryConnection(features.keyspace))
 

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.decide import Rules
+from stream.state import DEFAULT_DEDUPE_MAX_EVENTS
 from stream.stores import DEFAULT_MAX_LATENESS_DAYS
 
 DEFAULT_RULES = Rules()  # the alert thresholds' defaults live in one place: `Rules`
@@ -111,6 +112,14 @@ class StreamSettings(BaseSettings):
         ge=0,
         description="Days before its customer's newest event an event may arrive; older "
         "ones are dead-lettered as too_late (at most retention_days - 1).",
+    )
+    dedupe_max_events: int = Field(
+        DEFAULT_DEDUPE_MAX_EVENTS,
+        ge=1,
+        description="Event fingerprints kept per customer for dedupe (6 bytes each, for the "
+        "days within SEGSTREAM_MAX_LATENESS_DAYS); past it the oldest are evicted, counted "
+        "in segstream_dedupe_evicted_total, and a redelivery of an evicted event is counted "
+        "again.",
     )
     profile_retention_days: int = Field(
         730,

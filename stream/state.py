@@ -6,7 +6,8 @@ each customer's state as one little-endian binary string:
     B version | d first | d newest | d last_1 .. last_L | I nA | I nS | I nE | I nV
     A: nA x (H day, H counter_1 .. counter_C)   one record per active UTC day, by day
     S: nS x (H day, B j, d value)               non-zero sums (sum j of that day), by day
-    E: nE x (H day, 4s event fingerprint)       the idempotency record, by day (lateness bound)
+    E: nE x (H day, 4s event fingerprint)       the idempotency record, by day (lateness bound,
+                                                at most SEGSTREAM_DEDUPE_MAX_EVENTS records)
     V: nV x (H day, B k, I value fingerprint)   values seen by distinct k that day, by day
 
 R holds the retired totals: what the days that left the retention held (their counts,
@@ -34,6 +35,9 @@ from models.catalog import SECONDS_PER_DAY, Catalog
 
 VERSION: Final = 2
 E_WIDTH: Final = 6
+#: Event fingerprints kept per customer (the E block's cap; SEGSTREAM_DEDUPE_MAX_EVENTS):
+#: 60 KB at most, so a customer id that gets every anonymous event stays bounded.
+DEFAULT_DEDUPE_MAX_EVENTS: Final = 10_000
 _S_DTYPE: Final = np.dtype([("day", "<u2"), ("j", "u1"), ("v", "<f8")])
 _V_DTYPE: Final = np.dtype([("day", "<u2"), ("k", "u1"), ("fp", "<u4")])
 

@@ -7,7 +7,8 @@
 --   A: nA x (H day, H counter_1..counter_C)      one per active UTC day, sorted by day
 --   S: nS x (H day, B j, d value)                non-zero sums, sorted by day then j
 --   E: nE x (H day, c4 event fingerprint)        the idempotency record, sorted by day,
---                                                kept for the lateness bound only
+--                                                kept for the lateness bound only, at most
+--                                                dedupe_max records (the oldest go first)
 --   V: nV x (H day, B k, c4 value fingerprint)   distinct values per day, sorted by day
 -- Aggregation over windows happens in Python on the returned states, vectorized over a
 -- batch, so this script stays O(events), not O(days).
@@ -17,26 +18,34 @@
 -- (event time) starts afresh at its next event: its profile expired. A version 1 state
 -- (no R) is read with R = 0 and written back as version 2.
 --
--- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L, max_lateness_days, J, profile_days}
+-- ARGV[1] = msgpack {retention_days, ttl_seconds, C, L, max_lateness_days, J, profile_days,
+--           dedupe_max}
 -- ARGV[2] = 'apply' (write the new states) or 'stage' (write nothing: the engine commits
 --           the states later, together with the decisions they led to)
 -- ARGV[3] = msgpack list aligned with KEYS; each item is the customer's events in order
 --           {ts, fp4, counters, sums, distincts, lasts}, sums = {{j, amount}, ...},
 --           distincts = {{k, fp4}, ...}.
--- Returns a list aligned with KEYS: {statuses, states, digest} where statuses has one
+-- Returns a list aligned with KEYS: {statuses, states, digest, evicted} where statuses has one
 -- code per event (0 applied, 1 duplicate, 2 too_late: its UTC day is more than
 -- max_lateness_days before the day of the customer's newest event applied before it, so
 -- neither the batch's cut nor events after it change a status, or before 1970), states
 -- one string per event: the state right after it (false while the customer has none),
 -- and digest the SHA1 of the state before the call ('' when none; only when staging, for
--- the commit's check).
+-- the commit's check), evicted the fingerprints the cap pushed out while an event of their
+-- day could still be accepted (a redelivery of one of those would be counted again).
+--
+-- Cost per event does not grow with the state (a customer id that gets every anonymous
+-- event, issue 20 finding 6): E is read once per call into a table and a set (lookup and
+-- an in-order insert are O(1)), and the state returned after an event that is not the
+-- customer's last applied one leaves E out (nE = 0: only the window aggregation reads
+-- those states, and it skips E). The full state is built once per customer and call.
 
 local DAY = 86400
 local MAXC = 65535
 
 local spec = cmsgpack.unpack(ARGV[1])
 local retention, ttl, C, L, lateness = spec[1], spec[2], spec[3], spec[4], spec[5]
-local J, profile = spec[6], spec[7]
+local J, profile, dedupe_max = spec[6], spec[7], spec[8]
 local stage = ARGV[2] == 'stage'
 local inputs = cmsgpack.unpack(ARGV[3])
 
@@ -104,7 +113,9 @@ end
 
 local function apply(key, events)
   local raw = redis.call('GET', key)
-  local head, R, A, S, E, V
+  local head, R, A, S, V
+  -- E as records E[e_lo..e_hi] (sorted by day) and the set of them.
+  local E, seen, e_lo, e_hi, evicted = {}, {}, 1, 0, 0
   if raw then
     head = {struct.unpack('<' .. HEAD, raw)}
     local nA, nS, nE, nV = head[L + 4], head[L + 5], head[L + 6], head[L + 7]
@@ -119,22 +130,31 @@ local function apply(key, events)
     head[1] = 2
     A = string.sub(raw, p, p + nA * RA - 1); p = p + nA * RA
     S = string.sub(raw, p, p + nS * 11 - 1); p = p + nS * 11
-    E = string.sub(raw, p, p + nE * 6 - 1); p = p + nE * 6
+    for i = 1, nE do
+      local rec = string.sub(raw, p, p + 5)
+      E[i] = rec
+      seen[rec] = true
+      p = p + 6
+    end
+    e_hi = nE
     V = string.sub(raw, p, p + nV * 7 - 1)
   else
     head = {2, 0, 0}
     for m = 1, L do head[3 + m] = 0 end
     R = empty_r()
-    A, S, E, V = '', '', '', ''
+    A, S, V = '', '', ''
   end
   local digest = ''
   if stage and raw then digest = redis.sha1hex(raw) end
   local first, newest = head[2], head[3]
-  local function serialize()
+  -- The state; with `with_e` false, without the E block (nE = 0).
+  local function serialize(with_e)
+    local n_e = with_e and e_hi - e_lo + 1 or 0
     head[2], head[3] = first, newest
-    head[L + 4], head[L + 5], head[L + 6], head[L + 7] = #A / RA, #S / 11, #E / 6, #V / 7
+    head[L + 4], head[L + 5], head[L + 6], head[L + 7] = #A / RA, #S / 11, n_e, #V / 7
+    local block = with_e and table.concat(E, '', e_lo, e_hi) or ''
     return struct.pack('<' .. HEAD, unpack(head, 1, L + 7)) .. struct.pack(R_FMT, unpack(R))
-      .. A .. S .. E .. V
+      .. A .. S .. block .. V
   end
   -- A customer with no state accepts any day; its first event sets the horizon.
   local newest_day = math.floor(newest / DAY)
@@ -148,18 +168,26 @@ local function apply(key, events)
       first, newest, newest_day = 0, 0, 0
       for m = 1, L do head[3 + m] = 0 end
       R = empty_r()
-      A, S, E, V = '', '', '', ''
+      A, S, V = '', '', ''
+      E, seen, e_lo, e_hi = {}, {}, 1, 0
     end
     if d < newest_day - lateness or d < 0 then  -- days are stored as uint16 from 1970
       statuses[idx] = 2
-    elseif find_aligned(E, struct.pack('<H', d) .. fp, 6, 0) then
+    elseif seen[struct.pack('<H', d) .. fp] then
       statuses[idx] = 1
     else
       statuses[idx] = 0
       changed = true
-      local dkey = struct.pack('<H', d)
-      local pos = insert_at(E, 6, d)
-      E = string.sub(E, 1, pos - 1) .. dkey .. fp .. string.sub(E, pos)
+      -- After the last record of its day or before; mostly at the end (time order).
+      local erec = struct.pack('<H', d) .. fp
+      local pos = e_hi + 1
+      while pos > e_lo and day_at(E[pos - 1], 1) > d do
+        E[pos] = E[pos - 1]
+        pos = pos - 1
+      end
+      E[pos] = erec
+      e_hi = e_hi + 1
+      seen[erec] = true
       -- the day's counters
       pos = insert_at(A, RA, d)
       local rec
@@ -203,8 +231,16 @@ local function apply(key, events)
       if first == 0 or ts < first then first = ts end
       if ts > newest then newest = ts end
       if d > newest_day then newest_day = d end
+      -- The cap: the oldest fingerprints go first; counted when their day can still
+      -- take an event (then a redelivery of it would be counted twice).
+      while e_hi - e_lo + 1 > dedupe_max do
+        local old = E[e_lo]
+        E[e_lo], seen[old] = nil, nil
+        e_lo = e_lo + 1
+        if day_at(old, 1) >= newest_day - lateness then evicted = evicted + 1 end
+      end
       -- Untrimmed in between: days past the retention lie outside every window anyway.
-      if idx < #events then current = serialize() end
+      if idx < #events then current = serialize(false) end
     end
     states[idx] = current
   end
@@ -214,9 +250,9 @@ local function apply(key, events)
     A = cut_before(A, RA, oldest)
     S = cut_before(S, 11, oldest)
     -- Fingerprints are needed only for days an event can still be accepted on.
-    E = cut_before(E, 6, newest_day - lateness)
+    while e_lo <= e_hi and day_at(E[e_lo], 1) < newest_day - lateness do e_lo = e_lo + 1 end
     V = cut_before(V, 7, oldest)
-    raw = serialize()
+    raw = serialize(true)
     if not stage then redis.call('SET', key, raw, 'EX', ttl) end
     -- From the last applied event on, the state is the trimmed one (what is, or will
     -- be, stored).
@@ -225,12 +261,12 @@ local function apply(key, events)
       if statuses[idx] == 0 then break end
     end
   end
-  return statuses, states, digest
+  return statuses, states, digest, evicted
 end
 
 local results = {}
 for c, key in ipairs(KEYS) do
-  local statuses, states, digest = apply(key, inputs[c])
-  results[c] = {statuses, states, digest}
+  local statuses, states, digest, evicted = apply(key, inputs[c])
+  results[c] = {statuses, states, digest, evicted}
 end
 return results

@@ -33,7 +33,9 @@ within its customer and UTC day. An event whose day is more than `max_lateness_d
 every later day keeps its fingerprints, so a redelivery is either recognised and ignored
 or too late, and never counted twice. The bound keeps the idempotency record small
 (6 bytes per event for 8 days instead of for the whole retention); the windows still
-cover the whole retention.
+cover the whole retention. A customer keeps at most `dedupe_max_events` fingerprints
+(SEGSTREAM_DEDUPE_MAX_EVENTS): past it the oldest are evicted and counted
+(`ApplyResult.evicted`), and a redelivery of an evicted event is applied again.
 
 Expiry: days leaving the retention are trimmed inside the same call; the key itself
 expires `retention_days` after its last write, so customers silent that long vanish.
@@ -57,6 +59,7 @@ from models.events import Event
 from stream.decide import CustomerState
 from stream.fold import EventEncoder
 from stream.scripts import Call, Script, topology
+from stream.state import DEFAULT_DEDUPE_MAX_EVENTS
 from stream.stores import (
     DEFAULT_MAX_LATENESS_DAYS,
     STATUSES,
@@ -69,6 +72,7 @@ from stream.stores import (
     StoreResults,
     by_customer,
     centers_key,
+    check_dedupe_cap,
     check_lateness,
     count_states,
     counted_as,
@@ -107,8 +111,10 @@ class RedisFeatureStore:
         ttl_seconds: int | None = None,
         max_lateness_days: int = DEFAULT_MAX_LATENESS_DAYS,
         profile_days: int = DEFAULT_PROFILE_RETENTION_DAYS,
+        dedupe_max_events: int = DEFAULT_DEDUPE_MAX_EVENTS,
     ) -> None:
         check_lateness(catalog, max_lateness_days)
+        check_dedupe_cap(dedupe_max_events)
         self.client = client
         self.catalog = catalog
         self.prefix = prefix
@@ -117,6 +123,7 @@ class RedisFeatureStore:
         self.profile_days = max(profile_days, catalog.retention_days)
         self.ttl_seconds = ttl_seconds or self.profile_days * 86_400
         self.max_lateness_days = max_lateness_days
+        self.dedupe_max_events = dedupe_max_events
         lay = catalog.layout
         self._spec = msgpack.packb(
             [
@@ -127,6 +134,7 @@ class RedisFeatureStore:
                 max_lateness_days,
                 len(lay.sums),
                 self.profile_days,
+                dedupe_max_events,
             ]
         )
         self._encoder = EventEncoder(catalog)
@@ -164,9 +172,9 @@ class RedisFeatureStore:
         self.round_trips += 1
         replies = await self._net.run(STORE, calls)
         applied = [
-            CustomerApplied(keys[c], customers[c], codes, after, digest or b"")
+            CustomerApplied(keys[c], customers[c], codes, after, digest or b"", evicted)
             for group, reply in zip(groups, replies, strict=True)
-            for c, (codes, after, digest) in zip(group, reply, strict=True)
+            for c, (codes, after, digest, evicted) in zip(group, reply, strict=True)
         ]
         return self._results.apply_result(events, mine, applied, stage=stage, at=at)
 

@@ -181,6 +181,12 @@ def check_lateness(catalog: Catalog, max_lateness_days: int) -> None:
         )
 
 
+def check_dedupe_cap(dedupe_max_events: int) -> None:
+    """Refuse a fingerprint cap below 1 (the record must hold the event it just took)."""
+    if dedupe_max_events < 1:
+        raise ValueError(f"dedupe_max_events must be at least 1, got {dedupe_max_events}")
+
+
 @dataclass(frozen=True)
 class Features:
     """Features of some customers at their evaluation times (one row each)."""
@@ -238,6 +244,10 @@ class ApplyResult:
     rows: list[int] = field(default_factory=list)
     #: With `apply(stage=True)`: the states to commit (customers with an applied event).
     staged: StagedFeatures | None = None
+    #: Event fingerprints the per-customer cap (`dedupe_max_events`) pushed out of the
+    #: idempotency record while their day could still take an event: dedupe past the cap
+    #: is best-effort, and this counts what it gave up.
+    evicted: int = 0
 
     def count(self, status: EventStatus) -> int:
         return sum(1 for s in self.statuses if s == status)
@@ -252,6 +262,7 @@ class CustomerApplied:
     codes: Sequence[int]  # per event, an index into `STATUSES`
     after: Sequence[bytes | None]  # per event, the state right after it (None: none yet)
     digest: bytes  # hex SHA1 of the state before the batch (b"" when none or not staged)
+    evicted: int = 0  # fingerprints the cap evicted (see `ApplyResult.evicted`)
 
 
 class StoreResults:
@@ -300,7 +311,9 @@ class StoreResults:
         statuses: list[EventStatus] = ["applied"] * len(events)
         states: list[bytes | None] = [None] * len(events)
         staged = StagedFeatures()
+        evicted = 0
         for part in applied:
+            evicted += part.evicted
             changed = False
             idxs = mine[part.customer_id]
             for idx, code, state in zip(idxs, part.codes, part.after, strict=True):
@@ -321,7 +334,11 @@ class StoreResults:
             np.full(len(known), at or 0.0),
         )
         return ApplyResult(
-            statuses=statuses, features=features, rows=rows, staged=staged if stage else None
+            statuses=statuses,
+            features=features,
+            rows=rows,
+            staged=staged if stage else None,
+            evicted=evicted,
         )
 
 

@@ -332,6 +332,7 @@ class Worker:
                 outcome.alerts,
                 seconds=time.perf_counter() - started,
                 events=len(messages),
+                evicted=outcome.evicted,
             )
             for message in messages:
                 previous = self.last_offsets.get(message.partition, -1)

@@ -17,12 +17,18 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
 
 from offline.synthetic import History, generate_history, write_history
 from tests.servers import Cluster, running_cluster, start_embedded, system_url
 from tests.store_backends import StoreBackend, backend_for
 
 pytest_plugins = ["tests.kafka_support"]
+
+# Property tests judge behaviour, never speed: no per-example deadline (a loaded 2-core CI
+# machine is slow at random), and no example database carried between runs.
+settings.register_profile("segstream", deadline=None, database=None)
+settings.load_profile("segstream")
 
 TRAINED_AS_OF = "2026-04-10T00:00:00Z"  # the training date of `trained_history`
 

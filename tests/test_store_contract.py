@@ -28,6 +28,7 @@ from offline.reference import events_frame, features_at
 from stream.decide import CustomerState
 from stream.memory_store import MemoryFeatureStore, memory_stores
 from stream.redis_conn import connect
+from stream.state import StateCodec
 from stream.store import RedisFeatureStore
 from stream.stores import Fenced, due_key, feature_key, state_key
 from tests.servers import HOST, Cluster
@@ -411,6 +412,77 @@ def test_duplicate_delivery_changes_nothing(store_backend: StoreBackend) -> None
             assert (row["purchases_7d"], row["revenue_7d"], row["feature_uses_7d"]) == (1, 20.0, 1)
 
     run(body())
+
+
+def hot_day(count: int) -> list[Event]:
+    """`count` events of one customer id in one UTC day (a placeholder id such as
+    ``guest`` collects every anonymous event), in time order, with two ordinary customers
+    beside it."""
+    kinds = [("session_start", {}), ("purchase", {"amount": 2.5}),
+             ("feature_used", {"feature": "export"}),
+             ("feature_used", {"feature": "share"})]  # fmt: skip
+    start = parse_time("2026-02-01")
+    events = []
+    for i in range(count):
+        kind, props = kinds[i % len(kinds)]
+        iso = f"{np.datetime64(int(start + 60 + i * 80_000 / count), 's')}Z"
+        events.append(ev(f"g{i}", "guest", kind, iso, **props))
+        if i % 50 == 0:
+            events.append(ev(f"o{i}", f"ordinary-{i % 100}", kind, iso, **props))
+    return events
+
+
+def test_dedupe_cap_bounds_a_hot_customer_and_counts_what_it_evicts(
+    store_backend: StoreBackend,
+) -> None:
+    """A customer with more events in the lateness window than `dedupe_max_events` keeps
+    that many fingerprints (its state stays bounded); the cap's evictions are counted;
+    a redelivery of a kept event is still a duplicate; features stay equal to the batch
+    reference past the cap; the state is byte for byte `stream.fold`'s (a cap of 40,
+    240 events, batches of 70)."""
+    catalog = default_catalog()
+    cap, count = 40, 240
+    events = hot_day(count)
+    guest = [e for e in events if e.customer_id == "guest"]
+    twin = MemoryFeatureStore(catalog, prefix=store_backend.prefix, dedupe_max_events=cap)
+    cut = max(e.epoch for e in events)
+
+    async def body() -> None:
+        async with store_backend.open(catalog, dedupe_max_events=cap) as stores:
+            store = stores.features
+            evicted = 0
+            for i in range(0, len(events), 70):
+                evicted += (await store.apply(events[i : i + 70])).evicted
+                await twin.apply(events[i : i + 70])
+            assert evicted == count - cap
+            expected = features_at(events_frame(events, catalog), catalog, cut)
+            got = await store.read(list(expected.index), at=cut)
+            assert_matches_reference(got.customers, got.values, expected, catalog)
+            # Inside the kept window, dedupe holds: the newest `cap` events are duplicates.
+            again = await store.apply(guest[-cap:])
+            assert again.statuses == ["duplicate"] * cap and again.evicted == 0
+            after = await store.read(list(expected.index), at=cut)
+            np.testing.assert_array_equal(after.values, got.values)
+            # Past it, best-effort as documented: the oldest event is counted again.
+            oldest = await store.apply(guest[:1])
+            await twin.apply(guest[-cap:] + guest[:1])
+            assert oldest.statuses == ["applied"] and oldest.evicted == 1
+            row = (await store.read(["guest"], at=cut)).row("guest")
+            assert row is not None and row["events_7d"] == count + 1
+
+    run(body())
+    key = feature_key(store_backend.prefix, "guest")
+    state = store_backend.get(key)
+    assert state is not None and state == twin.keyspace.get(key)
+    head = StateCodec(catalog).head
+    n_e = head.unpack_from(state)[-2]  # nA, nS, nE, nV close the header
+    assert n_e == cap
+    ordinary = store_backend.get(feature_key(store_backend.prefix, "ordinary-0"))
+    assert ordinary is not None
+    # Bounded: beyond the small customer's, only the day's record and `cap` fingerprints.
+    assert len(state) - len(ordinary) <= 6 * cap + 64
+    keys = store_backend.keys()
+    assert all(store_backend.get(k) == twin.keyspace.get(k) for k in keys)
 
 
 def test_features_follow_each_event_within_a_batch(store_backend: StoreBackend) -> None:

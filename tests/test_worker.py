@@ -463,6 +463,39 @@ def test_redis_errors_are_retried_with_backoff_not_dropped(
     assert {b["customer_id"] for b in firsts} == customers
 
 
+def test_the_dedupe_cap_evictions_are_counted_in_the_metric(bundle_path: Path) -> None:
+    """The core alone (no broker, memory stores): a customer id with more events in a day
+    than SEGSTREAM_DEDUPE_MAX_EVENTS keeps that many fingerprints, and what the cap
+    evicts shows in `segstream_dedupe_evicted_total` (12 events, a cap of 5: 7)."""
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Metrics
+    from stream.worker import Message, Worker
+
+    settings = settings_for(_NoBroker(), "memory://", dedupe_max_events=5)
+    values = [
+        json.dumps({"event_id": f"g{i}", "customer_id": "guest", "type": "session_start",
+                    "ts": f"2026-02-01T10:{i:02d}:00Z", "properties": {}}).encode()
+        for i in range(12)
+    ]  # fmt: skip
+    messages = [Message(v, 0, i) for i, v in enumerate(values)]
+
+    async def scenario() -> CollectorRegistry:
+        runtime = await open_runtime(settings, model_path=bundle_path)
+        registry = CollectorRegistry()
+        try:
+            core = Worker(runtime.engine, settings, Metrics(registry))
+            await core.handle(messages[:7], discard)
+            await core.handle(messages[7:], discard)
+        finally:
+            await runtime.close()
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert registry.get_sample_value("segstream_dedupe_evicted_total") == 7
+    assert registry.get_sample_value("segstream_events_duplicate_total") == 0
+
+
 def test_the_event_clock_rescores_everybody_due_at_midnight_in_steps(
     embedded_redis_url: str, bundle_path: Path, tmp_path: Path
 ) -> None:
