@@ -36,7 +36,7 @@ from models.catalog import Catalog
 from models.events import Event
 from stream.assign import OnlineCenters
 from stream.decide import DAY, Alert, CustomerState, Decider, Decisions, Row, Rules, iso
-from stream.detect import rate_profiles
+from stream.detect import bundle_profiles
 from stream.shadow import Shadow, ShadowTally
 from stream.stores import (
     ApplyResult,
@@ -87,14 +87,6 @@ class BatchResult:
     more: bool = False
     #: Fingerprints the per-customer cap evicted (`ApplyResult.evicted`).
     evicted: int = 0
-
-
-def _segment_means(bundle: Bundle) -> list[dict[str, float]] | None:
-    """The members' mean features of each segment, in `bundle.space.segment_ids` order (None
-    for a bundle that does not record them: the evidence reads the centroids)."""
-    by_id = {s.id: s.means for s in bundle.info.segments}
-    found = [by_id.get(int(i), {}) for i in bundle.space.segment_ids]
-    return found if all(found) else None
 
 
 class Engine:
@@ -150,7 +142,7 @@ class Engine:
             bundle.space.index.tolist(),
             bundle.space.typical_row(len(self.catalog.names)),
             self.rules,
-            rate_profiles(self.catalog, bundle.space, _segment_means(bundle)),
+            bundle_profiles(self.catalog, bundle),
         )
 
     async def process(

@@ -27,7 +27,7 @@ from models.bundle import Bundle
 from models.catalog import Catalog
 from stream.assign import OnlineCenters
 from stream.decide import CustomerState, Decider, Decisions, Row, Rules
-from stream.detect import rate_profiles
+from stream.detect import bundle_profiles
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Shadow:
             bundle.space.index.tolist(),
             bundle.space.typical_row(len(catalog.names)),
             rules,
-            rate_profiles(catalog, bundle.space),
+            bundle_profiles(catalog, bundle),
         )
         self._tenure = catalog.names.index("tenure_days")
         self.states: dict[str, CustomerState] = {}
