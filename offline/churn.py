@@ -218,6 +218,8 @@ class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
         """An unfitted model of `family` over the catalog row (behind the column selection
         when `features` is given: the stream hands the whole row)."""
         model: Any
+        if family not in FAMILIES:
+            raise ValueError(f"unknown churn model family {family!r} (one of {FAMILIES})")
         if family == "additive":
             # A logistic regression on a quadratic spline of each arcsinh-scaled, standardised
             # feature: an additive model whose terms bend (recency matters most in the first
