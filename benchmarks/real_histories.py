@@ -302,7 +302,9 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         "",
         f"Produced by `{command}` ({datetime.now(UTC):%Y-%m-%d}). Forward churn: every "
         "customer known at the training date, labelled by the horizon after it (never seen "
-        "by the trainer); held-out: the trainer's own latest labelled snapshot.",
+        "by the trainer); held-out: the trainer's own latest labelled snapshot, on the half "
+        "of the customers the judged model never saw; CI: paired bootstrap over customers, "
+        "200 resamples.",
         "",
         "| history | customers (clustered) | churn ROC AUC fwd: model / recency / RFM LR | "
         "fwd model - recency, - RFM LR [95% CI] | "
