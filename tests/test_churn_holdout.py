@@ -3,8 +3,12 @@ that memorises customers across the weekly snapshots must not look good."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
+import pytest
+from threadpoolctl import threadpool_limits
 
 from offline.churn import ChurnData, ChurnTrainer, customer_part
 
@@ -32,6 +36,13 @@ def _memorisable(customers: int = 200, snapshots: int = 5) -> ChurnData:
         ),
         active=np.ones(len(X), dtype=bool),
     )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Boosters this small spend their time starting OpenMP threads on a shared machine."""
+    with threadpool_limits(limits=1):
+        yield
 
 
 def test_held_out_customers_were_never_trained_on() -> None:
