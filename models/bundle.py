@@ -56,6 +56,10 @@ TRUSTED_TYPES: Final = (
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",
+    # The additive churn model's SplineTransformer keeps one scipy BSpline per feature
+    # (knots and coefficients, data only) and scipy's asarray alias.
+    "scipy.interpolate._bsplines.BSpline",
+    "scipy._lib.array_api_compat.numpy._aliases.asarray",
 )
 _REQUIRED_KEYS: Final = (
     "format_version",

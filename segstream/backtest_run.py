@@ -51,6 +51,7 @@ class ScoringEngine(Engine):
             rules=rules or engine.rules,
             centers=engine.centers,
             centers_halflife=engine.centers_halflife,
+            centers_memory_days=engine.centers_memory_days,
             psi_window=engine.psi_window,
             rescore_batch=engine.rescore_batch,
         )

@@ -354,11 +354,22 @@ def create_app(
         core = await _until_done("opening the runtime", pipeline.worker)
         await core.check_model()
 
+    def inputs(tps: Any) -> list[int]:
+        return sorted(tp.partition for tp in tps if tp.topic == settings.input_topic)
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        # Another worker may now write these customers' states: read them again later.
+        # Another worker may now write these customers' states: no re-score of them from
+        # now on, read them again later, and a late save of theirs is fenced.
         if pipeline.core is not None:
-            pipeline.core.engine.assignments.forget()
+            pipeline.core.revoked(inputs(revoked))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        # A new generation for these partitions (before the core exists, `Pipeline.worker`
+        # claims what the consumer owns when it builds it).
+        if pipeline.core is not None:
+            await pipeline.core.assigned(inputs(assigned))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close(sender: Any, **kwargs: Any) -> None:

@@ -1,34 +1,42 @@
-"""Online centers: a river k-means seeded from the bundle's centroids, shared by workers.
+"""Online centers: the bundle's centroids, moved by what the workers learn, shared by all.
 
-`OnlineCenters.learn_one` feeds scaled points to a `river.cluster.KMeans` whose centers
-start at the bundle's centroids and move by `halflife` toward the points they win, so
-segments follow slow behavioral drift between retrainings. Assignment (`distances`) does
-not use the local river state directly: it uses the *shared* centers, which every worker
-of a consumer group refreshes at each sync (`merge`): a worker's movement since its last
-sync is added to the shared centers (`AssignmentStore.sync_centers` of `stream.stores`)
-and everybody reads the sum back. Between syncs every worker assigns with the same centers; they are
-at most one sync interval stale.
+`OnlineCenters.learn_many` adds settled customers' scaled rows, with their event times, to
+this worker's decayed sufficient statistics per bundle center (`stream.centers`). Assignment
+(`distances`) uses the *shared* centers, which every worker of a consumer group refreshes at
+each sync: it writes its own statistics (absolute values under its worker id, so a retried
+sync changes nothing) with `AssignmentStore.sync_centers` of `stream.stores`, reads every
+worker's back and merges them (`merge`). The merge is a sum, so it is the same whether one
+worker or eight saw the rows, in whatever order they synced; each center stays within
+`max_shift` of the distance to the nearest other bundle centroid. Between syncs every worker
+assigns with the same centers; they are at most one sync interval stale.
 
 Pure: no Redis, no faust.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+import math
+import secrets
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from river import cluster
+
+from stream.centers import DAY, MAX_SHIFT, CenterStats, merge_centers, shift_bounds, stale
 
 
 class OnlineCenters:
-    """Shared k-means centers in the bundle's scaled space, learned online with river.
+    """Shared centers in the bundle's scaled space, learned online from every worker's rows.
 
-    >>> c = OnlineCenters(np.array([[0.0, 0.0], [10.0, 0.0]]), [7, 9], halflife=0.5, learn_every=1)
+    `halflife` is the weight of one row against the bundle centroid's prior (which weighs
+    ``1/halflife`` rows; 0 freezes the centers); `memory_days` the half-life of a row's
+    weight in event time.
+
+    >>> c = OnlineCenters(np.array([[0.0, 0.0], [10.0, 0.0]]), [7, 9], halflife=0.5, worker="w1")
     >>> c.predict_one({0: 9.0, 1: 1.0})
     9
-    >>> c.learn_one({0: 9.0, 1: 1.0}); c.local_delta().round(2).tolist()
-    [[0.0, 0.0], [-0.5, 0.5]]
+    >>> c.learn_one({0: 9.0, 1: 1.0}, at=0.0)
+    >>> _ = c.merge({"w1": c.stats_.pack()}); c.shared_.round(2).tolist()
+    [[0.0, 0.0], [9.67, 0.33]]
     """
 
     def __init__(
@@ -37,42 +45,37 @@ class OnlineCenters:
         segment_ids: Sequence[int],
         *,
         halflife: float = 0.001,
-        learn_every: int = 10,
+        memory_days: float = 7.0,
+        max_shift: float = MAX_SHIFT,
+        worker: str | None = None,
     ) -> None:
         self.base_ = np.asarray(centroids, dtype=float).copy()
         self.segment_ids = list(segment_ids)
         self.halflife = halflife
-        self.learn_every = max(1, learn_every)
+        self.prior_weight = 1.0 / halflife if halflife > 0 else math.inf
+        self.halflife_seconds = memory_days * DAY
+        self.max_shift = max_shift
+        self.bounds_ = shift_bounds(self.base_, max_shift)
+        # A fresh id per process: a restarted worker's rows before the restart stay in its
+        # old entry (and decay out of it), its new rows go to the new one; none counts twice.
+        self.worker = worker or secrets.token_hex(8)
+        self.stats_ = CenterStats.empty(*self.base_.shape)
         self.shared_ = self.base_.copy()
-        self._seen = 0
-        self.model = cluster.KMeans(n_clusters=len(self.segment_ids), halflife=halflife, seed=0)
-        self._reset_local(self.shared_)
-
-    def _reset_local(self, centers: np.ndarray) -> None:
-        self.model.centers = {
-            i: defaultdict(float, dict(enumerate(row.tolist()))) for i, row in enumerate(centers)
-        }
-        self._synced = centers.copy()
+        self.forget_: dict[str, bytes] = {}  # stale entries seen at the last merge
 
     def predict_one(self, x: dict[int, float]) -> int:
         """The segment id whose shared center is nearest to a scaled point."""
         z = np.array([x.get(j, 0.0) for j in range(self.shared_.shape[1])])
         return self.segment_ids[int(np.argmin(self.distances(z[None, :])[0]))]
 
-    def learn_one(self, x: dict[int, float]) -> None:
-        """Move the nearest local center toward the point (one in `learn_every` points)."""
-        self._seen += 1
-        if self._seen % self.learn_every == 0:
-            self.model.learn_one(x)  # type: ignore[no-untyped-call]
+    def learn_one(self, x: dict[int, float], at: float) -> None:
+        """Learn one scaled point seen at event time `at`."""
+        z = np.array([[x.get(j, 0.0) for j in range(self.base_.shape[1])]])
+        self.learn_many(z, np.array([at]))
 
-    def learn_many(self, points: np.ndarray) -> None:
-        """`learn_one` for each row, in order; only the rows it would learn are converted
-        to river's dicts (most are skipped: one in `learn_every`)."""
-        n = len(points)
-        first = (-self._seen - 1) % self.learn_every  # offset of the next learned row
-        self._seen += n
-        for row in points[first :: self.learn_every]:
-            self.model.learn_one(dict(enumerate(row.tolist())))  # type: ignore[no-untyped-call]
+    def learn_many(self, points: np.ndarray, times: np.ndarray) -> None:
+        """Learn scaled rows with their event times (any order, any batching: a sum)."""
+        self.stats_.learn(self.base_, points, times, self.halflife_seconds)
 
     def distances(self, points: np.ndarray) -> np.ndarray:
         """Euclidean distance from each scaled point to each shared center, (n, k)."""
@@ -80,19 +83,21 @@ class OnlineCenters:
         dist: np.ndarray = np.sqrt((diff**2).sum(axis=2))
         return dist
 
-    def local_delta(self) -> np.ndarray:
-        """How far this worker's river centers moved since the last sync."""
-        d = self.shared_.shape[1]
-        local = np.array(
-            [[self.model.centers[i][j] for j in range(d)] for i in range(len(self.segment_ids))]
+    def merge(self, group: Mapping[str, bytes]) -> np.ndarray:
+        """Adopt the merge of every worker's statistics (as `sync_centers` returned them,
+        this worker's included); remember which entries went stale, to drop at the next sync."""
+        stats = {name: CenterStats.unpack(value) for name, value in group.items()}
+        stats[self.worker] = self.stats_  # ours as we have it (the same as written)
+        self.shared_ = merge_centers(
+            self.base_,
+            stats.values(),
+            prior_weight=self.prior_weight,
+            halflife_seconds=self.halflife_seconds,
+            max_shift=self.max_shift,
         )
-        delta: np.ndarray = local - self._synced
-        return delta
-
-    def merge(self, shared: np.ndarray) -> None:
-        """Adopt the group's shared centers (after this worker's delta was added to them)."""
-        self.shared_ = np.asarray(shared, dtype=float).copy()
-        self._reset_local(self.shared_)
+        gone = stale(stats, self.halflife_seconds)
+        self.forget_ = {n: group[n] for n in gone if n != self.worker and n in group}
+        return self.shared_
 
     def drift(self) -> np.ndarray:
         """Per segment, how far the shared center moved from the bundle's centroid."""

@@ -1,18 +1,51 @@
 -- segstream commit: one batch's writes, atomic (see RedisAssignmentStore.save in
--- stream/store.py): staged feature states (compare-and-set), assignment states, re-score
--- times and population changes. On a cluster, one call per hash slot.
+-- stream/store.py): staged feature states (compare-and-set), assignment states (written
+-- or deleted) behind their owners' generations, re-score times and the population
+-- transitions they make. On a cluster, one call per hash slot.
 --
--- KEYS = feature keys (nf), state keys (ns), due keys (nd), then the population key when
--- there are changes.
+-- KEYS = feature keys (nf), state keys (ns), owner keys (ns, same order), due keys (nd).
 -- ARGV[1] = msgpack {feature_ttl, state_ttl, nf, ns, nd, digests, feature states,
---           state values, due, population}; due = one {mode, {member, score, ...}} per
---           due key (mode NX keeps an existing time, SET replaces it); population =
---           {segment, change, ...}.
--- A feature state is written only over the state it was computed from (hex SHA1
--- `digest`, '' for none); returns the 1-based indices of the others (conflicts).
+--           state values, due, generations, token, population prefix};
+--   state value '' deletes the state (an expired customer);
+--   due = one {mode, {member, score, ...}, {member to remove, ...}} per due key (mode NX
+--   keeps an existing time, SET replaces it);
+--   generations = per state, the generation of the worker's claim on its partition;
+--   counted = per state, "<version>\t<field>\t..." it counts in ('' none: deleted);
+--   token = this save's id, the same on every retry of it;
+--   population prefix = '{prefix}:population:' to count here (all keys on one server),
+--   '' to return the changes for the caller to count under the token (a cluster).
+--
+-- Fencing: an owner key holds "<generation>\n<token>\n<counted before>\n<counted>" of the
+-- last save that wrote its customer (counted = "<version>\t<field>\t...", the population
+-- fields the state counts in, '' for none). If any customer's generation is newer than
+-- the save's, the whole call writes nothing and returns {1, {}, {}}: a worker whose claim
+-- was superseded (a rebalance) cannot write over the new owner's states.
+--
+-- Population: each state's transition (what it counted in, from the owner record, to
+-- what it counts in now) is counted once; an unchanged one costs nothing. A retry of the
+-- same save (its reply was lost) finds its own token in the owner record: counted here,
+-- it counts nothing; returning, it returns the recorded transition again (the caller's
+-- count is idempotent on the token).
+--
+-- Returns {fenced (0/1), conflicts (1-based indices of feature states not written: the
+-- state changed since it was read), changes {version, field, delta, ...}}.
 local a = cmsgpack.unpack(ARGV[1])
 local fttl, sttl, nf, ns, nd = a[1], a[2], a[3], a[4], a[5]
-local digests, fstates, svalues, due, pop = a[6], a[7], a[8], a[9], a[10]
+local digests, fstates, svalues, due = a[6], a[7], a[8], a[9]
+local gens, token, pprefix, counted = a[10], a[11], a[12], a[13]
+
+local owners = {}
+for i = 1, ns do
+  local raw = redis.call('GET', KEYS[nf + ns + i])
+  if raw then
+    local gen, tok, was, now = string.match(raw, '^(%d+)\n([^\n]*)\n([^\n]*)\n(.*)$')
+    if tonumber(gen) > gens[i] then return {1, {}, {}} end
+    owners[i] = {tok, was, now}
+  else
+    owners[i] = false
+  end
+end
+
 local conflicts = {}
 for i = 1, nf do
   local current = redis.call('GET', KEYS[i])
@@ -23,16 +56,84 @@ for i = 1, nf do
     conflicts[#conflicts + 1] = i
   end
 end
-for i = 1, ns do redis.call('SET', KEYS[nf + i], svalues[i], 'EX', sttl) end
+
+local combos, order = {}, {}
+local function add(combo, by)
+  if combo == '' then return end
+  if combos[combo] == nil then
+    combos[combo] = 0
+    order[#order + 1] = combo
+  end
+  combos[combo] = combos[combo] + by
+end
+
+for i = 1, ns do
+  local skey, okey, value, owner = KEYS[nf + i], KEYS[nf + ns + i], svalues[i], owners[i]
+  local again = owner and owner[1] == token
+  local was = ''
+  if again then was = owner[2] elseif owner then was = owner[3] end
+  local now = counted[i]
+  if value == '' then
+    redis.call('DEL', skey)
+  else
+    redis.call('SET', skey, value, 'EX', sttl)
+  end
+  -- A deleted customer's owner record stays a day: long enough to fence and recognise a
+  -- retry, short enough not to keep every expired customer.
+  redis.call('SET', okey, gens[i] .. '\n' .. token .. '\n' .. was .. '\n' .. now, 'EX',
+             value == '' and math.min(sttl, 86400) or sttl)
+  if was ~= now and not (again and pprefix ~= '') then
+    add(was, -1)
+    add(now, 1)
+  end
+end
+
 for d = 1, nd do
-  local mode, items = due[d][1], due[d][2]
+  local mode, items, gone = due[d][1], due[d][2], due[d][3]
+  local key = KEYS[nf + 2 * ns + d]
   for j = 1, #items, 2 do
     if mode == 'NX' then
-      redis.call('ZADD', KEYS[nf + ns + d], 'NX', items[j + 1], items[j])
+      redis.call('ZADD', key, 'NX', items[j + 1], items[j])
     else
-      redis.call('ZADD', KEYS[nf + ns + d], items[j + 1], items[j])
+      redis.call('ZADD', key, items[j + 1], items[j])
+    end
+  end
+  for j = 1, #gone do redis.call('ZREM', key, gone[j]) end
+end
+
+-- Few distinct combinations (versions x segments x stages): split them into fields here.
+local sums, fields = {}, {}
+for _, combo in ipairs(order) do
+  local by = combos[combo]
+  if by ~= 0 then
+    local version = nil
+    for part in string.gmatch(combo, '[^\t]+') do
+      if version == nil then
+        version = part
+      else
+        local k = version .. '\t' .. part
+        if sums[k] == nil then
+          sums[k] = 0
+          fields[#fields + 1] = {version, part, k}
+        end
+        sums[k] = sums[k] + by
+      end
     end
   end
 end
-for j = 1, #pop, 2 do redis.call('HINCRBY', KEYS[nf + ns + nd + 1], pop[j], pop[j + 1]) end
-return conflicts
+
+local changes = {}
+for _, item in ipairs(fields) do
+  local by = sums[item[3]]
+  if by ~= 0 then
+    if pprefix ~= '' then
+      local key = pprefix .. item[1]
+      if redis.call('HINCRBY', key, item[2], by) == 0 then redis.call('HDEL', key, item[2]) end
+    else
+      changes[#changes + 1] = item[1]
+      changes[#changes + 1] = item[2]
+      changes[#changes + 1] = by
+    end
+  end
+end
+return {0, conflicts, changes}

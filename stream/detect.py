@@ -32,7 +32,7 @@ from typing import Final
 
 import numpy as np
 
-from models.bundle import ScaledSpace
+from models.bundle import Bundle, ScaledSpace
 from models.catalog import Catalog
 
 DAY: Final = 86_400.0
@@ -113,6 +113,14 @@ class RateProfiles:
         expected = days * -np.expm1(-events / days)
         ratio: np.ndarray = np.clip(expected / np.maximum(active, 1.0), 1.0, 4.0)
         return ratio
+
+
+def bundle_profiles(catalog: Catalog, bundle: Bundle) -> RateProfiles | None:
+    """A bundle's profiles, from its segments' recorded members' means where it has them
+    (the live engine and the shadow read the same ones)."""
+    by_id = {s.id: s.means for s in bundle.info.segments}
+    means = [by_id.get(int(i), {}) for i in bundle.space.segment_ids]
+    return rate_profiles(catalog, bundle.space, means if all(means) else None)
 
 
 def rate_profiles(
@@ -323,4 +331,4 @@ class Evidence:
         return pack(max(at, last), start, sums, current), best, start
 
 
-__all__ = ["Evidence", "RateProfiles", "pack", "rate_profiles", "unpack"]
+__all__ = ["Evidence", "RateProfiles", "bundle_profiles", "pack", "rate_profiles", "unpack"]

@@ -23,6 +23,7 @@ are passed in), not on Redis, Kafka or faust.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,7 @@ from models.catalog import Catalog
 from models.events import Event
 from stream.assign import OnlineCenters
 from stream.decide import DAY, Alert, CustomerState, Decider, Decisions, Row, Rules, iso
-from stream.detect import rate_profiles
-from stream.lifecycle import stage_field
+from stream.detect import bundle_profiles
 from stream.shadow import Shadow, ShadowTally
 from stream.stores import (
     ApplyResult,
@@ -54,14 +54,20 @@ log = logging.getLogger(__name__)
 class Staged:
     """The writes a batch's decisions imply, held until its alerts are published."""
 
-    states: dict[str, CustomerState]
+    states: dict[str, CustomerState | None]  # None: the customer expired, delete it
     due: dict[int, dict[str, float]]
-    population: Counter[int | str]
     version: str
     reschedule: bool
     segments: list[int]  # per row of a customer with full windows, for the PSI window
     learn: np.ndarray  # scaled rows of settled customers, for the online centers
+    learn_at: np.ndarray  # their event times (a row's weight decays in event time)
     features: StagedFeatures | None = None  # the batch's new feature states
+    #: Per state, the generation of this worker's claim on its partition when decided.
+    owners: dict[str, int] = field(default_factory=dict)
+    #: Customers to take off each partition's schedule (expired ones).
+    unschedule: dict[int, list[str]] = field(default_factory=dict)
+    #: Names this save: a retry of it (its reply was lost) counts nothing twice.
+    token: str = field(default_factory=lambda: os.urandom(8).hex())
 
 
 @dataclass
@@ -83,19 +89,6 @@ class BatchResult:
     evicted: int = 0
 
 
-def _segment_means(bundle: Bundle) -> list[dict[str, float]] | None:
-    """The members' mean features of each segment, in `bundle.space.segment_ids` order (None
-    for a bundle that does not record them: the evidence reads the centroids)."""
-    by_id = {s.id: s.means for s in bundle.info.segments}
-    found = [by_id.get(int(i), {}) for i in bundle.space.segment_ids]
-    return found if all(found) else None
-
-
-def _stage(state: CustomerState) -> str | None:
-    """The population field counting the state's lifecycle stage."""
-    return None if state.stage is None else stage_field(state.stage)
-
-
 class Engine:
     """One segmentation engine over a feature store, an assignment store and a bundle."""
 
@@ -109,6 +102,7 @@ class Engine:
         rules: Rules | None = None,
         centers: OnlineCenters | None = None,
         centers_halflife: float = 0.001,
+        centers_memory_days: float = 7.0,
         psi_window: int = 5000,
         rescore_batch: int = 5000,
         shadow: Shadow | None = None,
@@ -121,14 +115,22 @@ class Engine:
         self.rules = rules or Rules()
         self.psi_window = psi_window
         self.centers_halflife = centers_halflife
+        self.centers_memory_days = centers_memory_days
         self.recent: deque[int] = deque(maxlen=psi_window)
+        #: Partition -> the generation of this worker's claim on it (`AssignmentStore.claim`);
+        #: saves carry it, so a claim superseded by a rebalance cannot overwrite the new
+        #: owner's states. Without a claim (replay, tools) 0.
+        self.generations: dict[int, int] = {}
         self.use(bundle, centers)
 
     def use(self, bundle: Bundle, centers: OnlineCenters | None = None) -> None:
         """Switch to a (verified) bundle; the next batch is scored with it."""
         self.bundle = bundle
         self.centers = centers or OnlineCenters(
-            bundle.centroids, bundle.segment_ids, halflife=self.centers_halflife
+            bundle.centroids,
+            bundle.segment_ids,
+            halflife=self.centers_halflife,
+            memory_days=self.centers_memory_days,
         )
         # The PSI window compares assignments with *this* bundle's shares: assignments
         # made by the previous one would raise a false population shift at every reload.
@@ -140,7 +142,7 @@ class Engine:
             bundle.space.index.tolist(),
             bundle.space.typical_row(len(self.catalog.names)),
             self.rules,
-            rate_profiles(self.catalog, bundle.space, _segment_means(bundle)),
+            bundle_profiles(self.catalog, bundle),
         )
 
     async def process(
@@ -189,7 +191,7 @@ class Engine:
         result.features = applied.features
         if applied.staged is not None and applied.staged.keys:
             if result.staged is None:
-                result.staged = Staged({}, {}, Counter(), self.bundle.version, False, [], x[:0])
+                result.staged = Staged({}, {}, self.bundle.version, False, [], x[:0], np.empty(0))
             result.staged.features = applied.staged
         return result
 
@@ -214,30 +216,46 @@ class Engine:
         feats = await self.features.read([cid for cid, _ in found], at=now)
         owner = dict(found)
         # A customer silent past the day windows has nothing left to decay: its profile
-        # stays (queryable, counted, dormant) but it leaves the schedule until its next
-        # event, or such customers would fill every `limit` and starve the rest. One whose
-        # profile expired has no features at all.
+        # stays (queryable, counted, dormant) but it leaves the daily schedule until its
+        # next event, or such customers would fill every `limit` and starve the rest. It
+        # comes back once, when its profile expires (event time), to leave the counts.
         silence = feats.values[:, self.catalog.names.index("days_since_last_event")]
         active = silence < self.catalog.retention_days
-        gone: dict[int, list[str]] = {}
-        past = {cid for cid, ok in zip(feats.customers, active.tolist(), strict=True) if not ok}
-        for cid in (set(owner) - set(feats.customers)) | past:
-            gone.setdefault(owner[cid], []).append(cid)
-        if past:
+        later: dict[int, dict[str, float]] = {}
+        profile = self.features.profile_days
+        for cid, ok, days in zip(feats.customers, active.tolist(), silence.tolist(), strict=True):
+            if not ok:
+                wait = max(DAY, (profile - days) * DAY + 1)
+                later.setdefault(owner[cid], {})[cid] = now + wait
+        # One whose profile expired has no features at all: its assignment state is
+        # deleted with the save and leaves the population counts (event time, the same in
+        # replay and live; the state key's own TTL runs later, see the store).
+        expired = set(owner) - set(feats.customers)
+        if later:
+            keep = active
             feats = Features(
                 feats.names,
-                [cid for cid, ok in zip(feats.customers, active.tolist(), strict=True) if ok],
-                feats.at[active],
-                feats.values[active],
+                [cid for cid, ok in zip(feats.customers, keep.tolist(), strict=True) if ok],
+                feats.at[keep],
+                feats.values[keep],
             )
-        for p, cids in gone.items():
-            await self.assignments.unschedule(p, cids)
         trigger = f"rescore:{int(now // DAY)}"
         rows = [Row(cid, now, trigger) for cid in feats.customers]
         parts = [owner[cid] for cid in feats.customers]
         result = await self._decide(rows, feats.values, parts, rescore=True)
         result.features = feats
         result.more = more
+        if later or expired:
+            if result.staged is None:
+                empty = feats.values[:0]
+                result.staged = Staged({}, {}, self.bundle.version, True, [], empty, np.empty(0))
+            staged = result.staged
+            for p, times in later.items():
+                staged.due.setdefault(p, {}).update(times)
+            for cid in sorted(expired):
+                staged.states[cid] = None
+                staged.owners[cid] = self.generations.get(owner[cid], 0)
+                staged.unschedule.setdefault(owner[cid], []).append(cid)
         return result
 
     async def _decide(
@@ -255,35 +273,22 @@ class Engine:
         tenure = x[:, self.catalog.names.index("tenure_days")]
         settled = tenure >= self.rules.early_days
         complete = (tenure >= self.catalog.retention_days).tolist()
-        # Population counts are kept per model version: a customer first seen under this
-        # version (new, or last decided by the previous bundle) joins its segment's count
-        # and its lifecycle stage's (`stage_field`).
-        population: Counter[int | str] = Counter()
-        version = self.bundle.version
-        for cid in customers:
-            prev = before.get(cid)
-            now = decisions.states[cid]
-            if prev is None or prev.model_version != version:
-                prev = CustomerState()  # joins this version's counts
-            for old, new in ((prev.segment, now.segment), (_stage(prev), _stage(now))):
-                if old != new:
-                    if old is not None:
-                        population[old] -= 1
-                    if new is not None:
-                        population[new] += 1
         due: dict[int, dict[str, float]] = {}
         for row, p in zip(rows, parts, strict=True):
             due.setdefault(p, {})[row.customer_id] = row.at + DAY
+        owners = {row.customer_id: self.generations.get(p, 0)
+                  for row, p in zip(rows, parts, strict=True)}  # fmt: skip
         staged = Staged(
             states={cid: decisions.states[cid] for cid in customers},
             due=due,
-            population=population,
+            owners=owners,
             version=self.bundle.version,
             reschedule=rescore,
             # The bundle's shares describe customers with full windows: a young one (or
             # every one, on a store that starts empty) would read as a population shift.
             segments=[seg for seg, ok in zip(decisions.segments, complete, strict=True) if ok],
             learn=z[settled],
+            learn_at=np.array([r.at for r in rows], dtype=float)[settled],
         )
         shadow = (
             self.shadow.observe(rows, x, before, decisions, rescore=rescore)
@@ -313,11 +318,12 @@ class Engine:
         conflicts = await self.assignments.save(
             staged.states,
             staged.due,
-            staged.population,
-            staged.version,
             reschedule=staged.reschedule,
             features=staged.features,
             feature_ttl=self.features.ttl_seconds,
+            unschedule=staged.unschedule,
+            owners=staged.owners,
+            token=staged.token,
         )
         if conflicts and staged.features is not None:
             # Another writer changed these customers' features since they were staged
@@ -329,12 +335,17 @@ class Engine:
         result.staged = None
         self.recent.extend(staged.segments)
         if len(staged.learn):
-            self.centers.learn_many(staged.learn)
+            self.centers.learn_many(staged.learn, staged.learn_at)
 
     async def sync_centers(self) -> None:
-        """Share this worker's online-center movement with the group and adopt the result."""
+        """Share this worker's center statistics with the group and adopt the merge.
+
+        Safe to retry: the store sets this worker's absolute statistics, not a delta."""
         c = self.centers
-        c.merge(await self.assignments.sync_centers(self.bundle.version, c.base_, c.local_delta()))
+        group = await self.assignments.sync_centers(
+            self.bundle.version, c.worker, c.stats_.pack(), c.forget_
+        )
+        c.merge(group)
 
     def population_shift(self) -> dict[str, Any]:
         """PSI between the recent assignments and the bundle's segment shares."""

@@ -18,9 +18,10 @@ Pure: no Redis, no faust.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -33,17 +34,23 @@ from stream.fold import EventEncoder, FoldSpec, fold
 from stream.state import DEFAULT_DEDUPE_MAX_EVENTS
 from stream.stores import (
     DEFAULT_MAX_LATENESS_DAYS,
+    STATE_TTL_MARGIN_SECONDS,
     ApplyResult,
     CustomerApplied,
     Features,
+    Fenced,
     StagedFeatures,
     StoreResults,
     by_customer,
     centers_key,
     check_dedupe_cap,
     check_lateness,
+    count_states,
+    counted_as,
     due_key,
     feature_key,
+    generation_key,
+    owner_key,
     population_key,
     split_population,
     state_key,
@@ -67,6 +74,7 @@ class Keyspace:
         self._strings: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at)
         self._zsets: dict[str, dict[str, float]] = {}
         self._hashes: dict[str, dict[str, float]] = {}
+        self._blobs: dict[str, dict[str, bytes]] = {}  # hashes of bytes values
 
     def get(self, key: str) -> bytes | None:
         found = self._strings.get(key)
@@ -88,12 +96,15 @@ class Keyspace:
         self._strings.pop(key, None)
         self._zsets.pop(key, None)
         self._hashes.pop(key, None)
+        self._blobs.pop(key, None)
 
     def keys(self, prefix: str) -> list[str]:
         """Live keys that start with ``prefix:``."""
         start = f"{prefix}:"
         strings = [k for k in list(self._strings) if self.get(k) is not None]
-        return [k for k in (*strings, *self._zsets, *self._hashes) if k.startswith(start)]
+        return [
+            k for k in (*strings, *self._zsets, *self._hashes, *self._blobs) if k.startswith(start)
+        ]
 
     def drop(self, prefix: str) -> int:
         """Delete every key under `prefix`; returns how many."""
@@ -130,6 +141,29 @@ class Keyspace:
 
     def hgetall(self, key: str) -> dict[str, float]:
         return dict(self._hashes.get(key, {}))
+
+    def hset(self, key: str, name: str, value: bytes) -> None:
+        self._blobs.setdefault(key, {})[name] = value
+
+    def hdel_blobs(self, key: str, names: Sequence[str]) -> None:
+        fields = self._blobs.get(key, {})
+        for name in names:
+            fields.pop(name, None)
+
+    def hgetall_bytes(self, key: str) -> dict[str, bytes]:
+        return dict(self._blobs.get(key, {}))
+
+    def hdel(self, key: str, name: str) -> None:
+        fields = self._hashes.get(key, {})
+        fields.pop(name, None)
+        if not fields:
+            self._hashes.pop(key, None)
+
+    def incr(self, key: str) -> int:
+        """INCR on a string that does not expire."""
+        value = int(self.get(key) or b"0") + 1
+        self.set(key, str(value).encode(), float("inf"))
+        return value
 
 
 class MemoryFeatureStore:
@@ -229,36 +263,85 @@ class MemoryAssignmentStore:
 
     async def save(
         self,
-        states: dict[str, CustomerState],
+        states: Mapping[str, CustomerState | None],
         due: dict[int, dict[str, float]],
-        population: Counter[int | str],
-        version: str,
         *,
         reschedule: bool = False,
         features: StagedFeatures | None = None,
         feature_ttl: int | None = None,
+        unschedule: dict[int, list[str]] | None = None,
+        owners: Mapping[str, int] | None = None,
+        token: str | None = None,
     ) -> list[int]:
-        """As `RedisAssignmentStore.save` (commit.lua): returns the conflicting positions
-        in `features` (states changed since they were staged), which are not written."""
+        """As `RedisAssignmentStore.save` on one server (commit.lua): refuses the whole
+        save with `Fenced` when an owner record is newer, returns the conflicting
+        positions in `features` (not written), counts each state's transition once."""
         staged = features or StagedFeatures()
-        if not states and not due and not staged.keys:
+        gone = unschedule or {}
+        if not states and not due and not staged.keys and not gone:
             return []
         self.round_trips += 1
         ks = self.keyspace
+        token = token or os.urandom(8).hex()
+        gens = {cid: int((owners or {}).get(cid, 0)) for cid in states}
+        records: dict[str, list[str] | None] = {}
+        for cid in states:
+            raw = ks.get(owner_key(self.prefix, cid))
+            record = raw.decode().split("\n", 3) if raw else None
+            if record is not None and int(record[0]) > gens[cid]:
+                raise Fenced(f"a newer owner holds customers of this save (token {token})")
+            records[cid] = record
         conflicts = []
         for i, key in enumerate(staged.keys):
             if digest(ks.get(key)) == staged.digests[i]:
                 ks.set(key, staged.states[i], feature_ttl or self.ttl_seconds)
             else:
                 conflicts.append(i)
+        combos: Counter[str] = Counter()
         for cid, st in states.items():
-            ks.set(state_key(self.prefix, cid), msgpack.packb(st.to_list()), self.ttl_seconds)
-        for partition, members in due.items():
-            ks.zadd(self.due_key(partition), members, nx=not reschedule)
-        for segment, change in population.items():
+            key = state_key(self.prefix, cid)
+            record = records[cid]
+            again = record is not None and record[1] == token
+            was = "" if record is None else record[2] if again else record[3]
+            now = counted_as(st)
+            value = b"" if st is None else msgpack.packb(st.to_list())
+            if value:
+                ks.set(key, value, self.ttl_seconds)
+            else:
+                ks.delete(key)
+            ttl = min(self.ttl_seconds, 86_400) if not value else self.ttl_seconds
+            owner = f"{gens[cid]}\n{token}\n{was}\n{now}".encode()
+            ks.set(owner_key(self.prefix, cid), owner, ttl)
+            if was != now and not again:
+                combos[was] -= 1
+                combos[now] += 1
+        changes: Counter[tuple[str, str]] = Counter()
+        for combo, by in combos.items():
+            if combo and by:
+                version, *names = combo.split("\t")
+                for name in names:
+                    changes[(version, name)] += by
+        for (version, name), change in changes.items():
             if change:
-                ks.hincr(population_key(self.prefix, version), str(segment), change)
+                key = population_key(self.prefix, version)
+                ks.hincr(key, name, change)
+                if not ks.hgetall(key)[name]:
+                    ks.hdel(key, name)
+        for partition in sorted(set(due) | set(gone)):
+            ks.zadd(self.due_key(partition), due.get(partition, {}), nx=not reschedule)
+            if gone.get(partition):
+                ks.zrem(self.due_key(partition), gone[partition])
         return conflicts
+
+    async def claim(self) -> int:
+        """A new generation (the keyspace's counter, as `INCR` on Redis)."""
+        self.round_trips += 1
+        return self.keyspace.incr(generation_key(self.prefix))
+
+    async def recount(self, version: str) -> tuple[dict[int, int], dict[str, int]]:
+        """Customers per segment and stage under `version`, from the stored states."""
+        keys = [k for k in self.keyspace.keys(self.prefix) if k.startswith(f"{self.prefix}:a:{{")]
+        return count_states([self.keyspace.get(k) for k in keys], version)
 
     async def unschedule(self, partition: int, customer_ids: Sequence[str]) -> None:
         """Remove customers from a partition's re-score schedule."""
@@ -270,19 +353,17 @@ class MemoryAssignmentStore:
         self.round_trips += 1
         return self.keyspace.zrange(self.due_key(partition), float(now), limit)
 
-    async def sync_centers(self, version: str, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """Add this movement to the shared one and return bundle + shared movement."""
+    async def sync_centers(
+        self, version: str, worker: str, stats: bytes, forget: Mapping[str, bytes] | None = None
+    ) -> dict[str, bytes]:
+        """As `RedisAssignmentStore.sync_centers` (centers.lua): drop the stale entries
+        that still hold the value seen, set this worker's entry, return all."""
         self.round_trips += 1
         key = centers_key(self.prefix, version)
-        for (i, j), value in np.ndenumerate(delta):
-            if value:
-                self.keyspace.hincr(key, f"{i}:{j}", float(value))
-        moved = np.zeros_like(base)
-        for name, value in self.keyspace.hgetall(key).items():
-            i, j = (int(p) for p in name.split(":"))
-            moved[i, j] = value
-        shared: np.ndarray = base + moved
-        return shared
+        seen = self.keyspace.hgetall_bytes(key)
+        self.keyspace.hdel_blobs(key, [n for n, v in (forget or {}).items() if seen.get(n) == v])
+        self.keyspace.hset(key, worker, stats)
+        return self.keyspace.hgetall_bytes(key)
 
     async def population(self, version: str) -> dict[int, int]:
         """Customers per segment under `version` (as the saves counted them)."""
@@ -307,14 +388,16 @@ def memory_stores(
     >>> from models.catalog import default_catalog
     >>> features, assignments = memory_stores(default_catalog(), prefix="t")
     >>> features.keyspace is assignments.keyspace, assignments.ttl_seconds // 86_400
-    (True, 730)
+    (True, 760)
     """
     features = MemoryFeatureStore(
         catalog, keyspace=keyspace, prefix=prefix, max_lateness_days=max_lateness_days,
         profile_days=profile_days, dedupe_max_events=dedupe_max_events,
     )  # fmt: skip
     assignments = MemoryAssignmentStore(
-        keyspace=features.keyspace, prefix=prefix, ttl_seconds=features.ttl_seconds
+        keyspace=features.keyspace,
+        prefix=prefix,
+        ttl_seconds=features.ttl_seconds + STATE_TTL_MARGIN_SECONDS,
     )
     return features, assignments
 

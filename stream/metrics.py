@@ -132,6 +132,11 @@ class Metrics:
         self.redis_errors = Counter(
             "segstream_redis_errors", "Redis operations that failed (and were retried).", registry=r
         )
+        self.fenced = Counter(
+            "segstream_saves_fenced",
+            "Saves refused because a newer owner claimed the partition (batch dropped).",
+            registry=r,
+        )
         self.lag = Gauge(
             "segstream_consumer_lag",
             "Input records not yet processed, by partition (highwater - 1 - last offset).",
@@ -369,6 +374,9 @@ class Metrics:
 
     def redis_error(self) -> None:
         self.redis_errors.inc()
+
+    def save_fenced(self) -> None:
+        self.fenced.inc()
 
 
 __all__ = ["ALERT_TYPES", "REJECT_REASONS", "Metrics"]

@@ -62,6 +62,8 @@ class Pipeline:
                     redis_url=runtime.connection.url,
                     partitions=self.owned,
                 )
+                if self.owned is not None:
+                    await self.core.assigned(self.owned())
                 log.info(
                     "segstream worker: model %s, Redis %s",
                     runtime.engine.bundle.version, runtime.connection.url,

@@ -23,7 +23,7 @@ from stream.redis_conn import Connection, connect
 from stream.settings import StreamSettings
 from stream.shadow import Shadow
 from stream.store import RedisAssignmentStore, RedisFeatureStore
-from stream.stores import AssignmentStore, FeatureStore
+from stream.stores import STATE_TTL_MARGIN_SECONDS, AssignmentStore, FeatureStore
 
 #: Where the stores live: a Redis connection or the in-memory keyspace.
 StoreConnection = Connection | MemoryConnection
@@ -69,7 +69,9 @@ async def _redis_stores(settings: StreamSettings, catalog: Catalog, prefix: str)
         dedupe_max_events=settings.dedupe_max_events,
     )  # fmt: skip
     await store.load()
-    assignments = RedisAssignmentStore(conn.client, prefix=prefix, ttl_seconds=store.ttl_seconds)
+    assignments = RedisAssignmentStore(
+        conn.client, prefix=prefix, ttl_seconds=store.ttl_seconds + STATE_TTL_MARGIN_SECONDS
+    )
     return OpenStores(store, assignments, conn)
 
 
@@ -111,6 +113,7 @@ async def open_runtime(
         bundle,
         rules=settings.rules(),
         centers_halflife=settings.centers_halflife,
+        centers_memory_days=settings.centers_memory_days,
         psi_window=settings.psi_window,
         rescore_batch=settings.rescore_batch_size,
         shadow=_shadow(settings, catalog),
@@ -132,6 +135,7 @@ def _shadow(settings: StreamSettings, catalog: Catalog) -> Shadow | None:
         catalog,
         settings.rules(),
         halflife=settings.centers_halflife,
+        memory_days=settings.centers_memory_days,
         window=settings.psi_window,
     )
 

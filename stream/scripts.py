@@ -40,6 +40,9 @@ class Script:
 class Server:
     """A single Redis server: any keys go together, one call per batch."""
 
+    #: Whether one call may touch any key (the commit then counts the population itself).
+    together = True
+
     def __init__(self, client: Redis) -> None:
         self.client = client
 
@@ -67,6 +70,10 @@ class Server:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute())
 
+    async def scan(self, match: str) -> list[str]:
+        """Every key matching `match` (SCAN; for recounts and tools, not the hot path)."""
+        return [_text(k) async for k in self.client.scan_iter(match=match, count=1000)]
+
     async def get_many(self, keys: list[str]) -> list[Any]:
         # One MGET: a pipeline of GETs costs redis-py ~10 us per command to pack.
         return list(await self.client.mget(keys))
@@ -74,6 +81,8 @@ class Server:
 
 class Cluster:
     """A Redis Cluster: keys grouped by hash slot, one pipeline (one call per slot)."""
+
+    together = False
 
     def __init__(self, client: RedisCluster) -> None:
         self.client = client
@@ -105,6 +114,23 @@ class Cluster:
                 raise reply
         return replies
 
+    async def scan(self, match: str) -> list[str]:
+        """Every key matching `match`, over every primary (SCAN runs per node)."""
+        found: list[str] = []
+        for node in self.client.get_primaries():
+            cursor = 0
+            while True:
+                cursor, keys = await self.client.scan(  # type: ignore[misc]
+                    cursor, match=match, count=1000, target_nodes=node
+                )
+                # redis-py answers a targeted SCAN with its cursor keyed by node name.
+                if isinstance(cursor, dict):
+                    cursor = next(iter(cursor.values()))
+                found += [_text(k) for k in keys]
+                if not cursor:
+                    break
+        return found
+
     async def get_many(self, keys: list[str]) -> list[Any]:
         # MGET across slots is refused: a pipeline of GETs, one batch per node.
         pipe = self.client.pipeline(transaction=False)
@@ -114,6 +140,10 @@ class Cluster:
 
 
 Topology = Server | Cluster
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 def topology(client: Redis | RedisCluster) -> Topology:

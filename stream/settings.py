@@ -151,7 +151,18 @@ class StreamSettings(BaseSettings):
         "wall clock one step runs per interval.",
     )
     centers_sync_seconds: float = Field(30.0, gt=0, description="Online centers sync period.")
-    centers_halflife: float = Field(0.001, ge=0, le=1, description="Online k-means step.")
+    centers_halflife: float = Field(
+        0.001,
+        ge=0,
+        le=1,
+        description="Weight of one learned row against a bundle centroid, which weighs "
+        "1/this rows in the shared centers (0 freezes them).",
+    )
+    centers_memory_days: float = Field(
+        7.0,
+        gt=0,
+        description="Half-life, in event time, of a learned row's weight in the shared centers.",
+    )
     model_poll_seconds: float = Field(
         10.0, gt=0, description="How often to look for a new `current` bundle (hot reload)."
     )

@@ -27,7 +27,7 @@ from models.bundle import Bundle
 from models.catalog import Catalog
 from stream.assign import OnlineCenters
 from stream.decide import CustomerState, Decider, Decisions, Row, Rules
-from stream.detect import rate_profiles
+from stream.detect import bundle_profiles
 
 
 @dataclass
@@ -52,12 +52,15 @@ class Shadow:
         rules: Rules,
         *,
         halflife: float = 0.001,
+        memory_days: float = 7.0,
         window: int = 5000,
         cache_size: int = 500_000,
     ) -> None:
         self.bundle = bundle
         self.rules = rules
-        self.centers = OnlineCenters(bundle.centroids, bundle.segment_ids, halflife=halflife)
+        self.centers = OnlineCenters(
+            bundle.centroids, bundle.segment_ids, halflife=halflife, memory_days=memory_days
+        )
         self.decider = Decider(
             bundle,
             bundle.segment_ids,
@@ -65,7 +68,7 @@ class Shadow:
             bundle.space.index.tolist(),
             bundle.space.typical_row(len(catalog.names)),
             rules,
-            rate_profiles(catalog, bundle.space),
+            bundle_profiles(catalog, bundle),
         )
         self._tenure = catalog.names.index("tenure_days")
         self.states: dict[str, CustomerState] = {}
@@ -102,7 +105,8 @@ class Shadow:
         self.states.update(out.states)
         settled = features[:, self._tenure] >= self.rules.early_days
         if settled.any():
-            self.centers.learn_many(z[settled])
+            at = np.array([r.at for r in rows], dtype=float)
+            self.centers.learn_many(z[settled], at[settled])
         tally.alerts.update(a.kind for a in out.alerts)
         for live_seg, cand_seg in zip(live.segments, out.segments, strict=True):
             tally.pairs[(live_seg, cand_seg)] += 1

@@ -21,8 +21,11 @@ already published.
 
 Key layout (`stream.stores`): ``{prefix}:f:{<customer>}`` (features, binary format in
 `stream/state.py`), ``{prefix}:a:{<customer>}`` (assignment state, msgpack), one hash tag
-per customer so both share a slot; ``{prefix}:due:<partition>`` (sorted set),
-``{prefix}:population:<version>`` and ``{prefix}:centers:<version>`` (hashes).
+per customer so both share a slot, with ``{prefix}:o:{<customer>}`` (the owner record:
+generation and token of the last save, and what the state counts in; for fencing and the
+population transitions); ``{prefix}:due:<partition>`` (sorted set),
+``{prefix}:population:<version>`` and ``{prefix}:centers:<version>`` (hashes),
+``{prefix}:generation`` (the group's claim counter).
 
 Idempotency and lateness: an event is identified by a 32-bit fingerprint of its event_id
 within its customer and UTC day. An event whose day is more than `max_lateness_days`
@@ -42,9 +45,10 @@ This module knows Redis and the catalog; it knows nothing of faust or Kafka.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import msgpack
 import numpy as np
@@ -63,14 +67,19 @@ from stream.stores import (
     CustomerApplied,
     EventStatus,
     Features,
+    Fenced,
     StagedFeatures,
     StoreResults,
     by_customer,
     centers_key,
     check_dedupe_cap,
     check_lateness,
+    count_states,
+    counted_as,
     due_key,
     feature_key,
+    generation_key,
+    owner_key,
     population_key,
     split_population,
     state_key,
@@ -78,6 +87,14 @@ from stream.stores import (
 
 STORE: Final = Script("store.lua")
 COMMIT: Final = Script("commit.lua")
+CENTERS: Final = Script("centers.lua")
+COUNT: Final = Script("population.lua")
+#: How long a cluster save's token is kept (its retries come within seconds to minutes).
+TOKEN_TTL: Final = 86_400
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisFeatureStore:
@@ -233,80 +250,157 @@ class RedisAssignmentStore:
 
     async def save(
         self,
-        states: dict[str, CustomerState],
+        states: Mapping[str, CustomerState | None],
         due: dict[int, dict[str, float]],
-        population: Counter[int | str],
-        version: str,
         *,
         reschedule: bool = False,
         features: StagedFeatures | None = None,
         feature_ttl: int | None = None,
+        unschedule: dict[int, list[str]] | None = None,
+        owners: Mapping[str, int] | None = None,
+        token: str | None = None,
     ) -> list[int]:
-        """Write states, population changes, re-score times and the staged `features`
-        (with `reschedule` False a customer already scheduled keeps its time, so activity
-        never postpones it). Returns the positions in `features` that met a conflict
-        (another writer changed the state since it was read): the caller applies those
-        customers' events again.
+        """Write states (None deletes one: an expired customer), re-score times and the
+        staged `features` (with `reschedule` False a customer already scheduled keeps its
+        time, so activity never postpones it), remove `unschedule`'s customers from their
+        partitions' schedules, and count each state's population transition (read from
+        the stored state, so a replayed save or a stale cache counts nothing twice).
+        Returns the positions in `features` that met a conflict (another writer changed
+        the state since it was read): the caller applies those customers' events again.
+
+        `owners` gives each state's generation (`claim`; default 0) and `token` names the
+        save (pass the same one when retrying it). Raises `Fenced`, writing nothing of
+        that customer's slot, when a customer's owner record holds a newer generation.
 
         The in-memory states change only once Redis has them: a failed write leaves this
         worker deciding from what Redis holds, as a restarted one would.
         """
         staged = features or StagedFeatures()
-        if not states and not due and not staged.keys:
+        gone = unschedule or {}
+        if not states and not due and not staged.keys and not gone:
             return []
-        packed = {cid: msgpack.packb(st.to_list()) for cid, st in states.items()}
+        packed = {
+            cid: b"" if st is None else msgpack.packb(st.to_list()) for cid, st in states.items()
+        }
+        gens = [int((owners or {}).get(cid, 0)) for cid in packed]
+        counted = [counted_as(st) for st in states.values()]
         conflicts = await self._commit(
-            packed, due, population, version, reschedule, staged, feature_ttl or self.ttl_seconds
-        )
+            packed, gens, counted, due, gone, reschedule, staged,
+            feature_ttl or self.ttl_seconds, token or os.urandom(8).hex(),
+        )  # fmt: skip
         if len(self._cache) + len(packed) > self.cache_size:
             self._cache.clear()
-        self._cache.update(packed)
+        for cid, value in packed.items():
+            if value:
+                self._cache[cid] = value
+            else:
+                self._cache.pop(cid, None)
         return conflicts
 
     async def _commit(
         self,
         states: dict[str, bytes],
+        gens: list[int],
+        counted: list[str],
         due: dict[int, dict[str, float]],
-        population: Counter[int | str],
-        version: str,
+        gone: dict[int, list[str]],
         reschedule: bool,
         staged: StagedFeatures,
         feature_ttl: int,
+        token: str,
     ) -> list[int]:
-        """One `commit.lua` call per group of keys `topology` allows together (all of
-        them on a server): features, then states, due keys and the population key."""
+        """One `commit.lua` call per group of keys `topology` allows together: on a
+        server one call, which counts the population too. On a cluster, the states' slots
+        first; then, with the fenced customers left out, the due keys' slots (a due key
+        sits in another slot than its customers, so it cannot check their owners) and the
+        population changes the states' calls returned (`_count`, once per token)."""
         self.round_trips += 1
-        nf, ns, nd = len(staged.keys), len(states), len(due)
+        nf, ns = len(staged.keys), len(states)
+        cids = list(states)
         s_values = list(states.values())
+        parts = sorted(set(due) | set(gone))
         mode = "SET" if reschedule else "NX"
-        due_args = [
-            [mode, [v for m, t in members.items() for v in (m, repr(t))]]
-            for members in due.values()
-        ]
-        changes = [item for seg, n in population.items() if n for item in (str(seg), n)]
-        keys = [*staged.keys, *(state_key(self.prefix, cid) for cid in states),
-                *(self.due_key(p) for p in due)]  # fmt: skip
-        if changes:
-            keys.append(self.population_key(version))
-        groups = self._net.groups(keys)
+        keys = [*staged.keys, *(state_key(self.prefix, cid) for cid in cids),
+                *(self.due_key(p) for p in parts)]  # fmt: skip
+        owner_keys = [owner_key(self.prefix, cid) for cid in cids]
+        inline = f"{self.prefix}:population:" if self._net.together else ""
+
+        def due_args(skip: set[str]) -> list[list[Any]]:
+            out: list[list[Any]] = []
+            for p in parts:
+                kept = [(m, t) for m, t in due.get(p, {}).items() if m not in skip]
+                times = [v for m, t in kept for v in (m, repr(t))]
+                out.append([mode, times, [m for m in gone.get(p, []) if m not in skip]])
+            return out
+
+        def calls_for(groups: list[list[int]], dues: list[list[Any]]) -> list[Call]:
+            calls: list[Call] = []
+            for group in groups:
+                f = [i for i in group if i < nf]
+                s = [i - nf for i in group if nf <= i < nf + ns]
+                d = [i - nf - ns for i in group if nf + ns <= i]
+                blob = msgpack.packb(
+                    [feature_ttl, self.ttl_seconds, len(f), len(s), len(d),
+                     [staged.digests[i] for i in f], [staged.states[i] for i in f],
+                     [s_values[i] for i in s], [dues[i] for i in d],
+                     [gens[i] for i in s], token, inline, [counted[i] for i in s]],
+                    use_bin_type=False,
+                )  # fmt: skip
+                call_keys = [*(keys[i] for i in group if i < nf + ns),
+                             *(owner_keys[i] for i in s),
+                             *(keys[i] for i in group if i >= nf + ns)]  # fmt: skip
+                calls.append((call_keys, [blob]))
+            return calls
+
+        if self._net.together:
+            groups = self._net.groups(keys)
+            replies = await self._net.run(COMMIT, calls_for(groups, due_args(set())))
+        else:
+            groups = self._net.groups(keys[: nf + ns])
+            replies = await self._net.run(COMMIT, calls_for(groups, []))
+            skip = {cids[i - nf] for group, reply in zip(groups, replies, strict=True)
+                    if int(reply[0]) for i in group if i >= nf}  # fmt: skip
+            later = [[nf + ns + i for i in g] for g in self._net.groups(keys[nf + ns :])]
+            if later:
+                await self._net.run(COMMIT, calls_for(later, due_args(skip)))
+        fenced = any(int(reply[0]) for reply in replies)
+        changes: dict[str, Counter[str]] = {}
+        for reply in replies:
+            flat = reply[2]
+            for j in range(0, len(flat), 3):
+                version, name = _text(flat[j]), _text(flat[j + 1])
+                changes.setdefault(version, Counter())[name] += int(flat[j + 2])
+        # The slots that were written count their changes even when another was fenced.
+        await self._count(changes, token)
+        if fenced:
+            raise Fenced(f"a newer owner holds customers of this save (token {token})")
+        return [group[int(i) - 1] for group, reply in zip(groups, replies, strict=True)
+                for i in reply[1]]  # fmt: skip
+
+    async def _count(self, changes: dict[str, Counter[str]], token: str) -> None:
+        """Add a cluster save's population changes, once per token and version."""
         calls: list[Call] = []
-        for group in groups:
-            f = [i for i in group if i < nf]
-            s = [i - nf for i in group if nf <= i < nf + ns]
-            d = [i - nf - ns for i in group if nf + ns <= i < nf + ns + nd]
-            has_pop = bool(changes) and group[-1] == len(keys) - 1
-            blob = msgpack.packb(
-                [feature_ttl, self.ttl_seconds, len(f), len(s), len(d),
-                 [staged.digests[i] for i in f], [staged.states[i] for i in f],
-                 [s_values[i] for i in s], [due_args[i] for i in d],
-                 changes if has_pop else []],
-                use_bin_type=False,
-            )  # fmt: skip
-            calls.append(([keys[i] for i in group], [blob]))
-        replies = await self._net.run(COMMIT, calls)
-        return [
-            group[int(i) - 1] for group, found in zip(groups, replies, strict=True) for i in found
-        ]
+        for version, counts in changes.items():
+            items = [v for name, n in counts.items() if n for v in (name, n)]
+            if items:
+                key = self.population_key(version)
+                calls.append(([key, f"{{{key}}}:save:{token}"], [TOKEN_TTL, *items]))
+        if calls:
+            await self._net.run(COUNT, calls)
+
+    async def claim(self) -> int:
+        """A new generation for the partitions just assigned (see `AssignmentStore.claim`)."""
+        self.round_trips += 1
+        return int(await self.client.incr(generation_key(self.prefix)))
+
+    async def recount(self, version: str) -> tuple[dict[int, int], dict[str, int]]:
+        """Customers per segment and stage under `version`, from a scan of the stored
+        assignment states (O(customers): for tests and operators, not the hot path)."""
+        keys = await self._net.scan(f"{self.prefix}:a:{{*")
+        values: list[bytes | None] = []
+        for i in range(0, len(keys), 1000):
+            values += await self._net.get_many(keys[i : i + 1000])
+        return count_states(values, version)
 
     async def unschedule(self, partition: int, customer_ids: Sequence[str]) -> None:
         """Remove customers from a partition's re-score schedule."""
@@ -320,25 +414,22 @@ class RedisAssignmentStore:
         found = await self.client.zrangebyscore(key, "-inf", float(now), 0, limit)
         return [v.decode() if isinstance(v, bytes) else str(v) for v in found]
 
-    async def sync_centers(self, version: str, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """Add this worker's center movement to the group's and return the group's centers.
-
-        The hash holds every worker's accumulated movement; centers = bundle + movement.
-        """
+    async def sync_centers(
+        self, version: str, worker: str, stats: bytes, forget: Mapping[str, bytes] | None = None
+    ) -> dict[str, bytes]:
+        """Write this worker's center statistics and return every worker's (`centers.lua`):
+        one key, so one hash slot, one atomic call. HSET of absolute values, never an
+        increment, so a sync retried after a lost reply writes the same value again; a
+        stale entry in `forget` is dropped only if it still holds the value seen."""
         self.round_trips += 1
-        key = self.centers_key(version)
-        pipe = self.client.pipeline(transaction=False)
-        for (i, j), value in np.ndenumerate(delta):
-            if value:
-                pipe.hincrbyfloat(key, f"{i}:{j}", float(value))
-        pipe.hgetall(key)
-        replies = await pipe.execute()
-        moved = np.zeros_like(base)
-        for field_name, value in replies[-1].items():
-            i, j = (int(p) for p in field_name.decode().split(":"))
-            moved[i, j] = float(value)
-        shared: np.ndarray = base + moved
-        return shared
+        args: list[str | bytes] = [worker, stats]
+        for name, value in (forget or {}).items():
+            args += [name, value]
+        (flat,) = await self._net.run(CENTERS, [([self.centers_key(version)], args)])
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): bytes(v)
+            for k, v in zip(flat[::2], flat[1::2], strict=True)
+        }
 
     async def population(self, version: str) -> dict[int, int]:
         """Customers per segment under `version` (as the saves counted them)."""

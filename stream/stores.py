@@ -20,11 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+import msgpack
 import numpy as np
 
 from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
+from stream.lifecycle import stage_field
 from stream.state import StateCodec
 
 EventStatus = Literal["applied", "duplicate", "too_late"]
@@ -32,6 +34,11 @@ EventStatus = Literal["applied", "duplicate", "too_late"]
 STATUSES: Final[tuple[EventStatus, ...]] = ("applied", "duplicate", "too_late")
 #: How many days before its customer's newest event an event may still arrive.
 DEFAULT_MAX_LATENESS_DAYS: Final = 7
+#: How much longer an assignment state lives (TTL) than its customer's features: the
+#: re-score deletes an expired customer's state in event time, and so takes it out of the
+#: population counts, before Redis would drop it silently (a worker down or behind for
+#: longer than this lets Redis win; `AssignmentStore.recount` shows the difference).
+STATE_TTL_MARGIN_SECONDS: Final = 30 * 86_400
 
 
 def customer_tag(customer_id: str) -> str:
@@ -68,6 +75,21 @@ def state_key(prefix: str, customer_id: str) -> str:
     return f"{prefix}:a:{{{customer_tag(customer_id)}}}"
 
 
+def owner_key(prefix: str, customer_id: str) -> str:
+    """The key of a customer's owner record (the generation and token of the save that
+    last wrote its assignment state, for fencing); same hash tag as its state.
+
+    >>> owner_key("segstream", "c42")
+    'segstream:o:{c42}'
+    """
+    return f"{prefix}:o:{{{customer_tag(customer_id)}}}"
+
+
+def generation_key(prefix: str) -> str:
+    """The counter a worker increments when it is assigned partitions (its generation)."""
+    return f"{prefix}:generation"
+
+
 def due_key(prefix: str, partition: int) -> str:
     """The sorted set of a partition's customers by next re-score time."""
     return f"{prefix}:due:{partition}"
@@ -76,6 +98,56 @@ def due_key(prefix: str, partition: int) -> str:
 def population_key(prefix: str, version: str) -> str:
     """The hash of customers per segment under one model version."""
     return f"{prefix}:population:{version}"
+
+
+def count_states(
+    values: Sequence[bytes | None], version: str
+) -> tuple[dict[int, int], dict[str, int]]:
+    """A recount: customers per segment and lifecycle stage among packed assignment states
+    decided under `version` (what the population hash must equal).
+
+    >>> import msgpack
+    >>> s = CustomerState(segment=2, model_version="v1", stage="new")
+    >>> count_states([msgpack.packb(s.to_list()), None], "v1")
+    ({2: 1}, {'new': 1})
+    """
+    segments: Counter[int] = Counter()
+    stages: Counter[str] = Counter()
+    for value in values:
+        if not value:
+            continue
+        state = CustomerState.from_list(msgpack.unpackb(value))
+        if state.model_version != version:
+            continue
+        if state.segment is not None:
+            segments[int(state.segment)] += 1
+        if state.stage is not None:
+            stages[str(state.stage)] += 1
+    return dict(segments), dict(stages)
+
+
+def counted_as(state: CustomerState | None) -> str:
+    """What a state counts in: its version and population fields, tab-separated ('' for
+    a deleted state or one without a version); commit.lua compares these strings.
+
+    >>> counted_as(CustomerState(segment=3, model_version="v1", stage="new"))
+    'v1\\t3\\tstage:new'
+    """
+    if state is None or not state.model_version:
+        return ""
+    found = [state.model_version]
+    if state.segment is not None:
+        found.append(str(state.segment))
+    if state.stage is not None:
+        found.append(stage_field(state.stage))
+    return "\t".join(found)
+
+
+class Fenced(Exception):
+    """A save refused because a customer's owner record holds a newer generation: the
+    partition was assigned to another worker (or claimed again) since the batch was
+    decided. The caller drops the batch: retrying cannot succeed, and the new owner
+    processes its events from the last committed offset."""
 
 
 def split_population(raw: Mapping[Any, Any]) -> tuple[dict[int, int], dict[str, int]]:
@@ -96,8 +168,10 @@ def split_population(raw: Mapping[Any, Any]) -> tuple[dict[int, int], dict[str, 
 
 
 def centers_key(prefix: str, version: str) -> str:
-    """The hash of the group's accumulated center movement (``"i:j"`` -> float)."""
-    return f"{prefix}:centers:{version}"
+    """The hash of every worker's center statistics (worker id -> `CenterStats.pack()`).
+
+    One key per model version, so all of a version's centers share one hash slot."""
+    return f"{prefix}:center-stats:{version}"
 
 
 def check_lateness(catalog: Catalog, max_lateness_days: int) -> None:
@@ -289,6 +363,7 @@ class FeatureStore(Protocol):
     prefix: str
     ttl_seconds: int
     max_lateness_days: int
+    profile_days: int
 
     async def load(self) -> None:
         """Prepare for use (load scripts); idempotent."""
@@ -315,18 +390,32 @@ class AssignmentStore(Protocol):
 
     async def save(
         self,
-        states: dict[str, CustomerState],
+        states: Mapping[str, CustomerState | None],
         due: dict[int, dict[str, float]],
-        population: Counter[int | str],
-        version: str,
         *,
         reschedule: bool = False,
         features: StagedFeatures | None = None,
         feature_ttl: int | None = None,
+        unschedule: dict[int, list[str]] | None = None,
+        owners: Mapping[str, int] | None = None,
+        token: str | None = None,
     ) -> list[int]:
-        """Write states, schedule (NX unless `reschedule`), population changes and the
-        staged `features` (compare-and-set); return the positions in `features` that met
-        a conflict."""
+        """Write states (None deletes one), schedule (NX unless `reschedule`), removals
+        from the schedule and the staged `features` (compare-and-set); count each state's
+        population transition once; return the positions in `features` that met a
+        conflict. `owners` gives each state's generation (default 0); `token` names the
+        save, the same on every retry of it (a replay then counts nothing again). Raises
+        `Fenced` when a customer's owner record holds a newer generation."""
+        ...
+
+    async def claim(self) -> int:
+        """A new generation for partitions just assigned to this worker (increments the
+        shared counter: every claim is newer than all before it)."""
+        ...
+
+    async def recount(self, version: str) -> tuple[dict[int, int], dict[str, int]]:
+        """Customers per segment and stage under `version`, counted from the stored
+        assignment states (a scan): what `population` and `stages` must equal."""
         ...
 
     async def unschedule(self, partition: int, customer_ids: Sequence[str]) -> None: ...
@@ -334,8 +423,12 @@ class AssignmentStore(Protocol):
     async def due(self, partition: int, now: float, limit: int) -> list[str]: ...
 
     async def sync_centers(
-        self, version: str, base: np.ndarray, delta: np.ndarray
-    ) -> np.ndarray: ...
+        self, version: str, worker: str, stats: bytes, forget: Mapping[str, bytes] | None = None
+    ) -> dict[str, bytes]:
+        """Write this worker's center statistics (its absolute values: a retry writes the
+        same), drop each `forget` entry that still holds the value given, and return
+        every worker's (`stream.centers`)."""
+        ...
 
     async def population(self, version: str) -> dict[int, int]: ...
     async def stages(self, version: str) -> dict[str, int]: ...

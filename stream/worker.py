@@ -66,6 +66,7 @@ from stream.reload import ModelWatcher
 from stream.retry import delays, until_done
 from stream.runner import StepRunner
 from stream.settings import StreamSettings
+from stream.stores import Fenced
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class Worker:
         self.clock_state = EventClock()  # next midnight, newest event time per partition
         self.last_offsets: dict[int, int] = {}  # partition -> last offset handled
         self.highwater: dict[int, int] = {}  # partition -> the broker's next offset, last seen
+        self.revoking: set[int] = set()  # partitions revoked and not assigned again
         self.events = 0  # valid events handled
         self.health = HealthMonitor(
             psi_threshold=settings.psi_threshold,
@@ -258,6 +260,9 @@ class Worker:
         for attempt, delay in zip(range(1, attempts + 1), delays(), strict=False):
             try:
                 return await self.handle(messages, publish)
+            except Fenced as exc:
+                self._fenced(exc, f"a batch of {len(messages)} records")
+                return []
             except Exception as exc:
                 failure = exc
                 if attempt == 1 and not _split:  # logged once per batch, with its cause
@@ -354,7 +359,11 @@ class Worker:
                     sent.extend(outputs)
 
             steps = [*self.rescore_steps(at), CheckHealth(at)]
-            outcome = await self.runner.run(steps, [], [], send)
+            try:
+                outcome = await self.runner.run(steps, [], [], send)
+            except Fenced as exc:
+                self._fenced(exc, "a re-score")
+                return sent
             self._observe_health()
             self.metrics.count_alerts(outcome.alerts)
             await self._refresh_population()
@@ -367,7 +376,7 @@ class Worker:
         return await self.rescore(publish)
 
     async def sync_centers(self) -> None:
-        """Share online-center movement with the group (see `Engine.sync_centers`).
+        """Share the online-center statistics with the group (see `Engine.sync_centers`).
 
         The periodic job of the wall clock; the event clock syncs at each midnight.
         """
@@ -389,11 +398,43 @@ class Worker:
 
     def partitions(self) -> list[int]:
         """The input partitions whose customers this worker re-scores: those its consumer
-        owns (none for an idle member of the group), or without a consumer (tests, tools)
-        every partition it has handled, else partition 0."""
+        owns (none for an idle member of the group) and that are not being revoked, or
+        without a consumer (tests, tools) every partition it has handled, else 0."""
         if self._owned is not None:
-            return sorted(set(self._owned()))
+            return sorted(set(self._owned()) - self.revoking)
         return sorted(self.last_offsets) or [0]
+
+    # --- ownership (rebalances) ----------------------------------------------------------
+
+    async def assigned(self, partitions: Iterable[int]) -> None:
+        """Claim newly assigned partitions: one new generation (`AssignmentStore.claim`),
+        carried by every save of their customers from now on, so the previous owner's
+        late saves are refused (`Fenced`). Takes no lock: a batch stuck retrying must
+        not hold up the group's rebalance."""
+        parts = set(partitions)
+        if not parts:
+            return
+        generation = await self._retry("claim", self.engine.assignments.claim)
+        for p in parts:
+            self.engine.generations[p] = generation
+        self.revoking -= parts
+        log.info("claimed partitions %s at generation %d", sorted(parts), generation)
+
+    def revoked(self, partitions: Iterable[int]) -> None:
+        """Stop re-scoring revoked partitions at once and read states again later (the
+        new owner writes them); a batch of theirs still in flight keeps its generation
+        and is fenced if the new owner has written its customers."""
+        parts = set(partitions)
+        self.revoking |= parts
+        for p in parts:
+            self.engine.generations.pop(p, None)
+        self.engine.assignments.forget()
+
+    def _fenced(self, exc: Fenced, what: str) -> None:
+        # Not retried: this worker no longer owns the partition; the new owner processes
+        # the events from the last committed offset.
+        self.metrics.save_fenced()
+        log.warning("%s was fenced and dropped: %s", what, exc)
 
     def lag(self, partition: int, highwater: int) -> int:
         """Records of `partition` not yet handled, given its highwater (next offset); the

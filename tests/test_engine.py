@@ -18,6 +18,7 @@ from models.bundle import load_bundle
 from models.eventfile import read_events
 from models.events import Event
 from offline.synthetic import generate_history, write_history
+from stream.decide import iso
 from stream.engine import Engine
 from stream.replay import replay
 from stream.runtime import drop_prefix, open_runtime
@@ -59,6 +60,53 @@ def test_expired_customers_leave_the_schedule(tmp_path: Path, engine_backend: St
             assert [r.customer_id for r in rescored.rows] == ["kept"]
             assert backend.zrange(key) == ["kept"]
             assert backend.zscore(key, "kept") == later + DAY  # re-scored: next check a day later
+
+    run(body())
+
+
+def test_population_equals_a_recount_after_customers_expire(
+    tmp_path: Path, engine_backend: StoreBackend
+) -> None:
+    """Finding 8 (issue 20): counts were never decreased when customers expired. A customer
+    silent past the windows leaves the daily schedule but comes back once, when its
+    profile expires in event time; that re-score deletes its state and takes it out of the
+    population, so the counts keep equal to a recount of the stored states."""
+    bundle = load_bundle(make_bundle(tmp_path), CATALOG)
+    backend = engine_backend
+
+    async def body() -> None:
+        async with backend.open(CATALOG, profile_days=120) as stores:
+            a = stores.assignments
+            engine = Engine(CATALOG, stores.features, a, bundle)
+            first = await engine.process(
+                [ev(str(i), f"c{i}", f"2026-03-01T1{i}:00:00Z") for i in range(4)]
+            )
+            await engine.save(first)
+            start = first.rows[0].at
+            version = bundle.version
+            assert sum((await a.population(version)).values()) == 4
+            # c0 comes back on day 94; the others stay silent. Day 95: c1..c3 are silent
+            # past the 90-day windows, so they leave the daily schedule until their
+            # profiles expire (day 120); day 121: that visit deletes their states.
+            await engine.save(await engine.process([ev("x", "c0", iso(start + 94 * DAY))]))
+            day95 = await engine.rescore(start + 95 * DAY)
+            await engine.save(day95)
+            assert [r.customer_id for r in day95.rows] == ["c0"]
+            assert await a.recount(version) == (
+                await a.population(version),
+                await a.stages(version),
+            )
+            due = {c: backend.zscore(due_key(backend.prefix, 0), c) for c in ("c1", "c2", "c3")}
+            assert all(start + 120 * DAY < t <= start + 121 * DAY for t in due.values()), due
+            day121 = await engine.rescore(start + 121 * DAY)
+            await engine.save(day121)
+            assert [r.customer_id for r in day121.rows] == ["c0"]
+            counts, stages = await a.recount(version)
+            assert counts == await a.population(version)
+            assert stages == await a.stages(version)
+            assert sum(counts.values()) == 1  # c1..c3 expired (profile: 120 days)
+            assert set(await a.load(["c0", "c1", "c2", "c3"])) == {"c0"}
+            assert backend.zrange(due_key(backend.prefix, 0)) == ["c0"]
 
     run(body())
 

@@ -36,7 +36,7 @@ from stream.metrics import REJECT_REASONS, Metrics
 from stream.runtime import Runtime, drop_prefix, open_runtime
 from stream.settings import StreamSettings
 from stream.store import feature_key
-from stream.stores import state_key
+from stream.stores import owner_key, state_key
 from stream.worker import Message, Worker
 from tests.bundles import make_bundle
 from tests.support import discard
@@ -665,6 +665,7 @@ def test_customer_ids_never_reach_other_keys(embedded_redis_url: str, bundle_pat
                 expected = {
                     *(feature_key(prefix, c).encode() for c in everyone),
                     *(state_key(prefix, c).encode() for c in everyone),
+                    *(owner_key(prefix, c).encode() for c in everyone),
                     f"{prefix}:due:0".encode(),
                     f"{prefix}:population:{version}".encode(),
                 }

@@ -25,12 +25,14 @@ from models.catalog import catalog_from_config, default_catalog
 from models.eventfile import read_events
 from models.events import Event, decode_event, parse_time
 from offline.reference import events_frame, features_at
+from stream.assign import OnlineCenters
+from stream.centers import merge_centers
 from stream.decide import CustomerState
 from stream.memory_store import MemoryFeatureStore, memory_stores
 from stream.redis_conn import connect
 from stream.state import StateCodec
 from stream.store import RedisFeatureStore
-from stream.stores import due_key, feature_key, state_key
+from stream.stores import AssignmentStore, Fenced, due_key, feature_key, state_key
 from tests.servers import HOST, Cluster
 from tests.store_backends import RedisBackend, StoreBackend
 from tests.store_checks import DAY, apply_in_batches, assert_matches_reference, cut_points, ev
@@ -622,7 +624,7 @@ def test_staging_writes_nothing_and_the_commit_writes_only_over_the_staged_state
             await stores.features.apply([ev("2", "c2", "purchase", "2026-03-01T11:00:00Z",
                                             amount=3.0)])  # fmt: skip
             conflicts = await stores.assignments.save(
-                {}, {}, Counter(), "v1", features=staged.staged, feature_ttl=1000
+                {}, {}, features=staged.staged, feature_ttl=1000
             )
             assert conflicts == [1]
             assert store_backend.get(feature_key(prefix, "c1")) == staged.staged.states[0]
@@ -637,12 +639,8 @@ def test_staging_writes_nothing_and_the_commit_writes_only_over_the_staged_state
                 [ev("3", "c1", "session_start", "2026-03-02T10:00:00Z")], stage=True
             )
             assert more.staged is not None and len(more.staged.digests[0]) == 40
-            assert (
-                await stores.assignments.save({}, {}, Counter(), "v1", features=more.staged) == []
-            )
-            assert await stores.assignments.save({}, {}, Counter(), "v1", features=more.staged) == [
-                0
-            ]
+            assert await stores.assignments.save({}, {}, features=more.staged) == []
+            assert await stores.assignments.save({}, {}, features=more.staged) == [0]
             row = (await stores.features.read(["c1"], at=parse_time("2026-03-02T12:00:00Z"))).row(
                 "c1"
             )
@@ -663,14 +661,14 @@ def test_assignment_store_round_trips(store_backend: StoreBackend) -> None:
         async with store_backend.open() as writer_stores, store_backend.open() as reader_stores:
             writer = writer_stores.assignments
             states = {
-                cid: CustomerState(segment=i % 3, since=1000.0 + i)
+                cid: CustomerState(segment=i % 3, since=1000.0 + i, model_version="v1")
                 for i, cid in enumerate(customers)
             }
             due = {
                 0: {cid: 5000.0 + i for i, cid in enumerate(customers[:20])},
                 1: {cid: 6000.0 for cid in customers[20:]},
             }
-            await writer.save(states, due, Counter({0: 10, 1: 10, 2: 10}), "v1")
+            await writer.save(states, due)
             # A reader without the in-memory cache sees what was written.
             reader = reader_stores.assignments
             loaded = await reader.load([*customers, "nobody"])
@@ -681,7 +679,7 @@ def test_assignment_store_round_trips(store_backend: StoreBackend) -> None:
             assert sorted(await reader.due(1, 7000.0, 100)) == sorted(customers[20:])
             assert await reader.population("v1") == {0: 10, 1: 10, 2: 10}
             # Without `reschedule` an already scheduled customer keeps its time.
-            await writer.save({}, {0: {customers[0]: 9999.0}}, Counter(), "v1")
+            await writer.save({}, {0: {customers[0]: 9999.0}})
             assert customers[0] in await reader.due(0, 5000.0, 100)
             ttl = store_backend.ttl(state_key(prefix, customers[0]))
             assert 3500 < ttl <= 3600
@@ -700,13 +698,13 @@ def test_schedule_order_limit_reschedule_and_unschedule(store_backend: StoreBack
     async def body() -> None:
         async with store_backend.open() as stores:
             a = stores.assignments
-            await a.save({}, {3: {"b": 10.0, "a": 10.0, "c": 5.0, "late": 99.0}}, Counter(), "v")
+            await a.save({}, {3: {"b": 10.0, "a": 10.0, "c": 5.0, "late": 99.0}})
             assert await a.due(3, 10.0, 100) == ["c", "a", "b"]
             assert await a.due(3, 10.0, 2) == ["c", "a"]
             assert await a.due(4, 10.0, 100) == []
-            await a.save({}, {3: {"c": 50.0}}, Counter(), "v")  # NX: c keeps 5.0
+            await a.save({}, {3: {"c": 50.0}})  # NX: c keeps 5.0
             assert store_backend.zscore(due_key(prefix, 3), "c") == 5.0
-            await a.save({}, {3: {"c": 50.0}}, Counter(), "v", reschedule=True)
+            await a.save({}, {3: {"c": 50.0}}, reschedule=True)
             assert await a.due(3, 10.0, 100) == ["a", "b"]
             assert store_backend.zscore(due_key(prefix, 3), "c") == 50.0
             await a.unschedule(3, ["a", "late", "nobody"])
@@ -715,35 +713,124 @@ def test_schedule_order_limit_reschedule_and_unschedule(store_backend: StoreBack
     run(body())
 
 
-def test_population_counts_add_up_per_version(store_backend: StoreBackend) -> None:
+def state(segment: int | None, version: str = "v1", stage: str | None = None) -> CustomerState:
+    return CustomerState(segment=segment, model_version=version, stage=stage)
+
+
+def test_population_counts_each_transition_once_per_version(store_backend: StoreBackend) -> None:
+    """The save counts what each state changes from the stored one: a new customer joins
+    its segment and stage, a move leaves one for the other, a new version takes the
+    customer out of the old version's counts, a deleted (expired) one leaves them."""
+
     async def body() -> None:
         async with store_backend.open() as stores:
             a = stores.assignments
-            state = {"c1": CustomerState(segment=1)}
-            await a.save(state, {}, Counter({1: 3, 2: 1}), "v1")
-            await a.save(state, {}, Counter({1: -1, 2: 0, 0: 2}), "v1")
-            await a.save(state, {}, Counter({5: 1}), "v2")
-            assert await a.population("v1") == {0: 2, 1: 2, 2: 1}
+            await a.save({"c1": state(1, stage="new"), "c2": state(1), "c3": state(2)}, {})
+            await a.save({"c1": state(2, stage="active"), "c2": state(1)}, {})
+            assert await a.population("v1") == {1: 1, 2: 2}
+            assert await a.stages("v1") == {"active": 1}
+            await a.save({"c3": state(5, "v2"), "c2": None}, {})
+            assert await a.population("v1") == {2: 1}
             assert await a.population("v2") == {5: 1}
             assert await a.population("v3") == {}
+            for version in ("v1", "v2"):
+                assert await a.recount(version) == (
+                    await a.population(version),
+                    await a.stages(version),
+                )
 
     run(body())
 
 
-def test_centers_movement_is_shared_between_workers(store_backend: StoreBackend) -> None:
-    base = np.array([[1.0, 2.0], [3.0, 4.0]])
+def test_a_retried_save_counts_the_population_once(store_backend: StoreBackend) -> None:
+    """A save applied twice, as after its reply was lost (the same token), and a later
+    save writing the same states again leave the population equal to a recount."""
+
+    async def body() -> None:
+        async with store_backend.open() as stores:
+            a = stores.assignments
+            await a.save({f"c{i}": state(i % 3, stage="new") for i in range(12)}, {})
+            moved = {f"c{i}": state((i + 1) % 3, stage="active") for i in range(8)}
+            moved["d"] = state(0)
+            for _ in range(2):  # the retry, with the same token
+                await a.save(moved, {0: {"d": 5.0}}, owners={"d": 0}, token="t-1")
+            await a.save(moved, {})  # another save of the same states (a new token)
+            assert await a.population("v1") == {0: 4, 1: 4, 2: 5}
+            assert await a.stages("v1") == {"new": 4, "active": 8}
+            assert await a.recount("v1") == ({0: 4, 1: 4, 2: 5}, {"new": 4, "active": 8})
+
+    run(body())
+
+
+def test_a_late_save_of_an_old_generation_is_refused(store_backend: StoreBackend) -> None:
+    """Fencing: after a newer claim wrote a customer, a save carrying an older generation
+    (a revoked owner's batch, stuck retrying through the rebalance) raises `Fenced`; the
+    new owner's states, schedule and counts survive, and a recount agrees."""
+    prefix = store_backend.prefix
+
+    async def body() -> None:
+        async with store_backend.open() as old_stores, store_backend.open() as new_stores:
+            old, new = old_stores.assignments, new_stores.assignments
+            first, second = await old.claim(), await new.claim()
+            assert second > first
+            mine = {"c1": state(1), "c2": state(1)}
+            await old.save(mine, {}, owners=dict.fromkeys(mine, first))
+            await new.save({"c1": state(2)}, {0: {"c1": 50.0}}, owners={"c1": second},
+                           reschedule=True)  # fmt: skip
+            with pytest.raises(Fenced):
+                await old.save({"c1": state(0), "c2": state(0)}, {0: {"c1": 99.0}},
+                               owners=dict.fromkeys(mine, first), reschedule=True)  # fmt: skip
+            reader = (await new_stores.assignments.load(["c1"]))["c1"]
+            assert reader.segment == 2
+            assert store_backend.zscore(due_key(prefix, 0), "c1") == 50.0
+            # A save of the newest generation (or a newer one) is accepted.
+            await new.save({"c1": state(0)}, {}, owners={"c1": second})
+            assert await new.recount("v1") == (await new.population("v1"), {})
+
+    run(body())
+
+
+def test_centers_are_every_workers_statistics_merged_and_a_retry_changes_nothing(
+    store_backend: StoreBackend,
+) -> None:
+    """Two workers share their center statistics through the store: each entry is the
+    worker's absolute value (a retried sync changes nothing), every worker reads the same
+    merge as the pure function gives, a stale entry goes only while it holds the value seen,
+    and another version is apart (one hash per version: one slot on a cluster)."""
+    base = np.array([[0.0, 0.0], [10.0, 0.0]])
+
+    def centers(worker: str) -> OnlineCenters:
+        return OnlineCenters(base, [1, 2], halflife=0.5, memory_days=1.0, worker=worker)
+
+    async def sync(store: AssignmentStore, c: OnlineCenters, version: str = "v1") -> np.ndarray:
+        group = await store.sync_centers(version, c.worker, c.stats_.pack(), c.forget_)
+        return c.merge(group).copy()
 
     async def body() -> None:
         async with store_backend.open() as one, store_backend.open() as two:
-            first = await one.assignments.sync_centers("v1", base, np.array([[0.5, 0.0], [0, 0]]))
-            np.testing.assert_allclose(first, [[1.5, 2.0], [3.0, 4.0]])
-            second = await two.assignments.sync_centers("v1", base, np.array([[0.25, 0], [0, -1]]))
-            np.testing.assert_allclose(second, [[1.75, 2.0], [3.0, 3.0]])
-            # Nothing new: the group's movement as it stands; another version is apart.
-            again = await one.assignments.sync_centers("v1", base, np.zeros((2, 2)))
-            np.testing.assert_allclose(again, second)
-            other = await one.assignments.sync_centers("v2", base, np.zeros((2, 2)))
-            np.testing.assert_allclose(other, base)
+            a, b = centers("a"), centers("b")
+            a.learn_many(np.array([[1.0, 1.0], [9.0, 0.0]]), np.array([0.0, DAY]))
+            b.learn_many(np.array([[11.0, 1.0]]), np.array([DAY]))
+            first = await sync(one.assignments, a)
+            assert first.tolist() != base.tolist()
+            both = await sync(two.assignments, b)
+            assert (await sync(two.assignments, b)).tolist() == both.tolist()  # a retry
+            assert (await sync(one.assignments, a)).tolist() == both.tolist()
+            expected = merge_centers(
+                base, [a.stats_, b.stats_], prior_weight=2.0, halflife_seconds=DAY
+            )
+            np.testing.assert_array_equal(both, expected)
+            # A worker gone for 50 half-lives is dropped; one that wrote since is kept.
+            c = centers("c")
+            c.learn_many(np.array([[0.5, 0.0]]), np.array([60 * DAY]))
+            await sync(one.assignments, c)
+            assert set(c.forget_) == {"a", "b"}
+            b.learn_many(np.array([[9.5, 0.0]]), np.array([60 * DAY]))
+            await sync(two.assignments, b)
+            group = await one.assignments.sync_centers("v1", "c", c.stats_.pack(), c.forget_)
+            assert sorted(group) == ["b", "c"]
+            other = await sync(two.assignments, centers("d"), version="v2")
+            np.testing.assert_array_equal(other, base)
 
     run(body())
 
@@ -805,8 +892,8 @@ def test_store_reloads_its_script_on_every_node(redis_backend: RedisBackend) -> 
             )
             redis_backend.flush_scripts()
             conflicts = await stores.assignments.save(
-                {f"c{i}": CustomerState(segment=1) for i in range(30)}, {0: {"c0": 1.0}},
-                Counter({1: 30}), "v1", features=staged.staged,
+                {f"c{i}": CustomerState(segment=1, model_version="v1") for i in range(30)},
+                {0: {"c0": 1.0}}, features=staged.staged,
             )  # fmt: skip
             assert conflicts == []
             assert await stores.assignments.population("v1") == {1: 30}
