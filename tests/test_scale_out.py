@@ -53,7 +53,6 @@ from tests.workers import (
     check_end_state,
     new_group,
     produce_into,
-    recount_population,
 )
 
 pytestmark = pytest.mark.slow
@@ -117,19 +116,24 @@ def nearest_other(centroids: np.ndarray) -> np.ndarray:
 
 def stored(
     url: str, settings: StreamSettings, version: str, base: np.ndarray
-) -> tuple[Counter[Any], Any]:
-    """The population hash (segments and `stage:` fields) and the group's shared centers,
-    both through the store's API (a reader with no rows of its own syncs and merges)."""
+) -> tuple[Counter[Any], Counter[Any], Any]:
+    """The population hash (segments and `stage:` fields), the store's recount of the
+    stored states in the same form, and the group's shared centers, all through the
+    store's API (a reader with no rows of its own syncs and merges)."""
     prefix = settings.key_prefix
 
-    async def read() -> tuple[Counter[Any], Any]:
+    def fields(segments: dict[int, int], stages: dict[str, int]) -> Counter[Any]:
+        counts: Counter[Any] = Counter(segments)
+        counts.update({f"stage:{k}": v for k, v in stages.items()})
+        return +counts
+
+    async def read() -> tuple[Counter[Any], Counter[Any], Any]:
         conn = await connect(url)
         try:
             store = RedisAssignmentStore(conn.client, prefix=prefix, ttl_seconds=1)
             raw = await conn.client.hgetall(store.population_key(version))  # type: ignore[misc]
-            segments, stages = split_population(raw)
-            counts: Counter[Any] = Counter(segments)
-            counts.update({f"stage:{k}": v for k, v in stages.items()})
+            population = fields(*split_population(raw))
+            recount = fields(*await store.recount(version))
             reader = OnlineCenters(
                 base,
                 list(range(len(base))),
@@ -137,7 +141,7 @@ def stored(
                 memory_days=settings.centers_memory_days,
             )
             group = await store.sync_centers(version, reader.worker, reader.stats_.pack())
-            return +counts, reader.merge(group)
+            return population, recount, reader.merge(group)
         finally:
             await conn.close()
 
@@ -215,8 +219,7 @@ def test_four_workers_on_a_cluster_one_killed_and_restarted(
         assert restarted.batches() >= 1  # it took a partition back: every one has events
         version = single.bundle.version
         base = np.asarray(single.bundle.centroids, dtype=float)
-        population, centers = stored(cluster.url, group.settings, version, base)
-        recount = recount_population(cluster.url, group.settings.key_prefix, version)
+        population, recount, centers = stored(cluster.url, group.settings, version, base)
         missing = check_end_state(group.settings, cluster.url, kafka_broker, single.expected)
         mark("checked")
     finally:

@@ -5,8 +5,7 @@ a broker and a Redis URL, knows the last offset produced into each input partiti
 waits, with a generous deadline rather than a sleep, until the group's committed offsets
 cover them. `Proc` is one worker: its metrics, its batch count, SIGKILL. `check_end_state`
 checks what any correct run over a history leaves: features equal to the batch reference
-and every customer's first assignment published. `recount_population` counts the stored
-assignment states by segment and lifecycle stage, what the population gauges must equal.
+and every customer's first assignment published.
 
 Shared by tests/test_crash.py and tests/test_scale_out.py (tests never import each other).
 """
@@ -22,12 +21,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import msgpack
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
@@ -38,8 +36,6 @@ from offline.reference import events_frame, features_at
 from stream.broker import create_topics
 from stream.children import HOST, free_port
 from stream.children import stop as stop_process
-from stream.decide import CustomerState
-from stream.lifecycle import stage_field
 from stream.redis_conn import connect
 from stream.settings import StreamSettings
 from stream.store import RedisFeatureStore
@@ -259,36 +255,3 @@ def new_group(
 def produce_into(group: Group, records: list[tuple[bytes, bytes]]) -> None:
     bootstrap = group.broker.bootstrap
     group.produced(asyncio.run(produce(bootstrap, group.settings.input_topic, records)))
-
-
-# --- what the population gauges must equal ------------------------------------------------
-
-
-def recount_population(redis_url: str, prefix: str, version: str) -> Counter[int | str]:
-    """Customers per segment and per lifecycle stage (`stage_field`) among the assignment
-    states stored under `prefix` and decided by model `version`: a scan of every state
-    key (on every node of a cluster), the recount the population hash must equal.
-
-    Until the store has a recount of its own (issue 20, finding 8) this is the test's.
-    """
-
-    async def scan() -> Counter[int | str]:
-        conn = await connect(redis_url)
-        counts: Counter[int | str] = Counter()
-        try:
-            async for key in conn.client.scan_iter(match=f"{prefix}:a:*", count=1000):
-                raw = await conn.client.get(key)
-                if raw is None:  # expired between the scan and the read
-                    continue
-                state = CustomerState.from_list(msgpack.unpackb(raw))
-                if state.model_version != version:
-                    continue
-                if state.segment is not None:
-                    counts[int(state.segment)] += 1
-                if state.stage is not None:
-                    counts[stage_field(state.stage)] += 1
-        finally:
-            await conn.close()
-        return counts
-
-    return asyncio.run(scan())
