@@ -210,7 +210,12 @@ def test_four_workers_on_a_cluster_one_killed_and_restarted(
         group.wait("the survivors taking the victim's partition over", taken_over)
         mark("taken over")
         restarted = group.start()
-        group.wait("the restarted worker in the group", lambda: "Ready" in restarted.log_text())
+        # Owning a partition, not only started: otherwise the others may read the last
+        # quarter before the rebalance hands it one.
+        group.wait(
+            "the restarted worker owning a partition",
+            lambda: "claimed partitions" in restarted.log_text(),
+        )
         mark("restarted")
         produce_into(group, records[three_quarters:])
         group.wait_done()
