@@ -9,9 +9,11 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +23,9 @@ import redis
 
 from offline.synthetic import DEFAULT_START, generate_history, write_history
 from stream.redis_conn import start_embedded
+from stream.replay import ReplaySummary, replay
+from stream.runtime import open_runtime
+from stream.settings import StreamSettings
 
 DAY = 86_400.0
 
@@ -206,6 +211,28 @@ def drop(url: str, prefix: str) -> None:
     if batch:
         client.delete(*batch)
     client.close()
+
+
+@asynccontextmanager
+async def timed_replay(
+    url: str, bundle: Path, events: Path, batch_size: int, tag: str
+) -> AsyncIterator[tuple[str, ReplaySummary, float]]:
+    """Replay `events` through a fresh engine under a new key prefix, timed: (prefix,
+    summary, seconds). The keys stay for the caller to measure until the context ends."""
+    prefix = new_prefix(tag)
+    settings = StreamSettings(redis_url=url, key_prefix=prefix)  # type: ignore[call-arg]
+    runtime = await open_runtime(settings, model_path=bundle, prefix=prefix)
+    try:
+        with tempfile.TemporaryDirectory(prefix="segstream-bench-") as tmp:
+            t0 = time.perf_counter()
+            summary = await replay(
+                runtime.engine, events, Path(tmp) / "alerts.jsonl", batch_size=batch_size
+            )
+            seconds = time.perf_counter() - t0
+        yield prefix, summary, seconds
+    finally:
+        await runtime.close()
+        drop(url, prefix)
 
 
 def memory_usage(url: str, prefix: str, match: str = "*") -> tuple[int, int]:

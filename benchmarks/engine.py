@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import HistoryFile, drop, memory_usage, new_prefix
+from benchmarks.common import HistoryFile, drop, memory_usage, new_prefix, timed_replay
 from benchmarks.naive import NaiveEngine
 from models.bundle import load_bundle
 from models.catalog import default_catalog
 from models.eventfile import read_events
 from stream.redis_conn import connect
-from stream.replay import replay
-from stream.runtime import open_runtime
-from stream.settings import StreamSettings
 
 
 @dataclass(frozen=True)
@@ -54,24 +49,13 @@ class ReplayRun:
 
 
 async def _replay(url: str, bundle: Path, history: HistoryFile, batch_size: int) -> ReplayRun:
-    prefix = new_prefix("engine")
-    settings = StreamSettings(redis_url=url, key_prefix=prefix)  # type: ignore[call-arg]
-    runtime = await open_runtime(settings, model_path=bundle, prefix=prefix)
-    try:
-        with tempfile.TemporaryDirectory(prefix="segstream-bench-") as tmp:
-            t0 = time.perf_counter()
-            summary = await replay(
-                runtime.engine, history.path, Path(tmp) / "alerts.jsonl", batch_size=batch_size
-            )
-            seconds = time.perf_counter() - t0
+    run = timed_replay(url, bundle, history.path, batch_size, "engine")
+    async with run as (prefix, summary, seconds):
         keys, total = memory_usage(url, prefix)
         _, features = memory_usage(url, prefix, "f:*")
-        return ReplayRun(
-            summary.events, summary.customers, seconds, keys, total, features, summary.rescored
-        )
-    finally:
-        await runtime.close()
-        drop(url, prefix)
+    return ReplayRun(
+        summary.events, summary.customers, seconds, keys, total, features, summary.rescored
+    )
 
 
 def replay_once(url: str, bundle: Path, history: HistoryFile, batch_size: int = 1000) -> ReplayRun:

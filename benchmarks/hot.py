@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -29,12 +28,9 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import HistoryFile, drop, new_prefix
+from benchmarks.common import HistoryFile, drop, new_prefix, timed_replay
 from models.eventfile import read_events
 from offline.synthetic import DEFAULT_START
-from stream.replay import replay
-from stream.runtime import open_runtime
-from stream.settings import StreamSettings
 from stream.stores import feature_key
 
 HOT_ID = "guest"
@@ -81,23 +77,11 @@ def hot_history(template: HistoryFile, count: int, out: Path) -> HotFiles:
 
 
 async def _replay(url: str, bundle: Path, events: Path, batch_size: int) -> HotRun:
-    prefix = new_prefix("hot")
-    settings = StreamSettings(redis_url=url, key_prefix=prefix)  # type: ignore[call-arg]
-    runtime = await open_runtime(settings, model_path=bundle, prefix=prefix)
-    try:
-        with tempfile.TemporaryDirectory(prefix="segstream-bench-") as tmp:
-            t0 = time.perf_counter()
-            summary = await replay(
-                runtime.engine, events, Path(tmp) / "alerts.jsonl", batch_size=batch_size
-            )
-            seconds = time.perf_counter() - t0
+    async with timed_replay(url, bundle, events, batch_size, "hot") as (prefix, summary, seconds):
         client = redis.Redis.from_url(url)
         size = int(client.strlen(feature_key(prefix, HOT_ID)))
         client.close()
-        return HotRun(summary.events, seconds, size)
-    finally:
-        await runtime.close()
-        drop(url, prefix)
+    return HotRun(summary.events, seconds, size)
 
 
 def hot_once(url: str, bundle: Path, events: Path, batch_size: int = 1000) -> HotRun:
