@@ -49,14 +49,14 @@ a redelivery produces the same ids and consumers can de-duplicate.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import numpy as np
 
-from stream.detect import Evidence, RateProfiles
+from stream.detect import Evidence, RateProfiles, Terms
 from stream.lifecycle import next_stage
 
 SCHEMA_VERSION: Final = 1
@@ -207,6 +207,8 @@ class Row:
     at: float
     trigger: str  # the event id, or "rescore:<day>"
     kind: str = ""  # the event's type ("" at a re-score)
+    #: The event's properties (None at a re-score): the evidence reads a value off them.
+    properties: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -221,14 +223,11 @@ class Alert:
 @dataclass(frozen=True)
 class _Prepared:
     """A batch's evidence terms (`stream.detect.Evidence.prepare`): `at` maps a row to its
-    position in `event`/`gap`; `current` is each row's segment position before the batch."""
+    position in `terms`; `current` is each row's segment position before the batch."""
 
     at: dict[int, int]
     current: list[int]
-    event: list[list[list[float]]]
-    gap: list[list[float]]
-    scale: list[float]
-    clumping: list[float]
+    terms: list[Terms]
 
     def governs(self, i: int) -> bool:
         return i in self.at
@@ -522,9 +521,9 @@ class Decider:
             seg = st.segment if st is not None else None
             current[i] = pos.get(seg, 0) if seg is not None else 0
         idx = np.flatnonzero(mask)
-        event, gap, scale, clumping = self.evidence.prepare(features[idx], current[idx])
+        terms = self.evidence.prepare(features[idx], current[idx])
         at = {int(i): j for j, i in enumerate(idx.tolist())}
-        return _Prepared(at, current.tolist(), event, gap, scale, clumping)
+        return _Prepared(at, current.tolist(), terms)
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
@@ -544,20 +543,20 @@ class Decider:
         if state.model_version != self.model.version or state.segment not in self.segment_ids:
             return False
         current = self.segment_ids.index(state.segment)
-        j = prep.at[i]
         if current == prep.current[i]:
-            event, gap, scale, clump = prep.event[j], prep.gap[j], prep.scale[j], prep.clumping[j]
+            terms = prep.terms[prep.at[i]]
         else:  # the segment changed earlier in this batch: the baseline's prior with it
-            e, g, a, c = ev.prepare(x[None, :], np.array([current]))
-            event, gap, scale, clump = e[0], g[0], a[0], c[0]
+            terms = ev.prepare(x[None, :], np.array([current]))[0]
         column = ev.profiles.column(row.kind) if row.kind else None
+        values = ev.profiles.values
+        value = values.value(row.properties) if values is not None else None
         state.evidence, moved, began = ev.update(
-            state.evidence, row.at, column, current, event, gap, scale, clump
+            state.evidence, row.at, column, current, terms, value
         )
         if not confirm and (
             moved is None
             or state.last_seen <= began
-            or ev.expected(moved, scale, (row.at - state.last_seen) / DAY) > QUIET_EVENTS
+            or ev.expected(moved, terms.scale, (row.at - state.last_seen) / DAY) > QUIET_EVENTS
         ):
             return False  # the centers' rules go on (quiet moves); the anchor stays
         if moved is None:

@@ -11,6 +11,14 @@ against the better of two explanations of "nothing changed":
 - the rates of its current segment, so a customer who did move is not pulled back by a
   baseline that still remembers the old behaviour.
 
+A purchase also says something by its amount: where the catalog sums a property of one
+counted event type (the default's `revenue_*d`, `amount` of `purchase`), each segment gets
+a typical value (its members' mean sum over their mean count), and an event's value adds
+the log-likelihood ratio of its log under that segment against the customer's own and its
+current segment's (a lognormal of spread `AMOUNT_SIGMA`, at most `AMOUNT_CAP` nats an
+event). A casual customer who starts buying like a big spender shows it in one or two
+purchases, long before its purchase rate alone would.
+
 The 30- and 90-day windows move slowly after a change; the events themselves do not, so
 the evidence crosses its threshold within days of a sudden switch. The destination is
 the segment with the most evidence. The state is `k` float16 sums and the time of the
@@ -42,6 +50,48 @@ RATE_FLOOR: Final = 0.003
 #: Days of the current segment's rates mixed into a customer's own baseline (a prior):
 #: a customer with few days of history is judged mostly against its segment.
 PRIOR_DAYS: Final = 7.0
+#: The spread (standard deviation of the log, in nats) of one event's value around its
+#: segment's typical value. Wider than the generator's personas (0.4 to 0.6) on purpose:
+#: real amounts vary more within a customer, and a narrow spread would make every unusual
+#: basket strong evidence.
+AMOUNT_SIGMA: Final = 1.0
+#: The most evidence (nats, either way) one value can give: no single purchase moves a
+#: customer alone (the threshold is 10).
+AMOUNT_CAP: Final = 4.0
+#: Events of the current segment's typical value mixed into the customer's own (a prior).
+PRIOR_VALUES: Final = 2.0
+
+
+@dataclass(frozen=True)
+class ValueProfile:
+    """Per segment, the typical value of one property on the events of one rate column
+    (the default catalog: `amount` of `purchase`), and where to read the customer's own
+    sum of it in a feature row (`long_col`, `short_col`: its longest and shortest windows,
+    the same as the count's)."""
+
+    column: int
+    property: str
+    log_typical: np.ndarray  # (segments,) log of the segment's mean value per event
+    long_col: int
+    short_col: int
+
+    def value(self, properties: Mapping[str, object] | None) -> float | None:
+        """The log of an event's value, None when it has none (or none above 0)."""
+        got = (properties or {}).get(self.property)
+        if isinstance(got, bool) or not isinstance(got, int | float) or not got > 0:
+            return None
+        return math.log(float(got)) if math.isfinite(got) else None
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What `Evidence.prepare` computes for one customer at one evaluation (see there)."""
+
+    event: list[list[float]]  # [s][m]
+    gap: list[float]  # [s]
+    scale: float
+    clumping: float
+    own_value: float  # log of the customer's own typical value (with the prior)
 
 
 @dataclass(frozen=True)
@@ -66,6 +116,8 @@ class RateProfiles:
     #: Catalog columns of the long window's active days and any-type count (None: no
     #: clumping estimate, the events are taken as Poisson).
     clumping_cols: tuple[int, int] | None = None
+    #: The typical value of each segment's events of one column (None: no values).
+    values: ValueProfile | None = None
 
     @property
     def columns(self) -> int:
@@ -151,12 +203,16 @@ def rate_profiles(
     [[0.2], [1.5]]
     """
     windows: dict[tuple[str, ...], dict[int, int]] = {}
+    sums: dict[tuple[str, str], dict[int, int]] = {}  # (type, property) -> window -> column
     for col, spec in enumerate(catalog.features):
         f = spec.filter
         days = spec.window_days
-        if spec.aggregation != "count" or f.where or len(f.types) > 1 or not isinstance(days, int):
+        if f.where or len(f.types) > 1 or not isinstance(days, int):
             continue  # lifetime counts are no daily rate
-        windows.setdefault(tuple(f.types), {})[days] = col
+        if spec.aggregation == "count":
+            windows.setdefault(tuple(f.types), {})[days] = col
+        elif spec.aggregation == "sum" and f.types and spec.property:
+            sums.setdefault((f.types[0], spec.property), {})[days] = col
     used = {int(c): j for j, c in enumerate(np.asarray(space.index).tolist())}
     # Centroids back in raw units (the space's inverse transform).
     raw = np.asarray(space.centroids) * np.asarray(space.scale) + np.asarray(space.mean)
@@ -197,6 +253,7 @@ def rate_profiles(
     rates = np.maximum(counts, 0.0) / np.array([c[2] for c in cols], dtype=float)
     if anytype:
         rates[:, -1] = rates[:, -1] - rates[:, :-1].sum(axis=1)
+    values = _value_profile(catalog, typed, counts, sums, means, raw, used)
     return RateProfiles(
         types=tuple(c[0][0] for c in typed),
         other=bool(anytype),
@@ -207,7 +264,57 @@ def rate_profiles(
         short_days=float(shorts.pop() or 0),
         profile_days=float(cols[0][2]),
         clumping_cols=clumping,
+        values=values,
     )
+
+
+def _value_profile(
+    catalog: Catalog,
+    typed: Sequence[tuple[tuple[str, ...], int, int, int, int]],
+    counts: np.ndarray,
+    sums: Mapping[tuple[str, str], Mapping[int, int]],
+    means: Sequence[Mapping[str, float]] | None,
+    raw: np.ndarray,
+    used: Mapping[int, int],
+) -> ValueProfile | None:
+    """The first summed property of a typed count column whose windows match the count's
+    (profile, long and short), read from the members' means or else the centroids.
+
+    A segment that barely has such events gets the typical value of all of them: a mean
+    over a handful of purchases says little."""
+
+    def window(col: int) -> int:
+        days = catalog.features[col].window_days
+        return days if isinstance(days, int) else -1  # only windowed counts are picked
+
+    for m, (key, profile_col, _, long_col, short_col) in enumerate(typed):
+        days = {window(c) for c in (profile_col, long_col, short_col)}
+        for (etype, prop), by_window in sums.items():
+            if etype != key[0] or not days <= by_window.keys():
+                continue
+            col = by_window[window(profile_col)]
+            name = catalog.names[col]
+            if means is not None and len(means) == len(counts) and all(name in x for x in means):
+                total = np.array([x[name] for x in means], dtype=float)
+            elif col in used:
+                total = raw[:, used[col]]
+            else:
+                continue
+            n = np.maximum(counts[:, m], 0.0)
+            total = np.maximum(total, 0.0)
+            if total.sum() <= 0 or n.sum() <= 0:
+                continue
+            overall = total.sum() / n.sum()
+            # One event's worth of the overall typical value as a prior per segment.
+            typical = (total + overall) / (n + 1.0)
+            return ValueProfile(
+                column=m,
+                property=prop,
+                log_typical=np.log(np.maximum(typical, 1e-9)),
+                long_col=by_window[window(long_col)],
+                short_col=by_window[window(short_col)],
+            )
+    return None
 
 
 _HEAD: Final = struct.Struct("<IH")
@@ -260,13 +367,15 @@ class Evidence:
         self._log_rates = log_rates
         self._total = total
         self.k = len(total)
+        values = profiles.values
+        self._log_typical = values.log_typical.tolist() if values is not None else []
 
-    def prepare(
-        self, x: np.ndarray, current: np.ndarray
-    ) -> tuple[list[list[list[float]]], list[list[float]], list[float], list[float]]:
-        """Per row: the event term log(a l_s / b_m) for every column m and segment s, the
-        rate gap a sum(l_s) - sum(b) against the row's own baseline b, a, and the row's
-        clumping (`RateProfiles.clumping`), which divides the evidence.
+    def prepare(self, x: np.ndarray, current: np.ndarray) -> list[Terms]:
+        """Per row (`current`: its segment position), what does not depend on the
+        customer's state: the event term log(a l_s / b_m) for every segment s and column
+        m, the rate gap a sum(l_s) - sum(b) against the row's own baseline b, a, the row's
+        clumping (`RateProfiles.clumping`), which divides the evidence, and the log of the
+        customer's own typical value (`ValueProfile`; its segment's as a prior).
 
         `a` is the customer's activity relative to its current segment (sum(b) over
         sum(l_c), within [1/3, 3]): a customer who does half of what its segment does is
@@ -281,7 +390,25 @@ class Evidence:
         )  # (n, s, m)
         gap = scale[:, None] * self._total[None, :] - base.sum(axis=1)[:, None]
         clumped = self.profiles.clumping(x, tenure)
-        return event.tolist(), gap.tolist(), scale.tolist(), clumped.tolist()
+        own = np.zeros(len(x))
+        values = self.profiles.values
+        if values is not None:
+            prior = np.exp(values.log_typical[current]) * PRIOR_VALUES
+            n = self.profiles.counts(x, self.profiles.long_cols)[:, values.column]
+            n = n - self.profiles.counts(x, self.profiles.short_cols)[:, values.column]
+            total = x[:, values.long_col] - x[:, values.short_col]
+            own = np.log((np.maximum(total, 0.0) + prior) / (np.maximum(n, 0.0) + PRIOR_VALUES))
+        return [
+            Terms(e, g, a, c, o)
+            for e, g, a, c, o in zip(
+                event.tolist(),
+                gap.tolist(),
+                scale.tolist(),
+                clumped.tolist(),
+                own.tolist(),
+                strict=True,
+            )
+        ]
 
     def expected(self, segment: int, scale: float, days: float) -> float:
         """How many events a customer at `scale` times segment position `segment`'s
@@ -294,23 +421,25 @@ class Evidence:
         at: float,
         column: int | None,
         current: int,
-        event: list[list[float]],
-        gap: list[float],
-        scale: float,
-        clumping: float = 1.0,
+        terms: Terms,
+        value: float | None = None,
     ) -> tuple[bytes, int | None, float]:
-        """One event of the customer at `at` (rate column `column`, None: not modelled)
-        while in segment position `current`: the new state, the segment position whose
-        evidence crossed the threshold (the strongest), if any, and since when the
-        leading evidence has been building (the move's dwell)."""
+        """One event of the customer at `at` (rate column `column`, None: not modelled;
+        `value`: the log of its value, `ValueProfile.value`) while in segment position
+        `current`: the new state, the segment position whose evidence crossed the
+        threshold (the strongest), if any, and since when the leading evidence has been
+        building (the move's dwell)."""
         found = unpack(blob, current, self.k)
         if found is None:
             return pack(at, at, [0.0] * self.k, current), None, at
         last, start, sums = found
         was = max(sums)
         dt = max(at - last, 0.0) / DAY
-        seg_event, rates, log_scale = self._seg_event[current], self._total_list, math.log(scale)
+        seg_event, rates = self._seg_event[current], self._total_list
         mine = rates[current]
+        event, gap, scale, clumping = terms.event, terms.gap, terms.scale, terms.clumping
+        log_scale = math.log(scale)
+        valued = self._valued(column, value)
         cap = 2.0 * self.threshold
         best, best_sum = None, self.threshold
         for s in range(self.k):
@@ -322,6 +451,9 @@ class Evidence:
             if column is not None:
                 own += event[s][column]
                 seg += seg_event[s][column] + log_scale
+            if valued is not None:
+                own += _value_term(valued, terms.own_value, self._log_typical[s])
+                seg += _value_term(valued, self._log_typical[current], self._log_typical[s])
             total = min(max(sums[s] + min(own, seg) / clumping, 0.0), cap)
             sums[s] = total
             if total >= best_sum:
@@ -330,5 +462,21 @@ class Evidence:
             start = at
         return pack(max(at, last), start, sums, current), best, start
 
+    def _valued(self, column: int | None, value: float | None) -> float | None:
+        values = self.profiles.values
+        if value is None or values is None or column != values.column:
+            return None
+        return value
 
-__all__ = ["Evidence", "RateProfiles", "bundle_profiles", "pack", "rate_profiles", "unpack"]
+
+def _value_term(y: float, old: float, new: float) -> float:
+    """The log-likelihood ratio of a log value `y` under a lognormal at `new` against one
+    at `old` (spread `AMOUNT_SIGMA`), within +-`AMOUNT_CAP`."""
+    llr = ((y - old) ** 2 - (y - new) ** 2) / (2.0 * AMOUNT_SIGMA**2)
+    return min(max(llr, -AMOUNT_CAP), AMOUNT_CAP)
+
+
+__all__ = [
+    "Evidence", "RateProfiles", "Terms", "ValueProfile", "bundle_profiles", "pack",
+    "rate_profiles", "unpack",
+]  # fmt: skip

@@ -177,8 +177,11 @@ class Engine:
         # Feature rows skip too_late events of customers without state: map, don't index.
         feature_rows = [applied.rows[i] for i in keep]
         when = applied.features.at
-        rows = [Row(events[i].customer_id, float(when[r]), events[i].event_id, events[i].type)
-                for i, r in zip(keep, feature_rows, strict=True)]  # fmt: skip
+        rows = [
+            Row(e.customer_id, float(when[r]), e.event_id, e.type, e.properties)
+            for i, r in zip(keep, feature_rows, strict=True)
+            for e in [events[i]]
+        ]
         parts = [partitions[i] if partitions else 0 for i in keep]
         x = (
             applied.features.values[feature_rows]

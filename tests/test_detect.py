@@ -58,12 +58,10 @@ def run(
     events: list[tuple[float, int]], x: np.ndarray, evidence: Evidence, segment: int
 ) -> tuple[float, int] | None:
     """Feed events (days, column) while in `segment`; the first firing (day, segment)."""
-    event, gap, scale, clumping = evidence.prepare(x, np.array([segment]))
+    terms = evidence.prepare(x, np.array([segment]))[0]
     blob = b""
     for day, col in events:
-        blob, fired, _ = evidence.update(
-            blob, day * DAY, col, segment, event[0], gap[0], scale[0], clumping[0]
-        )
+        blob, fired, _ = evidence.update(blob, day * DAY, col, segment, terms)
         if fired is not None:
             return day, fired
     return None
