@@ -230,6 +230,9 @@ class SegmentRecord:
     #: bundles): the migration evidence reads each segment's daily rates from these
     #: (`stream.detect.rate_profiles`), not from the centroid (a mean of logs).
     means: dict[str, float] = field(default_factory=dict)
+    #: Per summed property feature (`revenue_30d`...), the members' median value per
+    #: event (empty in older bundles): the evidence's typical purchase amount.
+    typical: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -386,6 +389,7 @@ def _segment(doc: Mapping[str, Any]) -> SegmentRecord:
         outcomes=None if outcomes is None else SegmentOutcomes(**outcomes),
         name_reason=str(doc.get("name_reason", "")),
         means={str(k): float(v) for k, v in (doc.get("means") or {}).items()},
+        typical={str(k): float(v) for k, v in (doc.get("typical") or {}).items()},
     )
 
 

@@ -299,6 +299,32 @@ class Catalog:
         return tuple(spec.name for spec in self.features)
 
     @cached_property
+    def valued_counts(self) -> dict[int, int]:
+        """Each windowed `sum` of a property of one event type (no `where`) that has a
+        `count` of that type over the same window: sum column -> count column. Their
+        ratio is a customer's typical value per event (its mean purchase amount); the
+        trainer records each segment's (`SegmentRecord.typical`) for the migration
+        evidence (`stream.detect`).
+
+        >>> cat = default_catalog()
+        >>> [(cat.names[s], cat.names[c]) for s, c in cat.valued_counts.items()][:1]
+        [('revenue_7d', 'purchases_7d')]
+        """
+        counts: dict[tuple[tuple[str, ...], object], int] = {
+            (spec.filter.types, spec.window_days): col
+            for col, spec in enumerate(self.features)
+            if spec.aggregation == "count" and len(spec.filter.types) == 1 and not spec.filter.where
+        }
+        return {
+            col: counts[(spec.filter.types, spec.window_days)]
+            for col, spec in enumerate(self.features)
+            if spec.aggregation == "sum"
+            and spec.window_days != LIFETIME
+            and not spec.filter.where
+            and (spec.filter.types, spec.window_days) in counts
+        }
+
+    @cached_property
     def fingerprint(self) -> str:
         """sha256 of the catalog's definition: bundles trained on another one are refused."""
         payload = {

@@ -74,6 +74,9 @@ class SegmentProfile:
     #: Median days since the customers' last event (None when the catalog has no
     #: `days_since_last_event`).
     silent_days: float | None = None
+    #: sum feature -> the members' median value per event (sum over count, members
+    #: with at least one such event): their typical purchase amount.
+    typical: dict[str, float] = field(default_factory=dict)
 
     def z(self, feature: str) -> float | None:
         stats = self.features.get(feature)
@@ -91,6 +94,7 @@ class SegmentProfile:
             "share": round(self.share, 6),
             "top_features": [{"feature": f, **self.features[f]} for f in self.top(n_top)],
             "means": {f: stats["mean"] for f, stats in sorted(self.features.items())},
+            "typical": dict(sorted(self.typical.items())),
         }
 
 
@@ -101,10 +105,16 @@ def profile_segments(
     labels: np.ndarray,
     k: int,
     ids: Sequence[int] | None = None,
+    valued: Mapping[str, str] | None = None,
 ) -> list[SegmentProfile]:
     """Per-segment profiles: `raw` is the catalog features (one row per customer),
     `scaled` the same customers in the scaled space with `columns`, `labels` their ids
-    (0..k-1, or the segment ids `ids` when given, in that order).
+    (0..k-1, or the segment ids `ids` when given, in that order). `valued` (sum feature
+    -> count feature, `Catalog.valued_counts`) gives the typical values per event.
+
+    A median over the members, not the ratio of the means: a "Casual" segment also holds
+    fading big spenders, whose rare large baskets would pull a mean far above what its
+    casual members pay.
 
     >>> raw = pd.DataFrame({"x": [0.0, 0.0, 10.0, 12.0]})
     >>> scaled = np.array([[-1.0], [-1.0], [0.9], [1.1]])
@@ -135,8 +145,16 @@ def profile_segments(
             if LAPSING_FEATURE in raw.columns and rows.any()
             else None
         )
+        typical = {}
+        for total, count in (valued or {}).items():
+            if total in raw.columns and count in raw.columns:
+                n_events = raw.loc[rows, count].to_numpy(dtype=float)
+                buyers = n_events > 0
+                if buyers.any():
+                    per = raw.loc[rows, total].to_numpy(dtype=float)[buyers] / n_events[buyers]
+                    typical[total] = round(float(np.median(per)), 4)
         profiles.append(
-            SegmentProfile(id=seg, size=size, share=size / n, features=stats, silent_days=silent)
+            SegmentProfile(seg, size, size / n, stats, silent_days=silent, typical=typical)
         )
     return profiles
 

@@ -332,14 +332,20 @@ class Named:
 
 
 def profile_and_name(
-    feats: pd.DataFrame, segments: Segments, stable: StableIds, overrides: Mapping[str, str]
+    feats: pd.DataFrame,
+    segments: Segments,
+    stable: StableIds,
+    overrides: Mapping[str, str],
+    catalog: Catalog,
 ) -> Named:
     """Profile each segment; a name comes from `overrides` (the config's, by id as a
     string), else the previous bundle, else the naming rules (`offline.naming`)."""
     labels = stable.labels.to_numpy()
     seg = segments.model
+    col = catalog.names
+    valued = {col[s]: col[c] for s, c in catalog.valued_counts.items()}
     profiles = profile_segments(feats, segments.scaled, seg.columns_, labels, seg.k_,
-                                ids=stable.ids)  # fmt: skip
+                                ids=stable.ids, valued=valued)  # fmt: skip
     explained = explain_names(profiles, overrides, kept=stable.lineage.kept_names)
     names = {seg: name for seg, (name, _) in explained.items()}
     reasons = {seg: why for seg, (_, why) in explained.items()}
@@ -550,7 +556,7 @@ def _segment_record(
     return fmt.SegmentRecord(
         id=doc["id"], name=name, size=doc["size"], share=doc["share"],
         top_features=tuple(doc["top_features"]), outcomes=result, name_reason=reason,
-        means=doc["means"],
+        means=doc["means"], typical=doc["typical"],
     )  # fmt: skip
 
 

@@ -251,7 +251,7 @@ def train(
         stable = stable_ids(
             segments, clustered, before, used_ids(Path(out)), rules or MatchRules(), feats
         )
-        named = profile_and_name(clustered, segments, stable, settings.names)
+        named = profile_and_name(clustered, segments, stable, settings.names, catalog)
         outcomes = check_outcomes(history, catalog, stable.labels, as_of)
         churn = churn_job.result()
         early = fit_early(

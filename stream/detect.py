@@ -60,6 +60,8 @@ AMOUNT_SIGMA: Final = 1.0
 AMOUNT_CAP: Final = 4.0
 #: Events of the current segment's typical value mixed into the customer's own (a prior).
 PRIOR_VALUES: Final = 2.0
+#: Events per member of all segments' typical value mixed into a segment's own.
+VALUE_PRIOR_EVENTS: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -171,12 +173,19 @@ def bundle_profiles(catalog: Catalog, bundle: Bundle) -> RateProfiles | None:
     """A bundle's profiles, from its segments' recorded members' means where it has them
     (the live engine and the shadow read the same ones)."""
     by_id = {s.id: s.means for s in bundle.info.segments}
+    by_id_typical = {s.id: s.typical for s in bundle.info.segments}
     means = [by_id.get(int(i), {}) for i in bundle.space.segment_ids]
-    return rate_profiles(catalog, bundle.space, means if all(means) else None)
+    typical = [by_id_typical.get(int(i), {}) for i in bundle.space.segment_ids]
+    return rate_profiles(
+        catalog, bundle.space, means if all(means) else None, typical if any(typical) else None
+    )
 
 
 def rate_profiles(
-    catalog: Catalog, space: ScaledSpace, means: Sequence[Mapping[str, float]] | None = None
+    catalog: Catalog,
+    space: ScaledSpace,
+    means: Sequence[Mapping[str, float]] | None = None,
+    typical: Sequence[Mapping[str, float]] | None = None,
 ) -> RateProfiles | None:
     """The profiles of a bundle: for each count feature of a single event type (and of
     any type), its per-day rate in each segment, read off its shortest full window
@@ -253,7 +262,7 @@ def rate_profiles(
     rates = np.maximum(counts, 0.0) / np.array([c[2] for c in cols], dtype=float)
     if anytype:
         rates[:, -1] = rates[:, -1] - rates[:, :-1].sum(axis=1)
-    values = _value_profile(catalog, typed, counts, sums, means, raw, used)
+    values = _value_profile(catalog, typed, counts, sums, means, typical, raw, used)
     return RateProfiles(
         types=tuple(c[0][0] for c in typed),
         other=bool(anytype),
@@ -274,14 +283,16 @@ def _value_profile(
     counts: np.ndarray,
     sums: Mapping[tuple[str, str], Mapping[int, int]],
     means: Sequence[Mapping[str, float]] | None,
+    typical: Sequence[Mapping[str, float]] | None,
     raw: np.ndarray,
     used: Mapping[int, int],
 ) -> ValueProfile | None:
     """The first summed property of a typed count column whose windows match the count's
     (profile, long and short), read from the members' means or else the centroids.
 
-    A segment that barely has such events gets the typical value of all of them: a mean
-    over a handful of purchases says little."""
+    The means are per member: a "Casual" mean of 0.45 purchases and 4 in revenue over 30
+    days is hundreds of purchases. Only a segment that barely has such events is pulled
+    towards the typical value of all of them (`VALUE_PRIOR_EVENTS` per member)."""
 
     def window(col: int) -> int:
         days = catalog.features[col].window_days
@@ -305,12 +316,16 @@ def _value_profile(
             if total.sum() <= 0 or n.sum() <= 0:
                 continue
             overall = total.sum() / n.sum()
-            # One event's worth of the overall typical value as a prior per segment.
-            typical = (total + overall) / (n + 1.0)
+            values = (total + overall * VALUE_PRIOR_EVENTS) / (n + VALUE_PRIOR_EVENTS)
+            if typical is not None and len(typical) == len(counts):
+                # The members' medians (`offline.naming`); a segment without a buyer: the ratio.
+                values = np.array(
+                    [t.get(name, v) for t, v in zip(typical, values.tolist(), strict=True)]
+                )
             return ValueProfile(
                 column=m,
                 property=prop,
-                log_typical=np.log(np.maximum(typical, 1e-9)),
+                log_typical=np.log(np.maximum(values, 1e-9)),
                 long_col=by_window[window(long_col)],
                 short_col=by_window[window(short_col)],
             )
