@@ -9,6 +9,7 @@ seed-21 history (tests/conftest.py) and weighs every customer's packed assignmen
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 
 from segstream.cli import app
 from stream.decide import CustomerState, Decider, Row, Rules
-from stream.detect import DAY, Evidence, RateProfiles, pack, unpack
+from stream.detect import DAY, Evidence, RateProfiles, ValueProfile, pack, unpack
 
 # Two segments over (session_start, feature_used, other): readers and builders.
 RATES = np.array([[0.3, 0.1, 0.2], [1.0, 1.5, 0.2]])
@@ -96,6 +97,75 @@ def test_a_steady_customer_raises_no_evidence_for_months() -> None:
         # An atypical builder: half its segment's activity, steady for 180 days.
         rates = RATES[1] * 0.5
         assert run(stream_of(rates, 180, rng), steady_row(rates), evidence, segment=1) is None
+
+
+# Two segments over (session_start, purchase, other) that buy as often but pay 8 and 150.
+SPEND = np.array([[0.3, 0.1, 0.2], [0.3, 0.1, 0.2]])
+SPEND_PROFILES = RateProfiles(
+    types=("session_start", "purchase"), other=True, rates=SPEND,
+    long_cols=(0, 1, 2), short_cols=(3, 4, 5), long_days=90.0, short_days=7.0,
+    profile_days=30.0,
+    values=ValueProfile(column=1, property="amount", log_typical=np.log([8.0, 150.0]),
+                        long_col=7, short_col=8),
+)  # fmt: skip
+
+
+def spend_row(amount: float) -> np.ndarray:
+    """A customer steady at the shared rates who pays `amount` a purchase (revenue at 7, 8)."""
+    counts = steady_row(SPEND[0])[0, :6]
+    return np.array([[*counts, 200.0, counts[1] * amount, counts[4] * amount]])
+
+
+def run_spend(
+    amounts: list[float], start: float, x: np.ndarray, evidence: Evidence
+) -> float | None:
+    """Purchases at `amounts` from day `start`, one a day with a session each: the day the
+    evidence for the big spenders (segment 1) crosses, if it does."""
+    terms = evidence.prepare(x, np.array([0]))[0]
+    blob = b""
+    values = evidence.profiles.values
+    assert values is not None
+    for day, amount in enumerate(amounts):
+        at = (start + day) * DAY
+        blob, _, _ = evidence.update(blob, at, 0, 0, terms)  # a session
+        value = values.value({"amount": amount})
+        blob, fired, _ = evidence.update(blob, at + 60, 1, 0, terms, value)
+        if fired is not None:
+            assert fired == 1
+            return float(day)
+    return None
+
+
+def test_a_purchase_amount_shows_a_new_spender_where_the_counts_cannot() -> None:
+    """A casual customer who keeps its purchase rate but starts paying like the big
+    spenders: the counts alone say nothing; the amounts move it within days. One who
+    always paid a little more than its segment (40, steady) raises nothing."""
+    evidence = Evidence(SPEND_PROFILES, threshold=10.0, tenure_col=TENURE)
+    # Amounts lognormal around 150 (spread 0.5), as the generator's big spender pays.
+    rng = np.random.default_rng(7)
+    big = np.exp(rng.normal(np.log(150.0), 0.5, 60)).tolist()
+    found = run_spend(big, 0.0, spend_row(8.0), evidence)
+    assert found is not None and found <= 6, found  # 2-4 nats a purchase against 10
+    steady = np.exp(rng.normal(np.log(40.0), 0.5, 60)).tolist()
+    assert run_spend(steady, 0.0, spend_row(40.0), evidence) is None
+    # Without the value profile the same purchases are no evidence at all.
+    counts_only = Evidence(
+        dataclasses.replace(SPEND_PROFILES, values=None), threshold=10.0, tenure_col=TENURE
+    )
+    terms = counts_only.prepare(spend_row(8.0), np.array([0]))[0]
+    blob, fired = b"", None
+    for day in range(60):
+        blob, fired, _ = counts_only.update(blob, day * DAY, 1, 0, terms, np.log(150.0))
+        assert fired is None
+
+
+def test_a_value_needs_a_positive_finite_number() -> None:
+    values = SPEND_PROFILES.values
+    assert values is not None
+    assert values.value({"amount": 150}) == pytest.approx(np.log(150.0))
+    for bad in ({"amount": 0}, {"amount": -3.0}, {"amount": "12"}, {"amount": True},
+                {"amount": float("inf")}, {}, None):  # fmt: skip
+        assert values.value(bad) is None
 
 
 def test_the_state_packs_into_a_few_bytes() -> None:
