@@ -233,6 +233,10 @@ class SegmentRecord:
     #: Per summed property feature (`revenue_30d`...), the members' median value per
     #: event (empty in older bundles): the evidence's typical purchase amount.
     typical: dict[str, float] = field(default_factory=dict)
+    #: Its members are the silent ones (the naming rule's Lapsing: median days since the
+    #: last event at least 30), whatever the segment is called. A customer who leaves it
+    #: is coming back, not changing behaviour: no migration alert (`stream.decide`).
+    lapsing: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,6 +394,7 @@ def _segment(doc: Mapping[str, Any]) -> SegmentRecord:
         name_reason=str(doc.get("name_reason", "")),
         means={str(k): float(v) for k, v in (doc.get("means") or {}).items()},
         typical={str(k): float(v) for k, v in (doc.get("typical") or {}).items()},
+        lapsing=bool(doc.get("lapsing", False)),
     )
 
 
@@ -426,6 +431,11 @@ class Bundle:
     def nearest(self, features: np.ndarray) -> np.ndarray:
         """Segment id per row: the nearest centroid in the scaled space."""
         return self.space.nearest(self._check(features))
+
+    @property
+    def lapsing_segments(self) -> frozenset[int]:
+        """Ids of the segments of silent customers (`SegmentRecord.lapsing`)."""
+        return frozenset(s.id for s in self.info.segments if s.lapsing)
 
     @property
     def centroids(self) -> np.ndarray:

@@ -44,7 +44,7 @@ from offline.baselines import churn_warnings, early_warnings
 from offline.churn import ChurnTrainer, churn_dataset, snapshot_times
 from offline.early import EarlyTrainer, early_dataset, new_customers
 from offline.lineage import Lineage, MatchRules, Previous, match_segments, relabel
-from offline.naming import SegmentProfile, explain_names, profile_segments
+from offline.naming import LAPSING_DAYS, SegmentProfile, explain_names, profile_segments
 from offline.outcomes import Outcomes, segment_outcomes
 from offline.reference import features_at, load_frame
 from offline.report import ReportInputs, write_report
@@ -557,6 +557,7 @@ def _segment_record(
         id=doc["id"], name=name, size=doc["size"], share=doc["share"],
         top_features=tuple(doc["top_features"]), outcomes=result, name_reason=reason,
         means=doc["means"], typical=doc["typical"],
+        lapsing=profile.silent_days is not None and profile.silent_days >= LAPSING_DAYS,
     )  # fmt: skip
 
 

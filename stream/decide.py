@@ -28,6 +28,9 @@ Rules (thresholds in `Rules`):
   `segment_assigned` (`placed_by: inactivity`) only; the customer's next event settles
   it: back where it was before the silence, `segment_assigned` (`placed_by: return`);
   still in the new segment, the `segment_migration` from the segment before;
+- reactivation: a move out of a segment of silent customers (the bundle's
+  `SegmentRecord.lapsing`) is a customer coming back, not a change of behaviour:
+  `segment_assigned` (`placed_by: reactivation`), no `segment_migration`;
 - settling: a move whose candidate appeared while the customer was young, or within
   one dwell after, only refines its placement: `segment_assigned` (`first: false`,
   `placed_by` the classifier or the centers), no `segment_migration`;
@@ -291,6 +294,7 @@ class Decider:
             names.index("days_since_last_event") if "days_since_last_event" in names else None
         )
         self.has_early = getattr(model, "early_model", True) is not None
+        self.lapsing: frozenset[int] = getattr(model, "lapsing_segments", frozenset())
         self.has_churn = getattr(model, "churn_model", True) is not None
         # Without rate profiles (a catalog that counts no event types) the centers decide.
         self.evidence = (
@@ -685,6 +689,12 @@ class Decider:
             )
         # After a move made in silence, the move is from the segment before the silence.
         source = state.segment if state.quiet_from is None else state.quiet_from
+        if source in self.lapsing:
+            # Out of a segment of silent customers: a customer coming back, placed where
+            # it now belongs. On histories without a single change of behaviour these were
+            # most of the migration alerts (README, alert quality).
+            self._place(row, state, target, x, "reactivation", out)
+            return
         body = self._base("segment_migration", row)
         body.update(
             from_segment_id=source,

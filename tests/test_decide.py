@@ -26,6 +26,7 @@ class ToyModel:
     churn_threshold: float = 0.5
     early_model: object = True
     churn_model: object = True
+    lapsing_segments: frozenset[int] = frozenset()
 
     def scale(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, dtype=float)[:, 1:3]
@@ -117,6 +118,22 @@ def test_migration_needs_the_margin_and_the_dwell() -> None:
     drivers = move["drivers"]
     assert isinstance(drivers, list) and drivers[0]["feature"] == "x"
     assert (drivers[0]["before"], drivers[0]["after"]) == (1.0, 8.0)
+
+
+def test_leaving_a_segment_of_silent_customers_is_a_reactivation_not_a_migration() -> None:
+    """Segment 1 as the bundle's Lapsing segment: the same move as above, out of it, is a
+    customer coming back (`placed_by: reactivation`); into it, still a migration."""
+    model = ToyModel(segment_names={1: "Lapsing", 2: "Power"}, lapsing_segments=frozenset({1}))
+    c = Customer(decider(model))
+    c.see(0, x=1.0)
+    c.see(2, x=8.0)
+    c.see(5, x=8.0)
+    assert c.kinds() == ["segment_assigned", "segment_assigned"] and c.segment == 2
+    body = c.alerts[-1][1]
+    assert body["placed_by"] == "reactivation" and body["previous_segment_id"] == 1
+    c.see(8, x=1.0)
+    c.see(11, x=1.0)  # back into the silent segment: a change the alerts must show
+    assert c.kinds()[-2:] == ["segment_migration", "segment_assigned"] and c.segment == 1
 
 
 def test_a_brief_excursion_is_not_a_migration() -> None:
