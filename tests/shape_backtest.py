@@ -10,10 +10,12 @@ days, migrations between day 100 and day 122, a bundle trained at day 100, then
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from segstream.cli import app
@@ -60,6 +62,21 @@ def backtest_shape(shape: str, root: Path, redis_url: str) -> dict[str, Any]:
     )  # fmt: skip
     metrics: dict[str, Any] = json.loads((root / "bt/metrics.json").read_text())
     return metrics
+
+
+def shape_fixture(shapes: Iterable[str]) -> Callable[..., tuple[str, dict[str, Any]]]:
+    """A module-scoped fixture `backtested` over `shapes`: (shape, its `metrics.json`)."""
+
+    @pytest.fixture(scope="module", params=list(shapes))
+    def backtested(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+        embedded_redis_url: str,
+    ) -> tuple[str, dict[str, Any]]:  # fmt: skip
+        shape = str(request.param)
+        root = tmp_path_factory.mktemp(f"shape-{shape}")
+        return shape, backtest_shape(shape, root, embedded_redis_url)
+
+    return backtested
 
 
 def check_migrations(metrics: dict[str, Any], bounds: Bounds) -> None:

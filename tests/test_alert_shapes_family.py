@@ -12,18 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from tests.shape_backtest import Bounds, backtest_shape, check_migrations
+from tests.shape_backtest import Bounds, check_migrations, shape_fixture
 
 #: Measured on seed 31: precision / flaps per 30 d / recall within 28 days / median delay /
 #: landing. partial 1.00 / 0.000 / 0.52 / 7.7 / 0.81 (only purchases change: a move the
-#: other behaviours contradict); close 0.74 / 0.012 / 0.41 / 10.5 / 0.58; far 0.97 / 0.003
+#: other behaviours contradict); close 0.79 / 0.007 / 0.34 / 10.0 / 0.70; far 0.97 / 0.003
 #: / 0.93 / 3.3 / 1.00; low-activity 0.75 / 0.013 / 0.48 / 11.5 / 0.80; high-activity
 #: 0.89 / 0.010 / 0.93 / 2.0 / 0.93; seasonal 0.90 / 0.008 / 0.90 / 6.3 / 0.96.
 BOUNDS = {
     "partial": Bounds(precision=0.9, flap=0.01, recall=0.45, delay=9.5, landed=0.75),
-    "close": Bounds(precision=0.65, flap=0.02, recall=0.35, delay=12.5, landed=0.5),
+    "close": Bounds(precision=0.7, flap=0.01, recall=0.3, delay=12.0, landed=0.6),
     "far": Bounds(precision=0.9, flap=0.01, recall=0.9, delay=4.5, landed=0.9),
     "low-activity": Bounds(precision=0.65, flap=0.02, recall=0.4, delay=13.5, landed=0.7),
     "high-activity": Bounds(precision=0.8, flap=0.015, recall=0.9, delay=3.0, landed=0.9),
@@ -31,14 +29,7 @@ BOUNDS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(BOUNDS))
-def backtested(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-    embedded_redis_url: str,
-) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    shape = str(request.param)
-    root = tmp_path_factory.mktemp(f"shape-{shape}")
-    return shape, backtest_shape(shape, root, embedded_redis_url)
+backtested = shape_fixture(BOUNDS)
 
 
 def test_migration_alerts_hold_on_every_shape(backtested: tuple[str, dict[str, Any]]) -> None:
