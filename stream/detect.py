@@ -3,8 +3,9 @@
 Owns `RateProfiles` (read once per bundle from its centroids and the catalog's count
 features) and `Evidence`, the per-customer sequential test the decider runs at each of
 the customer's own events: for every other segment s, a CUSUM of the log-likelihood
-ratio of the customer's events (a Poisson process per event type) under s's rates
-against the better of two explanations of "nothing changed":
+ratio of the customer's daily counts of each event type (negative binomial, with the
+customer's own burstiness: `RateProfiles.dispersion`) under s's rates against the better
+of two explanations of "nothing changed":
 
 - the customer's own baseline: its rates over the long window minus the short one (the
   weeks before the latest), so an atypical but steady customer raises no evidence;
@@ -13,7 +14,8 @@ against the better of two explanations of "nothing changed":
 
 A purchase also says something by its amount: where the catalog sums a property of one
 counted event type (the default's `revenue_*d`, `amount` of `purchase`), each segment gets
-a typical value (its members' mean sum over their mean count), and an event's value adds
+a typical value (its members' median value per event, `SegmentRecord.typical`), and an
+event's value adds
 the log-likelihood ratio of its log under that segment against the customer's own and its
 current segment's (a lognormal of spread `AMOUNT_SIGMA`, at most `AMOUNT_CAP` nats an
 event). A casual customer who starts buying like a big spender shows it in one or two
@@ -22,9 +24,9 @@ purchases, long before its purchase rate alone would.
 The 30- and 90-day windows move slowly after a change; the events themselves do not, so
 the evidence crosses its threshold within days of a sudden switch. The destination is
 the segment with the most evidence. The state is `k` float16 sums and the time of the
-last update, packed into a few bytes (`pack`/`unpack`); it changes only at the
-customer's events (silence is accounted for at the next one), so it is the same whatever
-the batching and whenever the daily re-scores ran.
+last update, packed into a few bytes (`pack`/`unpack`); it changes at the customer's
+events (silence is accounted for at the next one, or at the daily re-score on the event
+clock), so it is the same whatever the batching.
 
 Imports numpy, the catalog and the bundle's space only; `stream.decide` calls it, the
 engine builds it.
@@ -58,6 +60,10 @@ AMOUNT_SIGMA: Final = 1.0
 #: The most evidence (nats, either way) one value can give: no single purchase moves a
 #: customer alone (the threshold is 10).
 AMOUNT_CAP: Final = 4.0
+#: Bounds of a customer's negative-binomial size (`RateProfiles.dispersion`): the upper
+#: one is Poisson for all purposes.
+MIN_SIZE: Final = 0.1
+MAX_SIZE: Final = 1e6
 #: Events of the current segment's typical value mixed into the customer's own (a prior).
 PRIOR_VALUES: Final = 2.0
 #: Events per member of all segments' typical value mixed into a segment's own.
@@ -89,10 +95,11 @@ class ValueProfile:
 class Terms:
     """What `Evidence.prepare` computes for one customer at one evaluation (see there)."""
 
-    event: list[list[float]]  # [s][m]
-    gap: list[float]  # [s]
+    event: list[list[float]]  # [s][m] per event, against the customer's own baseline
+    gap: list[float]  # [s] per day, against the same
+    seg_event: list[list[float]]  # [s][m] per event, against its current segment
+    seg_gap: list[float]  # [s] per day, against the same
     scale: float
-    clumping: float
     own_value: float  # log of the customer's own typical value (with the prior)
 
 
@@ -115,9 +122,9 @@ class RateProfiles:
     long_days: float
     short_days: float
     profile_days: float
-    #: Catalog columns of the long window's active days and any-type count (None: no
-    #: clumping estimate, the events are taken as Poisson).
-    clumping_cols: tuple[int, int] | None = None
+    #: Catalog column of the long window's active days (None: no
+    #: dispersion estimate, the events are taken as Poisson).
+    active_col: int | None = None
     #: The typical value of each segment's events of one column (None: no values).
     values: ValueProfile | None = None
 
@@ -150,23 +157,35 @@ class RateProfiles:
         )
         return rates
 
-    def clumping(self, x: np.ndarray, tenure: np.ndarray) -> np.ndarray:
-        """How much burstier than a Poisson process each row's events are, in [1, 4]:
-        the active days a Poisson customer with its event count would have, over the
-        active days it had (long window). Overdispersed counts crowd their events into
-        fewer days, and each event then tells less: the evidence is divided by it.
+    def dispersion(self, x: np.ndarray, tenure: np.ndarray) -> np.ndarray:
+        """Each row's negative-binomial size r (per type, per day): the r at which
+        independent daily counts NB(mean b_m, r) of its event types leave as many days
+        without an event as it had (long window), `MAX_SIZE` (Poisson) when it had no
+        fewer active days than a Poisson customer. Smaller r: burstier.
 
-        >>> p = RateProfiles(("a",), False, np.ones((1, 1)), (0,), (0,), 90.0, 7.0, 30.0, (1, 2))
-        >>> p.clumping(np.array([[0.0, 90.0, 90.0], [0.0, 30.0, 90.0]]), np.array([200.0] * 2))
-        array([1.        , 1.89...])
+        >>> p = RateProfiles(("a",), False, np.ones((1, 1)), (0,), (0,), 90.0, 7.0, 30.0, 1)
+        >>> p.dispersion(np.array([[90.0, 57.0], [90.0, 30.0]]), np.array([200.0] * 2)).round(2)
+        array([1.0e+06, 2.5e-01])
         """
-        if self.clumping_cols is None:
-            return np.ones(len(x))
+        n = len(x)
+        if self.active_col is None:
+            return np.full(n, MAX_SIZE)
         days = np.clip(np.minimum(tenure, self.long_days), 1.0, None)
-        active, events = x[:, self.clumping_cols[0]], x[:, self.clumping_cols[1]]
-        expected = days * -np.expm1(-events / days)
-        ratio: np.ndarray = np.clip(expected / np.maximum(active, 1.0), 1.0, 4.0)
-        return ratio
+        rates = np.maximum(self.counts(x, self.long_cols), 0.0) / days[:, None] + 1e-9
+        active = np.clip(x[:, self.active_col], 0.0, days)
+        # log P(no event in a day) observed, and as a function of r: sum_m r log(r/(r+b_m)).
+        target = np.log(np.clip(1.0 - active / days, 1e-6, 1.0))
+        lo, hi = np.full(n, np.log(MIN_SIZE)), np.full(n, np.log(MAX_SIZE))
+        for _ in range(40):  # bisection on log r: the zero share falls as r grows
+            mid = (lo + hi) / 2
+            r = np.exp(mid)[:, None]
+            zero = (r * -np.log1p(rates / r)).sum(axis=1)
+            bursty = zero < target  # fewer empty days at this r than it had: r is smaller
+            hi = np.where(bursty, mid, hi)
+            lo = np.where(bursty, lo, mid)
+        size: np.ndarray = np.exp((lo + hi) / 2)
+        size[size > MAX_SIZE / 2] = MAX_SIZE
+        return size
 
 
 def bundle_profiles(catalog: Catalog, bundle: Bundle) -> RateProfiles | None:
@@ -253,7 +272,7 @@ def rate_profiles(
         and not spec.filter.types
         and not spec.filter.where
     ]
-    clumping = (actives[0], anytype[0][3]) if actives and anytype else None
+    active = actives[0] if actives else None
     names = [catalog.names[c[1]] for c in cols]
     if means is not None and len(means) == len(raw) and all(n in m for m in means for n in names):
         counts = np.array([[m[n] for n in names] for m in means], dtype=float)
@@ -272,7 +291,7 @@ def rate_profiles(
         long_days=float(longs.pop() or 0),
         short_days=float(shorts.pop() or 0),
         profile_days=float(cols[0][2]),
-        clumping_cols=clumping,
+        active_col=active,
         values=values,
     )
 
@@ -374,12 +393,8 @@ class Evidence:
         self.profiles = profiles
         self.threshold = threshold
         self.tenure_col = tenure_col
-        log_rates = np.log(profiles.rates)
         total = profiles.rates.sum(axis=1)
-        # Against a current segment c: event term log(l_s / l_c) per column.
-        self._seg_event = (log_rates[None, :, :] - log_rates[:, None, :]).tolist()  # [c][s][m]
         self._total_list = total.tolist()
-        self._log_rates = log_rates
         self._total = total
         self.k = len(total)
         values = profiles.values
@@ -387,24 +402,26 @@ class Evidence:
 
     def prepare(self, x: np.ndarray, current: np.ndarray) -> list[Terms]:
         """Per row (`current`: its segment position), what does not depend on the
-        customer's state: the event term log(a l_s / b_m) for every segment s and column
-        m, the rate gap a sum(l_s) - sum(b) against the row's own baseline b, a, the row's
-        clumping (`RateProfiles.clumping`), which divides the evidence, and the log of the
-        customer's own typical value (`ValueProfile`; its segment's as a prior).
+        customer's state: the terms of the log-likelihood ratio of its daily counts under
+        each segment s's rates (times a) against its own baseline b and against its
+        current segment's rates (`_nb_terms`: a term per event of each column m and a rate
+        per day), a, and the log of the customer's own typical value (`ValueProfile`; its
+        segment's as a prior).
 
         `a` is the customer's activity relative to its current segment (sum(b) over
         sum(l_c), within [1/3, 3]): a customer who does half of what its segment does is
         expected to do half of what a new segment does too, so its move is judged by the
-        mix of its events, not by its volume alone.
+        mix of its events, not by its volume alone. The counts are negative binomial with
+        the customer's own size r (`RateProfiles.dispersion`): a bursty customer's burst
+        of one day tells little more than one event.
         """
         tenure = x[:, self.tenure_col]
         base = self.profiles.baseline(x, tenure, current)
         scale = np.clip(base.sum(axis=1) / self._total[current], 1.0 / 3.0, 3.0)
-        event = (
-            self._log_rates[None, :, :] + np.log(scale)[:, None, None] - np.log(base)[:, None, :]
-        )  # (n, s, m)
-        gap = scale[:, None] * self._total[None, :] - base.sum(axis=1)[:, None]
-        clumped = self.profiles.clumping(x, tenure)
+        size = self.profiles.dispersion(x, tenure)[:, None, None]
+        new = scale[:, None, None] * self.profiles.rates[None, :, :]  # (n, s, m)
+        event, gap = _nb_terms(new, base[:, None, :], size)
+        seg_event, seg_gap = _nb_terms(new, self.profiles.rates[current][:, None, :], size)
         own = np.zeros(len(x))
         values = self.profiles.values
         if values is not None:
@@ -414,12 +431,13 @@ class Evidence:
             total = x[:, values.long_col] - x[:, values.short_col]
             own = np.log((np.maximum(total, 0.0) + prior) / (np.maximum(n, 0.0) + PRIOR_VALUES))
         return [
-            Terms(e, g, a, c, o)
-            for e, g, a, c, o in zip(
+            Terms(*parts)
+            for parts in zip(
                 event.tolist(),
                 gap.tolist(),
+                seg_event.tolist(),
+                seg_gap.tolist(),
                 scale.tolist(),
-                clumped.tolist(),
                 own.tolist(),
                 strict=True,
             )
@@ -450,10 +468,6 @@ class Evidence:
         last, start, sums = found
         was = max(sums)
         dt = max(at - last, 0.0) / DAY
-        seg_event, rates = self._seg_event[current], self._total_list
-        mine = rates[current]
-        event, gap, scale, clumping = terms.event, terms.gap, terms.scale, terms.clumping
-        log_scale = math.log(scale)
         valued = self._valued(column, value)
         cap = 2.0 * self.threshold
         best, best_sum = None, self.threshold
@@ -461,15 +475,15 @@ class Evidence:
             if s == current:
                 sums[s] = 0.0
                 continue
-            own = -dt * gap[s]
-            seg = -dt * (scale * rates[s] - mine)
+            own = -dt * terms.gap[s]
+            seg = -dt * terms.seg_gap[s]
             if column is not None:
-                own += event[s][column]
-                seg += seg_event[s][column] + log_scale
+                own += terms.event[s][column]
+                seg += terms.seg_event[s][column]
             if valued is not None:
                 own += _value_term(valued, terms.own_value, self._log_typical[s])
                 seg += _value_term(valued, self._log_typical[current], self._log_typical[s])
-            total = min(max(sums[s] + min(own, seg) / clumping, 0.0), cap)
+            total = min(max(sums[s] + min(own, seg), 0.0), cap)
             sums[s] = total
             if total >= best_sum:
                 best, best_sum = s, total
@@ -482,6 +496,18 @@ class Evidence:
         if value is None or values is None or column != values.column:
             return None
         return value
+
+
+def _nb_terms(new: np.ndarray, old: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The log-likelihood ratio of daily counts NB(mean `new`, size r) against NB(`old`,
+    r), split as the Poisson one is: a term per event of type m, log(new/old) -
+    log((r+new)/(r+old)), and a rate per day, sum_m r log((r+new)/(r+old)). With r
+    large it is the Poisson's (log(new/old) and new - old); with r small, a burst of
+    events of one day says little more than one event."""
+    step = np.log1p((new - old) / (size + old))
+    event = np.log(new / old) - step
+    gap = (size * step).sum(axis=2)
+    return event, gap
 
 
 def _value_term(y: float, old: float, new: float) -> float:
