@@ -525,9 +525,15 @@ class Decider:
             seg = st.segment if st is not None else None
             current[i] = pos.get(seg, 0) if seg is not None else 0
         idx = np.flatnonzero(mask)
-        terms = self.evidence.prepare(features[idx], current[idx])
+        columns = [self._column(rows[i]) for i in idx.tolist()]
+        terms = self.evidence.prepare(features[idx], current[idx], columns)
         at = {int(i): j for j, i in enumerate(idx.tolist())}
         return _Prepared(at, current.tolist(), terms)
+
+    def _column(self, row: Row) -> int | None:
+        """The evidence's rate column of a row's event (None: a re-score, or not modelled)."""
+        assert self.evidence is not None
+        return self.evidence.profiles.column(row.kind) if row.kind else None
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
@@ -547,11 +553,11 @@ class Decider:
         if state.model_version != self.model.version or state.segment not in self.segment_ids:
             return False
         current = self.segment_ids.index(state.segment)
+        column = self._column(row)
         if current == prep.current[i]:
             terms = prep.terms[prep.at[i]]
         else:  # the segment changed earlier in this batch: the baseline's prior with it
-            terms = ev.prepare(x[None, :], np.array([current]))[0]
-        column = ev.profiles.column(row.kind) if row.kind else None
+            terms = ev.prepare(x[None, :], np.array([current]), [column])[0]
         values = ev.profiles.values
         value = values.value(row.properties) if values is not None else None
         state.evidence, moved, began = ev.update(

@@ -95,9 +95,9 @@ class ValueProfile:
 class Terms:
     """What `Evidence.prepare` computes for one customer at one evaluation (see there)."""
 
-    event: list[list[float]]  # [s][m] per event, against the customer's own baseline
+    event: list[float]  # [s] for the row's event type, against the customer's own baseline
     gap: list[float]  # [s] per day, against the same
-    seg_event: list[list[float]]  # [s][m] per event, against its current segment
+    seg_event: list[float]  # [s] for the row's event type, against its current segment
     seg_gap: list[float]  # [s] per day, against the same
     scale: float
     own_value: float  # log of the customer's own typical value (with the prior)
@@ -400,13 +400,15 @@ class Evidence:
         values = profiles.values
         self._log_typical = values.log_typical.tolist() if values is not None else []
 
-    def prepare(self, x: np.ndarray, current: np.ndarray) -> list[Terms]:
-        """Per row (`current`: its segment position), what does not depend on the
-        customer's state: the terms of the log-likelihood ratio of its daily counts under
-        each segment s's rates (times a) against its own baseline b and against its
-        current segment's rates (`_nb_terms`: a term per event of each column m and a rate
-        per day), a, and the log of the customer's own typical value (`ValueProfile`; its
-        segment's as a prior).
+    def prepare(
+        self, x: np.ndarray, current: np.ndarray, columns: Sequence[int | None]
+    ) -> list[Terms]:
+        """Per row (`current`: its segment position; `columns`: the rate column of its
+        event, None at a re-score), what does not depend on the customer's state: the
+        terms of the log-likelihood ratio of its daily counts under each segment s's rates
+        (times a) against its own baseline b and against its current segment's rates
+        (`_nb_terms`: a term per event of its column and a rate per day), a, and the log
+        of the customer's own typical value (`ValueProfile`; its segment's as a prior).
 
         `a` is the customer's activity relative to its current segment (sum(b) over
         sum(l_c), within [1/3, 3]): a customer who does half of what its segment does is
@@ -430,12 +432,19 @@ class Evidence:
             n = n - self.profiles.counts(x, self.profiles.short_cols)[:, values.column]
             total = x[:, values.long_col] - x[:, values.short_col]
             own = np.log((np.maximum(total, 0.0) + prior) / (np.maximum(n, 0.0) + PRIOR_VALUES))
+        # Only the row's own column is kept: the arrays are (rows, segments, columns).
+        col = np.array([-1 if c is None else c for c in columns], dtype=np.int64)
+        rows = np.arange(len(x))[:, None]
+        segs = np.arange(self.k)[None, :]
+        pick = np.maximum(col, 0)[:, None]
+        mine = np.where((col >= 0)[:, None], event[rows, segs, pick], 0.0)
+        seg_mine = np.where((col >= 0)[:, None], seg_event[rows, segs, pick], 0.0)
         return [
             Terms(*parts)
             for parts in zip(
-                event.tolist(),
+                mine.tolist(),
                 gap.tolist(),
-                seg_event.tolist(),
+                seg_mine.tolist(),
                 seg_gap.tolist(),
                 scale.tolist(),
                 own.tolist(),
@@ -457,11 +466,11 @@ class Evidence:
         terms: Terms,
         value: float | None = None,
     ) -> tuple[bytes, int | None, float]:
-        """One event of the customer at `at` (rate column `column`, None: not modelled;
-        `value`: the log of its value, `ValueProfile.value`) while in segment position
-        `current`: the new state, the segment position whose evidence crossed the
-        threshold (the strongest), if any, and since when the leading evidence has been
-        building (the move's dwell)."""
+        """One event of the customer at `at` (rate column `column`, None: not modelled,
+        as given to `prepare` for `terms`; `value`: the log of its value,
+        `ValueProfile.value`) while in segment position `current`: the new state, the
+        segment position whose evidence crossed the threshold (the strongest), if any,
+        and since when the leading evidence has been building (the move's dwell)."""
         found = unpack(blob, current, self.k)
         if found is None:
             return pack(at, at, [0.0] * self.k, current), None, at
@@ -469,17 +478,18 @@ class Evidence:
         was = max(sums)
         dt = max(at - last, 0.0) / DAY
         valued = self._valued(column, value)
+        gap, seg_gap, event, seg_event = terms.gap, terms.seg_gap, terms.event, terms.seg_event
         cap = 2.0 * self.threshold
         best, best_sum = None, self.threshold
         for s in range(self.k):
             if s == current:
                 sums[s] = 0.0
                 continue
-            own = -dt * terms.gap[s]
-            seg = -dt * terms.seg_gap[s]
+            own = -dt * gap[s]
+            seg = -dt * seg_gap[s]
             if column is not None:
-                own += terms.event[s][column]
-                seg += terms.seg_event[s][column]
+                own += event[s]
+                seg += seg_event[s]
             if valued is not None:
                 own += _value_term(valued, terms.own_value, self._log_typical[s])
                 seg += _value_term(valued, self._log_typical[current], self._log_typical[s])

@@ -59,10 +59,10 @@ def run(
     events: list[tuple[float, int]], x: np.ndarray, evidence: Evidence, segment: int
 ) -> tuple[float, int] | None:
     """Feed events (days, column) while in `segment`; the first firing (day, segment)."""
-    terms = evidence.prepare(x, np.array([segment]))[0]
+    terms = [evidence.prepare(x, np.array([segment]), [c])[0] for c in range(3)]
     blob = b""
     for day, col in events:
-        blob, fired, _ = evidence.update(blob, day * DAY, col, segment, terms)
+        blob, fired, _ = evidence.update(blob, day * DAY, col, segment, terms[col])
         if fired is not None:
             return day, fired
     return None
@@ -170,15 +170,15 @@ def run_spend(
 ) -> float | None:
     """Purchases at `amounts` from day `start`, one a day with a session each: the day the
     evidence for the big spenders (segment 1) crosses, if it does."""
-    terms = evidence.prepare(x, np.array([0]))[0]
+    session, purchase = evidence.prepare(np.vstack([x, x]), np.array([0, 0]), [0, 1])
     blob = b""
     values = evidence.profiles.values
     assert values is not None
     for day, amount in enumerate(amounts):
         at = (start + day) * DAY
-        blob, _, _ = evidence.update(blob, at, 0, 0, terms)  # a session
+        blob, _, _ = evidence.update(blob, at, 0, 0, session)
         value = values.value({"amount": amount})
-        blob, fired, _ = evidence.update(blob, at + 60, 1, 0, terms, value)
+        blob, fired, _ = evidence.update(blob, at + 60, 1, 0, purchase, value)
         if fired is not None:
             assert fired == 1
             return float(day)
@@ -201,7 +201,7 @@ def test_a_purchase_amount_shows_a_new_spender_where_the_counts_cannot() -> None
     counts_only = Evidence(
         dataclasses.replace(SPEND_PROFILES, values=None), threshold=10.0, tenure_col=TENURE
     )
-    terms = counts_only.prepare(spend_row(8.0), np.array([0]))[0]
+    terms = counts_only.prepare(spend_row(8.0), np.array([0]), [1])[0]
     blob, fired = b"", None
     for day in range(60):
         blob, fired, _ = counts_only.update(blob, day * DAY, 1, 0, terms, np.log(150.0))
