@@ -143,6 +143,25 @@ async def wait_processed(app: SegstreamApp, metas: list[Any], timeout: float) ->
     raise AssertionError(f"worker did not handle every input within {timeout}s")
 
 
+async def settled_metrics(port: int, timeout: float) -> tuple[int, bytes]:
+    """The worker's /metrics once every input partition's lag gauge reads 0 (or at the
+    timeout, as it is then). The app sets the gauge when `Worker.run` returns, after the
+    population refresh that follows the batch's offsets counting as handled (what
+    `wait_processed` waits for): a scrape in between sees the batch's records as lag."""
+    started = time.monotonic()
+    while True:
+        status, text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+        lags = [
+            s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+            if s.name == "segstream_consumer_lag"
+        ]
+        if (lags and set(lags) == {0.0}) or time.monotonic() - started > timeout:
+            return status, text
+        await asyncio.sleep(0.2)
+
+
 def http_get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
@@ -197,9 +216,7 @@ def live(kafka_broker: KafkaBroker, embedded_redis_url: str, bundle_path: Path) 
             async with running(app):
                 seconds = await wait_processed(app, metas, timeout=120)
                 frozen = gc.get_freeze_count()
-                metrics = await asyncio.to_thread(
-                    http_get, f"http://127.0.0.1:{settings.metrics_port}/metrics"
-                )
+                metrics = await settled_metrics(settings.metrics_port, timeout=30)
                 api = f"http://127.0.0.1:{settings.web_port}/customers"
                 known = await asyncio.to_thread(http_get, f"{api}/c000")
                 unknown = await asyncio.to_thread(http_get, f"{api}/nobody-{uuid.uuid4().hex}")
