@@ -79,7 +79,7 @@ class ValueProfile:
 
     column: int
     property: str
-    log_typical: np.ndarray  # (segments,) log of the segment's mean value per event
+    log_typical: np.ndarray  # (segments,) log of the segment's typical value per event
     long_col: int
     short_col: int
 
