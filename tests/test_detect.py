@@ -20,9 +20,11 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from models.bundle import ScaledSpace
+from models.catalog import default_catalog
 from segstream.cli import app
 from stream.decide import CustomerState, Decider, Row, Rules
-from stream.detect import DAY, Evidence, RateProfiles, ValueProfile, pack, unpack
+from stream.detect import DAY, Evidence, RateProfiles, ValueProfile, pack, rate_profiles, unpack
 
 # Two segments over (session_start, feature_used, other): readers and builders.
 RATES = np.array([[0.3, 0.1, 0.2], [1.0, 1.5, 0.2]])
@@ -31,9 +33,9 @@ PROFILES = RateProfiles(
     other=True,
     rates=RATES,
     long_cols=(0, 1, 2),
-    short_cols=(3, 4, 5),
+    recent_cols=(3, 4, 5),
     long_days=90.0,
-    short_days=7.0,
+    recent_days=7.0,
     profile_days=30.0,
 )
 TENURE = 6  # column of tenure in the toy feature rows
@@ -152,10 +154,10 @@ def test_a_bursty_customer_is_judged_by_its_own_burstiness() -> None:
 SPEND = np.array([[0.3, 0.1, 0.2], [0.3, 0.1, 0.2]])
 SPEND_PROFILES = RateProfiles(
     types=("session_start", "purchase"), other=True, rates=SPEND,
-    long_cols=(0, 1, 2), short_cols=(3, 4, 5), long_days=90.0, short_days=7.0,
+    long_cols=(0, 1, 2), recent_cols=(3, 4, 5), long_days=90.0, recent_days=7.0,
     profile_days=30.0,
     values=ValueProfile(column=1, property="amount", log_typical=np.log([8.0, 150.0]),
-                        long_col=7, short_col=8),
+                        long_col=7, recent_col=8),
 )  # fmt: skip
 
 
@@ -362,3 +364,73 @@ def test_silence_alone_never_makes_a_migration() -> None:
     business, and no segment_migration is raised."""
     for seed in range(5):
         assert builder_turns(None, seed, rescore=True, days=60) == []
+
+
+def drifting(
+    rng: np.random.Generator, before: np.ndarray, drift_days: int
+) -> list[tuple[float, int]]:
+    """(day, column) events at rates `before` for 90 days, then drifting linearly to a
+    builder's rates over `drift_days`, then a builder for four weeks."""
+    out: list[tuple[float, int]] = []
+    for day in range(90 + drift_days + 28):
+        share = min(max((day - 90) / drift_days, 0.0), 1.0)
+        rates = before + share * (RATES[1] - before)
+        for col, n in enumerate(rng.poisson(rates)):
+            out += [(day + float(t), col) for t in rng.uniform(0, 1, n)]
+    return sorted(out)
+
+
+def rolling_run(
+    events: list[tuple[float, int]], evidence: Evidence, start: float
+) -> tuple[float, int] | None:
+    """Feed the events from `start` on to a reader's evidence, with the toy feature row
+    rolled to each event (90 days, and the profiles' recent window); the first firing."""
+    times = np.array([t for t, _ in events])
+    cols = np.array([c for _, c in events])
+    recent = evidence.profiles.recent_days
+    blob = b""
+    for i in np.flatnonzero(times >= start).tolist():
+        at = times[i]
+        windows = [(times > at - days) & (times <= at) for days in (90.0, recent)]
+        counts = [np.bincount(cols[w], minlength=3).astype(float) for w in windows]
+        for c in counts:
+            c[2] = c.sum()  # the any-type column
+        terms = evidence.prepare(row(counts[0], counts[1]), np.array([0]), [int(cols[i])])[0]
+        blob, fired, _ = evidence.update(blob, at * DAY, int(cols[i]), 0, terms)
+        if fired is not None:
+            return float(at), fired
+    return None
+
+
+def test_a_gradual_drift_is_judged_against_the_customer_from_before_it() -> None:
+    """A reader twice as active as its segment drifts to a builder over four weeks. The
+    baseline leaves out the latest 30 days (the default catalog's profile window), so the
+    drift is judged against the reader it was; leaving out only 7 days (before issue 22's
+    last change), the drift leaks into the baseline and the evidence comes days later."""
+    midpoint = 90.0 + 28 / 2
+    delays: dict[float, list[float]] = {7.0: [], 30.0: []}
+    for seed in range(16):
+        events = drifting(np.random.default_rng(300 + seed), RATES[0] * 2.0, drift_days=28)
+        for recent, found_delays in delays.items():
+            profiles = dataclasses.replace(PROFILES, recent_days=recent)
+            evidence = Evidence(profiles, threshold=10.0, tenure_col=TENURE)
+            found = rolling_run(events, evidence, start=90.0)
+            assert found is None or found[1] == 1  # never another segment
+            found_delays.append(found[0] - midpoint if found is not None else np.inf)
+    # Measured: 30 days, all 16 within 28 days, median 8.2; 7 days, 14 of 16, median 13.7.
+    assert max(delays[30.0]) <= 28
+    assert float(np.median(delays[30.0])) <= 10
+    assert float(np.median(delays[7.0])) >= float(np.median(delays[30.0])) + 3
+
+
+def test_the_default_baseline_leaves_out_the_profile_window() -> None:
+    """The default catalog's profiles: rates per 30 days, a baseline of days 31 to 90."""
+    catalog = default_catalog()
+    idx = np.array([catalog.names.index("sessions_30d")])
+    space = ScaledSpace(index=idx, log1p=np.array([True]), mean=np.zeros(1),
+                        scale=np.ones(1), centroids=np.log1p(np.array([[3.0], [30.0]])),
+                        segment_ids=(0, 1))  # fmt: skip
+    profiles = rate_profiles(catalog, space)
+    assert profiles is not None
+    assert (profiles.long_days, profiles.recent_days, profiles.profile_days) == (90, 30, 30)
+    assert [catalog.names[c] for c in profiles.recent_cols] == ["sessions_30d"]
