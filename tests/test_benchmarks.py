@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import run
+from benchmarks import evidence_limit, run
 from benchmarks.naive import NaiveEngine
 from benchmarks.report import SECTIONS
 from models.catalog import default_catalog
 from models.eventfile import read_events
+from offline.shapes import SHAPES
 from offline.synthetic import generate_history, write_history
 from stream.redis_conn import connect
 from stream.store import RedisFeatureStore
@@ -134,3 +135,24 @@ def test_kept_figures_follow_the_section_that_measured_them(tmp_path: Path) -> N
     ]
     figures, _ = _kept(path, ["latency"], [], [])
     assert [f.name for f in figures] == ["Redis bytes per customer, 9 customers"]
+
+
+def test_the_ideal_detector_keeps_lordens_false_alarm_bound_and_slows_with_h() -> None:
+    """The simulated ideal detector behind the README's bounds (`benchmarks.evidence_limit
+    --shapes`): its false alarms stay under Lorden's bound (about once per e^h days per
+    alternative, 4 alternatives), a higher threshold alarms less and detects later, and a
+    sudden switch is detected in days, never before it happens."""
+    thresholds = np.array([6.0, 10.0])
+    got = evidence_limit.ideal_on_shape(
+        SHAPES["sudden"], thresholds, moves=600, rng=np.random.default_rng(3)
+    )
+    bound = 4 * 30 * np.exp(-thresholds)  # alarms per unchanged customer per 30 days
+    assert (got["flaps"] <= bound).all()
+    assert got["flaps"][0] > got["flaps"][1]
+    delays = got["delays"]
+    assert (delays >= 0).all()
+    assert np.median(delays[:, 0]) < np.median(delays[:, 1]) < 10
+    partial = evidence_limit.ideal_on_shape(
+        SHAPES["partial"], thresholds, moves=600, rng=np.random.default_rng(3)
+    )
+    assert np.median(partial["delays"][:, 1]) > np.median(delays[:, 1])  # less to go on
