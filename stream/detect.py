@@ -239,7 +239,6 @@ def rate_profiles(
     [[0.2], [1.5]]
     """
     windows: dict[tuple[str, ...], dict[int, int]] = {}
-    sums: dict[tuple[str, str], dict[int, int]] = {}  # (type, property) -> window -> column
     for col, spec in enumerate(catalog.features):
         f = spec.filter
         days = spec.window_days
@@ -247,8 +246,6 @@ def rate_profiles(
             continue  # lifetime counts are no daily rate
         if spec.aggregation == "count":
             windows.setdefault(tuple(f.types), {})[days] = col
-        elif spec.aggregation == "sum" and f.types and spec.property:
-            sums.setdefault((f.types[0], spec.property), {})[days] = col
     used = {int(c): j for j, c in enumerate(np.asarray(space.index).tolist())}
     # Centroids back in raw units (the space's inverse transform).
     raw = np.asarray(space.centroids) * np.asarray(space.scale) + np.asarray(space.mean)
@@ -290,7 +287,7 @@ def rate_profiles(
     rates = np.maximum(counts, 0.0) / np.array([c[2] for c in cols], dtype=float)
     if anytype:
         rates[:, -1] = rates[:, -1] - rates[:, :-1].sum(axis=1)
-    values = _value_profile(catalog, typed, counts, sums, means, typical, raw, used)
+    values = _value_profile(catalog, typed, counts, means, typical, raw, used)
     return RateProfiles(
         types=tuple(c[0][0] for c in typed),
         other=bool(anytype),
@@ -309,29 +306,28 @@ def _value_profile(
     catalog: Catalog,
     typed: Sequence[tuple[tuple[str, ...], int, int, int, int]],
     counts: np.ndarray,
-    sums: Mapping[tuple[str, str], Mapping[int, int]],
     means: Sequence[Mapping[str, float]] | None,
     typical: Sequence[Mapping[str, float]] | None,
     raw: np.ndarray,
     used: Mapping[int, int],
 ) -> ValueProfile | None:
-    """The first summed property of a typed count column whose windows match the count's
-    (profile, long and recent), read from the members' means or else the centroids.
+    """The first property summed over each of a typed count column's windows (profile,
+    long and recent: `Catalog.valued_counts`), read from the members' means or else the
+    centroids.
 
     The means are per member: a "Casual" mean of 0.45 purchases and 4 in revenue over 30
     days is hundreds of purchases. Only a segment that barely has such events is pulled
     towards the typical value of all of them (`VALUE_PRIOR_EVENTS` per member)."""
 
-    def window(col: int) -> int:
-        days = catalog.features[col].window_days
-        return days if isinstance(days, int) else -1  # only windowed counts are picked
-
-    for m, (key, profile_col, _, long_col, recent_col) in enumerate(typed):
-        days = {window(c) for c in (profile_col, long_col, recent_col)}
-        for (etype, prop), by_window in sums.items():
-            if etype != key[0] or not days <= by_window.keys():
+    summed: dict[int, dict[str, int]] = {}  # count column -> property -> its sum column
+    for sum_col, count_col in catalog.valued_counts.items():
+        summed.setdefault(count_col, {})[str(catalog.features[sum_col].property)] = sum_col
+    for m, (_, profile_col, _, long_col, recent_col) in enumerate(typed):
+        for prop, col in summed.get(profile_col, {}).items():
+            long_sum = summed.get(long_col, {}).get(prop)
+            recent_sum = summed.get(recent_col, {}).get(prop)
+            if long_sum is None or recent_sum is None:
                 continue
-            col = by_window[window(profile_col)]
             name = catalog.names[col]
             if means is not None and len(means) == len(counts) and all(name in x for x in means):
                 total = np.array([x[name] for x in means], dtype=float)
@@ -354,8 +350,8 @@ def _value_profile(
                 column=m,
                 property=prop,
                 log_typical=np.log(np.maximum(values, 1e-9)),
-                long_col=by_window[window(long_col)],
-                recent_col=by_window[window(recent_col)],
+                long_col=long_sum,
+                recent_col=recent_sum,
             )
     return None
 
