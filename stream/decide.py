@@ -467,7 +467,7 @@ class Decider:
         if (
             governed
             and prep is not None
-            and self._detect(row, state, features[i], i, prep, out, confirm=confirm)
+            and self._detect(row, state, features[i], i, prep, out, confirm=confirm, dist=dist)
         ):
             return
         if target == state.segment:
@@ -537,10 +537,12 @@ class Decider:
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
-        out: Decisions, *, confirm: bool = True,
+        out: Decisions, *, dist: np.ndarray, confirm: bool = True,
     ) -> bool:  # fmt: skip
         """Feed one event (`confirm`) or a daily re-score (the silence since the last
-        update) to the customer's evidence; migrate when it crosses (True).
+        update) to the customer's evidence; migrate when it crosses (True), to the
+        segment with the most evidence or, among those the evidence cannot tell apart,
+        the one whose center is nearest (`dist`, `Evidence.update`).
 
         A re-score completes a move only when an event of the customer came after the
         evidence began, and the destination explains the silence since its last event
@@ -561,8 +563,9 @@ class Decider:
         values = ev.profiles.values
         value = values.value(row.properties) if values is not None else None
         state.evidence, moved, began = ev.update(
-            state.evidence, row.at, column, current, terms, value
-        )
+            state.evidence, row.at, column, current, terms, value,
+            prefer=dist.tolist(),
+        )  # fmt: skip
         if not confirm and (
             moved is None
             or state.last_seen <= began

@@ -434,3 +434,29 @@ def test_the_default_baseline_leaves_out_the_profile_window() -> None:
     assert profiles is not None
     assert (profiles.long_days, profiles.recent_days, profiles.profile_days) == (90, 30, 30)
     assert [catalog.names[c] for c in profiles.recent_cols] == ["sessions_30d"]
+
+
+def test_the_nearest_center_names_a_destination_the_events_cannot_tell_apart() -> None:
+    """A reader turns builder where the bundle has two builder segments 2 % apart: the
+    evidence for both crosses together, and the caller's preference (the distances to
+    the centers) names the one; a segment whose evidence clearly trails is never chosen
+    for being preferred."""
+    rates = np.vstack([RATES, RATES[1] * 1.02, [3.0, 0.05, 0.05]])
+    profiles = dataclasses.replace(PROFILES, rates=rates)
+    evidence = Evidence(profiles, threshold=10.0, tenure_col=TENURE)
+    x = steady_row(RATES[0])
+    terms = [evidence.prepare(x, np.array([0]), [c])[0] for c in range(3)]
+    rng = np.random.default_rng(7)
+    events = stream_of(RATES[0], 10, rng) + stream_of(RATES[1], 28, rng, start=10)
+
+    def destination(prefer: list[float]) -> int | None:
+        blob = b""
+        for day, col in events:
+            blob, fired, _ = evidence.update(blob, day * DAY, col, 0, terms[col], prefer=prefer)
+            if fired is not None:
+                return fired
+        return None
+
+    assert destination([0.0, 1.0, 2.0, 0.5]) == 1
+    assert destination([0.0, 2.0, 1.0, 0.5]) == 2
+    assert destination([0.0, 2.0, 1.0, 0.1]) == 2  # segment 3's evidence trails far behind
