@@ -637,5 +637,8 @@ def write_history(history: History, out_dir: Path) -> dict[str, Path]:
             "to_persona": movers["to_persona"],
         }
     )
+    if "drift_start" in movers:  # a gradual change: the backtest counts alerts from its start
+        started = zip(*_ts_parts(movers["drift_start"]), strict=True)
+        migrations["started_at"] = [f"{d}T{t}.{u:06d}+00:00" for d, t, u in started]
     migrations.to_csv(paths["migrations"], index=False, lineterminator="\n")
     return paths

@@ -329,14 +329,16 @@ def churn_quality(
 
 def read_truth(path: Path, customers: Iterable[str], segments: Mapping[int, str]) -> pd.DataFrame:
     """Read a migration truth CSV: `customer_id`, `changed_at` (RFC 3339 or a date), and
-    optionally `to_segment` (a segment id or name of the bundle); other columns are
-    ignored. Raises `TruthError` naming the line and what is wrong.
+    optionally `to_segment` (a segment id or name of the bundle) and `started_at` (when a
+    gradual change began: a drift's start, with `changed_at` its midpoint); other columns
+    are ignored. Raises `TruthError` naming the line and what is wrong.
 
-    Returns customer_id, changed_at (Unix seconds), to_segment (segment id or -1).
+    Returns customer_id, changed_at, started_at (Unix seconds; started_at is changed_at
+    where the CSV gives none), to_segment (segment id or -1).
     """
     known = set(customers)
     by_name = {name: seg for seg, name in segments.items()}
-    rows: list[tuple[str, float, int]] = []
+    rows: list[tuple[str, float, float, int]] = []
     with Path(path).open(newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in reader.fieldnames or []]
@@ -364,6 +366,20 @@ def read_truth(path: Path, customers: Iterable[str], segments: Mapping[int, str]
                     f"{path}: line {line}: changed_at {row['changed_at']!r} is not an "
                     "RFC 3339 time (e.g. 2026-03-05T00:00:00Z) or a date"
                 ) from None
+            started = changed
+            if row.get("started_at"):
+                try:
+                    started = _parse_time(row["started_at"])
+                except ValueError:
+                    raise TruthError(
+                        f"{path}: line {line}: started_at {row['started_at']!r} is not an "
+                        "RFC 3339 time (e.g. 2026-03-05T00:00:00Z) or a date"
+                    ) from None
+                if started > changed:
+                    raise TruthError(
+                        f"{path}: line {line}: started_at {row['started_at']!r} is after "
+                        f"changed_at {row['changed_at']!r}"
+                    )
             target = -1
             wanted = row.get("to_segment", "")
             if wanted:
@@ -377,8 +393,8 @@ def read_truth(path: Path, customers: Iterable[str], segments: Mapping[int, str]
                         f"{path}: line {line}: to_segment {wanted!r} is not a segment of "
                         f"the bundle (one of: {choices})"
                     )
-            rows.append((cid, changed, target))
-    return pd.DataFrame(rows, columns=["customer_id", "changed_at", "to_segment"])
+            rows.append((cid, changed, started, target))
+    return pd.DataFrame(rows, columns=["customer_id", "changed_at", "started_at", "to_segment"])
 
 
 def _parse_time(text: str) -> float:
@@ -409,9 +425,13 @@ def migration_quality(
     within_days: Sequence[float] = RECALL_WITHIN,
     settle_days: float = 28.0,
 ) -> dict[str, Any]:
-    """Migration alerts against the truth (customer_id, changed_at, to_segment).
+    """Migration alerts against the truth (customer_id, changed_at, to_segment and
+    optionally started_at: `read_truth`).
 
-    An alert is right when the customer changed at T with T <= alert <= T + max_delay.
+    An alert is right when the customer changed at T with T <= alert <= T + max_delay, or,
+    for a gradual change that began at S < T (a drift's start; T its midpoint), from S on:
+    an alert in the drift's first half caught the change early, and its delay from T is
+    negative.
     An alert on a customer whose qualifying events stop within `silence_days` (the churn
     horizon) after it, for good (at least `min_observed_days` of silence to the end of
     the history), is churn-led: the customer was fading out, a real change the churn
@@ -439,9 +459,11 @@ def migration_quality(
     churn_led = set(mig.index[led])
     max_delay = max_delay_days * DAY
     changes = truth.reset_index(drop=True)
+    if "started_at" not in changes:
+        changes = changes.assign(started_at=changes["changed_at"])
     merged = mig.reset_index().merge(changes, on="customer_id", how="left")
     delay = merged["at"] - merged["changed_at"]
-    merged["match"] = (delay >= 0) & (delay <= max_delay)
+    merged["match"] = (merged["at"] >= merged["started_at"]) & (delay <= max_delay)
     right_alerts = merged[merged["match"]]
     right_idx = set(right_alerts["index"])
     counted = changes[

@@ -206,8 +206,9 @@ def generate(
 ) -> None:
     """Write a synthetic event history with its ground truth (personas, churn, migrations).
 
-    OUT/migrations.csv (customer_id, changed_at, to_persona) is a migration truth in the
-    format `segstream backtest --truth` reads; to_persona is an extra column it ignores.
+    OUT/migrations.csv (customer_id, changed_at, to_persona; started_at for gradual
+    migrations) is a migration truth in the format `segstream backtest --truth` reads;
+    to_persona is an extra column it ignores.
     --shape picks one of a family of histories (README: "Histories of every shape"); the
     retail shape writes purchase events only, with no personas or migrations.
     """
@@ -578,7 +579,7 @@ def backtest(
             "--truth",
             exists=True,
             dir_okay=False,
-            help="Migration truth CSV: customer_id, changed_at[, to_segment] "
+            help="Migration truth CSV: customer_id, changed_at[, to_segment][, started_at] "
             "(`generate` writes one: migrations.csv).",
         ),
     ] = None,

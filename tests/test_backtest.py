@@ -14,9 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from segstream.backtest import migration_quality
 from segstream.cli import app
 
 AS_OF = "2026-04-10T00:00:00Z"  # TRAINED_AS_OF of tests/conftest.py
@@ -162,6 +164,10 @@ def test_churn_figures_agree_with_a_direct_count_on_a_hand_made_history(
         ("customer,changed_at\nc0001,2026-03-01\n", "line 1: missing column(s) customer_id"),
         ("customer_id,changed_at,to_segment\nc0001,2026-03-01,Nowhere\n",
          "line 2: to_segment 'Nowhere' is not a segment"),
+        ("customer_id,changed_at,started_at\nc0001,2026-03-01,soon\n",
+         "line 2: started_at 'soon' is not"),
+        ("customer_id,changed_at,started_at\nc0001,2026-03-01,2026-03-05\n",
+         "line 2: started_at '2026-03-05' is after changed_at '2026-03-01'"),
     ],
 )  # fmt: skip
 def test_a_bad_truth_file_names_the_line(
@@ -178,3 +184,30 @@ def test_a_bad_truth_file_names_the_line(
     assert result.exit_code == 2
     assert message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_an_alert_in_a_drifts_first_half_caught_it_early() -> None:
+    """A gradual change (drift from day 10, midpoint day 20): an alert on day 15 caught it
+    early (delay -5 days from the midpoint, right, within 7 days); one before the drift
+    began is wrong, as is any alert on a customer whose truth has no start column."""
+    day = 86_400.0
+    events = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"] * 2, "ts": [0.0] * 3 + [60 * day] * 3,
+         "type": ["session_start"] * 6}
+    )  # fmt: skip
+    alerts = pd.DataFrame(
+        {"type": ["segment_migration"] * 3, "customer_id": ["a", "b", "c"],
+         "at": [15 * day, 5 * day, 15 * day], "to_segment_id": [1, 1, 1]}
+    )  # fmt: skip
+    truth = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"], "changed_at": [20 * day] * 3,
+         "started_at": [10 * day, 10 * day, 20 * day], "to_segment": [1, 1, 1]}
+    )  # fmt: skip
+    got = migration_quality(alerts, truth, events, start=0.0, end=60 * day)
+    assert got["right"] == 1 and got["detected"] == 1  # a's, in the drift
+    assert got["delays"] == [-5.0]
+    assert got["recall_within"]["7"] == round(1 / 3, 4)
+    # Without started_at an alert before changed_at is wrong, as before.
+    plain = migration_quality(alerts, truth.drop(columns="started_at"), events, start=0.0,
+                              end=60 * day)  # fmt: skip
+    assert plain["right"] == 0
