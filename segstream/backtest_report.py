@@ -182,9 +182,10 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
     return [
         "<h2>Migrations against the truth</h2>",
         "<p class='explain'>A migration alert is right when the customer changed at most "
-        f"{m['max_delay_days']:.0f} days before it. Recall counts the changes at least 14 "
-        "days before the end of the window. The flap rate counts migration alerts on "
-        "customers without a change, per customer per 30 days.</p>",
+        f"{m['max_delay_days']:.0f} days before it, or, for a gradual change whose truth "
+        "gives its start (started_at), any time after that start. Recall counts the "
+        "changes at least 14 days before the end of the window. The flap rate counts "
+        "migration alerts on customers without a change, per customer per 30 days.</p>",
         _kv(
             [
                 ("alerts", m["alerts"]),
@@ -199,7 +200,8 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "<h3>How fast</h3>",
         "<p class='explain'>Recall within d days counts the changes with at least d days "
         "of history after them; the delay runs from the change to its first right alert. "
-        "A gradual drift's change time is its midpoint.</p>",
+        "A gradual drift's change time is its midpoint: an alert in its first half has a "
+        "negative delay.</p>",
         table(["figure", "value"], _speed_rows(m)),
         image(FIGURES[1], "detection delay histogram"),
     ]
