@@ -44,7 +44,12 @@ from offline.synthetic import (
     PERSONAS,
     RATE_TYPES,
     Persona,
+    changed_types,
+    draw_counts,
+    drift_weight,
+    most_different,
     separate,
+    weekend_factor,
 )
 
 #: Days after a change (a gradual drift's midpoint) the simulation follows, and days an
@@ -123,18 +128,6 @@ def day_llr(counts: np.ndarray, new: np.ndarray, old: np.ndarray, dispersion: fl
     return nb
 
 
-def _draw(rng: np.random.Generator, rates: np.ndarray, dispersion: float) -> np.ndarray:
-    if dispersion > 0:
-        rates = rates * rng.gamma(1.0 / dispersion, dispersion, rates.shape)
-    return rng.poisson(rates)
-
-
-def _weekend(shape: HistoryShape, day: np.ndarray) -> np.ndarray:
-    weekday = (DEFAULT_START.weekday() + day) % 7
-    factor: np.ndarray = np.where(weekday >= 5, shape.weekend, 1.0)
-    return factor
-
-
 def _cusum(llr: np.ndarray, thresholds: np.ndarray, restart: bool) -> np.ndarray:
     """Per row of daily `llr` (rows, days) and threshold, when the CUSUM first reaches it
     (days from the first day's start, interpolated within the day: a detector reading each
@@ -166,14 +159,11 @@ def ideal_on_shape(
     at the drift's start), and the alarms per unchanged customer per 30 days."""
     rates = shape_rates(shape)
     k = len(rates)
-    changed = np.ones(len(RATE_TYPES))
+    changed = changed_types(shape)
     old = rng.integers(0, k, moves)
     new = (old + rng.integers(1, k, moves)) % k
     if shape.changes is not None:
-        col = RATE_TYPES.index(shape.changes)
-        changed = (np.arange(len(RATE_TYPES)) == col).astype(float)
-        logs = np.log(rates[:, col])
-        new = np.abs(logs[:, None] - logs[None, :]).argmax(axis=1)[old]
+        new = most_different(rates, RATE_TYPES.index(shape.changes))[old]
     mult = rng.lognormal(0.0, MULTIPLIER_SIGMA, moves)[:, None, None]
     lo, hi = shape.with_options(migrate_from_day=100, migrate_to_day=122).window(150)
     mid = rng.integers(lo, hi + 1, moves)
@@ -183,26 +173,23 @@ def ideal_on_shape(
     start = mid - length // 2
     span = int(length.max()) // 2 + HORIZON_DAYS + 1
     day = start[:, None] + np.arange(span)[None, :]  # absolute day of each simulated day
-    if shape.migration == "gradual":
-        weight = np.clip((day + 0.5 - start[:, None]) / np.maximum(length, 1)[:, None], 0, 1)
-    else:
-        weight = (day >= mid[:, None]).astype(float)
-    week = _weekend(shape, day)[:, :, None]
+    weight = drift_weight(day, start[:, None], (start + length)[:, None])
+    week = weekend_factor(shape, DEFAULT_START.weekday(), day)[:, :, None]
     before = rates[old][:, None, :] * mult * week
     after = before + changed * (rates[new][:, None, :] * mult * week - before)
     truth = before + weight[:, :, None] * (after - before)
-    llr = day_llr(_draw(rng, truth, shape.dispersion).astype(float), after, before,
-                  shape.dispersion)  # fmt: skip
+    counts = draw_counts(rng, rng, truth, shape.dispersion).astype(float)
+    llr = day_llr(counts, after, before, shape.dispersion)
     first = _cusum(llr, thresholds, restart=False)
     delays = first + (start - mid)[:, None]
     # Unchanged customers against every alternative the ideal detector watches.
     p = rng.integers(0, k, moves)
     steady_mult = rng.lognormal(0.0, MULTIPLIER_SIGMA, moves)[:, None, None]
     day = 100 + np.arange(WATCH_DAYS)[None, :]
-    week = _weekend(shape, day)[:, :, None]
+    week = weekend_factor(shape, DEFAULT_START.weekday(), day)[:, :, None]
     base = rates[p][:, None, :] * steady_mult * week
-    counts = _draw(rng, np.broadcast_to(base, (moves, WATCH_DAYS, len(RATE_TYPES))),
-                   shape.dispersion).astype(float)  # fmt: skip
+    steady = np.broadcast_to(base, (moves, WATCH_DAYS, len(RATE_TYPES)))
+    counts = draw_counts(rng, rng, steady, shape.dispersion).astype(float)
     alarms = np.zeros((moves, len(thresholds)))
     for shift in range(1, k):
         q = (p + shift) % k

@@ -272,7 +272,7 @@ def _draw_personas(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nda
     return persona, rng.lognormal(0.0, MULTIPLIER_SIGMA, n)
 
 
-def _most_different(rates: np.ndarray, column: int) -> np.ndarray:
+def most_different(rates: np.ndarray, column: int) -> np.ndarray:
     """For each persona, the other persona whose rate in `column` differs most (in log)."""
     logs = np.log(rates[: len(PERSONAS), column])
     best: np.ndarray = np.abs(logs[:, None] - logs[None, :]).argmax(axis=1)
@@ -304,7 +304,7 @@ def _schedule_changes(
     target = (persona + rng.integers(1, n_p, n)) % n_p
     if shape.changes is not None:
         # Towards a persona that differs in the changed behaviour, or nothing would show.
-        target = _most_different(rates, RATE_TYPES.index(shape.changes))[persona]
+        target = most_different(rates, RATE_TYPES.index(shape.changes))[persona]
     drift_start, drift_end = mig.copy(), mig.copy()
     if shape.migration == "gradual":
         length = shape_rng.integers(shape.drift_days[0], shape.drift_days[1] + 1, n_mig)
@@ -367,6 +367,31 @@ def _draw_customers(
     )  # fmt: skip
 
 
+def weekend_factor(shape: HistoryShape, start_weekday: int, day: np.ndarray) -> np.ndarray:
+    """Each day's rate factor for the day of the week (`shape.weekend` on Saturdays and
+    Sundays; `start_weekday` is day 0's, Monday = 0)."""
+    factor: np.ndarray = np.where((start_weekday + day) % 7 >= 5, shape.weekend, 1.0)
+    return factor
+
+
+def drift_weight(day: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """How far a migration has moved on each day: 0 before `start`, 1 from `end` on, and
+    linear in between, reaching 1/2 at the midpoint, the day the truth records (a sudden
+    migration has start = end)."""
+    weight = np.clip((day + 0.5 - start) / np.maximum(end - start, 1), 0.0, 1.0)
+    out: np.ndarray = np.where(day >= end, 1.0, np.where(day < start, 0.0, weight))
+    return out
+
+
+def changed_types(shape: HistoryShape) -> np.ndarray:
+    """Per type of `RATE_TYPES`, 1.0 where a migration changes its rate: every type, or
+    only the one a partial change names."""
+    if shape.changes is None:
+        return np.ones(len(RATE_TYPES))
+    changed: np.ndarray = (np.array(RATE_TYPES) == shape.changes).astype(float)
+    return changed
+
+
 def _daily_rates(
     cs: _Customers, c: slice, start_weekday: int, days: int, patterns: _Patterns,
     shape: HistoryShape,
@@ -377,7 +402,7 @@ def _daily_rates(
     fade = np.clip((cs.churn[c, None] - day) / (FADE_DAYS + 1), 0.0, 1.0)
     factor = np.where(day < cs.first[c, None], 0.0, fade)
     if shape.weekend != 1.0:
-        factor = factor * np.where((start_weekday + day) % 7 >= 5, shape.weekend, 1.0)
+        factor = factor * weekend_factor(shape, start_weekday, day)
     pers0 = np.broadcast_to(cs.persona[c, None], factor.shape)
     if cs.shift_day[c].min(initial=_NEVER) < _NEVER:
         pers0 = np.where(day >= cs.shift_day[c, None], cs.shift_to[c, None], pers0)
@@ -385,19 +410,14 @@ def _daily_rates(
     if shape.migration == "sudden" and shape.changes is None:
         pers = np.where(day >= cs.mig[c, None], cs.target[c, None], pers0)
         return patterns.rates[pers] * scale, pers0, pers
-    start, end = cs.drift_start[c, None], cs.drift_end[c, None]
-    # The drift's weight reaches 1/2 at the midpoint, the day the truth records.
-    weight = np.clip((day + 0.5 - start) / np.maximum(end - start, 1), 0.0, 1.0)
-    weight = np.where(day >= end, 1.0, np.where(day < start, 0.0, weight))
+    weight = drift_weight(day, cs.drift_start[c, None], cs.drift_end[c, None])
     pers = np.where(weight >= 0.5, cs.target[c, None], pers0)
-    changed = np.ones(len(RATE_TYPES))
-    if shape.changes is not None:
-        changed = (np.array(RATE_TYPES) == shape.changes).astype(float)
+    changed = changed_types(shape)
     old, new = patterns.rates[pers0], patterns.rates[cs.target[c]][:, None, :]
     return (old + weight[:, :, None] * changed * (new - old)) * scale, pers0, pers
 
 
-def _draw_counts(
+def draw_counts(
     rng: np.random.Generator, shape_rng: np.random.Generator, rates: np.ndarray,
     dispersion: float,
 ) -> np.ndarray:  # fmt: skip
@@ -562,7 +582,7 @@ def generate_history(
     for b in range(0, customers, _CHUNK):
         c = slice(b, b + _CHUNK)
         rates, pers0, pers = _daily_rates(cs, c, weekday, days, patterns, shape)
-        counts = _draw_counts(rng, shape_rng, rates, shape.dispersion)
+        counts = draw_counts(rng, shape_rng, rates, shape.dispersion)
         parts.append(_make_events(rng, cs, b, counts, pers0, pers, shape.changes))
     signers = np.flatnonzero(cs.signs_up)
     signup_ts = cs.first[signers] * _DAY_US + cs.signup_off[signers]

@@ -359,22 +359,10 @@ def read_truth(path: Path, customers: Iterable[str], segments: Mapping[int, str]
                 raise TruthError(
                     f"{path}: line {line}: customer_id {cid!r} has no event in the history"
                 )
-            try:
-                changed = _parse_time(row["changed_at"])
-            except ValueError:
-                raise TruthError(
-                    f"{path}: line {line}: changed_at {row['changed_at']!r} is not an "
-                    "RFC 3339 time (e.g. 2026-03-05T00:00:00Z) or a date"
-                ) from None
+            changed = _truth_time(path, line, row, "changed_at")
             started = changed
             if row.get("started_at"):
-                try:
-                    started = _parse_time(row["started_at"])
-                except ValueError:
-                    raise TruthError(
-                        f"{path}: line {line}: started_at {row['started_at']!r} is not an "
-                        "RFC 3339 time (e.g. 2026-03-05T00:00:00Z) or a date"
-                    ) from None
+                started = _truth_time(path, line, row, "started_at")
                 if started > changed:
                     raise TruthError(
                         f"{path}: line {line}: started_at {row['started_at']!r} is after "
@@ -395,6 +383,17 @@ def read_truth(path: Path, customers: Iterable[str], segments: Mapping[int, str]
                     )
             rows.append((cid, changed, started, target))
     return pd.DataFrame(rows, columns=["customer_id", "changed_at", "started_at", "to_segment"])
+
+
+def _truth_time(path: Path, line: int, row: Mapping[str, str], column: str) -> float:
+    """A truth row's time in `column`, or `TruthError` naming the line."""
+    try:
+        return _parse_time(row[column])
+    except ValueError:
+        raise TruthError(
+            f"{path}: line {line}: {column} {row[column]!r} is not an "
+            "RFC 3339 time (e.g. 2026-03-05T00:00:00Z) or a date"
+        ) from None
 
 
 def _parse_time(text: str) -> float:

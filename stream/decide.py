@@ -563,9 +563,8 @@ class Decider:
         values = ev.profiles.values
         value = values.value(row.properties) if values is not None else None
         state.evidence, moved, began = ev.update(
-            state.evidence, row.at, column, current, terms, value,
-            prefer=dist.tolist(),
-        )  # fmt: skip
+            state.evidence, row.at, column, current, terms, value, prefer=dist
+        )
         if not confirm and (
             moved is None
             or state.last_seen <= began

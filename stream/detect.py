@@ -474,7 +474,7 @@ class Evidence:
         current: int,
         terms: Terms,
         value: float | None = None,
-        prefer: Sequence[float] | None = None,
+        prefer: np.ndarray | None = None,
     ) -> tuple[bytes, int | None, float]:
         """One event of the customer at `at` (rate column `column`, None: not modelled,
         as given to `prepare` for `terms`; `value`: the log of its value,
@@ -518,7 +518,7 @@ class Evidence:
                 best, best_sum = s, total
         if best is not None and prefer is not None:
             close = [s for s in range(self.k) if s != current and sums[s] >= best_sum - TIE_NATS]
-            best = min(close, key=lambda s: prefer[s])
+            best = min(close, key=lambda s: float(prefer[s]))
         if was <= 0.0:  # a new run of evidence begins with this event
             start = at
         return pack(max(at, last), start, sums, current), best, start

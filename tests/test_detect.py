@@ -450,9 +450,9 @@ def test_the_nearest_center_names_a_destination_the_events_cannot_tell_apart() -
     events = stream_of(RATES[0], 10, rng) + stream_of(RATES[1], 28, rng, start=10)
 
     def destination(prefer: list[float]) -> int | None:
-        blob = b""
+        blob, rank = b"", np.array(prefer)
         for day, col in events:
-            blob, fired, _ = evidence.update(blob, day * DAY, col, 0, terms[col], prefer=prefer)
+            blob, fired, _ = evidence.update(blob, day * DAY, col, 0, terms[col], prefer=rank)
             if fired is not None:
                 return fired
         return None
