@@ -523,6 +523,16 @@ class Evidence:
             start = at
         return pack(max(at, last), start, sums, current), best, start
 
+    def level(self, blob: bytes, current: int, segment: int) -> tuple[float, float]:
+        """The evidence (nats) for segment position `segment` in a state packed while in
+        `current`, and since when the leading evidence has been building ((0, 0) when
+        there is no state)."""
+        found = unpack(blob, current, self.k)
+        if found is None:
+            return 0.0, 0.0
+        _, start, sums = found
+        return sums[segment], start
+
     def _valued(self, column: int | None, value: float | None) -> float | None:
         values = self.profiles.values
         if value is None or values is None or column != values.column:

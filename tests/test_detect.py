@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,6 +365,93 @@ def test_silence_alone_never_makes_a_migration() -> None:
     business, and no segment_migration is raised."""
     for seed in range(5):
         assert builder_turns(None, seed, rescore=True, days=60) == []
+
+
+def with_lulls(
+    events: list[tuple[float, int]], lulls: list[tuple[float, float]]
+) -> list[tuple[float, int]]:
+    """The events outside the silent spells `lulls` ([from, to) days)."""
+    return [(t, c) for t, c in events if not any(a <= t < b for a, b in lulls)]
+
+
+@dataclass
+class TwinBuilders(Builders):
+    """`Builders` with a third segment of builders doing 10 % less (id 3): two segments
+    of nearly the same profile, as a bundle's "Big Spenders (high spend)" and "(low
+    spend)" are."""
+
+    segment_names: dict[int, str] = field(
+        default_factory=lambda: {1: "Readers", 2: "Builders", 3: "Builders (less)"}
+    )
+
+
+TWIN_PROFILES = dataclasses.replace(PROFILES, rates=np.vstack([RATES, RATES[1] * 0.9]))
+
+
+def centers_run(
+    events: list[tuple[float, int]],
+    days: int,
+    quiet_to: int,
+    lulls: Sequence[tuple[float, float]] = (),
+) -> list[tuple[str, dict[str, object]]]:
+    """Drive a builder (settled long ago) through `Decider.decide` as the engine does, each
+    event and each UTC midnight a re-score, with a days-since-the-last-event feature and
+    centers that place it in segment `quiet_to` from its first silent day until two days
+    after each of its `lulls` ends (as decaying and refilling windows would): the
+    centers' quiet moves are live. Its segment alerts (kind, body). The threshold is 14
+    nats: four silent days of a builder are 8 nats for the readers alone, and this is
+    about what settles a quiet move."""
+    rules = Rules(migration_evidence=14.0)
+    ids = [1, 2, 3]
+    decider = Decider(TwinBuilders(), ids, NAMES, [0], np.zeros(len(NAMES)), rules, TWIN_PROFILES)
+    rows = [(t, f"e{n}", KINDS[col]) for n, (t, col) in enumerate(events)]
+    rows += [(float(d), f"rescore:{d}", "") for d in range(1, days)]
+    rows.sort(key=lambda r: (r[0], r[1].startswith("e")))
+    times = np.array([t for t, _ in events])
+    quiet, settled = np.full((1, 3), 2.0), np.full((1, 3), 2.0)
+    quiet[0, ids.index(quiet_to)], quiet[0, 1] = 0.5, 1.0
+    settled[0, 1] = 0.0
+    states: dict[str, CustomerState] = {}
+    alerts = []
+    for t, trigger, kind in rows:
+        x = np.c_[steady_row(RATES[1]), [[0.0]]]
+        x[0, 6] = 200.0
+        seen = times[times <= t]
+        x[0, 7] = t - float(seen.max()) if len(seen) else 0.0
+        refilling = any(b <= t < b + 2.0 for _, b in lulls)
+        dist = quiet if x[0, 7] >= 1.0 or refilling else settled
+        out = decider.decide(
+            [Row("c1", t * DAY, trigger, kind)], x, x[:, :1], dist, states, score_churn=not kind
+        )
+        states = out.states
+        alerts += [(a.kind, a.body) for a in out.alerts if a.kind.startswith("segment_")]
+    return alerts
+
+
+def test_a_lull_moved_by_the_centers_is_no_migration_unless_the_evidence_says_so() -> None:
+    """A steady builder with four quiet days every other week: its windows decay, the
+    centers move it in silence (`inactivity`) to a segment of nearly the same profile,
+    and when it comes back as the builder it was, the evidence (run all along against
+    the segment before the silence) is far from agreeing: it returns, no migration. The
+    centers alone confirmed such moves as migrations; between two segments of nearly the
+    same profile they made most of the low-activity shape's wrong alerts. A builder who
+    did turn reader still migrates, from the segment before its silence."""
+    lulls = [(float(d), d + 4.0) for d in range(10, 80, 14)]
+    quiet_moves = 0
+    for seed in range(8):
+        rng = np.random.default_rng(500 + seed)
+        events = with_lulls(stream_of(RATES[1], 80, rng), lulls)
+        steady = centers_run(events, 80, quiet_to=3, lulls=lulls)
+        placed = [b.get("placed_by") for k, b in steady if k == "segment_assigned"]
+        quiet_moves += placed.count("inactivity")
+        assert placed.count("return") == placed.count("inactivity"), (seed, placed)
+        assert [k for k, _ in steady].count("segment_migration") == 0, (seed, placed)
+        events = stream_of(RATES[1], 10, rng) + stream_of(RATES[0], 30, rng, start=10)
+        turned = centers_run(events, 40, quiet_to=1)
+        moves = [b for k, b in turned if k == "segment_migration"]
+        assert len(moves) == 1, (seed, turned)
+        assert (moves[0]["from_segment_id"], moves[0]["to_segment_id"]) == (2, 1)
+    assert quiet_moves >= 8  # the lulls did move it in silence
 
 
 def drifting(
