@@ -36,7 +36,7 @@ from stream.settings import StreamSettings
 
 FIGURES = (
     "precision", "recall", "recall_7d", "recall_14d", "recall_28d", "flap_rate_per_30d",
-    "delay_median_days", "landed", "churn_precision",
+    "delay_median_days", "landed", "crossing_share", "recall_28d_crossing", "churn_precision",
 )  # fmt: skip
 #: Detectors compared: the raw nearest center (no margin, no dwell), the centers with
 #: hysteresis (the rules before issue 22, over --margins x --dwells), and the evidence
@@ -58,6 +58,8 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
         "flap_rate_per_30d": mig["flap_rate_per_30d"],
         "delay_median_days": mig["delay_days"]["median"],
         "landed": mig["landed_in_target"],
+        "crossing_share": round(mig["crossing"] / mig["changes"], 3) if mig["changes"] else None,
+        "recall_28d_crossing": mig["recall_within_crossing"].get("28"),
         "churn_precision": churn["precision"],
         "churn_recall": churn["recall"],
         "churn_lead_median_days": churn["lead_time_days"]["median"],
@@ -208,7 +210,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         detector, margin, dwell, evidence = key
         row: dict[str, Any] = {"detector": detector, "margin": margin, "dwell_days": dwell,
                                "evidence": evidence}  # fmt: skip
-        row.update({k: median([r[k] for r in mine]) for k in FIGURES})
+        row.update({k: median([r.get(k) for r in mine]) for k in FIGURES})  # older runs lack some
         row["seeds_meeting_targets"] = sum(meets(r) for r in mine)
         summary.append(row)
     return summary
@@ -244,7 +246,9 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
         "",
         "Medians over the seeds; migrations judged after the training date against the "
         "history's truth; recall_Nd: detected within N days of the change; landed: share "
-        "of detected changes whose alert named the segment the customer settled in. "
+        "of detected changes whose alert named the segment the customer settled in; "
+        "crossing_share: changes whose customer settled in another segment than it was in "
+        "(the rest crossed no border), recall_28d_crossing: recall within 28 days over them. "
         "Targets (issue 22): precision >= 0.9, recall within 28 days >= 0.9, flap <= 0.01 "
         "per 30 d, landed >= 0.9, median delay <= 3 days (sudden) or 7 (from a gradual "
         "drift's midpoint). One table per shape (`offline/shapes.py`).",

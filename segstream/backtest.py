@@ -446,6 +446,12 @@ def migration_quality(
     in, from `settled` (customer_id, at, nearest: the raw nearest centroid at each daily
     re-score): the nearest at its last re-score at least `settle_days` after the change.
     `landed_in_target` is the share of detected changes whose last right alert named it.
+
+    Borders: a change whose customer settles in the segment it was in at the change (its
+    segment at the last re-score before it) crossed no border, and no migration alert
+    can name where it settles (a partial change often does not). `crossing` counts the
+    changes that did; `recall_within_crossing` is `recall_within` over them, and
+    `detected_staying` counts the detected changes that stayed (their alerts cannot land).
     """
     mig = in_window(alerts, "segment_migration", start, end).copy()
     history_end = float(events["ts"].max())
@@ -468,15 +474,19 @@ def migration_quality(
     counted = changes[
         (changes["changed_at"] >= start) & (changes["changed_at"] <= end - min_observed_days * DAY)
     ]
-    delays, landed, with_target = [], 0, 0
+    delays, landed, with_target, stayed_detected = [], 0, 0, 0
     delays_by: dict[tuple[str, float], float] = {}
-    settled_at = _settled(settled, counted, settle_days)
+    settled_at, was_in = _settled(settled, counted, settle_days)
+    crossing: list[bool] = []  # per counted change: settled in another segment than before
     for cid, changed, target in zip(
         counted["customer_id"].tolist(),
         counted["changed_at"].to_numpy(dtype=float).tolist(),
         counted["to_segment"].to_numpy(dtype=int).tolist(),
         strict=True,
     ):
+        wanted = target if target >= 0 else settled_at.get((cid, changed), -1)
+        before = was_in.get((cid, changed), -1)
+        crossing.append(wanted >= 0 and before >= 0 and wanted != before)
         hits = right_alerts[
             (right_alerts["customer_id"] == cid) & (right_alerts["changed_at"] == changed)
         ].sort_values("at")
@@ -484,10 +494,10 @@ def migration_quality(
             continue
         delays.append((float(hits["at"].iloc[0]) - changed) / DAY)
         delays_by[(cid, changed)] = delays[-1]
-        wanted = target if target >= 0 else settled_at.get((cid, changed), -1)
         if wanted >= 0:
             with_target += 1
             landed += int(float(hits["to_segment_id"].iloc[-1]) == wanted)
+            stayed_detected += int(before == wanted)
     active = set(events.loc[(events["ts"] >= start) & (events["ts"] <= end), "customer_id"])
     unchanged = active - set(changes["customer_id"])
     on_unchanged = mig["customer_id"].isin(unchanged) & ~mig.index.isin(list(churn_led))
@@ -506,8 +516,13 @@ def migration_quality(
         "delay_days": _dist(delays),
         "delays": [round(d, 3) for d in delays],
         "recall_within": _recall_within(counted, delays_by, end, within_days),
+        "crossing": int(sum(crossing)),
+        "recall_within_crossing": _recall_within(
+            counted[np.array(crossing, dtype=bool)], delays_by, end, within_days
+        ),
         "with_target": with_target,
         "landed_in_target": _ratio(landed, with_target),
+        "detected_staying": stayed_detected,
         "unchanged_customers": len(unchanged),
         "unchanged_alerts": flaps,
         "flap_rate_per_30d": _ratio(flaps, len(unchanged) * months),
@@ -541,19 +556,28 @@ def _recall_within(
 
 def _settled(
     settled: pd.DataFrame | None, counted: pd.DataFrame, settle_days: float
-) -> dict[tuple[str, float], int]:
+) -> tuple[dict[tuple[str, float], int], dict[tuple[str, float], int]]:
     """(customer, change) -> the raw nearest centroid at the customer's last re-score at
-    least `settle_days` after the change (absent when the history stops before)."""
+    least `settle_days` after the change (absent when the history stops before); and ->
+    the segment it was in at its last re-score before the change (absent before its
+    first)."""
     if settled is None or settled.empty or counted.empty:
-        return {}
-    last = settled.sort_values("at", kind="stable").groupby("customer_id").tail(1)
+        return {}, {}
+    ordered = settled.sort_values("at", kind="stable")
+    last = ordered.groupby("customer_id").tail(1)
     when = dict(zip(last["customer_id"], last["at"].astype(float), strict=True))
     nearest = dict(zip(last["customer_id"], last["nearest"].astype(int), strict=True))
-    out = {}
+    by_customer = {cid: g for cid, g in ordered.groupby("customer_id", sort=False)}
+    out, before = {}, {}
     for cid, changed in zip(counted["customer_id"], counted["changed_at"], strict=True):
         if cid in when and when[cid] >= changed + settle_days * DAY:
             out[(cid, float(changed))] = int(nearest[cid])
-    return out
+        mine = by_customer.get(cid)
+        if mine is not None:
+            earlier = mine[mine["at"].astype(float) <= changed]
+            if not earlier.empty and pd.notna(earlier["segment"].iloc[-1]):
+                before[(cid, float(changed))] = int(earlier["segment"].iloc[-1])
+    return out, before
 
 
 def migration_behaviour(

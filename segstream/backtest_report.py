@@ -173,6 +173,10 @@ def _churn_section(churn: Mapping[str, Any]) -> list[str]:
 def _speed_rows(m: Mapping[str, Any]) -> list[list[Any]]:
     """Recall within d days of the change, and the delay quantiles: the speed users get."""
     rows = [[f"recall within {d} days", number(r)] for d, r in m.get("recall_within", {}).items()]
+    rows += [
+        [f"recall within {d} days, changes that crossed a border", number(r)]
+        for d, r in m.get("recall_within_crossing", {}).items()
+    ]
     delay = m["delay_days"]
     rows += [[f"delay {q}, days", number(delay[q])] for q in ("p25", "median", "p75", "p90")]
     return rows
@@ -184,8 +188,11 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "<p class='explain'>A migration alert is right when the customer changed at most "
         f"{m['max_delay_days']:.0f} days before it, or, for a gradual change whose truth "
         "gives its start (started_at), any time after that start. Recall counts the "
-        "changes at least 14 days before the end of the window. The flap rate counts "
-        "migration alerts on customers without a change, per customer per 30 days.</p>",
+        "changes at least 14 days before the end of the window. A change crossed a "
+        "border when the customer settles (its nearest center at least 28 days after) in "
+        "another segment than it was in: one that stayed cannot have an alert that lands. "
+        "The flap rate counts migration alerts on customers without a change, per "
+        "customer per 30 days.</p>",
         _kv(
             [
                 ("alerts", m["alerts"]),
@@ -193,7 +200,9 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("changes", m["changes"]),
                 ("recall", m["recall"]),
                 ("detection delay, days", _dist_text(m["delay_days"])),
+                ("changes that crossed a border", m.get("crossing")),
                 ("landed in the expected segment", m["landed_in_target"]),
+                ("detected changes that stayed in their segment", m.get("detected_staying")),
                 ("flap rate per unchanged customer per 30 days", m["flap_rate_per_30d"]),
             ]
         ),

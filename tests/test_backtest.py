@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -211,3 +212,34 @@ def test_an_alert_in_a_drifts_first_half_caught_it_early() -> None:
     plain = migration_quality(alerts, truth.drop(columns="started_at"), events, start=0.0,
                               end=60 * day)  # fmt: skip
     assert plain["right"] == 0
+
+
+def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
+    """Two customers change on day 20 and are alerted to segment 2 on day 23: a, whose
+    re-scores put it in segment 1 before the change and nearest segment 2 from then on,
+    crossed a border; b stays nearest segment 1 (a partial change that never crosses),
+    so its alert cannot land. Recall over the crossing changes counts a only."""
+    day = 86_400.0
+    events = pd.DataFrame(
+        {"customer_id": ["a", "b"] * 2, "ts": [0.0] * 2 + [70 * day] * 2,
+         "type": ["session_start"] * 4}
+    )  # fmt: skip
+    alerts = pd.DataFrame(
+        {"type": ["segment_migration"] * 2, "customer_id": ["a", "b"],
+         "at": [23 * day] * 2, "to_segment_id": [2, 2]}
+    )  # fmt: skip
+    truth = pd.DataFrame(
+        {"customer_id": ["a", "b"], "changed_at": [20 * day] * 2, "to_segment": [-1, -1]}
+    )
+    days = np.arange(1, 70)
+    scores = pd.DataFrame(
+        {"customer_id": ["a"] * len(days) + ["b"] * len(days),
+         "at": np.r_[days, days] * day,
+         "probability": 0.0,
+         "segment": np.r_[np.where(days < 23, 1, 2), np.where(days < 23, 1, 2)],
+         "nearest": np.r_[np.where(days < 21, 1, 2), np.ones(len(days), dtype=int)]}
+    )  # fmt: skip
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day, settled=scores)
+    assert (got["changes"], got["detected"], got["crossing"]) == (2, 2, 1)
+    assert got["recall_within"]["7"] == 1.0 and got["recall_within_crossing"]["7"] == 1.0
+    assert got["landed_in_target"] == 0.5 and got["detected_staying"] == 1
