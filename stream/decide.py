@@ -479,7 +479,9 @@ class Decider:
             # profile crossed their border at every lull.
             if self._detect(row, state, features[i], i, prep, out, dist=dist):
                 return
-            if self._evidence_agrees(state):
+            began = self._agreeing_evidence(state)
+            if began is not None:
+                state.candidate_since = began  # the dwell: the evidence's age
                 self._migrate(row, state, state.segment, features[i], out)
                 return
             evidence = state.evidence  # against the segment it returns to: it holds
@@ -709,21 +711,17 @@ class Decider:
             placed[young] = self.model.early_segment(x[young])
         return {cid: int(seg) for (cid, _), seg in zip(stale, placed.tolist(), strict=True)}
 
-    def _evidence_agrees(self, state: CustomerState) -> bool:
-        """Whether the evidence for the segment a customer was moved to in silence has
-        reached `QUIET_AGREEMENT` of the threshold (then the move's dwell is the
-        evidence's age, as for a crossing)."""
+    def _agreeing_evidence(self, state: CustomerState) -> float | None:
+        """Since when the evidence for the segment a customer was moved to in silence has
+        been building, if it reached `QUIET_AGREEMENT` of the threshold (else None)."""
         assert self.evidence is not None and state.quiet_from is not None
         ids = self.segment_ids
         if state.segment not in ids or state.quiet_from not in ids:
-            return False
+            return None
         nats, began = self.evidence.level(
             state.evidence, ids.index(state.quiet_from), ids.index(state.segment)
         )
-        if nats < QUIET_AGREEMENT * self.evidence.threshold:
-            return False
-        state.candidate_since = began
-        return True
+        return began if nats >= QUIET_AGREEMENT * self.evidence.threshold else None
 
     def _clear_margin(self, current: int, target: int, dist: np.ndarray) -> bool:
         d_cur = float(dist[self.segment_ids.index(current)])
