@@ -469,14 +469,21 @@ class Decider:
         if state.model_version != self.model.version:
             self._reassign(row, state, replaced.get(row.customer_id, target), out)
         governed = prep is not None and prep.governs(i)
-        if confirm and state.quiet_from is not None and governed and prep is not None:
+        quiet_from = state.quiet_from if confirm else None  # settled by this event
+        if (
+            quiet_from is not None
+            and governed
+            and prep is not None
+            and quiet_from not in self.lapsing
+        ):
             # The first event after a move made in silence, for a customer the evidence
             # governs: the evidence, which kept running against the segment before the
             # silence, says whether that was a migration (crossed, or half-way for the
             # segment the centers moved it to: the two agree); if not, the customer is
             # back where it was. The centers alone made most of the low-activity shape's
             # wrong alerts here: a customer between two segments of nearly the same
-            # profile crossed their border at every lull.
+            # profile crossed their border at every lull. A customer back from a Lapsing
+            # segment is a reactivation at this first event, as before (no migration).
             if self._detect(row, state, features[i], i, prep, out, dist=dist):
                 return
             began = self._agreeing_evidence(state)
@@ -485,17 +492,17 @@ class Decider:
                 self._migrate(row, state, state.segment, features[i], out)
                 return
             evidence = state.evidence  # against the segment it returns to: it holds
-            self._place(row, state, state.quiet_from, features[i], "return", out)
+            self._place(row, state, quiet_from, features[i], "return", out)
             state.evidence = evidence
             return
-        if confirm and state.quiet_from is not None:
+        if quiet_from is not None:
             # The first event after a move made in silence settles it: back where it was
             # (the customer did not change), or still there (confirmed: the migration).
-            if target == state.quiet_from:
+            if target == quiet_from:
                 self._place(row, state, target, features[i], "return", out)
                 return
             if target == state.segment:
-                if young or self._clear_margin(state.quiet_from, target, dist):
+                if young or self._clear_margin(quiet_from, target, dist):
                     self._complete(row, state, target, young, features[i], out)
                 return  # near the border: the next event decides
         if (

@@ -383,6 +383,7 @@ class TwinBuilders(Builders):
     segment_names: dict[int, str] = field(
         default_factory=lambda: {1: "Readers", 2: "Builders", 3: "Builders (less)"}
     )
+    lapsing_segments: frozenset[int] = frozenset()
 
 
 TWIN_PROFILES = dataclasses.replace(PROFILES, rates=np.vstack([RATES, RATES[1] * 0.9]))
@@ -393,6 +394,7 @@ def centers_run(
     days: int,
     quiet_to: int,
     lulls: Sequence[tuple[float, float]] = (),
+    lapsing: frozenset[int] = frozenset(),
 ) -> list[tuple[str, dict[str, object]]]:
     """Drive a builder (settled long ago) through `Decider.decide` as the engine does, each
     event and each UTC midnight a re-score, with a days-since-the-last-event feature and
@@ -403,7 +405,8 @@ def centers_run(
     about what settles a quiet move."""
     rules = Rules(migration_evidence=14.0)
     ids = [1, 2, 3]
-    decider = Decider(TwinBuilders(), ids, NAMES, [0], np.zeros(len(NAMES)), rules, TWIN_PROFILES)
+    model = TwinBuilders(lapsing_segments=lapsing)
+    decider = Decider(model, ids, NAMES, [0], np.zeros(len(NAMES)), rules, TWIN_PROFILES)
     rows = [(t, f"e{n}", KINDS[col]) for n, (t, col) in enumerate(events)]
     rows += [(float(d), f"rescore:{d}", "") for d in range(1, days)]
     rows.sort(key=lambda r: (r[0], r[1].startswith("e")))
@@ -452,6 +455,18 @@ def test_a_lull_moved_by_the_centers_is_no_migration_unless_the_evidence_says_so
         assert len(moves) == 1, (seed, turned)
         assert (moves[0]["from_segment_id"], moves[0]["to_segment_id"]) == (2, 1)
     assert quiet_moves >= 8  # the lulls did move it in silence
+
+
+def test_a_lull_out_of_a_lapsing_segment_is_a_reactivation_at_the_first_event_back() -> None:
+    """Where the segment before the silence is a Lapsing one, the first event after the
+    move is a reactivation (a win-back flow keys on it), as it was before the evidence
+    settled moves made in silence; never a migration."""
+    lulls = [(float(d), d + 4.0) for d in range(10, 80, 14)]
+    events = with_lulls(stream_of(RATES[1], 80, np.random.default_rng(500)), lulls)
+    alerts = centers_run(events, 80, quiet_to=3, lulls=lulls, lapsing=frozenset({2}))
+    placed = [b.get("placed_by") for k, b in alerts if k == "segment_assigned"]
+    assert placed[:3] == ["nearest_centroid", "inactivity", "reactivation"], placed
+    assert "segment_migration" not in [k for k, _ in alerts]
 
 
 def drifting(
