@@ -491,9 +491,7 @@ class Decider:
                 state.candidate_since = began  # the dwell: the evidence's age
                 self._migrate(row, state, state.segment, features[i], out)
                 return
-            evidence = state.evidence  # against the segment it returns to: it holds
-            self._place(row, state, quiet_from, features[i], "return", out)
-            state.evidence = evidence
+            self._place(row, state, quiet_from, features[i], "return", out, keep_evidence=True)
             return
         if quiet_from is not None:
             # The first event after a move made in silence settles it: back where it was
@@ -535,9 +533,8 @@ class Decider:
                 return
             quiet_from = _home(state)
             anchor = state.anchor  # still the settled features, for drivers and reloads
-            evidence = state.evidence  # against the segment before the silence: it holds
-            self._place(row, state, target, features[i], "inactivity", out)
-            state.quiet_from, state.anchor, state.evidence = quiet_from, anchor, evidence
+            self._place(row, state, target, features[i], "inactivity", out, keep_evidence=True)
+            state.quiet_from, state.anchor = quiet_from, anchor
             return
         if governed:
             return  # the evidence decides this customer's moves, not the centers
@@ -646,9 +643,13 @@ class Decider:
 
     def _place(
         self, row: Row, state: CustomerState, target: int, x: np.ndarray, placed_by: str,
-        out: Decisions,
+        out: Decisions, *, keep_evidence: bool = False,
     ) -> None:  # fmt: skip
-        """A later change of segment: `segment_assigned` (`first: false`), state updated."""
+        """A later change of segment: `segment_assigned` (`first: false`), state updated.
+
+        The evidence is dropped (it was against the segment the customer leaves) unless
+        `keep_evidence`: a move in silence and a return keep the segment migrations start
+        from, and the evidence against it holds."""
         body = self._base("segment_assigned", row)
         body.update(
             segment_id=target,
@@ -662,7 +663,8 @@ class Decider:
         state.segment, state.since, state.candidate = target, row.at, None
         state.anchor = _anchor(x)
         state.quiet_from = None
-        state.evidence = b""  # evidence against the old segment means nothing now
+        if not keep_evidence:
+            state.evidence = b""
 
     def _reassign(self, row: Row, state: CustomerState, target: int, out: Decisions) -> None:
         """First look at a customer under a new bundle: where the new model puts it.
