@@ -36,7 +36,8 @@ from stream.settings import StreamSettings
 
 FIGURES = (
     "precision", "recall", "recall_7d", "recall_14d", "recall_28d", "flap_rate_per_30d",
-    "delay_median_days", "landed", "crossing_share", "recall_28d_crossing", "churn_precision",
+    "delay_median_days", "landed", "crossing_share", "recall_28d_crossing", "landed_crossing",
+    "churn_precision",
 )  # fmt: skip
 #: Detectors compared: the raw nearest center (no margin, no dwell), the centers with
 #: hysteresis (the rules before issue 22, over --margins x --dwells), and the evidence
@@ -60,6 +61,7 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
         "landed": mig["landed_in_target"],
         "crossing_share": round(mig["crossing"] / mig["changes"], 3) if mig["changes"] else None,
         "recall_28d_crossing": mig["recall_within_crossing"].get("28"),
+        "landed_crossing": mig.get("landed_crossing"),
         "churn_precision": churn["precision"],
         "churn_recall": churn["recall"],
         "churn_lead_median_days": churn["lead_time_days"]["median"],
@@ -248,7 +250,8 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
         "history's truth; recall_Nd: detected within N days of the change; landed: share "
         "of detected changes whose alert named the segment the customer settled in; "
         "crossing_share: changes whose customer settled in another segment than it was in "
-        "(the rest crossed no border), recall_28d_crossing: recall within 28 days over them. "
+        "(the rest crossed no border), recall_28d_crossing and landed_crossing: recall within "
+        "28 days and landed over them. "
         "Targets (issue 22): precision >= 0.9, recall within 28 days >= 0.9, flap <= 0.01 "
         "per 30 d, landed >= 0.9, median delay <= 3 days (sudden) or 7 (from a gradual "
         "drift's midpoint). One table per shape (`offline/shapes.py`).",

@@ -451,7 +451,8 @@ def migration_quality(
     segment at the last re-score before it) crossed no border, and no migration alert
     can name where it settles (a partial change often does not). `crossing` counts the
     changes that did; `recall_within_crossing` is `recall_within` over them, and
-    `detected_staying` counts the detected changes that stayed (their alerts cannot land).
+    `detected_staying` counts the detected changes that stayed (their alerts cannot land),
+    and `landed_crossing` is `landed_in_target` over the detected changes that crossed.
     """
     mig = in_window(alerts, "segment_migration", start, end).copy()
     history_end = float(events["ts"].max())
@@ -475,6 +476,7 @@ def migration_quality(
         (changes["changed_at"] >= start) & (changes["changed_at"] <= end - min_observed_days * DAY)
     ]
     delays, landed, with_target, stayed_detected = [], 0, 0, 0
+    landed_crossing, detected_crossing = 0, 0
     delays_by: dict[tuple[str, float], float] = {}
     settled_at, was_in = _settled(settled, counted, settle_days)
     crossing: list[bool] = []  # per counted change: settled in another segment than before
@@ -495,9 +497,13 @@ def migration_quality(
         delays.append((float(hits["at"].iloc[0]) - changed) / DAY)
         delays_by[(cid, changed)] = delays[-1]
         if wanted >= 0:
+            named = int(float(hits["to_segment_id"].iloc[-1]) == wanted)
             with_target += 1
-            landed += int(float(hits["to_segment_id"].iloc[-1]) == wanted)
+            landed += named
             stayed_detected += int(before == wanted)
+            if crossing[-1]:
+                detected_crossing += 1
+                landed_crossing += named
     active = set(events.loc[(events["ts"] >= start) & (events["ts"] <= end), "customer_id"])
     unchanged = active - set(changes["customer_id"])
     on_unchanged = mig["customer_id"].isin(unchanged) & ~mig.index.isin(list(churn_led))
@@ -522,6 +528,7 @@ def migration_quality(
         ),
         "with_target": with_target,
         "landed_in_target": _ratio(landed, with_target),
+        "landed_crossing": _ratio(landed_crossing, detected_crossing),
         "detected_staying": stayed_detected,
         "unchanged_customers": len(unchanged),
         "unchanged_alerts": flaps,

@@ -202,6 +202,7 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("detection delay, days", _dist_text(m["delay_days"])),
                 ("changes that crossed a border", m.get("crossing")),
                 ("landed in the expected segment", m["landed_in_target"]),
+                ("landed, changes that crossed a border", m.get("landed_crossing")),
                 ("detected changes that stayed in their segment", m.get("detected_staying")),
                 ("flap rate per unchanged customer per 30 days", m["flap_rate_per_30d"]),
             ]

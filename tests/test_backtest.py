@@ -218,7 +218,7 @@ def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     """Two customers change on day 20 and are alerted to segment 2 on day 23: a, whose
     re-scores put it in segment 1 before the change and nearest segment 2 from then on,
     crossed a border; b stays nearest segment 1 (a partial change that never crosses),
-    so its alert cannot land. Recall over the crossing changes counts a only."""
+    so its alert cannot land. Recall and landing over the crossing changes count a only."""
     day = 86_400.0
     events = pd.DataFrame(
         {"customer_id": ["a", "b"] * 2, "ts": [0.0] * 2 + [70 * day] * 2,
@@ -243,3 +243,4 @@ def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     assert (got["changes"], got["detected"], got["crossing"]) == (2, 2, 1)
     assert got["recall_within"]["7"] == 1.0 and got["recall_within_crossing"]["7"] == 1.0
     assert got["landed_in_target"] == 0.5 and got["detected_staying"] == 1
+    assert got["landed_crossing"] == 1.0  # a's alert named where it settled; b's could not
