@@ -13,13 +13,16 @@
 --   counted = per state, "<version>\t<field>\t..." it counts in ('' none: deleted);
 --   token = this save's id, the same on every retry of it;
 --   population prefix = '{prefix}:population:' to count here (all keys on one server),
---   '' to return the changes for the caller to count under the token (a cluster).
+--   '' to return the changes for the caller to count under the token (a cluster);
+--   clock = the caller's wall clock, whole seconds; recover = seconds within which an
+--   older generation's transition is handed back for recovery (a cluster, see below).
 --
--- Fencing: an owner key holds "<generation>\n<token>\n<counted before>\n<counted>" of the
--- last save that wrote its customer (counted = "<version>\t<field>\t...", the population
--- fields the state counts in, '' for none). If any customer's generation is newer than
--- the save's, the whole call writes nothing and returns {1, {}, {}}: a worker whose claim
--- was superseded (a rebalance) cannot write over the new owner's states.
+-- Fencing: an owner key holds "<generation>\n<token>\n<counted before>\n<counted>\n<clock>"
+-- of the last save that wrote its customer (counted = "<version>\t<field>\t...", the
+-- population fields the state counts in, '' for none; records written before the clock
+-- was added have four lines). If any customer's generation is newer than the save's, the
+-- whole call writes nothing and returns {1, {}, {}, {}}: a worker whose claim was
+-- superseded (a rebalance) cannot write over the new owner's states.
 --
 -- Population: each state's transition (what it counted in, from the owner record, to
 -- what it counts in now) is counted once; an unchanged one costs nothing. A retry of the
@@ -27,20 +30,31 @@
 -- it counts nothing; returning, it returns the recorded transition again (the caller's
 -- count is idempotent on the token).
 --
+-- Recovery (a cluster only): a worker killed between this call and its population call
+-- leaves a transition written but never counted, and its events' new owner finds the
+-- states already written (no transition of its own). So when a save of a newer
+-- generation finds a record of an older one that moved its customer, written less than
+-- `recover` seconds ago, it hands that transition back with the old token; the caller
+-- counts it at most once per customer and only if the old save never counted
+-- (population.lua).
+--
 -- Returns {fenced (0/1), conflicts (1-based indices of feature states not written: the
--- state changed since it was read), changes {version, field, delta, ...}}.
+-- state changed since it was read), changes {version, field, delta, ...}, recoveries
+-- {old token, state key, counted before, counted, ...}}.
 local a = cmsgpack.unpack(ARGV[1])
 local fttl, sttl, nf, ns, nd = a[1], a[2], a[3], a[4], a[5]
 local digests, fstates, svalues, due = a[6], a[7], a[8], a[9]
 local gens, token, pprefix, counted = a[10], a[11], a[12], a[13]
+local clock, recover = a[14], a[15]
 
 local owners = {}
 for i = 1, ns do
   local raw = redis.call('GET', KEYS[nf + ns + i])
   if raw then
-    local gen, tok, was, now = string.match(raw, '^(%d+)\n([^\n]*)\n([^\n]*)\n(.*)$')
-    if tonumber(gen) > gens[i] then return {1, {}, {}} end
-    owners[i] = {tok, was, now}
+    local gen, tok, was, now, at =
+      string.match(raw, '^(%d+)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n?(%d*)$')
+    if tonumber(gen) > gens[i] then return {1, {}, {}, {}} end
+    owners[i] = {tok, was, now, tonumber(gen), tonumber(at)}
   else
     owners[i] = false
   end
@@ -67,6 +81,7 @@ local function add(combo, by)
   combos[combo] = combos[combo] + by
 end
 
+local recoveries = {}
 for i = 1, ns do
   local skey, okey, value, owner = KEYS[nf + i], KEYS[nf + ns + i], svalues[i], owners[i]
   local again = owner and owner[1] == token
@@ -78,10 +93,14 @@ for i = 1, ns do
   else
     redis.call('SET', skey, value, 'EX', sttl)
   end
+  if pprefix == '' and owner and not again and owner[4] < gens[i] and owner[2] ~= owner[3]
+     and owner[5] and clock - owner[5] < recover then
+    for _, v in ipairs({owner[1], skey, owner[2], owner[3]}) do recoveries[#recoveries + 1] = v end
+  end
   -- A deleted customer's owner record stays a day: long enough to fence and recognise a
   -- retry, short enough not to keep every expired customer.
-  redis.call('SET', okey, gens[i] .. '\n' .. token .. '\n' .. was .. '\n' .. now, 'EX',
-             value == '' and math.min(sttl, 86400) or sttl)
+  redis.call('SET', okey, gens[i] .. '\n' .. token .. '\n' .. was .. '\n' .. now .. '\n' .. clock,
+             'EX', value == '' and math.min(sttl, 86400) or sttl)
   if was ~= now and not (again and pprefix ~= '') then
     add(was, -1)
     add(now, 1)
@@ -136,4 +155,4 @@ for _, item in ipairs(fields) do
     end
   end
 end
-return {0, conflicts, changes}
+return {0, conflicts, changes, recoveries}

@@ -54,6 +54,7 @@ from stream.stores import (
     population_key,
     split_population,
     state_key,
+    transition,
 )
 
 
@@ -287,7 +288,7 @@ class MemoryAssignmentStore:
         records: dict[str, list[str] | None] = {}
         for cid in states:
             raw = ks.get(owner_key(self.prefix, cid))
-            record = raw.decode().split("\n", 3) if raw else None
+            record = raw.decode().split("\n") if raw else None
             if record is not None and int(record[0]) > gens[cid]:
                 raise Fenced(f"a newer owner holds customers of this save (token {token})")
             records[cid] = record
@@ -297,7 +298,8 @@ class MemoryAssignmentStore:
                 ks.set(key, staged.states[i], feature_ttl or self.ttl_seconds)
             else:
                 conflicts.append(i)
-        combos: Counter[str] = Counter()
+        changes: Counter[tuple[str, str]] = Counter()
+        clock = int(ks.clock())
         for cid, st in states.items():
             key = state_key(self.prefix, cid)
             record = records[cid]
@@ -310,17 +312,11 @@ class MemoryAssignmentStore:
             else:
                 ks.delete(key)
             ttl = min(self.ttl_seconds, 86_400) if not value else self.ttl_seconds
-            owner = f"{gens[cid]}\n{token}\n{was}\n{now}".encode()
+            owner = f"{gens[cid]}\n{token}\n{was}\n{now}\n{clock}".encode()
             ks.set(owner_key(self.prefix, cid), owner, ttl)
-            if was != now and not again:
-                combos[was] -= 1
-                combos[now] += 1
-        changes: Counter[tuple[str, str]] = Counter()
-        for combo, by in combos.items():
-            if combo and by:
-                version, *names = combo.split("\t")
-                for name in names:
-                    changes[(version, name)] += by
+            if not again:
+                for version, counts in transition(was, now).items():
+                    changes.update({(version, name): n for name, n in counts.items()})
         for (version, name), change in changes.items():
             if change:
                 key = population_key(self.prefix, version)

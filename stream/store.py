@@ -46,8 +46,9 @@ This module knows Redis and the catalog; it knows nothing of faust or Kafka.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -83,6 +84,7 @@ from stream.stores import (
     population_key,
     split_population,
     state_key,
+    transition,
 )
 
 STORE: Final = Script("store.lua")
@@ -91,10 +93,19 @@ CENTERS: Final = Script("centers.lua")
 COUNT: Final = Script("population.lua")
 #: How long a cluster save's token is kept (its retries come within seconds to minutes).
 TOKEN_TTL: Final = 86_400
+#: How recent an older generation's uncounted-looking transition must be to be recovered
+#: (commit.lua): well inside TOKEN_TTL, so a save that did count still has its token key
+#: then, whatever the skew between the workers' clocks.
+RECOVER_SECONDS: Final = TOKEN_TTL // 2
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(counts: Counter[str]) -> list[str | int]:
+    """Field, change, ... of the non-zero changes (population.lua's arguments)."""
+    return [v for name, n in counts.items() if n for v in (name, n)]
 
 
 class RedisFeatureStore:
@@ -209,11 +220,13 @@ class RedisAssignmentStore:
         prefix: str,
         ttl_seconds: int,
         cache_size: int = 500_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self.cache_size = cache_size
+        self.clock = clock  # wall clock of the owner records (recovery window only)
         self.round_trips = 0
         self._cache: dict[str, bytes] = {}  # customer id -> packed state
         self._net = topology(client)
@@ -324,6 +337,7 @@ class RedisAssignmentStore:
                 *(self.due_key(p) for p in parts)]  # fmt: skip
         owner_keys = [owner_key(self.prefix, cid) for cid in cids]
         inline = f"{self.prefix}:population:" if self._net.together else ""
+        clock = int(self.clock())
 
         def due_args(skip: set[str]) -> list[list[Any]]:
             out: list[list[Any]] = []
@@ -343,7 +357,8 @@ class RedisAssignmentStore:
                     [feature_ttl, self.ttl_seconds, len(f), len(s), len(d),
                      [staged.digests[i] for i in f], [staged.states[i] for i in f],
                      [s_values[i] for i in s], [dues[i] for i in d],
-                     [gens[i] for i in s], token, inline, [counted[i] for i in s]],
+                     [gens[i] for i in s], token, inline, [counted[i] for i in s],
+                     clock, RECOVER_SECONDS],
                     use_bin_type=False,
                 )  # fmt: skip
                 call_keys = [*(keys[i] for i in group if i < nf + ns),
@@ -365,26 +380,42 @@ class RedisAssignmentStore:
                 await self._net.run(COMMIT, calls_for(later, due_args(skip)))
         fenced = any(int(reply[0]) for reply in replies)
         changes: dict[str, Counter[str]] = {}
+        recovered: list[list[str]] = []
         for reply in replies:
             flat = reply[2]
             for j in range(0, len(flat), 3):
                 version, name = _text(flat[j]), _text(flat[j + 1])
                 changes.setdefault(version, Counter())[name] += int(flat[j + 2])
+            flat = reply[3]
+            recovered += [[_text(v) for v in flat[j : j + 4]] for j in range(0, len(flat), 4)]
         # The slots that were written count their changes even when another was fenced.
-        await self._count(changes, token)
+        await self._count(changes, token, recovered)
         if fenced:
             raise Fenced(f"a newer owner holds customers of this save (token {token})")
         return [group[int(i) - 1] for group, reply in zip(groups, replies, strict=True)
                 for i in reply[1]]  # fmt: skip
 
-    async def _count(self, changes: dict[str, Counter[str]], token: str) -> None:
-        """Add a cluster save's population changes, once per token and version."""
+    async def _count(
+        self, changes: dict[str, Counter[str]], token: str, recovered: list[list[str]]
+    ) -> None:
+        """Add a cluster save's population changes, once per token and version, and the
+        transitions its calls recovered from older generations' saves (`recovered`: old
+        token, state key, counted before, counted; see commit.lua), once per customer and
+        only where that save never counted (population.lua)."""
+        olders: dict[str, list[tuple[str, str, Counter[str]]]] = {}
+        for old, member, was, now in recovered:
+            for version, counts in transition(was, now).items():
+                olders.setdefault(version, []).append((old, member, counts))
         calls: list[Call] = []
-        for version, counts in changes.items():
-            items = [v for name, n in counts.items() if n for v in (name, n)]
-            if items:
-                key = self.population_key(version)
-                calls.append(([key, f"{{{key}}}:save:{token}"], [TOKEN_TTL, *items]))
+        for version in sorted(set(changes) | set(olders)):
+            key = self.population_key(version)
+            items = _pairs(changes.get(version, Counter()))
+            keys, args = [key, f"{{{key}}}:save:{token}"], [TOKEN_TTL, len(items) // 2, *items]
+            for old, member, counts in olders.get(version, []):
+                keys.append(f"{{{key}}}:save:{old}")
+                args += [member, len(counts), *_pairs(counts)]
+            if items or len(keys) > 2:
+                calls.append((keys, args))
         if calls:
             await self._net.run(COUNT, calls)
 

@@ -143,6 +143,22 @@ def counted_as(state: CustomerState | None) -> str:
     return "\t".join(found)
 
 
+def transition(was: str, now: str) -> dict[str, Counter[str]]:
+    """The population changes of one customer moving from what it counted in (`was`,
+    as `counted_as` gives it) to `now`, per version; fields that cancel are left out.
+
+    >>> transition("v1\t3\tstage:new", "v1\t4\tstage:new")
+    {'v1': Counter({'4': 1, '3': -1})}
+    """
+    changes: dict[str, Counter[str]] = {}
+    for combo, by in ((was, -1), (now, 1)):
+        if combo:
+            version, *names = combo.split("\t")
+            for name in names:
+                changes.setdefault(version, Counter())[name] += by
+    return {v: Counter({k: n for k, n in c.items() if n}) for v, c in changes.items()}
+
+
 class Fenced(Exception):
     """A save refused because a customer's owner record holds a newer generation: the
     partition was assigned to another worker (or claimed again) since the batch was

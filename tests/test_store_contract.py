@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ from stream.decide import CustomerState
 from stream.memory_store import MemoryFeatureStore, memory_stores
 from stream.redis_conn import connect
 from stream.state import StateCodec
-from stream.store import RedisFeatureStore
+from stream.store import RECOVER_SECONDS, RedisAssignmentStore, RedisFeatureStore
 from stream.stores import AssignmentStore, Fenced, due_key, feature_key, state_key
 from tests.servers import HOST, Cluster
 from tests.store_backends import RedisBackend, StoreBackend
@@ -786,6 +787,69 @@ def test_a_late_save_of_an_old_generation_is_refused(store_backend: StoreBackend
             # A save of the newest generation (or a newer one) is accepted.
             await new.save({"c1": state(0)}, {}, owners={"c1": second})
             assert await new.recount("v1") == (await new.population("v1"), {})
+
+    run(body())
+
+
+def test_a_save_killed_before_its_count_is_counted_once_by_the_next_owner(
+    redis_backend: RedisBackend,
+) -> None:
+    """A cluster save is two steps (the states' slots, then the population's): a worker
+    SIGKILLed between them left its customers written but uncounted, and the new owner,
+    replaying the same events, finds no transition of its own. Its save (a newer claim)
+    counts them once; the dead worker's count arriving late (a zombie) adds nothing; a
+    third owner counts nothing again. On one server the count is in the states' call, so
+    the same steps must leave the same counts."""
+    replayed = {"c0": state(1, stage="new"), "c1": state(2, stage="new"), "c2": state(2)}
+
+    async def body() -> None:
+        async with redis_backend.open() as old_stores, redis_backend.open() as new_stores:
+            old, new = old_stores.assignments, new_stores.assignments
+            assert isinstance(old, RedisAssignmentStore)
+            first = await old.claim()
+            unsent: list[tuple[Any, ...]] = []
+
+            async def killed(*args: Any) -> None:
+                unsent.append(args)
+                raise ConnectionError("killed before the population call")
+
+            old._count = killed  # type: ignore[method-assign]
+            with pytest.raises(ConnectionError):
+                await old.save(replayed, {}, owners=dict.fromkeys(replayed, first), token="dead")
+            second = await new.claim()
+            moved = {**replayed, "c2": state(0)}  # the replay decides c2 anew
+            await new.save(moved, {}, owners=dict.fromkeys(moved, second))
+            expected = ({1: 1, 2: 1, 0: 1}, {"new": 2})
+            assert await new.recount("v1") == expected
+            assert (await new.population("v1"), await new.stages("v1")) == expected
+            await RedisAssignmentStore._count(old, *unsent[0])  # the zombie's late count
+            third = await new.claim()
+            await new.save(moved, {}, owners=dict.fromkeys(moved, third))
+            assert (await new.population("v1"), await new.stages("v1")) == expected
+
+    run(body())
+
+
+def test_a_counted_save_is_not_recovered_after_its_token_expired(
+    redis_backend: RedisBackend,
+) -> None:
+    """Recovery trusts a token key to tell a counted save from a killed one, and token keys
+    expire: a transition older than the recovery window is never handed back, so a new
+    owner touching a customer days after its last move counts nothing twice."""
+    start = 1_800_000_000.0
+
+    async def body() -> None:
+        async with redis_backend.open() as old_stores, redis_backend.open() as new_stores:
+            old, new = old_stores.assignments, new_stores.assignments
+            assert isinstance(old, RedisAssignmentStore) and isinstance(new, RedisAssignmentStore)
+            old.clock = lambda: start
+            first = await old.claim()
+            await old.save({"c1": state(3)}, {}, owners={"c1": first}, token="counted")
+            key = old.population_key("v1")
+            redis_backend.client.delete(f"{{{key}}}:save:counted")  # expired
+            new.clock = lambda: start + RECOVER_SECONDS + 1
+            await new.save({"c1": state(3)}, {}, owners={"c1": await new.claim()})
+            assert await new.population("v1") == {3: 1} == (await new.recount("v1"))[0]
 
     run(body())
 
