@@ -147,7 +147,7 @@ def transition(was: str, now: str) -> dict[str, Counter[str]]:
     """The population changes of one customer moving from what it counted in (`was`,
     as `counted_as` gives it) to `now`, per version; fields that cancel are left out.
 
-    >>> transition("v1\t3\tstage:new", "v1\t4\tstage:new")
+    >>> transition("v1\\t3\\tstage:new", "v1\\t4\\tstage:new")
     {'v1': Counter({'4': 1, '3': -1})}
     """
     changes: dict[str, Counter[str]] = {}
