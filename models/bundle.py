@@ -233,6 +233,11 @@ class SegmentRecord:
     #: Per summed property feature (`revenue_30d`...), the members' median value per
     #: event (empty in older bundles): the evidence's typical purchase amount.
     typical: dict[str, float] = field(default_factory=dict)
+    #: Per identity the catalog counts distinct values of (`"feature_used.feature"`), each
+    #: value's share of the members' distinct (day, value) pairs over the profile window
+    #: (the most used values only; empty in older bundles): the evidence reads which
+    #: features a customer uses, not only how many (`stream.detect.ShareProfile`).
+    shares: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Its members are the silent ones (the naming rule's Lapsing: median days since the
     #: last event at least 30), whatever the segment is called. A customer who leaves it
     #: is coming back, not changing behaviour: no migration alert (`stream.decide`).
@@ -394,6 +399,10 @@ def _segment(doc: Mapping[str, Any]) -> SegmentRecord:
         name_reason=str(doc.get("name_reason", "")),
         means={str(k): float(v) for k, v in (doc.get("means") or {}).items()},
         typical={str(k): float(v) for k, v in (doc.get("typical") or {}).items()},
+        shares={
+            str(k): {str(v): float(p) for v, p in (got or {}).items()}
+            for k, got in (doc.get("shares") or {}).items()
+        },
         lapsing=bool(doc.get("lapsing", False)),
     )
 

@@ -50,6 +50,24 @@ WINDOWED: Final = frozenset({"count", "sum", "distinct", "active_days"})
 Scalar = str | int | float | bool
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Which values of one property a customer uses (`Catalog.identity`): the layout's
+    distinct `slot`, its event `type` and property `prop`, and the days the customer's own
+    shares are read from (before the latest `recent_days`, within `long_days`)."""
+
+    slot: int
+    type: str
+    prop: str
+    long_days: int
+    recent_days: int
+
+    @property
+    def key(self) -> str:
+        """The manifest's name for it (`SegmentRecord.shares`)."""
+        return f"{self.type}.{self.prop}"
+
+
 class CatalogError(ValueError):
     """A catalog or catalog config that cannot work; the message names the feature."""
 
@@ -323,6 +341,33 @@ class Catalog:
             and not spec.filter.where
             and (spec.filter.types, spec.window_days) in counts
         }
+
+    @cached_property
+    def identity(self) -> Identity | None:
+        """The first `distinct` of a property of one event type (no `where`) counted over
+        at least two windows: which values a customer uses (the default's `feature` of
+        `feature_used`). The trainer records each segment's shares of its values
+        (`SegmentRecord.shares`), the store reads the customer's own from its days before
+        the latest `recent_days` within `long_days`, and the migration evidence weighs each
+        event's value by them (`stream.detect`). None when the catalog has no such count.
+
+        >>> default_catalog().identity
+        Identity(slot=0, type='feature_used', prop='feature', long_days=90, recent_days=30)
+        """
+        lay = self.layout
+        for slot, (flt, prop) in enumerate(lay.distincts):
+            if len(flt.types) != 1 or flt.where:
+                continue
+            windows = sorted(
+                int(spec.window_days)
+                for spec in self.features
+                if spec.aggregation == "distinct"
+                and (spec.filter, spec.property) == (flt, prop)
+                and isinstance(spec.window_days, int)
+            )
+            if len(windows) >= 2:
+                return Identity(slot, flt.types[0], prop, windows[-1], windows[-2])
+        return None
 
     @cached_property
     def fingerprint(self) -> str:

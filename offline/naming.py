@@ -5,6 +5,7 @@ against the population's, with the standardized difference in the scaled space; 
 segment's median days since its last event, an absolute recency the clustering does not
 see) and `name_segments` / `explain_names` (deterministic rules on those profiles, config
 overrides, names kept from the previous bundle, and the rule and numbers behind each).
+`identity_shares` records which values (features) each segment's members use.
 
 Names are unique without numeric suffixes: when two segments would get the same
 behavioural name, each is qualified by the trait that sets it apart from the others of
@@ -24,6 +25,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from models.catalog import SECONDS_PER_DAY, Identity
+
+#: Values of an identity (`Catalog.identity`) whose shares a bundle records: the most
+#: used ones; the rest share the remainder (a catalog may count thousands of page names).
+MAX_SHARE_VALUES = 32
 
 #: A segment stands out on a feature when its mean in the scaled space is this many
 #: population standard deviations away from the population mean.
@@ -325,3 +332,43 @@ def explain_names(
             names[seg] = (f"{name} [{seg}]", why)
         seen.add(names[seg][0])
     return {p.id: names[p.id] for p in profiles}
+
+
+def identity_shares(
+    frame: pd.DataFrame,
+    names: Sequence[Sequence[str]],
+    identity: Identity | None,
+    labels: pd.Series,
+    as_of: float,
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Per segment id (`labels`: customer id -> segment), its members' share of each value
+    of `identity` among their distinct (customer, day, value) triples in the `recent_days`
+    up to `as_of` (the profile window), for the `MAX_SHARE_VALUES` most used values:
+    `{segment: {identity.key: {value: share}}}`. The shares of a segment sum to at most
+    1; the rest is its other values'. `frame` is an `offline.reference.events_frame`,
+    `names` what its distinct numbers stand for (per distinct); empty without them.
+
+    Counted per day, not per event, as the stream reads a customer's own shares from
+    its days (`stream.state.StateCodec.aggregate`).
+    """
+    if identity is None or identity.slot >= len(names):
+        return {}
+    code = f"m:d{identity.slot}"
+    ts = frame["ts"].to_numpy()
+    keep = (ts <= as_of) & (ts > as_of - identity.recent_days * SECONDS_PER_DAY)
+    keep &= frame[code].to_numpy() >= 0
+    seen = frame.loc[keep, ["customer_id", "day", code]].drop_duplicates()
+    seg = seen["customer_id"].map(labels)
+    seen = seen[seg.notna().to_numpy()]
+    if seen.empty:
+        return {}
+    table = seen.groupby([seg.dropna().astype(int).to_numpy(), seen[code].to_numpy()]).size()
+    counts = table.unstack(fill_value=0)
+    top = counts.sum(axis=0).sort_values(ascending=False, kind="stable").index[:MAX_SHARE_VALUES]
+    shares = counts[top].div(counts.sum(axis=1), axis=0)
+    values = names[identity.slot]
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for s, row in zip(shares.index.tolist(), shares.to_numpy().tolist(), strict=True):
+        listed = zip(shares.columns.tolist(), row, strict=True)
+        out[int(s)] = {identity.key: {values[int(c)]: round(v, 5) for c, v in listed if v > 0}}
+    return out

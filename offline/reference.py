@@ -108,8 +108,14 @@ def _number(frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     frame = frame[~frame["event_id"].duplicated(keep="first").to_numpy()].reset_index(drop=True)
     frame.insert(2, "cust", pd.factorize(frame["customer_id"], sort=True)[0].astype(np.int64))
     frame.insert(5, "day", np.floor(frame["ts"].to_numpy() / SECONDS_PER_DAY).astype(np.int64))
+    names = []
     for k in range(len(catalog.layout.distincts)):
-        frame[f"m:d{k}"] = pd.factorize(frame[f"m:d{k}"])[0].astype(np.int64)
+        codes, uniques = pd.factorize(frame[f"m:d{k}"])
+        frame[f"m:d{k}"] = codes.astype(np.int64)
+        names.append([str(u) for u in uniques])
+    # What the numbers stand for, for the shares the trainer records (`offline.naming`);
+    # `offline.steps.load_history` takes them out of attrs.
+    frame.attrs["distinct_values"] = names
     return frame
 
 

@@ -44,7 +44,13 @@ from offline.baselines import churn_warnings, early_warnings
 from offline.churn import ChurnTrainer, churn_dataset, snapshot_times
 from offline.early import EarlyTrainer, early_dataset, new_customers
 from offline.lineage import Lineage, MatchRules, Previous, match_segments, relabel
-from offline.naming import LAPSING_DAYS, SegmentProfile, explain_names, profile_segments
+from offline.naming import (
+    LAPSING_DAYS,
+    SegmentProfile,
+    explain_names,
+    identity_shares,
+    profile_segments,
+)
 from offline.outcomes import Outcomes, segment_outcomes
 from offline.reference import features_at, load_frame
 from offline.report import ReportInputs, write_report
@@ -106,6 +112,8 @@ class History:
     seen: int
     #: Events that broke the contract, by reason.
     rejected: dict[str, int]
+    #: Per distinct of the catalog's layout, the values its `m:d{k}` numbers stand for.
+    distinct_values: tuple[tuple[str, ...], ...] = ()
 
     @property
     def notes(self) -> list[str]:
@@ -131,7 +139,9 @@ def load_history(
     seen = int((frame["ts"] <= as_of).sum())
     if not seen:
         raise ValueError(f"{events}: no valid event at or before as-of {_iso(as_of)}")
-    return History(frame=frame, seen=seen, rejected=dict(stats.rejected))
+    # Out of attrs at once: pandas deep-copies attrs into every frame derived from one.
+    values = tuple(tuple(v) for v in frame.attrs.pop("distinct_values", ()))
+    return History(frame=frame, seen=seen, rejected=dict(stats.rejected), distinct_values=values)
 
 
 # --- step 2: features
@@ -506,6 +516,9 @@ def build_manifest(
 ) -> fmt.Manifest:
     """Everything the bundle records besides its header and artifact hashes."""
     seg = segments.model
+    shares = identity_shares(
+        history.frame, history.distinct_values, catalog.identity, stable.labels, as_of
+    )
     return fmt.Manifest(
         as_of=_iso(as_of),
         training_data=fmt.TrainingData(
@@ -527,7 +540,9 @@ def build_manifest(
         ),
         k=int(seg.k_),
         segments=tuple(
-            _segment_record(p, named.names[p.id], named.reasons.get(p.id, ""), outcomes)
+            _segment_record(
+                p, named.names[p.id], named.reasons.get(p.id, ""), outcomes, shares.get(p.id, {})
+            )
             for p in named.profiles
         ),
         segment_ids=fmt.SegmentIds(
@@ -543,7 +558,11 @@ def build_manifest(
 
 
 def _segment_record(
-    profile: SegmentProfile, name: str, reason: str, outcomes: Outcomes
+    profile: SegmentProfile,
+    name: str,
+    reason: str,
+    outcomes: Outcomes,
+    shares: dict[str, dict[str, float]],
 ) -> fmt.SegmentRecord:
     doc = _plain(profile.to_dict())
     result = None
@@ -556,7 +575,7 @@ def _segment_record(
     return fmt.SegmentRecord(
         id=doc["id"], name=name, size=doc["size"], share=doc["share"],
         top_features=tuple(doc["top_features"]), outcomes=result, name_reason=reason,
-        means=doc["means"], typical=doc["typical"],
+        means=doc["means"], typical=doc["typical"], shares=shares,
         lapsing=profile.silent_days is not None and profile.silent_days >= LAPSING_DAYS,
     )  # fmt: skip
 
