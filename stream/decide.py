@@ -221,6 +221,9 @@ class Row:
     kind: str = ""  # the event's type ("" at a re-score)
     #: The event's properties (None at a re-score): the evidence reads a value off them.
     properties: Mapping[str, Any] | None = None
+    #: After an event whose value the catalog's `identity` counts: the days the customer
+    #: used each value before its latest weeks (`stores.Features.own`); else None.
+    own: Mapping[int, float] | None = None
 
 
 @dataclass
@@ -600,11 +603,16 @@ class Decider:
             terms = prep.terms[prep.at[i]]
         else:  # the segment changed earlier in this batch: the baseline's prior with it
             terms = ev.prepare(x[None, :], np.array([current]), [column])[0]
-        values = ev.profiles.values
+        values, shares = ev.profiles.values, ev.profiles.shares
         value = values.value(row.properties) if values is not None else None
+        seen = shares.observe(row.kind, row.properties) if shares is not None else None
+        identity = None
+        if seen is not None and shares is not None:
+            identity = (seen[1], *shares.terms(seen[0], current, row.own))
         state.evidence, moved, began = ev.update(
-            state.evidence, row.at, column, current, terms, value, prefer=dist
-        )
+            state.evidence, row.at, column, current, terms, value, prefer=dist,
+            identity=identity,
+        )  # fmt: skip
         if not confirm and (
             moved is None
             or state.last_seen <= began

@@ -23,6 +23,15 @@ current segment's (a lognormal of spread `AMOUNT_SIGMA`, at most `AMOUNT_CAP` na
 event). A casual customer who starts buying like a big spender shows it in one or two
 purchases, long before its purchase rate alone would.
 
+Which values a customer uses says something too: where the catalog counts the distinct
+values of a property of one event type (`Catalog.identity`: the default's `feature` of
+`feature_used`), the trainer records each segment's share of every value
+(`SegmentRecord.shares`), the store reads the customer's own share of the event's value
+off its days before the latest 30 (`stores.Features.own`), and each such event adds the
+log-likelihood ratio of its value under a segment's shares against the customer's own and
+its current segment's (at most `SHARE_CAP` nats an event). A power user who turns to
+support-heavy work shows it in the features it opens, before the counts move.
+
 The 30- and 90-day windows move slowly after a change; the events themselves do not, so
 the evidence crosses its threshold within days of a sudden switch. The destination is
 the segment with the most evidence. The state is `k` float16 sums and the time of the
@@ -39,13 +48,14 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
 
 from models.bundle import Bundle, ScaledSpace
-from models.catalog import Catalog
+from models.catalog import Catalog, Identity, distinct_key
+from stream.fold import value_fingerprint
 
 DAY: Final = 86_400.0
 #: Rates below this (per day) are raised to it: a segment that "never" does something
@@ -70,6 +80,13 @@ MAX_SIZE: Final = 1e6
 PRIOR_VALUES: Final = 2.0
 #: Events per member of all segments' typical value mixed into a segment's own.
 VALUE_PRIOR_EVENTS: Final = 0.05
+#: The least share of a value (of the identity's, `ShareProfile`): a segment whose
+#: members never used a value would make one use of it infinite evidence.
+SHARE_FLOOR: Final = 0.01
+#: The most evidence (nats, either way) one event's value gives.
+SHARE_CAP: Final = 2.0
+#: (Day, value) pairs of the current segment's shares mixed into a customer's own.
+PRIOR_PAIRS: Final = 20.0
 #: Segments whose evidence is within this many nats of the leader's when it crosses are
 #: ones the events cannot tell apart (e^2: odds under 7.4 to 1); the caller's preference
 #: (the nearest center) names the destination among them.
@@ -95,6 +112,106 @@ class ValueProfile:
         if isinstance(got, bool) or not isinstance(got, int | float) or not got > 0:
             return None
         return math.log(float(got)) if math.isfinite(got) else None
+
+
+@dataclass(frozen=True)
+class ShareProfile:
+    """Per segment, the share of each value of the catalog's `identity` (`type`'s
+    `property`) among its members' distinct (day, value) pairs; the last column holds the
+    values the bundle did not list (each segment's remainder). `prints` maps a listed
+    value's fingerprint (`stream.fold.value_fingerprint`, as the store keeps it) to its
+    column."""
+
+    type: str
+    property: str
+    index: Mapping[str, int]  # value -> column
+    prints: Mapping[int, int]  # value fingerprint -> column
+    log_share: np.ndarray  # (segments, values + 1)
+
+    def observe(self, kind: str, properties: Mapping[str, object] | None) -> tuple[int, int] | None:
+        """An event's value: its column and its bit in a day's mask of the values counted
+        (0-31, from its fingerprint); None for an event of another type, or no value."""
+        if kind != self.type:
+            return None
+        key = distinct_key((properties or {}).get(self.property))
+        if key is None:
+            return None
+        bit = int.from_bytes(value_fingerprint(key), "little") % 32
+        return self.index.get(key, len(self.index)), bit
+
+    def own_shares(self, own: Mapping[int, float]) -> np.ndarray:
+        """A customer's own share of every column, from the days it used each value
+        before its latest weeks (`own`), with `PRIOR_PAIRS` pairs of a prior: the
+        segments' shares weighted by how well each explains those days (their posterior
+        under equal odds). A customer spread over many values has seen most of them on
+        a day or two; a prior of its own segment's shares would make each of them look
+        rare for it, and a misplaced customer (a power user the early classifier put among
+        the support-heavy) would raise evidence from its own steady use.
+
+        >>> segments = [{"f.x": {"a": 0.9}}, {"f.x": {"b": 0.9}}]
+        >>> p = share_profile(Identity(0, "f", "x", 90, 30), segments)
+        >>> from stream.fold import value_fingerprint
+        >>> a = int.from_bytes(value_fingerprint("a"), "little")
+        >>> p.own_shares({a: 3.0}).round(2).tolist()  # a, b, the rest: 3 days say "a"
+        [0.91, 0.01, 0.09]
+        """
+        width = self.log_share.shape[1]
+        days = np.zeros(width)
+        for fp, d in own.items():
+            days[self.prints.get(fp, width - 1)] += d
+        known = ~np.isnan(self.log_share[:, 0])
+        fit = self.log_share[known] @ days
+        weight = np.exp(fit - fit.max())
+        prior = weight @ np.exp(self.log_share[known]) / weight.sum()
+        mixed: np.ndarray = (days + PRIOR_PAIRS * prior) / (days.sum() + PRIOR_PAIRS)
+        return mixed
+
+    def terms(
+        self, column: int, current: int, own: Mapping[int, float] | None
+    ) -> tuple[list[float], list[float]]:
+        """Per segment, the log-likelihood ratio of one event's value (`column`) under its
+        shares against the customer's own share (`own_shares`; none read: its current
+        segment's) and against its current segment's (position `current`), within
+        +-`SHARE_CAP`.
+
+        >>> p = ShareProfile("f", "x", {"a": 0}, {}, np.log(np.array([[0.9, 0.1], [0.1, 0.9]])))
+        >>> [round(v, 2) for v in p.terms(0, 1, None)[1]]
+        [2.0, 0.0]
+        """
+        row = self.log_share[:, column]
+        # NaN (a segment without shares, `share_profile`) gives no evidence: 0.
+        seg = np.nan_to_num(np.clip(row - row[current], -SHARE_CAP, SHARE_CAP))
+        if own is None:
+            return seg.tolist(), seg.tolist()
+        mine = self.own_shares(own)[column]
+        vs_own = np.clip(row - math.log(max(mine, SHARE_FLOOR)), -SHARE_CAP, SHARE_CAP)
+        return np.nan_to_num(vs_own).tolist(), seg.tolist()
+
+
+def share_profile(
+    identity: Identity | None, shares: Sequence[Mapping[str, Mapping[str, float]]]
+) -> ShareProfile | None:
+    """The bundle's recorded shares (`SegmentRecord.shares`, one mapping per segment in
+    `space.segment_ids` order) of the catalog's identity; None when no segment has any
+    (an older bundle, a catalog without the identity, a log without its values). A
+    segment without shares (its members used no value in the profile window) has a row
+    of NaN: no evidence either way (`ShareProfile.terms`)."""
+    if identity is None or not shares:
+        return None
+    got = [s.get(identity.key) or {} for s in shares]
+    if not any(got):
+        return None
+    values = sorted({v for g in got for v in g})
+    index = {v: i for i, v in enumerate(values)}
+    table = np.zeros((len(got), len(values) + 1))
+    for r, g in enumerate(got):
+        for v, share in g.items():
+            table[r, index[v]] = share
+        table[r, -1] = 1.0 - table[r, :-1].sum()
+    log_share = np.log(np.maximum(table, SHARE_FLOOR))
+    log_share[[not g for g in got]] = np.nan
+    prints = {int.from_bytes(value_fingerprint(v), "little"): i for v, i in index.items()}
+    return ShareProfile(identity.type, identity.prop, index, prints, log_share)
 
 
 @dataclass(frozen=True)
@@ -139,6 +256,8 @@ class RateProfiles:
     active_col: int | None = None
     #: The typical value of each segment's events of one column (None: no values).
     values: ValueProfile | None = None
+    #: Each segment's shares of the identity's values (None: not read).
+    shares: ShareProfile | None = None
 
     @property
     def columns(self) -> int:
@@ -205,11 +324,16 @@ def bundle_profiles(catalog: Catalog, bundle: Bundle) -> RateProfiles | None:
     (the live engine and the shadow read the same ones)."""
     by_id = {s.id: s.means for s in bundle.info.segments}
     by_id_typical = {s.id: s.typical for s in bundle.info.segments}
+    by_id_shares = {s.id: s.shares for s in bundle.info.segments}
     means = [by_id.get(int(i), {}) for i in bundle.space.segment_ids]
     typical = [by_id_typical.get(int(i), {}) for i in bundle.space.segment_ids]
-    return rate_profiles(
+    profiles = rate_profiles(
         catalog, bundle.space, means if all(means) else None, typical if any(typical) else None
     )
+    shares = share_profile(
+        catalog.identity, [by_id_shares.get(int(i), {}) for i in bundle.space.segment_ids]
+    )
+    return None if profiles is None else replace(profiles, shares=shares)
 
 
 def rate_profiles(
@@ -361,33 +485,43 @@ def _value_profile(
 
 
 _HEAD: Final = struct.Struct("<IH")
+#: With the values already counted today: the head, a format byte (1) and their mask.
+#: Its odd length tells it from the plain head (even with any number of float16s).
+_HEAD_SEEN: Final = struct.Struct("<IHBI")
 _TICK: Final = 600.0  # seconds: the resolution of the evidence's age
 
 
-def pack(last: float, start: float, sums: Sequence[float], current: int) -> bytes:
+def pack(last: float, start: float, sums: Sequence[float], current: int, seen: int = 0) -> bytes:
     """The evidence state in bytes: the last update (whole seconds), how long before it
-    the leading evidence began (10-minute ticks), and a float16 sum per segment but the
-    current one (always 0).
+    the leading evidence began (10-minute ticks), a float16 sum per segment but the
+    current one (always 0) and, when not 0, `seen`: a mask of the identity's values
+    already counted on the last update's UTC day (`value_bit`).
 
     >>> unpack(pack(86_400.0, 80_400.0, [0.0, 0.0, 1.5], 1), 1, 3)
-    (86400.0, 80400.0, [0.0, 0.0, 1.5])
+    (86400.0, 80400.0, [0.0, 0.0, 1.5], 0)
+    >>> unpack(pack(86_400.0, 80_400.0, [0.0, 0.0, 1.5], 1, seen=5), 1, 3)[3]
+    5
     """
     age = min(max(int((last - start) // _TICK), 0), 65_535)
-    others = [v for i, v in enumerate(sums) if i != current]
-    return _HEAD.pack(int(last), age) + np.asarray(others, dtype="<f2").tobytes()
+    others = np.asarray([v for i, v in enumerate(sums) if i != current], dtype="<f2").tobytes()
+    if seen:
+        return _HEAD_SEEN.pack(int(last), age, 1, seen) + others
+    return _HEAD.pack(int(last), age) + others
 
 
-def unpack(blob: bytes, current: int, k: int) -> tuple[float, float, list[float]] | None:
+def unpack(blob: bytes, current: int, k: int) -> tuple[float, float, list[float], int] | None:
     """The evidence state packed by `pack` for `k` segments (None when absent). One of a
     bundle with fewer segments reads as 0 for the new ones (lineage appends new ids), so
     evidence under way when a retrained bundle comes in carries over."""
-    if len(blob) < _HEAD.size or (len(blob) - _HEAD.size) % 2:
+    head = _HEAD_SEEN if len(blob) % 2 else _HEAD
+    if len(blob) < head.size:
         return None
-    last, age = _HEAD.unpack_from(blob)
-    others = np.frombuffer(blob, dtype="<f2", offset=_HEAD.size).astype(float).tolist()
+    last, age, *rest = head.unpack_from(blob)
+    seen = rest[1] if rest else 0
+    others = np.frombuffer(blob, dtype="<f2", offset=head.size).astype(float).tolist()
     others = (others + [0.0] * k)[: k - 1]
     sums = [*others[:current], 0.0, *others[current:]]
-    return float(last), float(last) - age * _TICK, sums
+    return float(last), float(last) - age * _TICK, sums, seen
 
 
 class Evidence:
@@ -475,12 +609,16 @@ class Evidence:
         terms: Terms,
         value: float | None = None,
         prefer: np.ndarray | None = None,
+        identity: tuple[int, Sequence[float], Sequence[float]] | None = None,
     ) -> tuple[bytes, int | None, float]:
         """One event of the customer at `at` (rate column `column`, None: not modelled,
         as given to `prepare` for `terms`; `value`: the log of its value,
         `ValueProfile.value`) while in segment position `current`: the new state, the
         segment position whose evidence crossed the threshold, if any, and since when the
-        leading evidence has been building (the move's dwell).
+        leading evidence has been building (the move's dwell). `identity`: the event's
+        value's bit (`ShareProfile.observe`) and its terms (`ShareProfile.terms`), against
+        the customer's own share and against its current segment's; a value already
+        counted on the same UTC day adds nothing.
 
         The destination is the strongest evidence's segment, or, with `prefer` (a rank
         per segment position, lower first: the decider passes the distances of the
@@ -493,7 +631,14 @@ class Evidence:
         found = unpack(blob, current, self.k)
         if found is None:
             return pack(at, at, [0.0] * self.k, current), None, at
-        last, start, sums = found
+        last, start, sums, seen = found
+        if at // DAY != last // DAY:
+            seen = 0
+        if identity is not None:
+            bit = 1 << identity[0]
+            # A value counts once a day, as the shares it is weighed by (a customer who
+            # opens one new feature ten times in a session has used one new feature).
+            identity, seen = (None, seen) if seen & bit else (identity, seen | bit)
         was = max(sums)
         dt = max(at - last, 0.0) / DAY
         valued = self._valued(column, value)
@@ -512,6 +657,9 @@ class Evidence:
             if valued is not None:
                 own += _value_term(valued, terms.own_value, self._log_typical[s])
                 seg += _value_term(valued, self._log_typical[current], self._log_typical[s])
+            if identity is not None:
+                own += identity[1][s]
+                seg += identity[2][s]
             total = min(max(sums[s] + min(own, seg), 0.0), cap)
             sums[s] = total
             if total >= best_sum:
@@ -521,7 +669,7 @@ class Evidence:
             best = min(close, key=lambda s: float(prefer[s]))
         if was <= 0.0:  # a new run of evidence begins with this event
             start = at
-        return pack(max(at, last), start, sums, current), best, start
+        return pack(max(at, last), start, sums, current, seen), best, start
 
     def level(self, blob: bytes, current: int, segment: int) -> tuple[float, float]:
         """The evidence (nats) for segment position `segment` in a state packed while in
@@ -530,7 +678,7 @@ class Evidence:
         found = unpack(blob, current, self.k)
         if found is None:
             return 0.0, 0.0
-        _, start, sums = found
+        _, start, sums, _ = found
         return sums[segment], start
 
     def _valued(self, column: int | None, value: float | None) -> float | None:
@@ -560,6 +708,6 @@ def _value_term(y: float, old: float, new: float) -> float:
 
 
 __all__ = [
-    "Evidence", "RateProfiles", "Terms", "ValueProfile", "bundle_profiles", "pack",
-    "rate_profiles", "unpack",
+    "Evidence", "RateProfiles", "ShareProfile", "Terms", "ValueProfile", "bundle_profiles",
+    "pack", "rate_profiles", "share_profile", "unpack",
 ]  # fmt: skip

@@ -177,8 +177,16 @@ class Engine:
         # Feature rows skip too_late events of customers without state: map, don't index.
         feature_rows = [applied.rows[i] for i in keep]
         when = applied.features.at
+        own = applied.features.own
         rows = [
-            Row(e.customer_id, float(when[r]), e.event_id, e.type, e.properties)
+            Row(
+                e.customer_id,
+                float(when[r]),
+                e.event_id,
+                e.type,
+                e.properties,
+                None if own is None else own[r],
+            )
             for i, r in zip(keep, feature_rows, strict=True)
             for e in [events[i]]
         ]

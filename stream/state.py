@@ -62,6 +62,7 @@ class StateCodec:
         self.head = struct.Struct("<Bdd" + "d" * self.n_lasts + "IIII")
         self.retired = retired_struct(self.n_counters, self.n_sums)
         self.a_dtype = np.dtype([("day", "<u2"), ("c", "<u2", (self.n_counters,))])
+        self.identity = catalog.identity
 
     def empty_state(self, *, first: float, newest: float) -> bytes:
         """A state with no days (what a customer looks like once every day expired)."""
@@ -76,9 +77,14 @@ class StateCodec:
         return bytes([VERSION]) + state[1:size] + bytes(self.retired.size) + state[size:]
 
     def aggregate(
-        self, states: Sequence[bytes], at: np.ndarray
+        self, states: Sequence[bytes], at: np.ndarray, probes: np.ndarray | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Base aggregates of each state at max(`at`, its newest event); also those times."""
+        """Base aggregates of each state at max(`at`, its newest event); also those times.
+
+        With `probes` (a mask over the states), also `own`: per probed state, on how many
+        of its days before the latest `recent_days` (within `long_days`) it used each value
+        of the catalog's `identity` ({value fingerprint as a number: days}; None for the
+        others): the customer's own use, for the migration evidence."""
         n = len(states)
         states = [self.upgrade(s) for s in states]
         lay, head, nl = self.layout, self.head, self.n_lasts
@@ -143,10 +149,31 @@ class StateCodec:
                 out[f"a{i}life"] = active[:, i]
             for j in range(len(lay.sums)):
                 out[f"s{j}life"] = summed[:, j]
+        if probes is not None and self.identity is not None:
+            out["own"] = self._own(vals, row_v, day_t, np.asarray(probes, dtype=bool))
         for m in range(nl):
             out[f"l{m}"] = np.where(lasts[:, m] > 0, lasts[:, m], np.nan)
         out["first"] = first
         return out, t
+
+    def _own(
+        self, vals: np.ndarray, row_v: np.ndarray, day_t: np.ndarray, probes: np.ndarray
+    ) -> np.ndarray:
+        ident = self.identity
+        assert ident is not None
+        day = vals["day"].astype(np.int64)
+        lo, hi = day_t - ident.long_days + 1, day_t - ident.recent_days
+        mine = (vals["k"] == ident.slot + 1) & (day >= lo[row_v]) & (day <= hi[row_v])
+        mine &= probes[row_v]
+        # A value is recorded once per day, so its records are its days.
+        keys = (row_v[mine].astype(np.uint64) << np.uint64(32)) | vals["fp"][mine]
+        found, days = np.unique(keys, return_counts=True)
+        out = np.array([{} if p else None for p in probes.tolist()], dtype=object)
+        owners = (found >> np.uint64(32)).astype(np.int64).tolist()
+        prints = (found & np.uint64(0xFFFFFFFF)).astype(np.int64).tolist()
+        for row, fp, d in zip(owners, prints, days.tolist(), strict=True):
+            out[row][fp] = float(d)
+        return out
 
     def newest(self, states: Sequence[bytes]) -> np.ndarray:
         """Each state's newest event time."""

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, Protocol
 import msgpack
 import numpy as np
 
-from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
+from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog, distinct_key
 from models.events import Event
 from stream.decide import CustomerState
 from stream.lifecycle import stage_field
@@ -213,6 +213,10 @@ class Features:
     customers: list[str]  # whose features each row holds
     at: np.ndarray  # Unix seconds, per row: when the features were evaluated
     values: np.ndarray  # (rows, features)
+    #: Per row after an event whose value the catalog's `identity` counts: the days the
+    #: customer used each value before its latest weeks ({value fingerprint: days},
+    #: `StateCodec.aggregate`); None for other rows. None: not read.
+    own: list[dict[int, float] | None] | None = None
 
     def row(self, customer_id: str) -> dict[str, float] | None:
         """The customer's latest row by feature name (None when the customer is not here)."""
@@ -293,12 +297,36 @@ class StoreResults:
         self.codec = StateCodec(catalog)
         self.profile_days = profile_days
 
-    def features(self, customers: list[str], states: list[bytes], at: np.ndarray) -> Features:
+    def features(
+        self,
+        customers: list[str],
+        states: list[bytes],
+        at: np.ndarray,
+        events: Sequence[Event] | None = None,
+    ) -> Features:
+        """Feature rows of `states` at `at`; with the `events` that made them (one per
+        state), also what the customer's past says of each event's value (`Features.own`)."""
         if not states:
             values = np.empty((0, len(self.catalog.names)))
             return Features(self.catalog.names, [], np.empty(0), values)
-        base, when = self.codec.aggregate(states, at)
-        return Features(self.catalog.names, customers, when, self.catalog.assemble(base, when))
+        probes = None if events is None else self._probes(events)
+        base, when = self.codec.aggregate(states, at, probes)
+        own = base["own"].tolist() if "own" in base else None
+        values = self.catalog.assemble(base, when)
+        return Features(self.catalog.names, customers, when, values, own)
+
+    def _probes(self, events: Sequence[Event]) -> np.ndarray | None:
+        """Which events carry a value of the catalog's `identity` (None: it has none)."""
+        ident = self.catalog.identity
+        if ident is None:
+            return None
+        return np.array(
+            [
+                e.type == ident.type and distinct_key(e.properties.get(ident.prop)) is not None
+                for e in events
+            ],
+            dtype=bool,
+        )
 
     def read(self, ids: list[str], values: Sequence[bytes | None], at: float) -> Features:
         """Features of the ids whose state was found (`values` aligned with `ids`) and
@@ -350,6 +378,7 @@ class StoreResults:
             [events[i].customer_id for i in known],
             [states[i] for i in known],  # type: ignore[misc]
             np.full(len(known), at or 0.0),
+            [events[i] for i in known],
         )
         return ApplyResult(
             statuses=statuses,

@@ -91,5 +91,8 @@ def check_migrations(metrics: dict[str, Any], bounds: Bounds) -> None:
     assert within["28"] >= bounds.recall, figures
     assert mig["delay_days"]["median"] <= bounds.delay, figures
     assert mig["landed_in_target"] >= bounds.landed, figures
-    # Recall can only grow with the days allowed since the change.
-    assert within["7"] <= within["14"] <= within["28"], figures
+    # Recall grows with the days allowed since the change, over the changes with that
+    # many days of history after them: a longer window may count one change fewer (high-
+    # activity seed 31: 29 of 30 within 14 days, 28 of 29 within 28), so by one at most.
+    slack = 1.0 / mig["changes"]
+    assert within["7"] <= within["14"] + slack and within["14"] <= within["28"] + slack, figures

@@ -22,10 +22,21 @@ import redis
 from typer.testing import CliRunner
 
 from models.bundle import ScaledSpace
-from models.catalog import default_catalog
+from models.catalog import Identity, default_catalog
 from segstream.cli import app
 from stream.decide import CustomerState, Decider, Row, Rules
-from stream.detect import DAY, Evidence, RateProfiles, ValueProfile, pack, rate_profiles, unpack
+from stream.detect import (
+    DAY,
+    Evidence,
+    RateProfiles,
+    ShareProfile,
+    ValueProfile,
+    pack,
+    rate_profiles,
+    share_profile,
+    unpack,
+)
+from stream.fold import value_fingerprint
 
 # Two segments over (session_start, feature_used, other): readers and builders.
 RATES = np.array([[0.3, 0.1, 0.2], [1.0, 1.5, 0.2]])
@@ -223,9 +234,13 @@ def test_a_value_needs_a_positive_finite_number() -> None:
 def test_the_state_packs_into_a_few_bytes() -> None:
     blob = pack(1_700_000_000.0, 1_699_990_000.0, [0.0, 3.25, 12.5], current=0)
     assert len(blob) == 4 + 2 + 2 * 2  # no sum kept for the current segment
-    assert unpack(blob, 0, 3) == (1_700_000_000.0, 1_699_990_400.0, [0.0, 3.25, 12.5])
+    assert unpack(blob, 0, 3) == (1_700_000_000.0, 1_699_990_400.0, [0.0, 3.25, 12.5], 0)
     # A retrained bundle with a segment more: the evidence carries over, 0 for the new one.
-    assert unpack(blob, 0, 4) == (1_700_000_000.0, 1_699_990_400.0, [0.0, 3.25, 12.5, 0.0])
+    assert unpack(blob, 0, 4) == (1_700_000_000.0, 1_699_990_400.0, [0.0, 3.25, 12.5, 0.0], 0)
+    # The values counted today take 5 bytes more, only while there are some.
+    seen = pack(1_700_000_000.0, 1_699_990_000.0, [0.0, 3.25, 12.5], current=0, seen=1 << 31)
+    assert len(seen) == len(blob) + 5
+    assert unpack(seen, 0, 4) == (1_700_000_000.0, 1_699_990_400.0, [0.0, 3.25, 12.5, 0.0], 1 << 31)
     assert unpack(b"", 0, 3) is None
     state = CustomerState(segment=1, evidence=blob)
     assert CustomerState.from_list(msgpack.unpackb(msgpack.packb(state.to_list()))) == state
@@ -563,3 +578,110 @@ def test_the_nearest_center_names_a_destination_the_events_cannot_tell_apart() -
     assert destination([0.0, 1.0, 2.0, 0.5]) == 1
     assert destination([0.0, 2.0, 1.0, 0.5]) == 2
     assert destination([0.0, 2.0, 1.0, 0.1]) == 2  # segment 3's evidence trails far behind
+
+
+# Two segments of the same rates that use different features (the identity's values).
+IDENTITY = Identity(0, "feature_used", "feature", 90, 30)
+POOLS = [{"feature_used.feature": {v: 0.3 for v in pool}} for pool in ("abc", "def")]
+SAME_RATES = np.array([[0.5, 1.5, 0.2], [0.5, 1.5, 0.2]])
+
+
+def run_features(
+    shares: ShareProfile | None, own: dict[str, float], uses: str, days: int
+) -> float | None:
+    """A customer of segment 0 (steady at the shared rates) who used the features `own`
+    (value: days) before its latest weeks uses one of `uses` every 16 hours for `days`
+    days: the day the evidence for segment 1 crosses, if it does."""
+    profiles = dataclasses.replace(PROFILES, rates=SAME_RATES, shares=shares)
+    evidence = Evidence(profiles, threshold=10.0, tenure_col=TENURE)
+    terms = evidence.prepare(steady_row(SAME_RATES[0]), np.array([0]), [1])[0]
+    days_by_print = {int.from_bytes(value_fingerprint(v), "little"): d for v, d in own.items()}
+    blob = b""
+    for n in range(int(days * 24 / 16)):
+        value = {"feature": uses[n % len(uses)]}
+        used: tuple[int, list[float], list[float]] | None = None
+        if shares is not None:
+            seen = shares.observe("feature_used", value)
+            assert seen is not None
+            used = (seen[1], *shares.terms(seen[0], 0, days_by_print))
+        blob, fired, _ = evidence.update(blob, n * 16 * 3600.0, 1, 0, terms, identity=used)
+        if fired is not None:
+            assert fired == 1
+            return n * 16 / 24
+    return None
+
+
+def test_the_features_a_customer_turns_to_show_a_switch_the_counts_cannot() -> None:
+    """Same rates, other features: a customer of segment 0 who turns to segment 1's
+    features moves within days, where its counts alone never tell; one that always used
+    them (a customer the first weeks misplaced) raises nothing in two months."""
+    shares = share_profile(IDENTITY, POOLS)
+    assert shares is not None
+    before = {"a": 20.0, "b": 20.0, "c": 20.0}
+    found = run_features(shares, before, "def", 60)
+    assert found is not None and found <= 4, found  # 2 nats a use (the cap) against 10
+    assert run_features(None, before, "def", 60) is None
+    assert run_features(shares, {"d": 20.0, "e": 20.0, "f": 20.0}, "def", 60) is None
+    # A customer spread over both pools is judged by its own days, not by its segment's.
+    both = dict.fromkeys("abcdef", 8.0)
+    assert run_features(shares, both, "abcdef", 60) is None
+
+
+def test_a_customer_with_few_days_to_read_borrows_the_segments_that_explain_them() -> None:
+    """Seen on a day or two each, a customer's own shares lean on the segments' shares
+    weighted by how well each explains its days, not on its current segment's: the days
+    it did not use a value of its kind say little."""
+    shares = share_profile(IDENTITY, POOLS)
+    assert shares is not None
+    own = {int.from_bytes(value_fingerprint(v), "little"): 1.0 for v in "de"}
+    mine = shares.own_shares(own)
+    f = shares.index["f"]
+    assert mine[f] > 0.15  # never seen, but its kind's
+    assert mine[shares.index["a"]] < 0.02
+    assert shares.own_shares({})[f] == pytest.approx(0.3 / 2 + 0.01 / 2, abs=0.01)
+
+
+def test_shares_name_unlisted_values_together_and_need_every_segment() -> None:
+    shares = share_profile(IDENTITY, POOLS)
+    assert shares is not None
+    other = len(shares.index)
+    found = shares.observe("feature_used", {"feature": "zzz"})
+    assert found is not None and found[0] == other and 0 <= found[1] < 32
+    assert shares.observe("feature_used", {}) is None
+    assert shares.observe("session_start", {"feature": "a"}) is None
+    assert np.exp(shares.log_share[:, other]).round(2).tolist() == [0.1, 0.1]
+    assert share_profile(IDENTITY, [{}, {}]) is None  # an older bundle
+    assert share_profile(None, POOLS) is None
+    # A segment whose members used no feature lately: no evidence for or against it, or
+    # while in it, and the others still read.
+    partial = share_profile(IDENTITY, [POOLS[0], {}, POOLS[1]])
+    assert partial is not None
+    d = shares.index["d"]
+    own = {int.from_bytes(value_fingerprint("d"), "little"): 3.0}
+    vs_own, vs_seg = partial.terms(d, 0, own)
+    assert vs_own[1] == vs_seg[1] == 0.0 and vs_seg[2] == 2.0
+    assert partial.terms(d, 1, own)[1] == [0.0, 0.0, 0.0]
+    assert np.isfinite(partial.own_shares(own)).all()
+
+
+def test_a_value_counts_once_a_day_as_the_shares_do() -> None:
+    """Ten uses of one new feature in a session are one new feature used that day: the
+    evidence gains one value's worth, and again the next day."""
+    shares = share_profile(IDENTITY, POOLS)
+    assert shares is not None
+    profiles = dataclasses.replace(PROFILES, rates=SAME_RATES, shares=shares)
+    evidence = Evidence(profiles, threshold=10.0, tenure_col=TENURE)
+    terms = evidence.prepare(steady_row(SAME_RATES[0]), np.array([0]), [1])[0]
+    own = {int.from_bytes(value_fingerprint(v), "little"): 20.0 for v in "abc"}
+    seen = shares.observe("feature_used", {"feature": "d"})
+    assert seen is not None
+    used = (seen[1], *shares.terms(seen[0], 0, own))
+    blob = b""
+    levels = []
+    for day in (3, 4):
+        for n in range(10):
+            at = day * DAY + 36_000 + 60 * n
+            blob, fired, _ = evidence.update(blob, at, 1, 0, terms, identity=used)
+            assert fired is None
+        levels.append(evidence.level(blob, 0, 1)[0])
+    assert levels == pytest.approx([2.0, 4.0], abs=0.01)  # SHARE_CAP a day

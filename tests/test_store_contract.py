@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from offline.reference import events_frame, features_at
 from stream.assign import OnlineCenters
 from stream.centers import merge_centers
 from stream.decide import CustomerState
+from stream.fold import value_fingerprint
 from stream.memory_store import MemoryFeatureStore, memory_stores
 from stream.redis_conn import connect
 from stream.state import StateCodec
@@ -1024,3 +1026,65 @@ def test_memory_stores_share_one_keyspace() -> None:
     features, assignments = memory_stores(default_catalog(), prefix="p")
     assert features.keyspace is assignments.keyspace
     assert (features.prefix, assignments.prefix) == ("p", "p")
+
+
+# --- a customer's own use of the identity's values -------------------------------------------
+
+
+def test_each_event_reads_the_days_its_customer_used_every_value_before_its_latest_weeks(
+    store_backend: StoreBackend,
+) -> None:
+    """After a `feature_used` event the store reads, for the migration evidence, on how
+    many days the customer used each feature 31 to 90 days before (`Features.own`),
+    whatever the store; other events read nothing. Checked against the events: a value
+    counts once a day however often it was used."""
+    catalog = default_catalog()
+    ident = catalog.identity
+    assert ident is not None
+    rng = random.Random(5)
+    pool = ["search", "export", "api", "billing", "alerts"]
+    start = parse_time("2026-01-01T00:00:00Z")
+    events = []
+    for c in range(6):
+        for day in range(120):
+            at = start + day * DAY + c
+            if day % 7 == 0:
+                events.append(ev(f"s{c}-{day}", f"c{c}", "session_start", _iso(at)))
+            for n in range(rng.choice([0, 0, 1, 2, 3])):
+                feature = rng.choice(pool[: 2 + c % 4])
+                when = _iso(at + 3600 * (n + 1))
+                events.append(ev(f"e{c}-{day}-{n}", f"c{c}", "feature_used", when, feature=feature))
+    events.sort(key=lambda e: e.epoch)
+
+    def expected(e: Event) -> dict[int, float]:
+        today = int(e.epoch // DAY)
+        days: dict[str, set[int]] = {}
+        for o in events:
+            d = int(o.epoch // DAY)
+            mine = o.customer_id == e.customer_id and o.type == "feature_used"
+            if mine and today - ident.long_days < d <= today - ident.recent_days:
+                days.setdefault(str(o.properties["feature"]), set()).add(d)
+        return {
+            int.from_bytes(value_fingerprint(v), "little"): float(len(ds)) for v, ds in days.items()
+        }
+
+    async def body() -> None:
+        async with store_backend.open(catalog) as stores:
+            got = await stores.features.apply(events)
+            own = got.features.own
+            assert own is not None
+            checked = 0
+            for i, e in enumerate(events):
+                mine = own[got.rows[i]]
+                if e.type != "feature_used":
+                    assert mine is None
+                    continue
+                assert mine == expected(e), (e.event_id, mine)
+                checked += bool(mine)
+            assert checked > 300  # most events past day 30 have a baseline to read
+
+    run(body())
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")

@@ -20,7 +20,7 @@ from models.events import parse_time
 from offline.synthetic import History, generate_history, write_history
 from offline.train import TrainResult, TrainSettings, train
 from segstream.cli import app
-from stream.detect import rate_profiles
+from stream.detect import bundle_profiles, rate_profiles
 
 CATALOG = default_catalog()
 AS_OF = "2026-04-01T00:00:00Z"  # the end of a 90-day history from 2026-01-01
@@ -227,3 +227,23 @@ def test_cli_reports_clear_errors(purchases_only: Path, tmp_path: Path) -> None:
     assert too_early.exit_code == 2
     assert "no valid event at or before as-of" in too_early.output
     assert not (tmp_path / "current").exists()
+
+
+def test_each_segment_records_the_features_its_members_use(trained: TrainResult) -> None:
+    """The bundle records, per segment, its members' share of every feature (per day used,
+    the latest 30 days), and the stream reads them back for the migration evidence: the
+    support-heavy use features of their own, which power users use too and big spenders
+    never touch."""
+    by_name = {s.name: s.shares["feature_used.feature"] for s in trained.bundle.info.segments}
+    for name, shares in by_name.items():
+        assert 0.99 <= sum(shares.values()) <= 1.0 + 1e-4, name  # every value listed
+    support = by_name["Support-Heavy"]
+    # The generator's support-heavy persona uses import .. comments only.
+    assert {v for v, p in support.items() if p >= 0.05} == {
+        "import", "alerts", "billing", "settings", "comments"
+    }  # fmt: skip
+    assert by_name["Power Users"]["comments"] > 0.03
+    assert by_name["Big Spenders"].get("comments", 0.0) < 0.01
+    profiles = bundle_profiles(CATALOG, trained.bundle)
+    assert profiles is not None and profiles.shares is not None
+    assert set(profiles.shares.index) >= set(support)
