@@ -26,8 +26,8 @@ purchases, long before its purchase rate alone would.
 Which values a customer uses says something too: where the catalog counts the distinct
 values of a property of one event type (`Catalog.identity`: the default's `feature` of
 `feature_used`), the trainer records each segment's share of every value
-(`SegmentRecord.shares`), the store reads the customer's own share of the event's value
-off its days before the latest 30 (`stores.Features.own`), and each such event adds the
+(`SegmentRecord.shares`), the store reads on how many of its days before the latest 30
+the customer used each value (`stores.Features.own`), and each such event adds the
 log-likelihood ratio of its value under a segment's shares against the customer's own and
 its current segment's (at most `SHARE_CAP` nats an event). A power user who turns to
 support-heavy work shows it in the features it opens, before the counts move.
@@ -55,7 +55,7 @@ import numpy as np
 
 from models.bundle import Bundle, ScaledSpace
 from models.catalog import Catalog, Identity, distinct_key
-from stream.fold import value_fingerprint
+from stream.fold import value_number
 
 DAY: Final = 86_400.0
 #: Rates below this (per day) are raised to it: a segment that "never" does something
@@ -85,7 +85,8 @@ VALUE_PRIOR_EVENTS: Final = 0.05
 SHARE_FLOOR: Final = 0.01
 #: The most evidence (nats, either way) one event's value gives.
 SHARE_CAP: Final = 2.0
-#: (Day, value) pairs of the current segment's shares mixed into a customer's own.
+#: (Day, value) pairs of a prior mixed into a customer's own shares: the segments' shares
+#: weighted by how well each explains its days (`ShareProfile.own_shares`).
 PRIOR_PAIRS: Final = 20.0
 #: Segments whose evidence is within this many nats of the leader's when it crosses are
 #: ones the events cannot tell apart (e^2: odds under 7.4 to 1); the caller's preference
@@ -119,7 +120,7 @@ class ShareProfile:
     """Per segment, the share of each value of the catalog's `identity` (`type`'s
     `property`) among its members' distinct (day, value) pairs; the last column holds the
     values the bundle did not list (each segment's remainder). `prints` maps a listed
-    value's fingerprint (`stream.fold.value_fingerprint`, as the store keeps it) to its
+    value's fingerprint (`stream.fold.value_number`, as the store keeps it) to its
     column."""
 
     type: str
@@ -136,7 +137,7 @@ class ShareProfile:
         key = distinct_key((properties or {}).get(self.property))
         if key is None:
             return None
-        bit = int.from_bytes(value_fingerprint(key), "little") % 32
+        bit = value_number(key) % 32
         return self.index.get(key, len(self.index)), bit
 
     def own_shares(self, own: Mapping[int, float]) -> np.ndarray:
@@ -150,9 +151,7 @@ class ShareProfile:
 
         >>> segments = [{"f.x": {"a": 0.9}}, {"f.x": {"b": 0.9}}]
         >>> p = share_profile(Identity(0, "f", "x", 90, 30), segments)
-        >>> from stream.fold import value_fingerprint
-        >>> a = int.from_bytes(value_fingerprint("a"), "little")
-        >>> p.own_shares({a: 3.0}).round(2).tolist()  # a, b, the rest: 3 days say "a"
+        >>> p.own_shares({value_number("a"): 3.0}).round(2).tolist()  # a, b, the rest
         [0.91, 0.01, 0.09]
         """
         width = self.log_share.shape[1]
@@ -210,7 +209,7 @@ def share_profile(
         table[r, -1] = 1.0 - table[r, :-1].sum()
     log_share = np.log(np.maximum(table, SHARE_FLOOR))
     log_share[[not g for g in got]] = np.nan
-    prints = {int.from_bytes(value_fingerprint(v), "little"): i for v, i in index.items()}
+    prints = {value_number(v): i for v, i in index.items()}
     return ShareProfile(identity.type, identity.prop, index, prints, log_share)
 
 
@@ -495,7 +494,7 @@ def pack(last: float, start: float, sums: Sequence[float], current: int, seen: i
     """The evidence state in bytes: the last update (whole seconds), how long before it
     the leading evidence began (10-minute ticks), a float16 sum per segment but the
     current one (always 0) and, when not 0, `seen`: a mask of the identity's values
-    already counted on the last update's UTC day (`value_bit`).
+    already counted on the last update's UTC day (`ShareProfile.observe`).
 
     >>> unpack(pack(86_400.0, 80_400.0, [0.0, 0.0, 1.5], 1), 1, 3)
     (86400.0, 80400.0, [0.0, 0.0, 1.5], 0)

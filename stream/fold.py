@@ -55,6 +55,11 @@ def value_fingerprint(value: str) -> bytes:
     return hashlib.blake2b(value.encode(), digest_size=4).digest()
 
 
+def value_number(value: str) -> int:
+    """`value_fingerprint` as the number `stream.state` reads it (little-endian uint32)."""
+    return int.from_bytes(value_fingerprint(value), "little")
+
+
 class EventEncoder:
     """Turns an event into its per-day contributions, per the catalog's compiled layout.
 

@@ -36,7 +36,7 @@ from stream.detect import (
     share_profile,
     unpack,
 )
-from stream.fold import value_fingerprint
+from stream.fold import value_number
 
 # Two segments over (session_start, feature_used, other): readers and builders.
 RATES = np.array([[0.3, 0.1, 0.2], [1.0, 1.5, 0.2]])
@@ -595,7 +595,7 @@ def run_features(
     profiles = dataclasses.replace(PROFILES, rates=SAME_RATES, shares=shares)
     evidence = Evidence(profiles, threshold=10.0, tenure_col=TENURE)
     terms = evidence.prepare(steady_row(SAME_RATES[0]), np.array([0]), [1])[0]
-    days_by_print = {int.from_bytes(value_fingerprint(v), "little"): d for v, d in own.items()}
+    days_by_print = {value_number(v): d for v, d in own.items()}
     blob = b""
     for n in range(int(days * 24 / 16)):
         value = {"feature": uses[n % len(uses)]}
@@ -633,7 +633,7 @@ def test_a_customer_with_few_days_to_read_borrows_the_segments_that_explain_them
     it did not use a value of its kind say little."""
     shares = share_profile(IDENTITY, POOLS)
     assert shares is not None
-    own = {int.from_bytes(value_fingerprint(v), "little"): 1.0 for v in "de"}
+    own = {value_number(v): 1.0 for v in "de"}
     mine = shares.own_shares(own)
     f = shares.index["f"]
     assert mine[f] > 0.15  # never seen, but its kind's
@@ -657,7 +657,7 @@ def test_shares_name_unlisted_values_together_and_need_every_segment() -> None:
     partial = share_profile(IDENTITY, [POOLS[0], {}, POOLS[1]])
     assert partial is not None
     d = shares.index["d"]
-    own = {int.from_bytes(value_fingerprint("d"), "little"): 3.0}
+    own = {value_number("d"): 3.0}
     vs_own, vs_seg = partial.terms(d, 0, own)
     assert vs_own[1] == vs_seg[1] == 0.0 and vs_seg[2] == 2.0
     assert partial.terms(d, 1, own)[1] == [0.0, 0.0, 0.0]
@@ -672,7 +672,7 @@ def test_a_value_counts_once_a_day_as_the_shares_do() -> None:
     profiles = dataclasses.replace(PROFILES, rates=SAME_RATES, shares=shares)
     evidence = Evidence(profiles, threshold=10.0, tenure_col=TENURE)
     terms = evidence.prepare(steady_row(SAME_RATES[0]), np.array([0]), [1])[0]
-    own = {int.from_bytes(value_fingerprint(v), "little"): 20.0 for v in "abc"}
+    own = {value_number(v): 20.0 for v in "abc"}
     seen = shares.observe("feature_used", {"feature": "d"})
     assert seen is not None
     used = (seen[1], *shares.terms(seen[0], 0, own))

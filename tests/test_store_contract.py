@@ -30,7 +30,7 @@ from offline.reference import events_frame, features_at
 from stream.assign import OnlineCenters
 from stream.centers import merge_centers
 from stream.decide import CustomerState
-from stream.fold import value_fingerprint
+from stream.fold import value_number
 from stream.memory_store import MemoryFeatureStore, memory_stores
 from stream.redis_conn import connect
 from stream.state import StateCodec
@@ -1064,9 +1064,7 @@ def test_each_event_reads_the_days_its_customer_used_every_value_before_its_late
             mine = o.customer_id == e.customer_id and o.type == "feature_used"
             if mine and today - ident.long_days < d <= today - ident.recent_days:
                 days.setdefault(str(o.properties["feature"]), set()).add(d)
-        return {
-            int.from_bytes(value_fingerprint(v), "little"): float(len(ds)) for v, ds in days.items()
-        }
+        return {value_number(v): float(len(ds)) for v, ds in days.items()}
 
     async def body() -> None:
         async with store_backend.open(catalog) as stores:
