@@ -57,6 +57,9 @@ from offline.synthetic import (
 HORIZON_DAYS = 45
 WATCH_DAYS = 50
 FLAP_TARGET = 0.01  # alarms per unchanged customer per 30 days (issue 22)
+#: The most evidence (nats, either way) one event's feature or amount gives the ideal
+#: detector (`attribute_llr`): the shipped detector's cap on an amount.
+ATTRIBUTE_CAP = 4.0
 
 
 def divergence(new: tuple[float, ...], old: tuple[float, ...]) -> float:
@@ -149,14 +152,67 @@ def _cusum(llr: np.ndarray, thresholds: np.ndarray, restart: bool) -> np.ndarray
     return alarms if restart else first
 
 
+def attribute_llr(
+    rng: np.random.Generator,
+    counts: np.ndarray,
+    drawn: np.ndarray,
+    new: np.ndarray,
+    old: np.ndarray,
+    changed: np.ndarray,
+) -> np.ndarray:
+    """The log-likelihood ratio (moves, days) of what the day's events carry besides their
+    counts, under persona `new` against `old` (per move): the feature each feature_used
+    event names (drawn uniformly from the pool of persona `drawn`, per (move, day), as the
+    generator does; judged by `pool_shares`) and the amount of each purchase (lognormal
+    around `drawn`'s median). Each event's term is capped at `ATTRIBUTE_CAP` nats either
+    way, as any detector must (a pool or an amount never seen would be infinite
+    evidence). Where a partial change leaves a type (`changed` 0), its attribute
+    does not move, and says nothing."""
+    moves, days = drawn.shape
+    out = np.zeros((moves, days))
+    names = list(PERSONAS)
+    feat_col, buy_col = RATE_TYPES.index("feature_used"), RATE_TYPES.index("purchase")
+    # Features: per pool, the day's uses split among its features.
+    shares = np.array([pool_shares(PERSONAS[n]) for n in names])  # (personas, features)
+    f_new = np.where(changed[feat_col] > 0, new, old)
+    llr_f = np.clip(np.log(shares[f_new] / shares[old]), -ATTRIBUTE_CAP, ATTRIBUTE_CAP)
+    uses = counts[:, :, feat_col].astype(np.int64)
+    for p, name in enumerate(names):
+        cells = np.flatnonzero((drawn == p).ravel() & (uses.ravel() > 0))
+        pool = np.zeros(len(FEATURES))
+        pool[[FEATURES.index(f) for f in PERSONAS[name].features]] = 1.0
+        picked = rng.multinomial(uses.ravel()[cells], pool / pool.sum())  # (cells, features)
+        row = cells // days
+        out.ravel()[cells] += (picked * llr_f[row]).sum(axis=1)
+    # Amounts: each purchase's log under the two personas' lognormals.
+    med = np.log([PERSONAS[n].amount_median for n in names])
+    sig = np.array([PERSONAS[n].amount_sigma for n in names])
+    a_new = np.where(changed[buy_col] > 0, new, old)
+    buys = counts[:, :, buy_col].astype(np.int64).ravel()
+    cell = np.repeat(np.arange(buys.size), buys)
+    who = drawn.ravel()[cell]
+    y = rng.normal(med[who], sig[who])
+    row = cell // days
+    mn, sn, mo, so = med[a_new[row]], sig[a_new[row]], med[old[row]], sig[old[row]]
+    term = np.log(so / sn) + (y - mo) ** 2 / (2 * so**2) - (y - mn) ** 2 / (2 * sn**2)
+    np.add.at(out.ravel(), cell, np.clip(term, -ATTRIBUTE_CAP, ATTRIBUTE_CAP))
+    return out
+
+
 def ideal_on_shape(
-    shape: HistoryShape, thresholds: np.ndarray, moves: int, rng: np.random.Generator
+    shape: HistoryShape,
+    thresholds: np.ndarray,
+    moves: int,
+    rng: np.random.Generator,
+    attributes: bool = False,
 ) -> dict[str, np.ndarray]:
     """The ideal detector on `shape`: it knows every persona's rates (as the shape scales
     them), each customer's multiplier and the days of the week, and which types a partial
-    change moves. Per threshold: the delays (days, inf: never within `HORIZON_DAYS`) of
-    `moves` simulated migrations, from the change (a drift's midpoint; the CUSUM starts
-    at the drift's start), and the alarms per unchanged customer per 30 days."""
+    change moves; with `attributes`, also every persona's features and amounts
+    (`attribute_llr`). Per threshold: the delays (days, inf: never within
+    `HORIZON_DAYS`) of `moves` simulated migrations, from the change (a drift's midpoint;
+    the CUSUM starts at the drift's start), and the alarms per unchanged customer per 30
+    days."""
     rates = shape_rates(shape)
     k = len(rates)
     changed = changed_types(shape)
@@ -180,6 +236,9 @@ def ideal_on_shape(
     truth = before + weight[:, :, None] * (after - before)
     counts = draw_counts(rng, rng, truth, shape.dispersion).astype(float)
     llr = day_llr(counts, after, before, shape.dispersion)
+    if attributes:  # the generator switches features and amounts at a drift's midpoint
+        drawn = np.where(weight >= 0.5, new[:, None], old[:, None])
+        llr = llr + attribute_llr(rng, counts, drawn, new, old, changed)
     first = _cusum(llr, thresholds, restart=False)
     delays = first + (start - mid)[:, None]
     # Unchanged customers against every alternative the ideal detector watches.
@@ -194,12 +253,16 @@ def ideal_on_shape(
     for shift in range(1, k):
         q = (p + shift) % k
         alt = base + changed * (rates[q][:, None, :] * steady_mult * week - base)
-        alarms += _cusum(day_llr(counts, alt, base, shape.dispersion), thresholds, restart=True)
+        llr = day_llr(counts, alt, base, shape.dispersion)
+        if attributes:
+            drawn = np.broadcast_to(p[:, None], (moves, WATCH_DAYS))
+            llr = llr + attribute_llr(rng, counts, drawn, q, p, changed)
+        alarms += _cusum(llr, thresholds, restart=True)
     flaps = alarms.mean(axis=0) / (WATCH_DAYS / 30.0)
     return {"delays": np.maximum(delays, 0.0), "flaps": flaps}
 
 
-def shapes_table(moves: int, seed: int) -> str:
+def shapes_table(moves: int, seed: int, attributes: bool = False) -> str:
     """The ideal detector on every non-retail shape (markdown)."""
     thresholds = np.arange(4.0, 14.01, 0.5)
     rows = [
@@ -210,7 +273,7 @@ def shapes_table(moves: int, seed: int) -> str:
     for name, shape in SHAPES.items():
         if shape.kind == "retail":
             continue
-        got = ideal_on_shape(shape, thresholds, moves, np.random.default_rng(seed))
+        got = ideal_on_shape(shape, thresholds, moves, np.random.default_rng(seed), attributes)
         ok = np.flatnonzero(got["flaps"] <= FLAP_TARGET)
         cells = []
         for j in (
@@ -233,11 +296,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--shapes", action="store_true", help="Simulate the ideal detector on every shape."
     )
+    parser.add_argument(
+        "--attributes",
+        action="store_true",
+        help="With --shapes: the ideal detector reads features and amounts too.",
+    )
     parser.add_argument("--moves", type=int, default=2000, help="Customers simulated per shape.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.shapes:
-        print(shapes_table(args.moves, args.seed))
+        print(shapes_table(args.moves, args.seed, args.attributes))
         return
     names = list(PERSONAS)
     print("KL(to || from), nats per day; rows: from, columns: to")

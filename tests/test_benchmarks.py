@@ -156,3 +156,35 @@ def test_the_ideal_detector_keeps_lordens_false_alarm_bound_and_slows_with_h() -
         SHAPES["partial"], thresholds, moves=600, rng=np.random.default_rng(3)
     )
     assert np.median(partial["delays"][:, 1]) > np.median(delays[:, 1])  # less to go on
+
+
+def test_the_ideal_detector_reading_features_and_amounts_is_faster_and_still_within_bound() -> None:
+    """`--shapes --attributes`: the features each customer uses and what it pays add
+    evidence (a sudden switch is seen sooner at the same threshold) without breaking the
+    false-alarm bound, and a history where only the purchase rate changes gets its
+    evidence from the amounts alone: the features do not move there."""
+    thresholds = np.array([6.0, 10.0])
+    counts_only, read = (
+        evidence_limit.ideal_on_shape(SHAPES["sudden"], thresholds, 600, rng, attributes)
+        for rng, attributes in ((np.random.default_rng(3), False), (np.random.default_rng(3), True))
+    )
+    bound = 4 * 30 * np.exp(-thresholds)
+    assert (read["flaps"] <= bound).all()
+    assert np.median(read["delays"][:, 1]) < np.median(counts_only["delays"][:, 1])
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(2.0, size=(50, 30, 6)).astype(float)
+    drawn = np.zeros((50, 30), dtype=np.int64)
+    same = evidence_limit.attribute_llr(
+        rng, counts, drawn, np.zeros(50, dtype=np.int64), np.zeros(50, dtype=np.int64),
+        np.ones(6),
+    )  # fmt: skip
+    assert np.allclose(same, 0.0)
+    purchase_only = np.zeros(6)
+    purchase_only[2] = 1.0
+    no_buys = counts.copy()
+    no_buys[:, :, 2] = 0.0
+    moved = evidence_limit.attribute_llr(
+        rng, no_buys, drawn, np.ones(50, dtype=np.int64), np.zeros(50, dtype=np.int64),
+        purchase_only,
+    )  # fmt: skip
+    assert np.allclose(moved, 0.0)  # features unchanged, and nothing bought
