@@ -27,6 +27,7 @@ from segstream.cli import app
 from stream.decide import CustomerState, Decider, Row, Rules
 from stream.detect import (
     DAY,
+    SHARE_CAP,
     Evidence,
     RateProfiles,
     ShareProfile,
@@ -659,7 +660,7 @@ def test_shares_name_unlisted_values_together_and_need_every_segment() -> None:
     d = shares.index["d"]
     own = {value_number("d"): 3.0}
     vs_own, vs_seg = partial.terms(d, 0, own)
-    assert vs_own[1] == vs_seg[1] == 0.0 and vs_seg[2] == 2.0
+    assert vs_own[1] == vs_seg[1] == 0.0 and vs_seg[2] == SHARE_CAP
     assert partial.terms(d, 1, own)[1] == [0.0, 0.0, 0.0]
     assert np.isfinite(partial.own_shares(own)).all()
 
@@ -684,4 +685,4 @@ def test_a_value_counts_once_a_day_as_the_shares_do() -> None:
             blob, fired, _ = evidence.update(blob, at, 1, 0, terms, identity=used)
             assert fired is None
         levels.append(evidence.level(blob, 0, 1)[0])
-    assert levels == pytest.approx([2.0, 4.0], abs=0.01)  # SHARE_CAP a day
+    assert levels == pytest.approx([SHARE_CAP, 2 * SHARE_CAP], abs=0.01)  # SHARE_CAP a day
