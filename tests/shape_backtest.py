@@ -1,5 +1,6 @@
 """The backtest of one generated history shape with the shipped defaults, for the
-alert-quality tests (`test_alert_shapes.py`, `test_alert_shapes_family.py`).
+alert-quality tests (`test_alert_shapes.py`, `test_alert_shapes_family.py`,
+`test_alert_shapes_activity.py`).
 
 Each shape is generated with seed 31 (the detector was tuned on seed 101: see
 `benchmarks/tune_alerts.py` and the README's alert-quality table), 300 customers x 150
