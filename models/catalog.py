@@ -67,6 +67,17 @@ class Identity:
         """The manifest's name for it (`SegmentRecord.shares`)."""
         return f"{self.type}.{self.prop}"
 
+    def value(self, kind: str, properties: Mapping[str, Any] | None) -> str | None:
+        """The value an event of type `kind` carries (as its `distinct` counts it); None
+        for an event of another type or without one.
+
+        >>> Identity(0, "feature_used", "feature", 90, 30).value("feature_used", {"feature": "api"})
+        'api'
+        """
+        if kind != self.type:
+            return None
+        return distinct_key((properties or {}).get(self.prop))
+
 
 class CatalogError(ValueError):
     """A catalog or catalog config that cannot work; the message names the feature."""

@@ -54,7 +54,7 @@ from typing import Final
 import numpy as np
 
 from models.bundle import Bundle, ScaledSpace
-from models.catalog import Catalog, Identity, distinct_key
+from models.catalog import Catalog, Identity
 from stream.fold import value_number
 
 DAY: Final = 86_400.0
@@ -123,14 +123,12 @@ class ValueProfile:
 
 @dataclass(frozen=True)
 class ShareProfile:
-    """Per segment, the share of each value of the catalog's `identity` (`type`'s
-    `property`) among its members' distinct (day, value) pairs; the last column holds the
-    values the bundle did not list (each segment's remainder). `prints` maps a listed
-    value's fingerprint (`stream.fold.value_number`, as the store keeps it) to its
-    column."""
+    """Per segment, the share of each value of the catalog's `identity` among its members'
+    distinct (day, value) pairs; the last column holds the values the bundle did not list
+    (each segment's remainder). `prints` maps a listed value's fingerprint
+    (`stream.fold.value_number`, as the store keeps it) to its column."""
 
-    type: str
-    property: str
+    identity: Identity
     index: Mapping[str, int]  # value -> column
     prints: Mapping[int, int]  # value fingerprint -> column
     log_share: np.ndarray  # (segments, values + 1)
@@ -138,9 +136,7 @@ class ShareProfile:
     def observe(self, kind: str, properties: Mapping[str, object] | None) -> tuple[int, int] | None:
         """An event's value: its column and its bit in a day's mask of the values counted
         (0-31, from its fingerprint); None for an event of another type, or no value."""
-        if kind != self.type:
-            return None
-        key = distinct_key((properties or {}).get(self.property))
+        key = self.identity.value(kind, properties)
         if key is None:
             return None
         bit = value_number(key) % 32
@@ -179,7 +175,8 @@ class ShareProfile:
         segment's) and against its current segment's (position `current`), within
         +-`SHARE_CAP`.
 
-        >>> p = ShareProfile("f", "x", {"a": 0}, {}, np.log(np.array([[0.9, 0.1], [0.1, 0.9]])))
+        >>> f = Identity(0, "f", "x", 90, 30)
+        >>> p = ShareProfile(f, {"a": 0}, {}, np.log(np.array([[0.9, 0.1], [0.1, 0.9]])))
         >>> [round(v, 2) for v in p.terms(0, 1, None)[1]]
         [2.2, 0.0]
         """
@@ -216,7 +213,7 @@ def share_profile(
     log_share = np.log(np.maximum(table, SHARE_FLOOR))
     log_share[[not g for g in got]] = np.nan
     prints = {value_number(v): i for v, i in index.items()}
-    return ShareProfile(identity.type, identity.prop, index, prints, log_share)
+    return ShareProfile(identity, index, prints, log_share)
 
 
 @dataclass(frozen=True)

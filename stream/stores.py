@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, Protocol
 import msgpack
 import numpy as np
 
-from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog, distinct_key
+from models.catalog import DEFAULT_PROFILE_RETENTION_DAYS, Catalog
 from models.events import Event
 from stream.decide import CustomerState
 from stream.lifecycle import stage_field
@@ -320,13 +320,7 @@ class StoreResults:
         ident = self.catalog.identity
         if ident is None:
             return None
-        return np.array(
-            [
-                e.type == ident.type and distinct_key(e.properties.get(ident.prop)) is not None
-                for e in events
-            ],
-            dtype=bool,
-        )
+        return np.array([ident.value(e.type, e.properties) is not None for e in events], dtype=bool)
 
     def read(self, ids: list[str], values: Sequence[bytes | None], at: float) -> Features:
         """Features of the ids whose state was found (`values` aligned with `ids`) and
