@@ -35,9 +35,9 @@ from stream.decide import Rules
 from stream.settings import StreamSettings
 
 FIGURES = (
-    "precision", "recall", "recall_7d", "recall_14d", "recall_28d", "flap_rate_per_30d",
-    "delay_median_days", "landed", "crossing_share", "recall_28d_crossing", "landed_crossing",
-    "churn_precision",
+    "precision", "precision_all", "recall", "recall_7d", "recall_14d", "recall_28d",
+    "flap_rate_per_30d", "delay_median_days", "landed", "crossing_share",
+    "recall_28d_crossing", "landed_crossing", "churn_precision",
 )  # fmt: skip
 #: Detectors compared: the raw nearest center (no margin, no dwell), the centers with
 #: hysteresis (the rules before issue 22, over --margins x --dwells), and the evidence
@@ -52,6 +52,7 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
     within = mig["recall_within"]
     return {
         "precision": mig["precision"],
+        "precision_all": mig["precision_all"],
         "recall": mig["recall"],
         "recall_7d": within.get("7"),
         "recall_14d": within.get("14"),
@@ -247,8 +248,11 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
         f"trained at day {args.train_day}",
         "",
         "Medians over the seeds; migrations judged after the training date against the "
-        "history's truth; recall_Nd: detected within N days of the change; landed: share "
-        "of detected changes whose alert named the segment the customer settled in; "
+        "history's truth; precision leaves out churn-led alerts (the customer left for "
+        "good) and unresolved ones (silent at the history's end for less than 14 days), "
+        "precision_all counts them as wrong; recall_Nd: detected within N days of the "
+        "change; landed: share of detected changes whose alert named the segment the "
+        "customer settled in; "
         "crossing_share: changes whose customer settled in another segment than it was in "
         "(the rest crossed no border), recall_28d_crossing and landed_crossing: recall within "
         "28 days and landed over them. "

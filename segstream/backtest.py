@@ -434,8 +434,11 @@ def migration_quality(
     An alert on a customer whose qualifying events stop within `silence_days` (the churn
     horizon) after it, for good (at least `min_observed_days` of silence to the end of
     the history), is churn-led: the customer was fading out, a real change the churn
-    alerts judge and a persona truth does not list. `precision` and the flap rate leave
-    churn-led alerts out; `precision_all` counts them as wrong. Recall counts changes in
+    alerts judge and a persona truth does not list. An alert on a customer with no
+    qualifying event after it and less than `min_observed_days` of silence before the
+    history ends is *unresolved*: whether the customer came back (a wrong alert) or left
+    (churn-led) lies after the history. `precision` and the flap rate leave churn-led and
+    unresolved alerts out; `precision_all` counts them as wrong. Recall counts changes in
     [start, end - min_observed]; the detection delay is the first right alert - T. Flap
     rate: migration alerts on customers without a change (and active in the window), per
     such customer per 30 days.
@@ -463,6 +466,7 @@ def migration_quality(
     gone = last_at + min_observed_days * DAY <= history_end
     led = (last_at <= at + silence) & gone
     churn_led = set(mig.index[led])
+    unresolved = set(mig.index[(last_at <= at) & ~gone])
     max_delay = max_delay_days * DAY
     changes = truth.reset_index(drop=True)
     if "started_at" not in changes:
@@ -506,14 +510,16 @@ def migration_quality(
                 landed_crossing += named
     active = set(events.loc[(events["ts"] >= start) & (events["ts"] <= end), "customer_id"])
     unchanged = active - set(changes["customer_id"])
-    on_unchanged = mig["customer_id"].isin(unchanged) & ~mig.index.isin(list(churn_led))
+    set_aside = churn_led | unresolved
+    on_unchanged = mig["customer_id"].isin(unchanged) & ~mig.index.isin(list(set_aside))
     flaps = int(on_unchanged.sum())
     months = max((end - start) / DAY / 30.0, 1e-9)
-    judged = len(mig) - len(churn_led - right_idx)
+    judged = len(mig) - len(set_aside - right_idx)
     return {
         "alerts": len(mig),
         "right": len(right_idx),
         "churn_led": len(churn_led - right_idx),
+        "unresolved": len(unresolved - right_idx),
         "precision": _ratio(len(right_idx), judged),
         "precision_all": _ratio(len(right_idx), len(mig)),
         "changes": len(counted),

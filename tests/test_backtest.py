@@ -214,6 +214,29 @@ def test_an_alert_in_a_drifts_first_half_caught_it_early() -> None:
     assert plain["right"] == 0
 
 
+def test_an_alert_on_a_customer_silent_at_the_end_of_the_history_is_unresolved() -> None:
+    """Three unchanged customers alerted on day 55 of a 60-day history: a has been silent
+    since day 54 and the history ends before 14 days of silence could say whether it left,
+    so its alert is unresolved, neither right nor a flap; b came back on day 58 (a flap);
+    c has been silent since day 30 (gone for good: churn-led). `precision_all` counts the
+    three as wrong."""
+    day = 86_400.0
+    events = pd.DataFrame(
+        {"customer_id": ["a", "b", "c", "a", "b", "b", "d"],
+         "ts": [0.0, 0.0, 30 * day, 54 * day, 54 * day, 58 * day, 60 * day],
+         "type": ["session_start"] * 7}
+    )  # fmt: skip
+    alerts = pd.DataFrame(
+        {"type": ["segment_migration"] * 4, "customer_id": ["a", "b", "c", "d"],
+         "at": [55 * day, 55 * day, 55 * day, 45 * day], "to_segment_id": [1, 1, 1, 1]}
+    )  # fmt: skip
+    truth = pd.DataFrame({"customer_id": ["d"], "changed_at": [40 * day], "to_segment": [1]})
+    got = migration_quality(alerts, truth, events, start=0.0, end=60 * day)
+    assert (got["right"], got["churn_led"], got["unresolved"]) == (1, 1, 1)
+    assert got["unchanged_alerts"] == 1  # b's alone
+    assert got["precision"] == 0.5 and got["precision_all"] == 0.25
+
+
 def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     """Two customers change on day 20 and are alerted to segment 2 on day 23: a, whose
     re-scores put it in segment 1 before the change and nearest segment 2 from then on,
