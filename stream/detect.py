@@ -70,7 +70,7 @@ PRIOR_DAYS: Final = 7.0
 #: basket strong evidence.
 AMOUNT_SIGMA: Final = 1.0
 #: The most evidence (nats, either way) one value can give: no single purchase moves a
-#: customer alone (the threshold is 10).
+#: customer alone (the default threshold is 9).
 AMOUNT_CAP: Final = 4.0
 #: Bounds of a customer's negative-binomial size (`RateProfiles.dispersion`): the upper
 #: one is Poisson for all purposes.
