@@ -192,11 +192,17 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "border when the customer settles (its nearest center at least 28 days after) in "
         "another segment than it was in: one that stayed cannot have an alert that lands. "
         "The flap rate counts migration alerts on customers without a change, per "
-        "customer per 30 days.</p>",
+        "customer per 30 days. Precision and the flap rate leave out churn-led alerts (the "
+        "customer's events stopped for good soon after) and unresolved ones (no event of "
+        "the customer after the alert, and too little history after its last one to tell "
+        "whether it left); precision with them counts both as wrong.</p>",
         _kv(
             [
                 ("alerts", m["alerts"]),
                 ("precision", m["precision"]),
+                ("churn-led alerts", m["churn_led"]),
+                ("unresolved alerts", m.get("unresolved")),
+                ("precision, churn-led and unresolved counted wrong", m["precision_all"]),
                 ("changes", m["changes"]),
                 ("recall", m["recall"]),
                 ("detection delay, days", _dist_text(m["delay_days"])),

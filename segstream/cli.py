@@ -630,7 +630,9 @@ def backtest(
     if "migrations" in metrics:
         m = metrics["migrations"]
         console.print(
-            f"migrations: precision {m['precision']}, recall {m['recall']}, delay median "
+            f"migrations: precision {m['precision']} ({m['precision_all']} counting "
+            f"{m['churn_led']} churn-led and {m.get('unresolved', 0)} unresolved alerts as "
+            f"wrong), recall {m['recall']}, delay median "
             f"{m['delay_days']['median']} d, flap rate {m['flap_rate_per_30d']} per 30 d"
         )
     console.print(f"report -> {out / 'report.html'}, {out / 'metrics.json'}")

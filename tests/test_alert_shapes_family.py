@@ -18,9 +18,9 @@ from tests.shape_backtest import Bounds, check_migrations, shape_fixture
 #: Measured on seed 31 (the threshold at 9 nats): precision / flaps per 30 d / recall
 #: within 28 days / median delay / landing. partial 1.00 / 0.000 / 0.72 / 7.4 / 0.76 (only
 #: purchases change: a move the other behaviours contradict); close 0.96 / 0.003 / 0.72 /
-#: 10.0 / 0.61; far 0.97 / 0.003 / 0.93 / 3.2 / 1.00. The
-#: median delay is over the detected changes: it rises where later changes are detected
-#: too (read it with the recall).
+#: 10.0 / 0.61; far 0.97 / 0.003 / 0.93 / 3.2 / 1.00. The median delay is over the
+#: detected changes: it rises where later changes are detected too (read it with the
+#: recall).
 BOUNDS = {
     "partial": Bounds(precision=0.9, flap=0.01, recall=0.6, delay=10.0, landed=0.65),
     "close": Bounds(precision=0.9, flap=0.01, recall=0.6, delay=15.0, landed=0.55),

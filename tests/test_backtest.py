@@ -77,6 +77,8 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     for figure in ("threshold_sweep.png", "migration_delay.png", "daily_volumes.png"):
         assert (out / figure).stat().st_size > 1000
         assert figure in page
+    # What precision leaves out is in the report beside it.
+    assert "unresolved alerts" in page and "churn-led alerts" in page
     vol = metrics(backtested)["volumes"]
     assert vol["per_day"]["segment_assigned"] > 0
     assert vol["customers_alerted"]["any"] > 0
