@@ -201,7 +201,7 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("alerts", m["alerts"]),
                 ("precision", m["precision"]),
                 ("churn-led alerts", m["churn_led"]),
-                ("unresolved alerts", m.get("unresolved")),
+                ("unresolved alerts", m["unresolved"]),
                 ("precision, churn-led and unresolved counted wrong", m["precision_all"]),
                 ("changes", m["changes"]),
                 ("recall", m["recall"]),

@@ -631,7 +631,7 @@ def backtest(
         m = metrics["migrations"]
         console.print(
             f"migrations: precision {m['precision']} ({m['precision_all']} counting "
-            f"{m['churn_led']} churn-led and {m.get('unresolved', 0)} unresolved alerts as "
+            f"{m['churn_led']} churn-led and {m['unresolved']} unresolved alerts as "
             f"wrong), recall {m['recall']}, delay median "
             f"{m['delay_days']['median']} d, flap rate {m['flap_rate_per_30d']} per 30 d"
         )
