@@ -53,22 +53,16 @@ class Server:
         await self.client.script_load(script.source)
 
     async def run(self, script: Script, calls: list[Call]) -> list[Any]:
-        try:
-            return await self._send(script, calls)
-        except NoScriptError:
-            # The server lost its script cache (restart, failover): nothing of the
-            # batch ran; load and send it again, once.
-            await self.load(script)
-            return await self._send(script, calls)
-
-    async def _send(self, script: Script, calls: list[Call]) -> list[Any]:
         if len(calls) == 1:
             keys, args = calls[0]
-            return [await self.client.evalsha(script.sha, len(keys), *keys, *args)]  # type: ignore[misc]
+            try:
+                return [await self.client.evalsha(script.sha, len(keys), *keys, *args)]  # type: ignore[misc]
+            except NoScriptError:
+                return [await _heal(self.client, script, keys, args)]
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute())
+        return await _healed(self.client, script, calls, await pipe.execute(raise_on_error=False))
 
     async def scan(self, match: str) -> list[str]:
         """Every key matching `match` (SCAN; for recounts and tools, not the hot path)."""
@@ -102,17 +96,7 @@ class Cluster:
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        replies = list(await pipe.execute(raise_on_error=False))
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                # That node lost its script cache: EVAL runs (and caches) it there,
-                # without re-sending the calls other nodes already ran.
-                keys, args = calls[i]
-                replies[i] = await self.client.eval(script.source, len(keys), *keys, *args)  # type: ignore[misc]
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return await _healed(self.client, script, calls, await pipe.execute(raise_on_error=False))
 
     async def scan(self, match: str) -> list[str]:
         """Every key matching `match`, over every primary (SCAN runs per node)."""
@@ -149,3 +133,30 @@ def _text(key: bytes | str) -> str:
 def topology(client: Redis | RedisCluster) -> Topology:
     """The way calls reach `client`'s servers (a `RedisCluster` or a single server)."""
     return Cluster(client) if isinstance(client, RedisCluster) else Server(client)
+
+
+async def _heal(
+    client: Redis | RedisCluster, script: Script, keys: list[str], args: list[Any]
+) -> Any:
+    """One call whose server lost its script cache (restart, failover, SCRIPT FLUSH).
+
+    EVAL runs the call and caches the script in one command: unlike a load followed by a
+    second EVALSHA, no flush can fall between the two, so the retry cannot fail the same way.
+    """
+    return await client.eval(script.source, len(keys), *keys, *args)  # type: ignore[misc]
+
+
+async def _healed(
+    client: Redis | RedisCluster, script: Script, calls: list[Call], replies: list[Any]
+) -> list[Any]:
+    """The replies of a pipeline of EVALSHAs, each call a lost script cache refused run again
+    by `_heal` (and only those: the others already ran); any other error raised."""
+    replies = list(replies)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            keys, args = calls[i]
+            replies[i] = await _heal(client, script, keys, args)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

@@ -118,6 +118,15 @@ def redis_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
     backend.cleanup()
 
 
+@pytest.fixture(params=["embedded", "cluster"])
+def private_redis_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
+    """The Redis servers this run started itself: for tests that act on a whole server
+    (flushing its script cache), which must not reach the shared system server."""
+    backend = _backend(request, request.param)
+    yield backend
+    backend.cleanup()
+
+
 @pytest.fixture(scope="session")
 def small_history() -> History:
     """1,000 customers x 90 days, the parity tests' history."""

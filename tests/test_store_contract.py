@@ -11,6 +11,7 @@ schedule, population counts and shared centers. Tests of Lua scripts and servers
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from stream.decide import CustomerState
 from stream.fold import value_number
 from stream.memory_store import MemoryFeatureStore, memory_stores
 from stream.redis_conn import connect
+from stream.scripts import Call, Script, topology
 from stream.state import StateCodec
 from stream.store import RECOVER_SECONDS, RedisAssignmentStore, RedisFeatureStore
 from stream.stores import AssignmentStore, Fenced, due_key, feature_key, state_key
@@ -941,9 +943,10 @@ def test_a_batch_of_1000_events_is_one_round_trip(
     run(body())
 
 
-def test_store_reloads_its_script_on_every_node(redis_backend: RedisBackend) -> None:
+def test_store_reloads_its_script_on_every_node(private_redis_backend: RedisBackend) -> None:
     """A server (every node) that lost its script cache (restart, failover) is healed by
     the retry: the batch is applied once, and so is the commit."""
+    redis_backend = private_redis_backend
 
     async def body() -> None:
         async with redis_backend.open() as stores:
@@ -969,6 +972,45 @@ def test_store_reloads_its_script_on_every_node(redis_backend: RedisBackend) -> 
             assert row is not None and row["events_7d"] == 2
 
     run(body())
+
+
+class _Incr(Script):
+    """A one-line script counting its calls on its key."""
+
+    def __init__(self) -> None:
+        self.name = "incr"
+        self.source = "return redis.call('INCR', KEYS[1])"
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+def test_a_lost_script_cache_reruns_only_the_refused_calls(
+    private_redis_backend: RedisBackend,
+) -> None:
+    """Calls of one pipeline (one per hash slot on a cluster) after one node forgot its
+    scripts: the refused ones run again with EVAL, the others are not run twice."""
+    backend = private_redis_backend
+    keys = [f"{backend.prefix}:count:{i}" for i in range(24)]
+    script = _Incr()
+
+    async def body() -> None:
+        conn = await connect(backend.url)
+        try:
+            net = topology(conn.client)
+            calls: list[Call] = [([key], []) for key in keys]  # one slot each on a cluster
+            await net.load(script)
+            assert await net.run(script, calls) == [1] * len(calls)
+            # One node forgets (a failover of one primary): on a cluster, the others still
+            # know the script, so the pipeline mixes refused and applied calls.
+            next(iter(backend.node_clients().values())).script_flush()
+            assert await net.run(script, calls) == [2] * len(calls)
+            for client in backend.node_clients().values():
+                client.script_flush()
+            assert await net.run(script, calls[:1]) == [3]  # the single-call path
+        finally:
+            await conn.close()
+
+    run(body())
+    assert [int(backend.get(k) or 0) for k in keys] == [3] + [2] * (len(keys) - 1)
 
 
 def test_fixture_is_a_three_node_cluster(cluster: Cluster) -> None:
