@@ -946,11 +946,10 @@ def test_a_batch_of_1000_events_is_one_round_trip(
 def test_store_reloads_its_script_on_every_node(private_redis_backend: RedisBackend) -> None:
     """A server (every node) that lost its script cache (restart, failover) is healed by
     the retry: the batch is applied once, and so is the commit."""
-    redis_backend = private_redis_backend
 
     async def body() -> None:
-        async with redis_backend.open() as stores:
-            redis_backend.flush_scripts()
+        async with private_redis_backend.open() as stores:
+            private_redis_backend.flush_scripts()
             result = await stores.features.apply(
                 [ev(f"e{i}", f"c{i}", "session_start", "2026-02-01T10:00:00Z") for i in range(30)]
             )
@@ -959,7 +958,7 @@ def test_store_reloads_its_script_on_every_node(private_redis_backend: RedisBack
                 [ev(f"f{i}", f"c{i}", "session_start", "2026-02-01T11:00:00Z") for i in range(30)],
                 stage=True,
             )
-            redis_backend.flush_scripts()
+            private_redis_backend.flush_scripts()
             conflicts = await stores.assignments.save(
                 {f"c{i}": CustomerState(segment=1, model_version="v1") for i in range(30)},
                 {0: {"c0": 1.0}}, features=staged.staged,
@@ -986,8 +985,8 @@ class _Incr(Script):
 def test_a_lost_script_cache_reruns_only_the_refused_calls(
     private_redis_backend: RedisBackend,
 ) -> None:
-    """Calls of one pipeline (one per hash slot on a cluster) after one node forgot its
-    scripts: the refused ones run again with EVAL, the others are not run twice."""
+    """Calls of one pipeline (one key each, so any slot on a cluster) after one node
+    forgot its scripts: the refused ones run again with EVAL, the others are not run twice."""
     backend = private_redis_backend
     keys = [f"{backend.prefix}:count:{i}" for i in range(24)]
     script = _Incr()
