@@ -85,6 +85,13 @@ class SegmentProfile:
     #: with at least one such event): their typical purchase amount.
     typical: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def lapsing(self) -> bool:
+        """A segment of silent customers: its members' median silence is `LAPSING_DAYS`
+        or more. Moves out of it are reactivations, and no new customer is placed in it
+        from its first weeks (`offline.steps.fit_early`)."""
+        return self.silent_days is not None and self.silent_days >= LAPSING_DAYS
+
     def z(self, feature: str) -> float | None:
         stats = self.features.get(feature)
         return None if stats is None else stats["z"]
@@ -186,7 +193,7 @@ def rule_name(profile: SegmentProfile) -> str:
 
 def rule_reason(profile: SegmentProfile) -> tuple[str, str]:
     """The rule name of one profile and why (the rule and its numbers)."""
-    if profile.silent_days is not None and profile.silent_days >= LAPSING_DAYS:
+    if profile.lapsing:
         return LAPSING, (
             f"median {profile.silent_days:.0f} days since the last event, "
             f">= {LAPSING_DAYS:.0f} (an absolute rule)"

@@ -255,7 +255,8 @@ def train(
         outcomes = check_outcomes(history, catalog, stable.labels, as_of)
         churn = churn_job.result()
         early = fit_early(
-            history.frame, catalog, as_of, stable.labels, ages=settings.ages,
+            history.frame, catalog, as_of, stable.labels,
+            lapsing=[p.id for p in named.profiles if p.lapsing], ages=settings.ages,
             seed=settings.seed, progress=progress,
         )  # fmt: skip
         notes = [*history.notes, *population.notes, *segments.notes, *named.notes,

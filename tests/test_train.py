@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from models.bundle import load_bundle, resolve_current
 from models.catalog import default_catalog
 from models.events import parse_time
+from offline.history import generate
+from offline.shapes import SHAPES
 from offline.synthetic import History, generate_history, write_history
 from offline.train import TrainResult, TrainSettings, train
 from segstream.cli import app
@@ -247,3 +249,22 @@ def test_each_segment_records_the_features_its_members_use(trained: TrainResult)
     profiles = bundle_profiles(CATALOG, trained.bundle)
     assert profiles is not None and profiles.shares is not None
     assert set(profiles.shares.index) >= set(support)
+
+
+def test_no_new_customer_is_placed_in_a_lapsing_segment(tmp_path: Path) -> None:
+    """A segment of customers silent for a month at as-of (Lapsing) says nothing about how
+    a customer behaves in its first weeks: the early-life classifier never learns it, so a
+    customer who just signed up is never placed there. On this history (close personas,
+    seed 31) the classifier learned it from 2 of its 30 new customers and, replayed, placed
+    108 of the 300 customers in Lapsing in their first weeks, while they were active."""
+    shape = SHAPES["close"].with_options(migrate_from_day=100, migrate_to_day=122)
+    events = write_history(generate(300, 150, 31, shape=shape), tmp_path / "data")["events"]
+    as_of = "2026-04-11T00:00:00Z"  # day 100
+    result = train(
+        events, parse_time(as_of), tmp_path / "models", CATALOG, TrainSettings(seed=0),
+        now=datetime(2026, 4, 11, 6, 0, tzinfo=UTC),
+    )  # fmt: skip
+    lapsing = result.bundle.lapsing_segments
+    assert lapsing, "the history must have a Lapsing segment, or this proves nothing"
+    learned = {int(c) for c in result.bundle.early_model.classes_}
+    assert len(learned) >= 2 and not learned & lapsing, (learned, lapsing)
