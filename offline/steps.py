@@ -479,7 +479,7 @@ def fit_early(
     new customer who went dormant has no behavioural segment to learn, and neither has
     one in a `lapsing` segment (silent for a month or more at as-of). Learning those made
     the classifier place a third of the new customers of a history with close personas
-    (the `close` shape, seed 31) in Lapsing within their first week, while active: a
+    (the `close` shape, seed 31) in Lapsing in their first weeks, while active: a
     win-back flow for a customer who just signed up."""
     progress.start("early-life snapshots")
     first = new_customers(frame, as_of)
