@@ -41,9 +41,11 @@ FIGURES = (
 )  # fmt: skip
 #: Detectors compared: the raw nearest center (no margin, no dwell), the centers with
 #: hysteresis (the rules before issue 22, over --margins x --dwells), and the evidence
-#: (`stream.detect`, over --evidence thresholds), and the evidence counting silence only
-#: at the next event (`evidence-event`: the detector before the re-score updates).
-DETECTORS = ("nearest", "rules", "evidence", "evidence-event")
+#: (`stream.detect`, over --evidence thresholds), the evidence counting silence only
+#: at the next event (`evidence-event`: the detector before the re-score updates), and the
+#: evidence without corrections (`evidence-uncorrected`: every crossing a migration, the
+#: detector before `Rules.migration_correction`).
+DETECTORS = ("nearest", "rules", "evidence", "evidence-event", "evidence-uncorrected")
 
 
 def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -158,6 +160,11 @@ def configs(args: argparse.Namespace) -> list[tuple[str, Rules]]:
     if "evidence-event" in args.detectors:
         out += [
             ("evidence-event", Rules(migration_evidence=e, migration_evidence_rescore=False))
+            for e in args.evidence
+        ]
+    if "evidence-uncorrected" in args.detectors:
+        out += [
+            ("evidence-uncorrected", Rules(migration_evidence=e, migration_correction=0.0))
             for e in args.evidence
         ]
     return out

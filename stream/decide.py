@@ -23,6 +23,11 @@ Rules (thresholds in `Rules`):
   `migration_evidence_rescore` the daily re-score counts the silence too, and completes
   a move whose evidence saw an event of the customer and whose destination explains the
   silence since (a quieter segment is then seen without waiting for the next event);
+- correction: a crossing whose customer's baseline (its counts before the latest 30
+  days) already fits the destination better than its segment by
+  `migration_correction` nats, by both the mix and the volume of its events, was a
+  misplacement (mostly by the early-life classifier) put right, not a move:
+  `segment_assigned` (`placed_by: correction`), no `segment_migration`;
 - quiet moves: a move completed at a daily re-score of a customer silent since the
   candidate appeared (features that only decayed) changes the segment with
   `segment_assigned` (`placed_by: inactivity`) only; the customer's next event settles
@@ -115,6 +120,12 @@ class Rules:
     #: completes a move whose evidence saw an event of the customer (a quieter segment is
     #: then seen without waiting for the next event); off: silence counts at the next event.
     migration_evidence_rescore: bool = True
+    #: A crossing whose customer's baseline (before the latest 30 days) already fits the
+    #: destination better than its segment by this many nats, by both the mix and the
+    #: volume of its events (`RateProfiles.misfit`), is a correction: `segment_assigned`
+    #: (`placed_by: correction`), not a migration. 0: off. On 18 backtests it took the
+    #: backtests below precision 0.9 from 4 to 1, for one right alert (README).
+    migration_correction: float = 9.0
 
 
 class CustomerState:
@@ -629,7 +640,18 @@ class Decider:
                 state.anchor = _anchor(x)
             return False
         state.candidate_since = began  # the dwell: since the evidence began building
-        self._migrate(row, state, self.segment_ids[moved], x, out)
+        target = self.segment_ids[moved]
+        correction = self.rules.migration_correction
+        if (
+            correction > 0
+            and home not in self.lapsing  # a reactivation says more (`_migrate`)
+            and ev.profiles.misfit(x, float(x[self._tenure]), current, moved) >= correction
+        ):
+            # Its baseline, from before the latest weeks, already fits the destination: the
+            # customer was misplaced (mostly by the early-life classifier), it did not move.
+            self._place(row, state, target, x, "correction", out)
+        else:
+            self._migrate(row, state, target, x, out)
         return True
 
     def _complete(

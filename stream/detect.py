@@ -290,6 +290,31 @@ class RateProfiles:
         )
         return rates
 
+    def misfit(self, x: np.ndarray, tenure: float, current: int, other: int) -> float:
+        """How much better (nats) segment `other` explains a customer's baseline counts
+        (row `x`: its long window without the latest `recent_days`) than `current` (row
+        positions in `rates`): the lesser of two log-likelihood ratios, of the mix of its
+        event types (multinomial) and of their volume (Poisson over the baseline's days).
+
+        Both must favour `other`: in a low-activity bundle two segments may differ by
+        volume alone (a casual customer's mix then "fits" the support-heavy segment), and
+        in a close-together one by mix alone.
+
+        >>> p = RateProfiles(("a", "b"), False, np.array([[1.0, 0.1], [0.1, 1.0]]), (0, 1),
+        ...                  (2, 3), 90.0, 30.0, 30.0)
+        >>> row = np.array([6.0, 60.0, 2.0, 20.0])  # 40 b and 4 a in days 31 to 90
+        >>> round(p.misfit(row, 120.0, 0, 1), 1), round(p.misfit(row, 120.0, 1, 0), 1)
+        (82.9, -82.9)
+        """
+        row = x[None, :]
+        own = np.maximum(self.counts(row, self.long_cols) - self.counts(row, self.recent_cols), 0)
+        days = max(min(tenure, self.long_days) - self.recent_days, 0.0)
+        r = np.maximum(self.rates[[current, other]], RATE_FLOOR)
+        mix = np.log(r / r.sum(axis=1, keepdims=True))
+        by_mix = float(own[0] @ (mix[1] - mix[0]))
+        by_volume = float(own[0] @ np.log(r[1] / r[0]) - days * (r[1].sum() - r[0].sum()))
+        return min(by_mix, by_volume)
+
     def dispersion(self, x: np.ndarray, tenure: np.ndarray) -> np.ndarray:
         """Each row's negative-binomial size r (per type, per day): the r at which
         independent daily counts NB(mean b_m, r) of its event types leave as many days

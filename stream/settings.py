@@ -206,6 +206,14 @@ class StreamSettings(BaseSettings):
         "where a move whose evidence saw an event of the customer is completed (false: "
         "silence counts at the next event, which completes the move).",
     )
+    migration_correction: float = Field(
+        DEFAULT_RULES.migration_correction,
+        ge=0,
+        description="A crossing of the evidence whose customer's baseline (before the "
+        "latest 30 days) already fits the destination better than its segment by this many "
+        "nats, by both the mix and the volume of its events, is a correction "
+        "(`segment_assigned`, `placed_by: correction`), not a migration; 0: off.",
+    )
     churn_cooldown_days: float = Field(
         DEFAULT_RULES.churn_cooldown_days,
         ge=0,
@@ -259,6 +267,7 @@ class StreamSettings(BaseSettings):
             migration_detector=self.migration_detector,
             migration_evidence=self.migration_evidence,
             migration_evidence_rescore=self.migration_evidence_rescore,
+            migration_correction=self.migration_correction,
             churn_cooldown_days=self.churn_cooldown_days,
             dormant_days=self.dormant_days,
         )

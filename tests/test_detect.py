@@ -686,3 +686,69 @@ def test_a_value_counts_once_a_day_as_the_shares_do() -> None:
             assert fired is None
         levels.append(evidence.level(blob, 0, 1)[0])
     assert levels == pytest.approx([SHARE_CAP, 2 * SHARE_CAP], abs=0.01)  # SHARE_CAP a day
+
+
+#: Readers and builders far apart in the mix of their events (sessions against feature
+#: uses) and in volume, with the default catalog's windows (90 days, the latest 30 left
+#: out of the baseline).
+SPLIT_PROFILES = dataclasses.replace(
+    PROFILES, rates=np.array([[2.0, 0.02, 0.3], [0.2, 2.0, 0.3]]), recent_days=30.0
+)
+
+
+def placed_as_builder(
+    events: list[tuple[float, int]], days: int, rules: Rules
+) -> list[tuple[float, str, dict[str, object]]]:
+    """A customer from its first day, whom the model places with the builders (as a
+    wrong early-life placement does), driven through `Decider.decide` with its feature
+    row rolled to each event (counts over 90 and 30 days, its tenure) and each UTC
+    midnight a re-score; its (day, kind, body) segment alerts after its first."""
+    decider = Decider(Builders(), [1, 2], NAMES, [0], np.zeros(len(NAMES)), rules, SPLIT_PROFILES)
+    times = np.array([t for t, _ in events])
+    cols = np.array([c for _, c in events])
+    rows = [(t, f"e{n}", KINDS[c]) for n, (t, c) in enumerate(events)]
+    rows += [(float(d), f"rescore:{d}", "") for d in range(1, days)]
+    rows.sort(key=lambda r: (r[0], r[1].startswith("e")))
+    states: dict[str, CustomerState] = {}
+    alerts = []
+    for t, trigger, kind in rows:
+        windows = [(times > t - span) & (times <= t) for span in (90.0, 30.0)]
+        counts = [np.bincount(cols[w], minlength=3).astype(float) for w in windows]
+        for c in counts:
+            c[2] = c.sum()
+        seen = times[times <= t]
+        x = np.array([[*counts[0], *counts[1], t, t - float(seen.max()) if len(seen) else 0.0]])
+        out = decider.decide(
+            [Row("c1", t * DAY, trigger, kind)], x, x[:, :1], np.array([[1.0, 0.0]]),
+            states, score_churn=not kind,
+        )  # fmt: skip
+        states = out.states
+        alerts += [(t, a.kind, a.body) for a in out.alerts if a.kind.startswith("segment_")]
+    return alerts[1:]
+
+
+def test_a_misplaced_customer_is_corrected_without_a_migration_alert() -> None:
+    """A reader from its first day, placed with the builders: once the evidence governs
+    (tenure 33), its events cross for the readers within days. Its baseline (its days
+    before the latest 30) already fits the readers by mix and by volume: it was
+    misplaced, it did not move, and it gets `segment_assigned` (`placed_by: correction`),
+    not a `segment_migration` a retention flow would act on. With the rule off, the
+    same crossing is a migration. A builder who does turn reader still migrates: its
+    baseline fits the segment it is in."""
+    rng = np.random.default_rng(7)
+    reader = stream_of(SPLIT_PROFILES.rates[0], 70, rng)
+    corrected = placed_as_builder(reader, 70, Rules())
+    assert [(k, b.get("placed_by"), b["segment_id"]) for _, k, b in corrected] == [
+        ("segment_assigned", "correction", 1)
+    ], corrected
+    assert 33 <= corrected[0][0] <= 40  # within days of the evidence taking over
+    off = placed_as_builder(reader, 70, Rules(migration_correction=0.0))
+    assert [k for _, k, _ in off] == ["segment_migration", "segment_assigned"], off
+    assert off[0][0] == corrected[0][0]
+
+    builder = stream_of(SPLIT_PROFILES.rates[1], 60, rng)
+    builder += stream_of(SPLIT_PROFILES.rates[0], 20, rng, start=60)
+    turned = placed_as_builder(builder, 80, Rules())
+    moves = [(t, b) for t, k, b in turned if k == "segment_migration"]
+    assert len(moves) == 1 and moves[0][0] >= 60, turned
+    assert (moves[0][1]["from_segment_id"], moves[0][1]["to_segment_id"]) == (2, 1)
