@@ -597,8 +597,10 @@ def migration_behaviour(
     alerts: pd.DataFrame, start: float, end: float, return_days: float = 14.0
 ) -> dict[str, Any]:
     """Without truth: the migration matrix, the share of moving customers who moved back
-    within `return_days` (a flap signal) and the dwell before each migration (time since
-    the customer's previous segment assignment, first or migration).
+    within `return_days` (a flap signal), the dwell before each migration (time since
+    the customer's previous segment assignment, first or migration), and the later
+    changes of segment that make no migration alert, by `placed_by` (corrections,
+    reactivations, moves in silence and returns, placements still settling).
 
     >>> a = pd.DataFrame({"type": ["segment_assigned", "segment_migration", "segment_migration"],
     ...     "customer_id": ["a"] * 3, "at": [0.0, 10 * DAY, 12 * DAY],
@@ -634,6 +636,12 @@ def migration_behaviour(
         if len(before):
             dwell.append((at - before[-1]) / DAY)
     movers = mig["customer_id"].nunique()
+    placed = in_window(alerts, "segment_assigned", start, end)
+    if "placed_by" in placed and "first" in placed:
+        later = placed[placed["first"].eq(False) & placed["placed_by"].ne("migration")]
+        by = {str(k): int(n) for k, n in later["placed_by"].value_counts().sort_index().items()}
+    else:
+        by = {}
     return {
         "alerts": len(mig),
         "customers_moved": int(movers),
@@ -641,6 +649,7 @@ def migration_behaviour(
         "moved_and_returned_within_days": return_days,
         "moved_and_returned_share": _ratio(len(returned), movers),
         "dwell_days": _dist(dwell),
+        "placed_without_migration": by,
     }
 
 

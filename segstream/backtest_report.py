@@ -235,6 +235,11 @@ def _behaviour_section(b: Mapping[str, Any]) -> list[str]:
                     b["moved_and_returned_share"],
                 ),
                 ("dwell before a migration, days", _dist_text(b["dwell_days"])),
+                (
+                    "segment changes without a migration alert, by placed_by",
+                    ", ".join(f"{k} {n}" for k, n in b.get("placed_without_migration", {}).items())
+                    or "none",
+                ),
             ]
         ),
         table(

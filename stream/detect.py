@@ -32,6 +32,11 @@ log-likelihood ratio of its value under a segment's shares against the customer'
 its current segment's (at most `SHARE_CAP` nats an event). A power user who turns to
 support-heavy work shows it in the features it opens, before the counts move.
 
+A crossing is not always a change: a customer the early-life classifier misplaced raises
+evidence for its own segment once the evidence governs it. `RateProfiles.misfit` reads
+the customer's baseline counts against both segments, and the decider makes a crossing
+whose baseline already fits the destination a correction, not a migration.
+
 The 30- and 90-day windows move slowly after a change; the events themselves do not, so
 the evidence crosses its threshold within days of a sudden switch. The destination is
 the segment with the most evidence. The state is `k` float16 sums and the time of the

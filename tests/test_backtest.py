@@ -83,6 +83,20 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     assert vol["per_day"]["segment_assigned"] > 0
     assert vol["customers_alerted"]["any"] > 0
     assert vol["busiest_hour"]["alerts"] > 0
+    # Segment changes without a migration alert, by cause: what the alerts file holds.
+    start = datetime.fromisoformat(AS_OF.replace("Z", "+00:00"))
+    bodies = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
+    later = [
+        b["placed_by"]
+        for b in bodies
+        if b["type"] == "segment_assigned"
+        and not b["first"]
+        and b["placed_by"] != "migration"
+        and datetime.fromisoformat(b["event_time"].replace("Z", "+00:00")) >= start
+    ]
+    placed = metrics(backtested)["migration_behaviour"]["placed_without_migration"]
+    assert placed == {k: later.count(k) for k in sorted(set(later))}
+    assert sum(placed.values()) > 0 and "segment changes without a migration alert" in page
 
 
 def _event(eid: str, cid: str, at: datetime, kind: str = "session_start") -> str:
