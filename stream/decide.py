@@ -641,18 +641,33 @@ class Decider:
             return False
         state.candidate_since = began  # the dwell: since the evidence began building
         target = self.segment_ids[moved]
-        correction = self.rules.migration_correction
-        if (
-            correction > 0
-            and home not in self.lapsing  # a reactivation says more (`_migrate`)
-            and ev.profiles.misfit(x, float(x[self._tenure]), current, moved) >= correction
-        ):
-            # Its baseline, from before the latest weeks, already fits the destination: the
-            # customer was misplaced (mostly by the early-life classifier), it did not move.
+        if self._misplaced(row, state, x, current, moved):
             self._place(row, state, target, x, "correction", out)
         else:
             self._migrate(row, state, target, x, out)
         return True
+
+    def _misplaced(
+        self, row: Row, state: CustomerState, x: np.ndarray, current: int, moved: int
+    ) -> bool:
+        """Whether a crossing from `current` to `moved` (row positions in the profiles)
+        puts right a placement rather than following a change: the customer's baseline,
+        from before its latest weeks, already fits the destination by
+        `migration_correction` nats (`RateProfiles.misfit`), and its segment is one it
+        was placed in while settling (by the early-life classifier or at the hand-over to
+        the centers). A segment the evidence, a quiet move or a new model put it in was
+        chosen from later behaviour than its baseline: there the baseline fitting
+        elsewhere is the change itself (on the held-out seeds, those crossings were right
+        migrations, and two of them changes the corrections missed)."""
+        assert self.evidence is not None
+        if self.rules.migration_correction <= 0 or _home(state) in self.lapsing:
+            return False  # off; out of a Lapsing segment, a reactivation says more
+        tenure = float(x[self._tenure])
+        entered = tenure - (row.at - state.since) / DAY
+        if entered >= self.rules.early_days + self.rules.migration_dwell_days:
+            return False
+        misfit = self.evidence.profiles.misfit(x, tenure, current, moved)
+        return misfit >= self.rules.migration_correction
 
     def _complete(
         self, row: Row, state: CustomerState, target: int, young: bool, x: np.ndarray,

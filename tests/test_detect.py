@@ -697,12 +697,14 @@ SPLIT_PROFILES = dataclasses.replace(
 
 
 def placed_as_builder(
-    events: list[tuple[float, int]], days: int, rules: Rules
+    events: list[tuple[float, int]], days: int, rules: Rules, entered: float | None = None
 ) -> list[tuple[float, str, dict[str, object]]]:
     """A customer from its first day, whom the model places with the builders (as a
     wrong early-life placement does), driven through `Decider.decide` with its feature
     row rolled to each event (counts over 90 and 30 days, its tenure) and each UTC
-    midnight a re-score; its (day, kind, body) segment alerts after its first."""
+    midnight a re-score; its (day, kind, body) segment alerts after its first. With
+    `entered`, its state says it entered the builders on that day (as a migration or a
+    move in silence there would have)."""
     decider = Decider(Builders(), [1, 2], NAMES, [0], np.zeros(len(NAMES)), rules, SPLIT_PROFILES)
     times = np.array([t for t, _ in events])
     cols = np.array([c for _, c in events])
@@ -723,6 +725,8 @@ def placed_as_builder(
             states, score_churn=not kind,
         )  # fmt: skip
         states = out.states
+        if entered is not None and t <= entered:
+            states["c1"].since = entered * DAY
         alerts += [(t, a.kind, a.body) for a in out.alerts if a.kind.startswith("segment_")]
     return alerts[1:]
 
@@ -733,8 +737,10 @@ def test_a_misplaced_customer_is_corrected_without_a_migration_alert() -> None:
     before the latest 30) already fits the readers by mix and by volume: it was
     misplaced, it did not move, and it gets `segment_assigned` (`placed_by: correction`),
     not a `segment_migration` a retention flow would act on. With the rule off, the
-    same crossing is a migration. A builder who does turn reader still migrates: its
-    baseline fits the segment it is in."""
+    same crossing is a migration, and so it is when the customer entered its segment
+    after settling (as the evidence or a move in silence puts it there): its baseline
+    predates that move. A builder who does turn reader still migrates: its baseline
+    fits the segment it is in."""
     rng = np.random.default_rng(7)
     reader = stream_of(SPLIT_PROFILES.rates[0], 70, rng)
     corrected = placed_as_builder(reader, 70, Rules())
@@ -745,6 +751,8 @@ def test_a_misplaced_customer_is_corrected_without_a_migration_alert() -> None:
     off = placed_as_builder(reader, 70, Rules(migration_correction=0.0))
     assert [k for _, k, _ in off] == ["segment_migration", "segment_assigned"], off
     assert off[0][0] == corrected[0][0]
+    moved_in = placed_as_builder(reader, 70, Rules(), entered=35.0)
+    assert [(t, k) for t, k, _ in moved_in] == [(t, k) for t, k, _ in off], moved_in
 
     builder = stream_of(SPLIT_PROFILES.rates[1], 60, rng)
     builder += stream_of(SPLIT_PROFILES.rates[0], 20, rng, start=60)
