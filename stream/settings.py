@@ -211,8 +211,9 @@ class StreamSettings(BaseSettings):
         ge=0,
         description="A crossing of the evidence whose customer's baseline (before the "
         "latest 30 days) already fits the destination better than its segment by this many "
-        "nats, by both the mix and the volume of its events, is a correction "
-        "(`segment_assigned`, `placed_by: correction`), not a migration; 0: off.",
+        "nats, by both the mix and the volume of its events, in a segment it was placed in "
+        "while settling, is a correction (`segment_assigned`, `placed_by: correction`), not "
+        "a migration; 0: off.",
     )
     churn_cooldown_days: float = Field(
         DEFAULT_RULES.churn_cooldown_days,
