@@ -237,7 +237,7 @@ def _behaviour_section(b: Mapping[str, Any]) -> list[str]:
                 ("dwell before a migration, days", _dist_text(b["dwell_days"])),
                 (
                     "segment changes without a migration alert, by placed_by",
-                    ", ".join(f"{k} {n}" for k, n in b.get("placed_without_migration", {}).items())
+                    ", ".join(f"{k} {n}" for k, n in b["placed_without_migration"].items())
                     or "none",
                 ),
             ]

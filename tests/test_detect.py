@@ -499,6 +499,18 @@ def drifting(
     return sorted(out)
 
 
+def window_counts(
+    times: np.ndarray, cols: np.ndarray, at: float, recent: float
+) -> list[np.ndarray]:
+    """The toy counts (day, column) events give at `at`: over 90 days and over `recent`,
+    each with its any-type column."""
+    windows = [(times > at - days) & (times <= at) for days in (90.0, recent)]
+    counts = [np.bincount(cols[w], minlength=3).astype(float) for w in windows]
+    for c in counts:
+        c[2] = c.sum()  # the any-type column
+    return counts
+
+
 def rolling_run(
     events: list[tuple[float, int]], evidence: Evidence, start: float
 ) -> tuple[float, int] | None:
@@ -510,10 +522,7 @@ def rolling_run(
     blob = b""
     for i in np.flatnonzero(times >= start).tolist():
         at = times[i]
-        windows = [(times > at - days) & (times <= at) for days in (90.0, recent)]
-        counts = [np.bincount(cols[w], minlength=3).astype(float) for w in windows]
-        for c in counts:
-            c[2] = c.sum()  # the any-type column
+        counts = window_counts(times, cols, at, recent)
         terms = evidence.prepare(row(counts[0], counts[1]), np.array([0]), [int(cols[i])])[0]
         blob, fired, _ = evidence.update(blob, at * DAY, int(cols[i]), 0, terms)
         if fired is not None:
@@ -714,10 +723,7 @@ def placed_as_builder(
     states: dict[str, CustomerState] = {}
     alerts = []
     for t, trigger, kind in rows:
-        windows = [(times > t - span) & (times <= t) for span in (90.0, 30.0)]
-        counts = [np.bincount(cols[w], minlength=3).astype(float) for w in windows]
-        for c in counts:
-            c[2] = c.sum()
+        counts = window_counts(times, cols, t, SPLIT_PROFILES.recent_days)
         seen = times[times <= t]
         x = np.array([[*counts[0], *counts[1], t, t - float(seen.max()) if len(seen) else 0.0]])
         out = decider.decide(
