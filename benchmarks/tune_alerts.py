@@ -37,7 +37,8 @@ from stream.settings import StreamSettings
 FIGURES = (
     "precision", "precision_all", "recall", "recall_7d", "recall_14d", "recall_28d",
     "flap_rate_per_30d", "delay_median_days", "landed", "crossing_share",
-    "recall_28d_crossing", "landed_crossing", "churn_precision",
+    "recall_28d_crossing", "landed_crossing", "settling_share", "delay_settled_median_days",
+    "recall_28d_settled", "churn_precision",
 )  # fmt: skip
 #: Detectors compared: the raw nearest center (no margin, no dwell), the centers with
 #: hysteresis (the rules before issue 22, over --margins x --dwells), and the evidence
@@ -65,6 +66,11 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
         "crossing_share": round(mig["crossing"] / mig["changes"], 3) if mig["changes"] else None,
         "recall_28d_crossing": mig["recall_within_crossing"].get("28"),
         "landed_crossing": mig.get("landed_crossing"),
+        "settling_share": (
+            round(mig["settling"] / mig["changes"], 3) if mig.get("changes") else None
+        ),
+        "delay_settled_median_days": mig.get("delay_days_settled", {}).get("median"),
+        "recall_28d_settled": mig.get("recall_within_settled", {}).get("28"),
         "churn_precision": churn["precision"],
         "churn_recall": churn["recall"],
         "churn_lead_median_days": churn["lead_time_days"]["median"],
@@ -262,7 +268,9 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
         "customer settled in; "
         "crossing_share: changes whose customer settled in another segment than it was in "
         "(the rest crossed no border), recall_28d_crossing and landed_crossing: recall within "
-        "28 days and landed over them. "
+        "28 days and landed over them; settling_share: changes of customers younger than "
+        "early_days + one dwell at the change (placed, not migrated, until they settle), "
+        "delay_settled_median_days and recall_28d_settled: over the others. "
         "Targets (issue 22): precision >= 0.9, recall within 28 days >= 0.9, flap <= 0.01 "
         "per 30 d, landed >= 0.9, median delay <= 3 days (sudden) or 7 (from a gradual "
         "drift's midpoint). One table per shape (`offline/shapes.py`).",

@@ -423,6 +423,7 @@ def migration_quality(
     settled: pd.DataFrame | None = None,
     within_days: Sequence[float] = RECALL_WITHIN,
     settle_days: float = 28.0,
+    settling_days: float | None = None,
 ) -> dict[str, Any]:
     """Migration alerts against the truth (customer_id, changed_at, to_segment and
     optionally started_at: `read_truth`).
@@ -456,6 +457,13 @@ def migration_quality(
     changes that did; `recall_within_crossing` is `recall_within` over them, and
     `detected_staying` counts the detected changes that stayed (their alerts cannot land),
     and `landed_crossing` is `landed_in_target` over the detected changes that crossed.
+
+    Settling: with `settling_days` (the engine's `early_days` plus one dwell), a change of
+    a customer younger than that (since its first event) is made while the customer is
+    still being placed, and the engine's move is a placement (`segment_assigned`), not a
+    migration: its first migration alert waits until the customer has settled. `settling`
+    counts those changes; `delay_days_settled` and `recall_within_settled` are the delay
+    and `recall_within` over the others, the speed the detector itself gives.
     """
     mig = in_window(alerts, "segment_migration", start, end).copy()
     history_end = float(events["ts"].max())
@@ -484,6 +492,11 @@ def migration_quality(
     delays_by: dict[tuple[str, float], float] = {}
     settled_at, was_in = _settled(settled, counted, settle_days)
     crossing: list[bool] = []  # per counted change: settled in another segment than before
+    young = np.zeros(len(counted), dtype=bool)  # per counted change: the customer settling
+    if settling_days is not None:
+        born = counted["customer_id"].map(events.groupby("customer_id")["ts"].min())
+        changed_at = counted["changed_at"].to_numpy(dtype=float)
+        young = born.to_numpy(dtype=float) > changed_at - settling_days * DAY
     for cid, changed, target in zip(
         counted["customer_id"].tolist(),
         counted["changed_at"].to_numpy(dtype=float).tolist(),
@@ -515,6 +528,20 @@ def migration_quality(
     flaps = int(on_unchanged.sum())
     months = max((end - start) / DAY / 30.0, 1e-9)
     judged = len(mig) - len(set_aside - right_idx)
+    settled_changes = counted[~young]
+    settled_keys = set(
+        zip(settled_changes["customer_id"], settled_changes["changed_at"], strict=True)
+    )
+    by_settling: dict[str, Any] = (
+        {}
+        if settling_days is None
+        else {
+            "settling_days": settling_days,
+            "settling": int(young.sum()),
+            "delay_days_settled": _dist(d for k, d in delays_by.items() if k in settled_keys),
+            "recall_within_settled": _recall_within(settled_changes, delays_by, end, within_days),
+        }
+    )
     return {
         "alerts": len(mig),
         "right": len(right_idx),
@@ -540,6 +567,7 @@ def migration_quality(
         "unchanged_alerts": flaps,
         "flap_rate_per_30d": _ratio(flaps, len(unchanged) * months),
         "max_delay_days": max_delay_days,
+        **by_settling,
     }
 
 
@@ -665,8 +693,10 @@ def evaluate(
     cooldown_days: float,
     qualifying_types: Sequence[str] = (),
     truth: pd.DataFrame | None = None,
+    settling_days: float | None = None,
 ) -> dict[str, Any]:
-    """Every figure of a backtest (what `metrics.json` holds), alerts in [start, end]."""
+    """Every figure of a backtest (what `metrics.json` holds), alerts in [start, end];
+    `settling_days`: see `migration_quality`."""
     out: dict[str, Any] = {
         "window": {"from": _iso(start), "to": _iso(end), "days": round((end - start) / DAY, 3)},
         "volumes": volumes(alerts, start, end),
@@ -693,5 +723,6 @@ def evaluate(
             silence_days=horizon_days,
             qualifying_types=qualifying_types,
             settled=scores if "nearest" in scores else None,
+            settling_days=settling_days,
         )
     return out

@@ -177,8 +177,17 @@ def _speed_rows(m: Mapping[str, Any]) -> list[list[Any]]:
         [f"recall within {d} days, changes that crossed a border", number(r)]
         for d, r in m.get("recall_within_crossing", {}).items()
     ]
+    rows += [
+        [f"recall within {d} days, changes of settled customers", number(r)]
+        for d, r in m.get("recall_within_settled", {}).items()
+    ]
     delay = m["delay_days"]
     rows += [[f"delay {q}, days", number(delay[q])] for q in ("p25", "median", "p75", "p90")]
+    if "delay_days_settled" in m:
+        rows.append(
+            ["delay median, changes of settled customers, days",
+             number(m["delay_days_settled"]["median"])]
+        )  # fmt: skip
     return rows
 
 
@@ -207,6 +216,7 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("recall", m["recall"]),
                 ("detection delay, days", _dist_text(m["delay_days"])),
                 ("changes that crossed a border", m.get("crossing")),
+                *_settling_row(m),
                 ("landed in the expected segment", m["landed_in_target"]),
                 ("landed, changes that crossed a border", m.get("landed_crossing")),
                 ("detected changes that stayed in their segment", m.get("detected_staying")),
@@ -217,10 +227,19 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "<p class='explain'>Recall within d days counts the changes with at least d days "
         "of history after them; the delay runs from the change to its first right alert. "
         "A gradual drift's change time is its midpoint: an alert in its first half has a "
-        "negative delay.</p>",
+        "negative delay. A customer that changes while it settles (younger than the "
+        "engine's early days plus one dwell) is placed, not migrated, until it has settled: "
+        "the rows for settled customers give the detector's own speed.</p>",
         table(["figure", "value"], _speed_rows(m)),
         image(FIGURES[1], "detection delay histogram"),
     ]
+
+
+def _settling_row(m: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if "settling" not in m:
+        return []
+    days = f"{m['settling_days']:g}"
+    return [(f"changes while the customer settled (younger than {days} days)", m["settling"])]
 
 
 def _behaviour_section(b: Mapping[str, Any]) -> list[str]:

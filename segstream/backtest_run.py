@@ -219,6 +219,7 @@ def backtest(
         cooldown_days=run.rules.churn_cooldown_days,
         qualifying_types=run.qualifying_types,
         truth=changes,
+        settling_days=run.rules.early_days + run.rules.migration_dwell_days,
     )
     metrics["model_version"] = bundle.version
     metrics["rules"] = {

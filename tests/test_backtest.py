@@ -97,6 +97,12 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     placed = metrics(backtested)["migration_behaviour"]["placed_without_migration"]
     assert placed == {k: later.count(k) for k in sorted(set(later))}
     assert sum(placed.values()) > 0 and "segment changes without a migration alert" in page
+    # Changes made while the customer settled, apart: the engine's own settling period.
+    mig, rules = metrics(backtested)["migrations"], metrics(backtested)["rules"]
+    assert mig["settling_days"] == rules["early_days"] + rules["migration_dwell_days"]
+    assert 0 <= mig["settling"] <= mig["changes"]
+    assert mig["delay_days_settled"]["count"] <= mig["detected"]
+    assert "changes of settled customers" in page
 
 
 def _event(eid: str, cid: str, at: datetime, kind: str = "session_start") -> str:
@@ -283,3 +289,31 @@ def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     assert got["recall_within"]["7"] == 1.0 and got["recall_within_crossing"]["7"] == 1.0
     assert got["landed_in_target"] == 0.5 and got["detected_staying"] == 1
     assert got["landed_crossing"] == 1.0  # a's alert named where it settled; b's could not
+
+
+def test_a_change_while_the_customer_settles_is_counted_apart() -> None:
+    """Three customers change on day 40: a (first event on day 0) and b (day 5) had
+    settled, c (day 20) was 20 days old, younger than the 33 days (early days plus one
+    dwell) a customer takes to settle, so the engine placed it rather than migrating it,
+    and its alert came on day 55. The settled figures leave c out; without
+    `settling_days` the split is absent."""
+    day = 86_400.0
+    events = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"] * 2, "ts": [0.0, 5 * day, 20 * day] + [90 * day] * 3,
+         "type": ["session_start"] * 6}
+    )  # fmt: skip
+    alerts = pd.DataFrame(
+        {"type": ["segment_migration"] * 3, "customer_id": ["a", "b", "c"],
+         "at": [42 * day, 44 * day, 55 * day], "to_segment_id": [1, 1, 1]}
+    )  # fmt: skip
+    truth = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"], "changed_at": [40 * day] * 3, "to_segment": [1] * 3}
+    )
+    got = migration_quality(alerts, truth, events, start=0.0, end=90 * day, settling_days=33.0)
+    assert got["delays"] == [2.0, 4.0, 15.0] and got["delay_days"]["median"] == 4.0
+    assert (got["settling"], got["settling_days"]) == (1, 33.0)
+    assert got["delay_days_settled"]["count"] == 2 and got["delay_days_settled"]["median"] == 3.0
+    assert got["recall_within"]["7"] == round(2 / 3, 4)
+    assert got["recall_within_settled"]["7"] == 1.0
+    plain = migration_quality(alerts, truth, events, start=0.0, end=90 * day)
+    assert "settling" not in plain and "delay_days_settled" not in plain
