@@ -126,7 +126,7 @@ class Rules:
     #: volume of its events (`RateProfiles.misfit`), in a segment it was placed in while
     #: settling, is a correction: `segment_assigned` (`placed_by: correction`), not a
     #: migration. 0: off. On the 54 held-out backtests it took those below precision 0.9
-    #: from 6 to 3, for one right alert (README, Corrections).
+    #: from 6 to 3, for one right alert (docs/migration-detector.md, Corrections).
     migration_correction: float = 9.0
 
 
