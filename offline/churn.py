@@ -316,6 +316,7 @@ class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
             if self.min_precision is None
             else precision_threshold(y_train[pick], oof[pick], self.min_precision)
         )
+        at_threshold = _alert_metrics(y_train[pick], oof[pick], self.threshold_)
         judged = self._model(self.family_).fit(X_train, y_train)
         proba = judged.predict_proba(X_test)[:, 1]
         # Deployed: the same family refitted on every snapshot and every customer, the
@@ -326,6 +327,9 @@ class ChurnTrainer(BaseEstimator):  # type: ignore[misc]
             "brier": float(brier_score_loss(y_test, proba)),
             "distinct_scores": len(np.unique(np.round(proba, 6))),
             **_alert_metrics(y_test[active[test]], proba[active[test]], self.threshold_),
+            # Where the threshold was chosen: a few hundred held-out rows can flatter it.
+            "threshold_precision_oof": at_threshold["precision_at_threshold"],
+            "threshold_recall_oof": at_threshold["recall_at_threshold"],
             "churn_rate_holdout": float(y_test.mean()),
             "rows_train": len(y_train),
             "rows_holdout": len(y_test),

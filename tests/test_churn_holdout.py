@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
+from offline.baselines import MIN_THRESHOLD_PRECISION, churn_warnings
 from offline.churn import ChurnData, ChurnTrainer, customer_part
 
 
@@ -62,3 +63,42 @@ def test_the_family_is_chosen_on_a_validation_snapshot() -> None:
     assert set(trainer.validation_) == {"additive", "boosted"}
     assert trainer.family_ == max(trainer.validation_, key=trainer.validation_.__getitem__)
     assert trainer.report_.metrics["validation_roc_auc"] == trainer.validation_
+
+
+def _fated(share: float, informative: bool, customers: int = 300) -> ChurnData:
+    """Customers churn with probability `share`; feature 0 is their fate plus noise when
+    `informative`, else noise alone."""
+    rng = np.random.default_rng(5)
+    fate = (rng.random(customers) < share).astype(int)
+    ids = [f"c{i}" for i in range(customers)]
+    rows = []
+    for _ in range(5):
+        signal = fate * 3.0 if informative else np.zeros(customers)
+        rows.append(pd.DataFrame({"signal": signal + rng.random(customers)}, index=ids))
+    X = pd.concat(rows)
+    recency = rng.random(len(X)) * 60
+    return ChurnData(
+        X=X,
+        y=np.tile(fate, 5),
+        snapshot=np.repeat(np.arange(5, dtype=float) * 7 * 86_400, customers),
+        rfm=pd.DataFrame(
+            {"recency_days": recency, "frequency": 1.0, "monetary": 0.0, "silent_days": recency},
+            index=X.index,
+        ),
+        active=np.ones(len(X), dtype=bool),
+    )
+
+
+def test_a_threshold_that_is_rarely_right_is_said_loudly() -> None:
+    """A model that cannot tell churners apart (10 % churn, a meaningless feature) still
+    gets a threshold, but its out-of-fold precision there is low and the trainer warns
+    that its churn alerts will mostly be wrong; a model that can tell them apart does not
+    get the warning."""
+    blind = ChurnTrainer(families=("additive",)).fit(_fated(0.1, informative=False))
+    metrics = blind.report_.metrics
+    assert metrics["threshold_precision_oof"] < MIN_THRESHOLD_PRECISION
+    assert 0.0 < metrics["threshold_recall_oof"] <= 1.0
+    assert any("churn alerts will mostly be wrong" in w for w in churn_warnings(metrics))
+    seeing = ChurnTrainer(families=("additive",)).fit(_fated(0.1, informative=True))
+    assert seeing.report_.metrics["threshold_precision_oof"] >= 0.98
+    assert not any("mostly be wrong" in w for w in churn_warnings(seeing.report_.metrics))
