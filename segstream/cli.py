@@ -633,7 +633,9 @@ def backtest(
             f"migrations: precision {m['precision']} ({m['precision_all']} counting "
             f"{m['churn_led']} churn-led and {m['unresolved']} unresolved alerts as "
             f"wrong), recall {m['recall']}, delay median "
-            f"{m['delay_days']['median']} d, flap rate {m['flap_rate_per_30d']} per 30 d"
+            f"{m['delay_days']['median']} d ({m['delay_days_settled']['median']} d over the "
+            f"{m['changes'] - m['settling']} changes of customers settled at the change), "
+            f"flap rate {m['flap_rate_per_30d']} per 30 d"
         )
     console.print(f"report -> {out / 'report.html'}, {out / 'metrics.json'}")
 
