@@ -38,11 +38,12 @@ def backtested(trained_history: Path, embedded_redis_url: str) -> Path:
     """The shared seed-21 history and bundle (tests/conftest.py), backtested after its
     training date with the shipped defaults; outputs in DIR/bt."""
     root = trained_history
-    invoke(
+    output = invoke(
         "backtest", "--events", str(root / "events.jsonl"), "--model",
         str(root / "models/current"), "--truth", str(root / "migrations.csv"),
         "--out", str(root / "bt"), env={"SEGSTREAM_REDIS_URL": embedded_redis_url},
     )  # fmt: skip
+    (root / "bt" / "summary.txt").write_text(output)
     return root
 
 
@@ -103,6 +104,9 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     assert 0 <= mig["settling"] <= mig["changes"]
     assert mig["delay_days_settled"]["count"] <= mig["detected"]
     assert "changes of settled customers" in page
+    summary = " ".join((out / "summary.txt").read_text().split())
+    settled = mig["delay_days_settled"]["median"]
+    assert f"({settled} d over the {mig['changes'] - mig['settling']} changes" in summary
 
 
 def _event(eid: str, cid: str, at: datetime, kind: str = "session_start") -> str:
