@@ -284,15 +284,19 @@ class RateProfiles:
             got[:, -1] = np.maximum(got[:, -1] - got[:, :-1].sum(axis=1), 0.0)
         return got
 
+    def baseline_counts(self, x: np.ndarray, tenure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, its counts per rate column over its baseline (the long window without
+        the latest `recent_days`), and the baseline's days."""
+        own = np.maximum(self.counts(x, self.long_cols) - self.counts(x, self.recent_cols), 0.0)
+        days = np.clip(np.minimum(tenure, self.long_days) - self.recent_days, 0.0, None)
+        return own, days
+
     def baseline(self, x: np.ndarray, tenure: np.ndarray, current: np.ndarray) -> np.ndarray:
         """Each row's own daily rates before its latest `recent_days`, with the rates of
         its current segment (`current`: row positions in `rates`) as a prior."""
-        days = np.clip(np.minimum(tenure, self.long_days) - self.recent_days, 0.0, None)
-        own = self.counts(x, self.long_cols) - self.counts(x, self.recent_cols)
+        own, days = self.baseline_counts(x, tenure)
         prior = self.rates[current] * PRIOR_DAYS
-        rates: np.ndarray = np.maximum(
-            (np.maximum(own, 0.0) + prior) / (days + PRIOR_DAYS)[:, None], RATE_FLOOR
-        )
+        rates: np.ndarray = np.maximum((own + prior) / (days + PRIOR_DAYS)[:, None], RATE_FLOOR)
         return rates
 
     def misfit(self, x: np.ndarray, tenure: float, current: int, other: int) -> float:
@@ -311,13 +315,12 @@ class RateProfiles:
         >>> round(p.misfit(row, 120.0, 0, 1), 1), round(p.misfit(row, 120.0, 1, 0), 1)
         (82.9, -82.9)
         """
-        row = x[None, :]
-        own = np.maximum(self.counts(row, self.long_cols) - self.counts(row, self.recent_cols), 0)
-        days = max(min(tenure, self.long_days) - self.recent_days, 0.0)
+        counts, days = self.baseline_counts(x[None, :], np.array([tenure]))
+        own = counts[0]
         r = np.maximum(self.rates[[current, other]], RATE_FLOOR)
         mix = np.log(r / r.sum(axis=1, keepdims=True))
-        by_mix = float(own[0] @ (mix[1] - mix[0]))
-        by_volume = float(own[0] @ np.log(r[1] / r[0]) - days * (r[1].sum() - r[0].sum()))
+        by_mix = float(own @ (mix[1] - mix[0]))
+        by_volume = float(own @ np.log(r[1] / r[0]) - float(days[0]) * (r[1].sum() - r[0].sum()))
         return min(by_mix, by_volume)
 
     def dispersion(self, x: np.ndarray, tenure: np.ndarray) -> np.ndarray:
