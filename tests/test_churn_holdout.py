@@ -25,12 +25,18 @@ def _memorisable(customers: int = 200, snapshots: int = 5) -> ChurnData:
     for _ in range(snapshots):
         noise = rng.random(customers)
         rows.append(pd.DataFrame({"fingerprint": fingerprint, "noise": noise}, index=ids))
+    return _weekly(rows, fate, rng)
+
+
+def _weekly(rows: list[pd.DataFrame], fate: np.ndarray, rng: np.random.Generator) -> ChurnData:
+    """Weekly snapshots of the same customers (`rows`, one frame a week), each customer
+    labelled with its `fate` in every one, with a random recency."""
     X = pd.concat(rows)
     recency = rng.random(len(X)) * 60
     return ChurnData(
         X=X,
-        y=np.tile(fate, snapshots),
-        snapshot=np.repeat(np.arange(snapshots, dtype=float) * 7 * 86_400, customers),
+        y=np.tile(fate, len(rows)),
+        snapshot=np.repeat(np.arange(len(rows), dtype=float) * 7 * 86_400, len(fate)),
         rfm=pd.DataFrame(
             {"recency_days": recency, "frequency": 1.0, "monetary": 0.0, "silent_days": recency},
             index=X.index,
@@ -75,18 +81,7 @@ def _fated(share: float, informative: bool, customers: int = 300) -> ChurnData:
     for _ in range(5):
         signal = fate * 3.0 if informative else np.zeros(customers)
         rows.append(pd.DataFrame({"signal": signal + rng.random(customers)}, index=ids))
-    X = pd.concat(rows)
-    recency = rng.random(len(X)) * 60
-    return ChurnData(
-        X=X,
-        y=np.tile(fate, 5),
-        snapshot=np.repeat(np.arange(5, dtype=float) * 7 * 86_400, customers),
-        rfm=pd.DataFrame(
-            {"recency_days": recency, "frequency": 1.0, "monetary": 0.0, "silent_days": recency},
-            index=X.index,
-        ),
-        active=np.ones(len(X), dtype=bool),
-    )
+    return _weekly(rows, fate, rng)
 
 
 def test_a_threshold_that_is_rarely_right_is_said_loudly() -> None:
