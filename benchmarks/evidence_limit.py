@@ -25,6 +25,14 @@ can beat on that shape.
 
     python -m benchmarks.evidence_limit --shapes [--moves 2000] [--seed 0]
 
+`--baseline` asks what the shipped detector's own estimates cost on the sudden shape
+(counts only): the same CUSUM with the customer's baseline rates known, read off
+`--baseline-days` of its counts with `--prior-days` of its persona's rates (plug-in), and
+read so but guarded as the shipped detector guards it (each day the lesser of the ratio
+against that baseline and against the persona's rates, `stream/detect.py`).
+
+    python -m benchmarks.evidence_limit --baseline [--baseline-days 60] [--prior-days 7]
+
 Pure: reads the truth CSV only, or simulates.
 """
 
@@ -52,6 +60,7 @@ from offline.synthetic import (
     weekend_factor,
 )
 from stream.decide import Rules
+from stream.detect import PRIOR_DAYS, RATE_FLOOR
 
 #: Days after a change (a gradual drift's midpoint) the simulation follows, and days an
 #: unchanged customer is watched (the backtest's judged window: days 100 to 150).
@@ -264,6 +273,66 @@ def ideal_on_shape(
     return {"delays": np.maximum(delays, 0.0), "flaps": flaps}
 
 
+def estimated_baseline(
+    thresholds: np.ndarray,
+    moves: int,
+    rng: np.random.Generator,
+    baseline_days: float = 60.0,
+    prior_days: float = PRIOR_DAYS,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The CUSUM of the sudden shape's daily counts (Poisson, counts only) against the
+    customer's baseline rates, three ways: `known` (its persona's rates times its
+    multiplier, as `ideal_on_shape`), `plug-in` (its counts over `baseline_days` with
+    `prior_days` of its persona's rates, the alternative scaled by its activity as the
+    shipped detector scales it) and `guarded` (each day the lesser of the plug-in ratio
+    and the ratio against its persona's rates: the shipped detector's guard). Per way, as
+    `ideal_on_shape`: the delays of `moves` migrations and the alarms per unchanged
+    customer per 30 days."""
+    shape = SHAPES["sudden"]
+    rates = shape_rates(shape)
+    k, types = rates.shape
+    old = rng.integers(0, k, moves)
+    new = (old + rng.integers(1, k, moves)) % k
+    mult = rng.lognormal(0.0, MULTIPLIER_SIGMA, moves)[:, None, None]
+    after = np.broadcast_to(rates[new][:, None, :] * mult, (moves, HORIZON_DAYS, types))
+    moved = draw_counts(rng, rng, after, 0.0).astype(float)
+    steady_p = rng.integers(0, k, moves)
+    steady_mult = rng.lognormal(0.0, MULTIPLIER_SIGMA, moves)[:, None, None]
+    base = rates[steady_p][:, None, :] * steady_mult
+    steady = draw_counts(rng, rng, np.broadcast_to(base, (moves, WATCH_DAYS, types)), 0.0)
+
+    def estimate(persona: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        own = rng.poisson(baseline_days * rates[persona][:, None, :] * m)
+        prior = prior_days * rates[persona][:, None, :]
+        b = np.maximum((own + prior) / (baseline_days + prior_days), RATE_FLOOR)
+        scale = np.clip(b.sum(-1, keepdims=True) / rates[persona].sum(-1)[:, None, None], 1 / 3, 3)
+        return b, scale
+
+    def llr(
+        counts: np.ndarray, persona: np.ndarray, m: np.ndarray, target: np.ndarray,
+        fitted: tuple[np.ndarray, np.ndarray], way: str,
+    ) -> np.ndarray:  # fmt: skip
+        own = rates[persona][:, None, :]
+        if way == "known":
+            return day_llr(counts, rates[target][:, None, :] * m, own * m, 0.0)
+        b, scale = fitted
+        alt = rates[target][:, None, :] * scale
+        got = day_llr(counts, alt, b, 0.0)
+        return np.minimum(got, day_llr(counts, alt, own, 0.0)) if way == "guarded" else got
+
+    fit_moved, fit_steady = estimate(old, mult), estimate(steady_p, steady_mult)
+    out = {}
+    for way in ("known", "plug-in", "guarded"):
+        delays = _cusum(llr(moved, old, mult, new, fit_moved, way), thresholds, restart=False)
+        alarms = np.zeros((moves, len(thresholds)))
+        for shift in range(1, k):
+            q = (steady_p + shift) % k
+            got = llr(steady, steady_p, steady_mult, q, fit_steady, way)
+            alarms += _cusum(got, thresholds, restart=True)
+        out[way] = {"delays": delays, "flaps": alarms.mean(axis=0) / (WATCH_DAYS / 30.0)}
+    return out
+
+
 def shapes_table(moves: int, seed: int, attributes: bool = False) -> str:
     """The ideal detector on every non-retail shape (markdown)."""
     thresholds = np.arange(4.0, 14.01, 0.5)
@@ -303,9 +372,28 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="With --shapes: the ideal detector reads features and amounts too.",
     )
+    parser.add_argument(
+        "--baseline", action="store_true",
+        help="What estimating the customer's baseline costs (sudden shape, counts only).",
+    )  # fmt: skip
+    parser.add_argument("--baseline-days", type=float, default=60.0, help="With --baseline.")
+    parser.add_argument("--prior-days", type=float, default=PRIOR_DAYS, help="With --baseline.")
     parser.add_argument("--moves", type=int, default=2000, help="Customers simulated per shape.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.baseline:
+        thresholds = np.arange(7.0, 10.01, 0.5)
+        got = estimated_baseline(
+            thresholds, args.moves, np.random.default_rng(args.seed), args.baseline_days,
+            args.prior_days,
+        )  # fmt: skip
+        print("| baseline | h | median delay (d) | recall 28 d | alarms per customer per 30 d |")
+        print("|---|---|---|---|---|")
+        for way, res in got.items():
+            for j, h in enumerate(thresholds):
+                d, f = res["delays"][:, j], res["flaps"][j]
+                print(f"| {way} | {h:g} | {np.median(d):.2f} | {np.mean(d <= 28):.3f} | {f:.4f} |")
+        return
     if args.shapes:
         print(shapes_table(args.moves, args.seed, args.attributes))
         return

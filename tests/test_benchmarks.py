@@ -188,3 +188,17 @@ def test_the_ideal_detector_reading_features_and_amounts_is_faster_and_still_wit
         purchase_only,
     )  # fmt: skip
     assert np.allclose(moved, 0.0)  # features unchanged, and nothing bought
+
+
+def test_a_baseline_read_off_its_counts_alarms_more_and_the_guard_takes_it_back() -> None:
+    """`--baseline`: a baseline read off 60 days of a customer's counts (plug-in) drifts
+    towards whichever persona its sampling error points at, so it alarms several times as
+    often as the known one at the same threshold; the shipped detector's guard (the lesser
+    of that ratio and the one against the segment's rates) brings the alarms back down, at
+    the price of a later detection than the known baseline's."""
+    thresholds = np.array([9.0])
+    got = evidence_limit.estimated_baseline(thresholds, moves=600, rng=np.random.default_rng(3))
+    known, plug_in, guarded = (got[w] for w in ("known", "plug-in", "guarded"))
+    assert plug_in["flaps"][0] > 2 * known["flaps"][0]
+    assert guarded["flaps"][0] < plug_in["flaps"][0] / 2
+    assert np.median(guarded["delays"][:, 0]) > np.median(known["delays"][:, 0])
