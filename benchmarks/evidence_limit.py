@@ -277,7 +277,7 @@ def estimated_baseline(
     thresholds: np.ndarray,
     moves: int,
     rng: np.random.Generator,
-    baseline_days: float = 60.0,
+    baseline_days: float = 60.0,  # the default catalog's 90-day window minus its latest 30
     prior_days: float = PRIOR_DAYS,
 ) -> dict[str, dict[str, np.ndarray]]:
     """The CUSUM of the sudden shape's daily counts (Poisson, counts only) against the
@@ -312,13 +312,13 @@ def estimated_baseline(
         counts: np.ndarray, persona: np.ndarray, m: np.ndarray, target: np.ndarray,
         fitted: tuple[np.ndarray, np.ndarray], way: str,
     ) -> np.ndarray:  # fmt: skip
-        own = rates[persona][:, None, :]
+        segment = rates[persona][:, None, :]  # the customer's segment is its persona here
         if way == "known":
-            return day_llr(counts, rates[target][:, None, :] * m, own * m, 0.0)
+            return day_llr(counts, rates[target][:, None, :] * m, segment * m, 0.0)
         b, scale = fitted
         alt = rates[target][:, None, :] * scale
         got = day_llr(counts, alt, b, 0.0)
-        return np.minimum(got, day_llr(counts, alt, own, 0.0)) if way == "guarded" else got
+        return np.minimum(got, day_llr(counts, alt, segment, 0.0)) if way == "guarded" else got
 
     fit_moved, fit_steady = estimate(old, mult), estimate(steady_p, steady_mult)
     out = {}
