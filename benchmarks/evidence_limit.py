@@ -39,6 +39,8 @@ Pure: reads the truth CSV only, or simulates.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -260,17 +262,31 @@ def ideal_on_shape(
     base = rates[p][:, None, :] * steady_mult * week
     steady = np.broadcast_to(base, (moves, WATCH_DAYS, len(RATE_TYPES)))
     counts = draw_counts(rng, rng, steady, shape.dispersion).astype(float)
-    alarms = np.zeros((moves, len(thresholds)))
-    for shift in range(1, k):
-        q = (p + shift) % k
+
+    def steady_llr(q: np.ndarray) -> np.ndarray:
         alt = base + changed * (rates[q][:, None, :] * steady_mult * week - base)
         llr = day_llr(counts, alt, base, shape.dispersion)
         if attributes:
             drawn = np.broadcast_to(p[:, None], (moves, WATCH_DAYS))
             llr = llr + attribute_llr(rng, counts, drawn, q, p, changed)
-        alarms += _cusum(llr, thresholds, restart=True)
-    flaps = alarms.mean(axis=0) / (WATCH_DAYS / 30.0)
+        return llr
+
+    flaps = _flaps(steady_llr, p, k, thresholds)
     return {"delays": np.maximum(delays, 0.0), "flaps": flaps}
+
+
+def _flaps(
+    llr_against: Callable[[np.ndarray], np.ndarray], p: np.ndarray, k: int, thresholds: np.ndarray
+) -> np.ndarray:
+    """Per threshold, the alarms per unchanged customer (persona `p`) per 30 days of a
+    CUSUM restarted after each alarm, against every other of the `k` personas in turn
+    (`llr_against(q)`: the daily log-likelihood ratios of persona q against the customer's
+    own, (customers, `WATCH_DAYS`))."""
+    alarms = np.zeros((len(p), len(thresholds)))
+    for shift in range(1, k):
+        alarms += _cusum(llr_against((p + shift) % k), thresholds, restart=True)
+    flaps: np.ndarray = alarms.mean(axis=0) / (WATCH_DAYS / 30.0)
+    return flaps
 
 
 def estimated_baseline(
@@ -324,12 +340,8 @@ def estimated_baseline(
     out = {}
     for way in ("known", "plug-in", "guarded"):
         delays = _cusum(llr(moved, old, mult, new, fit_moved, way), thresholds, restart=False)
-        alarms = np.zeros((moves, len(thresholds)))
-        for shift in range(1, k):
-            q = (steady_p + shift) % k
-            got = llr(steady, steady_p, steady_mult, q, fit_steady, way)
-            alarms += _cusum(got, thresholds, restart=True)
-        out[way] = {"delays": delays, "flaps": alarms.mean(axis=0) / (WATCH_DAYS / 30.0)}
+        against = partial(llr, steady, steady_p, steady_mult, fitted=fit_steady, way=way)
+        out[way] = {"delays": delays, "flaps": _flaps(against, steady_p, k, thresholds)}
     return out
 
 
