@@ -10,7 +10,7 @@ evaluation happens here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,20 @@ def _kv(pairs: list[tuple[str, Any]]) -> str:
 def _dist_text(d: Mapping[str, Any]) -> str:
     if not d.get("count"):
         return "none"
-    return f"median {d['median']:.1f} (p25 {d['p25']:.1f}, p75 {d['p75']:.1f}, n={d['count']})"
+    ci = d.get("median_ci95")
+    within = f"95 % CI {ci[0]:.1f} to {ci[1]:.1f}; " if ci else ""
+    return (
+        f"median {d['median']:.1f} ({within}p25 {d['p25']:.1f}, p75 {d['p75']:.1f}, n={d['count']})"
+    )
+
+
+def _with_ci(value: Any, ci: Sequence[float] | None) -> str:
+    """A ratio with its 95 % interval (`segstream.backtest.wilson`), as a table cell.
+
+    >>> _with_ci(0.9, [0.7438, 0.9654]), _with_ci(None, None)
+    ('0.900 (95 % CI 0.744 to 0.965)', 'None')
+    """
+    return f"{number(value)} (95 % CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else number(value)
 
 
 def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -158,9 +171,9 @@ def _churn_section(churn: Mapping[str, Any]) -> list[str]:
                 ("alerts", churn["alerts"]),
                 ("alerts per day", churn["alerts_per_day"]),
                 ("judged alerts", churn["judgeable"]),
-                ("precision", churn["precision"]),
+                ("precision", _with_ci(churn["precision"], churn.get("precision_ci95"))),
                 ("customers who went silent", churn["went_silent"]),
-                ("recall", churn["recall"]),
+                ("recall", _with_ci(churn["recall"], churn.get("recall_ci95"))),
                 ("lead time, days", _dist_text(churn["lead_time_days"])),
                 ("silence at alert, days", _dist_text(churn["silence_at_alert_days"])),
             ]
@@ -172,7 +185,11 @@ def _churn_section(churn: Mapping[str, Any]) -> list[str]:
 
 def _speed_rows(m: Mapping[str, Any]) -> list[list[Any]]:
     """Recall within d days of the change, and the delay quantiles: the speed users get."""
-    rows = [[f"recall within {d} days", number(r)] for d, r in m.get("recall_within", {}).items()]
+    ci = m.get("recall_within_ci95", {})
+    rows = [
+        [f"recall within {d} days", _with_ci(r, ci.get(d))]
+        for d, r in m.get("recall_within", {}).items()
+    ]
     rows += [
         [f"recall within {d} days, changes that crossed a border", number(r)]
         for d, r in m.get("recall_within_crossing", {}).items()
@@ -183,6 +200,9 @@ def _speed_rows(m: Mapping[str, Any]) -> list[list[Any]]:
     ]
     delay = m["delay_days"]
     rows += [[f"delay {q}, days", number(delay[q])] for q in ("p25", "median", "p75", "p90")]
+    if delay.get("median_ci95"):
+        lo, hi = delay["median_ci95"]
+        rows.append(["delay median, 95 % interval, days", f"{lo:.3f} to {hi:.3f}"])
     if "delay_days_settled" in m:
         rows.append(
             ["delay median, changes of settled customers, days",
@@ -208,12 +228,12 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         _kv(
             [
                 ("alerts", m["alerts"]),
-                ("precision", m["precision"]),
+                ("precision", _with_ci(m["precision"], m.get("precision_ci95"))),
                 ("churn-led alerts", m["churn_led"]),
                 ("unresolved alerts", m["unresolved"]),
                 ("precision, churn-led and unresolved counted wrong", m["precision_all"]),
                 ("changes", m["changes"]),
-                ("recall", m["recall"]),
+                ("recall", _with_ci(m["recall"], m.get("recall_ci95"))),
                 ("detection delay, days", _dist_text(m["delay_days"])),
                 ("changes that crossed a border", m.get("crossing")),
                 *_settling_row(m),

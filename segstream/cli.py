@@ -633,11 +633,17 @@ def backtest(
             f"migrations: precision {m['precision']} ({m['precision_all']} counting "
             f"{m['churn_led']} churn-led and {m['unresolved']} unresolved alerts as "
             f"wrong), recall {m['recall']}, delay median "
-            f"{m['delay_days']['median']} d ({m['delay_days_settled']['median']} d over the "
+            f"{m['delay_days']['median']} d{_interval(m['delay_days']['median_ci95'])} "
+            f"({m['delay_days_settled']['median']} d over the "
             f"{m['changes'] - m['settling']} changes of customers settled at the change), "
             f"flap rate {m['flap_rate_per_30d']} per 30 d"
         )
     console.print(f"report -> {out / 'report.html'}, {out / 'metrics.json'}")
+
+
+def _interval(ci: list[float] | None) -> str:
+    """A median's 95 % interval for a summary line ("" without one)."""
+    return f" [95 % CI {ci[0]} to {ci[1]}]" if ci else ""
 
 
 @app.command()
