@@ -33,12 +33,26 @@ against that baseline and against the persona's rates, `stream/detect.py`).
 
     python -m benchmarks.evidence_limit --baseline [--baseline-days 60] [--prior-days 7]
 
-Pure: reads the truth CSV only, or simulates.
+`--history DIR` runs that ideal detector on a generated history's own events instead
+(`segstream generate`'s folder: events, truth and migrations), event by event as the
+shipped detector reads them: each event's count, feature and amount terms under the true
+personas (the customer's multiplier read off its 90 days before), the days between events
+as they pass, from each change and, for every unchanged customer, against every other
+persona from the judged window's start. Its delays and false alarms are on the very events
+a backtest of that history judges, so the two can be compared threshold by threshold
+(`oracle_on_history`; shapes whose rates are flat and switch at once: sudden, close, far,
+low- and high-activity).
+
+    python -m benchmarks.evidence_limit --history data/sudden [--shape sudden]
+
+Pure: reads the truth CSV or a history's files only, or simulates.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -345,6 +359,143 @@ def estimated_baseline(
     return out
 
 
+#: Shapes `oracle_on_history` reads right: flat rates (no weekends, no overdispersion) that
+#: switch at once and entirely.
+ORACLE_SHAPES = ("sudden", "close", "far", "low-activity", "high-activity")
+
+
+def _event_term(
+    kind: str, props: dict[str, object], new: str, old: str, rates: np.ndarray
+) -> float:
+    """What one event tells the ideal detector, persona `new` against `old` (`rates`: the
+    shape's, personas in `PERSONAS` order): its type's log rate ratio, and for a
+    feature_used event its feature's and for a purchase its amount's log-likelihood ratio
+    (each capped at `ATTRIBUTE_CAP`, as `attribute_llr`)."""
+    names = list(PERSONAS)
+    j = RATE_TYPES.index(kind)
+    term = math.log(rates[names.index(new), j] / rates[names.index(old), j])
+    value = props.get("feature") if kind == "feature_used" else props.get("amount")
+    if kind == "feature_used" and value in FEATURES:
+        f = FEATURES.index(str(value))
+        ratio = math.log(pool_shares(PERSONAS[new])[f] / pool_shares(PERSONAS[old])[f])
+        term += max(min(ratio, ATTRIBUTE_CAP), -ATTRIBUTE_CAP)
+    if kind == "purchase" and isinstance(value, int | float) and value > 0:
+        a, b = PERSONAS[new], PERSONAS[old]
+        y, mn, mo = math.log(value), math.log(a.amount_median), math.log(b.amount_median)
+        sn, so = a.amount_sigma, b.amount_sigma
+        llr = math.log(so / sn) + (y - mo) ** 2 / (2 * so**2) - (y - mn) ** 2 / (2 * sn**2)
+        term += max(min(llr, ATTRIBUTE_CAP), -ATTRIBUTE_CAP)
+    return term
+
+
+def _alarms(
+    events: list[tuple[float, float]], start: float, end: float, drift: float, h: float,
+    restart: bool,
+) -> list[float]:  # fmt: skip
+    """The times (days) a CUSUM run from `start` to `end` over `events` ((day, term),
+    sorted) reaches `h`, with `drift` nats lost per day between them (negative: silence
+    is evidence, and the sum may cross between two events); only the first, unless
+    `restart` (then it starts again from 0 after each)."""
+    s, last, hits = 0.0, start, []
+    for t, term in [*((t, x) for t, x in events if start <= t < end), (end, None)]:
+        gap = t - last
+        while drift < 0 and s - drift * gap >= h:  # crosses in the silence before t
+            used = (h - s) / -drift
+            hits.append(last + used)
+            if not restart:
+                return hits
+            s, last, gap = 0.0, last + used, gap - used
+        s, last = max(s - drift * gap, 0.0), t
+        if term is None:
+            break
+        s = max(s + term, 0.0)
+        if s >= h:
+            hits.append(t)
+            if not restart:
+                return hits
+            s = 0.0
+    return hits
+
+
+def oracle_on_history(
+    history: Path, thresholds: np.ndarray, shape: str = "sudden", from_day: int = 100,
+    days: int = 150,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The ideal detector on a generated history's own events (see the module docstring):
+    per threshold, the delays (days; inf: none within `HORIZON_DAYS`) of the migrations on
+    or after `from_day`, and the alarms per unchanged customer (no change, no churn, seen
+    30 days before `from_day`) per 30 days against every other persona from `from_day`
+    to `days` (a CUSUM started again after each alarm)."""
+    if shape not in ORACLE_SHAPES:
+        raise ValueError(f"--shape {shape}: the oracle reads only {', '.join(ORACLE_SHAPES)}")
+    rates = shape_rates(SHAPES[shape])
+    names = list(PERSONAS)
+    truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
+    day0 = DEFAULT_START.timestamp()
+    per: dict[str, list[tuple[float, str, dict[str, object]]]] = {}
+    with open(history / "events.jsonl") as lines:
+        for line in lines:
+            e = json.loads(line)
+            if e["type"] in RATE_TYPES:
+                at = (pd.Timestamp(e["ts"]).timestamp() - day0) / 86_400.0
+                per.setdefault(e["customer_id"], []).append(
+                    (at, e["type"], e.get("properties") or {})
+                )
+    changes = pd.read_csv(history / "migrations.csv")
+    changed_at = {
+        str(c): (pd.Timestamp(t).timestamp() - day0) / 86_400.0
+        for c, t in zip(changes["customer_id"], changes["changed_at"], strict=True)
+    }
+
+    def multiplier(cid: str, persona: str, until: float) -> float:
+        seen = per.get(cid, [])
+        first = seen[0][0] if seen else until
+        span = max(min(90.0, until - first), 1.0)
+        count = sum(1 for t, _, _ in seen if until - span <= t < until)
+        return max(count / float(rates[names.index(persona)].sum() * span), 0.05)
+
+    def run(
+        cid: str, old: str, new: str, start: float, end: float, h: float, restart: bool
+    ) -> list[float]:
+        m = multiplier(cid, old, start)
+        drift = m * float(rates[names.index(new)].sum() - rates[names.index(old)].sum())
+        terms = [
+            (t, _event_term(k, p, new, old, rates))
+            for t, k, p in sorted(per.get(cid, []), key=lambda e: e[0])
+        ]
+        return _alarms(terms, start, end, drift, h, restart)
+
+    delays = np.full((0, len(thresholds)), np.inf)
+    rows = []
+    for cid, at in changed_at.items():
+        if at < from_day:
+            continue
+        row = truth.loc[cid]
+        got = [
+            run(cid, str(row["persona"]), str(row["to_persona"]), at, at + HORIZON_DAYS, h, False)
+            for h in thresholds
+        ]
+        rows.append([g[0] - at if g else np.inf for g in got])
+    if rows:
+        delays = np.array(rows)
+    alarms, steady = np.zeros(len(thresholds)), 0
+    for key, row in truth.iterrows():
+        seen = per.get(str(key), [])
+        if pd.notna(row["migration_day"]) or pd.notna(row["churn_day"]) or not seen:
+            continue
+        if min(t for t, _, _ in seen) > from_day - 30:
+            continue
+        steady += 1
+        for other in names:
+            if other != row["persona"]:
+                for j, h in enumerate(thresholds):
+                    alarms[j] += len(
+                        run(str(key), str(row["persona"]), other, from_day, days, h, True)
+                    )
+    flaps = alarms / max(steady, 1) / ((days - from_day) / 30.0)
+    return {"delays": delays, "flaps": flaps}
+
+
 def shapes_table(moves: int, seed: int, attributes: bool = False) -> str:
     """The ideal detector on every non-retail shape (markdown)."""
     thresholds = np.arange(4.0, 14.01, 0.5)
@@ -390,6 +541,11 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--baseline-days", type=float, default=60.0, help="With --baseline.")
     parser.add_argument("--prior-days", type=float, default=PRIOR_DAYS, help="With --baseline.")
+    parser.add_argument(
+        "--history", type=Path, default=None,
+        help="A generated history's folder: the ideal detector on its own events.",
+    )  # fmt: skip
+    parser.add_argument("--shape", default="sudden", help="With --history: the history's shape.")
     parser.add_argument("--moves", type=int, default=2000, help="Customers simulated per shape.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -408,6 +564,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.shapes:
         print(shapes_table(args.moves, args.seed, args.attributes))
+        return
+    if args.history is not None:
+        thresholds = np.arange(7.0, 11.01, 0.5)
+        oracle = oracle_on_history(args.history, thresholds, args.shape, args.from_day)
+        print(
+            "| h | median delay (d) | recall 7 d | 28 d | alarms per unchanged customer per 30 d |"
+        )
+        print("|---|---|---|---|---|")
+        for j, h in enumerate(thresholds):
+            d = oracle["delays"][:, j]
+            print(
+                f"| {h:g} | {np.median(d):.2f} | {np.mean(d <= 7):.2f} | {np.mean(d <= 28):.2f} "
+                f"| {oracle['flaps'][j]:.4f} |"
+            )
         return
     names = list(PERSONAS)
     print("KL(to || from), nats per day; rows: from, columns: to")

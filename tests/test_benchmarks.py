@@ -202,3 +202,33 @@ def test_a_baseline_read_off_its_counts_alarms_more_and_the_guard_takes_it_back(
     assert plug_in["flaps"][0] > 2 * known["flaps"][0]
     assert guarded["flaps"][0] < plug_in["flaps"][0] / 2
     assert np.median(guarded["delays"][:, 0]) > np.median(known["delays"][:, 0])
+
+
+def test_the_cusum_crosses_in_silence_at_the_time_the_evidence_reaches_the_threshold() -> None:
+    """`_alarms`: with no event, evidence that grows 1 nat a day reaches 3 on day 3 (from
+    day 0), and started again after each alarm on days 3, 6 and 9; an event's term adds
+    at once, and a sum never goes below 0 (a run of negative terms is forgotten)."""
+    assert evidence_limit._alarms([], 0.0, 10.0, -1.0, 3.0, restart=False) == [3.0]
+    assert evidence_limit._alarms([], 0.0, 10.0, -1.0, 3.0, restart=True) == [3.0, 6.0, 9.0]
+    # 1 nat by day 1, -5 there (floored at 0), 1 more by day 2, where +2.5 takes it past 3.
+    events = [(1.0, -5.0), (2.0, 2.5)]
+    assert evidence_limit._alarms(events, 0.0, 10.0, -1.0, 3.0, restart=False) == [2.0]
+    assert evidence_limit._alarms([(4.0, 9.0)], 0.0, 10.0, 0.5, 3.0, restart=False) == [4.0]
+
+
+def test_the_oracle_on_a_history_sees_its_changes_and_alarms_less_as_h_rises(
+    tmp_path: Path,
+) -> None:
+    """`--history`: the ideal detector on a generated sudden history's own events detects
+    nearly every change within 28 days at a low threshold; each change is detected no
+    earlier at a higher one (a sum that reaches 12 nats has passed 6) and the unchanged
+    customers raise fewer alarms. Shapes it cannot read right are refused by name."""
+    shape = SHAPES["sudden"].with_options(migrate_from_day=100, migrate_to_day=122)
+    write_history(generate_history(200, 150, seed=5, shape=shape), tmp_path)
+    got = evidence_limit.oracle_on_history(tmp_path, np.array([6.0, 12.0]))
+    low, high = got["delays"][:, 0], got["delays"][:, 1]
+    assert len(low) >= 10 and np.mean(low <= 28) >= 0.9
+    assert np.all(high >= low)
+    assert got["flaps"][1] < got["flaps"][0]
+    with pytest.raises(ValueError, match="seasonal"):
+        evidence_limit.oracle_on_history(tmp_path, np.array([9.0]), shape="seasonal")
