@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import signal
-import socket
 import time
 import uuid
 import warnings
@@ -37,6 +36,8 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from stream.children import free_port
 
 __all__ = ["DemoError", "DemoOptions", "DemoSummary", "DemoView", "run_demo", "summary_lines"]
 
@@ -241,12 +242,6 @@ class DemoView:
 # --- services ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -441,8 +436,8 @@ def _prepare(options: DemoOptions, console: Console, stack: contextlib.ExitStack
         lifecycle_topic=f"demo-{tag}-lifecycle-alerts",
         dlq_topic=f"demo-{tag}-events-dlq",
         input_partitions=PARTITIONS,
-        metrics_port=_free_port(),
-        web_port=_free_port(),
+        metrics_port=free_port(),
+        web_port=free_port(),
         clock="event",
         batch_size=1000,
         batch_seconds=0.2,

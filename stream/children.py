@@ -9,6 +9,7 @@ server is.
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -20,12 +21,37 @@ from typing import IO
 HOST = "127.0.0.1"
 
 
+#: Where the kernel keeps its ephemeral ports (Linux); elsewhere the OS picks (`free_port`).
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: The lowest port `free_port` hands out below the ephemeral range (above the well-known
+#: ones and the usual service ports: Redis 6379, Kafka 9092, Prometheus 9090, 6066).
+LOWEST_PORT = 20_000
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
+    """A loopback port nobody listens on right now, for a server that binds it a moment
+    later: outside the kernel's ephemeral range where it can tell (on Linux), so an
+    outgoing connection of some other process (a Kafka client's, say) cannot take it in
+    that moment. bind(0) handed out ephemeral ports, and a worker's web server once lost
+    its port that way ("address already in use" in `tests/test_scale_out.py`)."""
+    low = _ephemeral_low()
+    if low is not None and low - LOWEST_PORT > 1_000:
+        for _ in range(200):
+            port = random.randrange(LOWEST_PORT, low)
+            if port_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        got: int = sock.getsockname()[1]
+        return got
+
+
+def _ephemeral_low() -> int | None:
+    """The first port of the kernel's ephemeral range, None where it cannot be read."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def port_free(port: int) -> bool:

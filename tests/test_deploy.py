@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
+from stream.children import free_port
 from stream.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,12 +166,6 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 def rule_list() -> list[dict[str, Any]]:
     return [rule for group in load_yaml(RULES)["groups"] for rule in group["rules"]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(url: str) -> dict[str, Any]:

@@ -38,8 +38,9 @@ from typing import Any
 import pytest
 
 from stream.broker import create_topics, start_embedded_broker
+from stream.children import free_port
 from stream.redis_conn import start_embedded
-from tests.test_deploy import COMPOSE, ROOT, free_port, load_yaml, prometheus_tools
+from tests.test_deploy import COMPOSE, ROOT, load_yaml, prometheus_tools
 
 BIN = Path(sys.executable).parent
 PSI_THRESHOLD = 0.25  # SegstreamPopulationShift and the dashboard's red line
