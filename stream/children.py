@@ -9,12 +9,15 @@ server is.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -26,24 +29,49 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 #: The lowest port `free_port` hands out below the ephemeral range (above the well-known
 #: ones and the usual service ports: Redis 6379, Kafka 9092, Prometheus 9090, 6066).
 LOWEST_PORT = 20_000
+#: Ports handed out by any process of this machine's user, one empty file each, so two
+#: processes picking at once (two test workers, a test and the demo) never get the same
+#: one; a reservation older than `RESERVED_SECONDS` is stale (its server has long bound
+#: the port, or never will).
+RESERVED = Path(tempfile.gettempdir()) / f"segstream-ports-{os.getuid()}"
+RESERVED_SECONDS = 600.0
+_pick = random.SystemRandom()  # not the global generator: a test may have seeded it
 
 
 def free_port() -> int:
     """A loopback port nobody listens on right now, for a server that binds it a moment
-    later: outside the kernel's ephemeral range where it can tell (on Linux), so an
-    outgoing connection of some other process (a Kafka client's, say) cannot take it in
-    that moment. bind(0) handed out ephemeral ports, and a worker's web server once lost
-    its port that way ("address already in use" in `tests/test_scale_out.py`)."""
+    later. Between the two, the port must not go to anyone else: it is picked outside the
+    kernel's ephemeral range where the kernel says where that is (Linux), so no outgoing
+    connection of another process (a Kafka client's, say) can take it, and reserved in
+    `RESERVED`, so no other caller of this function can. bind(0) handed out ephemeral
+    ports, and a worker's web server once lost its port to a connection that way
+    ("address already in use" in `tests/test_scale_out.py`)."""
     low = _ephemeral_low()
     if low is not None and low - LOWEST_PORT > 1_000:
         for _ in range(200):
-            port = random.randrange(LOWEST_PORT, low)
-            if port_free(port):
+            port = _pick.randrange(LOWEST_PORT, low)
+            if port_free(port) and _reserve(port):
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         got: int = sock.getsockname()[1]
         return got
+
+
+def _reserve(port: int) -> bool:
+    """Claim `port` for `RESERVED_SECONDS` (False: another process holds a fresh claim)."""
+    path = RESERVED / str(port)
+    try:
+        RESERVED.mkdir(mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime > RESERVED_SECONDS:
+                path.unlink(missing_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True  # no place to keep claims (a read-only temp folder): take it unclaimed
+    return True
 
 
 def _ephemeral_low() -> int | None:

@@ -76,10 +76,15 @@ class Pipeline:
             return self.core
 
     def serve_metrics(self) -> None:
-        if self.settings.metrics_port and self._http is None:
-            self._http = start_http_server(
-                self.settings.metrics_port, registry=self.metrics.registry
-            )
+        port = self.settings.metrics_port
+        if port and self._http is None:
+            try:
+                self._http = start_http_server(port, registry=self.metrics.registry)
+            except OSError as exc:  # prometheus_client's error does not name the port
+                raise OSError(
+                    exc.errno,
+                    f"cannot serve metrics on port {port} (SEGSTREAM_METRICS_PORT): {exc.strerror}",
+                ) from exc
 
     async def close(self) -> None:
         if self._http is not None:
