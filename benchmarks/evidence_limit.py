@@ -56,6 +56,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -179,6 +180,20 @@ def _cusum(llr: np.ndarray, thresholds: np.ndarray, restart: bool) -> np.ndarray
     return alarms if restart else first
 
 
+def lognormal_llr(y: Any, new_mu: Any, new_sigma: Any, old_mu: Any, old_sigma: Any) -> Any:
+    """The log-likelihood ratio of log values `y` under a normal (`new_mu`, `new_sigma`)
+    against one at (`old_mu`, `old_sigma`): an amount's evidence (floats or arrays).
+
+    >>> round(float(lognormal_llr(1.0, 1.0, 0.5, 0.0, 0.5)), 3)
+    2.0
+    """
+    return (
+        np.log(old_sigma / new_sigma)
+        + (y - old_mu) ** 2 / (2 * old_sigma**2)
+        - (y - new_mu) ** 2 / (2 * new_sigma**2)
+    )
+
+
 def attribute_llr(
     rng: np.random.Generator,
     counts: np.ndarray,
@@ -221,7 +236,7 @@ def attribute_llr(
     y = rng.normal(med[who], sig[who])
     row = cell // days
     mn, sn, mo, so = med[a_new[row]], sig[a_new[row]], med[old[row]], sig[old[row]]
-    term = np.log(so / sn) + (y - mo) ** 2 / (2 * so**2) - (y - mn) ** 2 / (2 * sn**2)
+    term = lognormal_llr(y, mn, sn, mo, so)
     np.add.at(out.ravel(), cell, np.clip(term, -ATTRIBUTE_CAP, ATTRIBUTE_CAP))
     return out
 
@@ -381,10 +396,11 @@ def _event_term(
         term += max(min(ratio, ATTRIBUTE_CAP), -ATTRIBUTE_CAP)
     if kind == "purchase" and isinstance(value, int | float) and value > 0:
         a, b = PERSONAS[new], PERSONAS[old]
-        y, mn, mo = math.log(value), math.log(a.amount_median), math.log(b.amount_median)
-        sn, so = a.amount_sigma, b.amount_sigma
-        llr = math.log(so / sn) + (y - mo) ** 2 / (2 * so**2) - (y - mn) ** 2 / (2 * sn**2)
-        term += max(min(llr, ATTRIBUTE_CAP), -ATTRIBUTE_CAP)
+        llr = lognormal_llr(
+            math.log(value), math.log(a.amount_median), a.amount_sigma,
+            math.log(b.amount_median), b.amount_sigma,
+        )  # fmt: skip
+        term += max(min(float(llr), ATTRIBUTE_CAP), -ATTRIBUTE_CAP)
     return term
 
 
@@ -441,6 +457,8 @@ def oracle_on_history(
                 per.setdefault(e["customer_id"], []).append(
                     (at, e["type"], e.get("properties") or {})
                 )
+    for seen in per.values():
+        seen.sort(key=lambda e: e[0])
     changes = pd.read_csv(history / "migrations.csv")
     changed_at = {
         str(c): (pd.Timestamp(t).timestamp() - day0) / 86_400.0
@@ -455,43 +473,34 @@ def oracle_on_history(
         return max(count / float(rates[names.index(persona)].sum() * span), 0.05)
 
     def run(
-        cid: str, old: str, new: str, start: float, end: float, h: float, restart: bool
-    ) -> list[float]:
+        cid: str, old: str, new: str, start: float, end: float, restart: bool
+    ) -> list[list[float]]:
+        """Per threshold, the alarms of the CUSUM of persona `new` against `old`."""
         m = multiplier(cid, old, start)
         drift = m * float(rates[names.index(new)].sum() - rates[names.index(old)].sum())
-        terms = [
-            (t, _event_term(k, p, new, old, rates))
-            for t, k, p in sorted(per.get(cid, []), key=lambda e: e[0])
-        ]
-        return _alarms(terms, start, end, drift, h, restart)
+        terms = [(t, _event_term(k, p, new, old, rates)) for t, k, p in per.get(cid, [])]
+        return [_alarms(terms, start, end, drift, h, restart) for h in thresholds]
 
-    delays = np.full((0, len(thresholds)), np.inf)
     rows = []
     for cid, at in changed_at.items():
         if at < from_day:
             continue
         row = truth.loc[cid]
-        got = [
-            run(cid, str(row["persona"]), str(row["to_persona"]), at, at + HORIZON_DAYS, h, False)
-            for h in thresholds
-        ]
+        got = run(cid, str(row["persona"]), str(row["to_persona"]), at, at + HORIZON_DAYS, False)
         rows.append([g[0] - at if g else np.inf for g in got])
-    if rows:
-        delays = np.array(rows)
+    delays = np.array(rows, dtype=float).reshape(-1, len(thresholds))
     alarms, steady = np.zeros(len(thresholds)), 0
     for key, row in truth.iterrows():
         seen = per.get(str(key), [])
         if pd.notna(row["migration_day"]) or pd.notna(row["churn_day"]) or not seen:
             continue
-        if min(t for t, _, _ in seen) > from_day - 30:
+        if seen[0][0] > from_day - 30:
             continue
         steady += 1
         for other in names:
             if other != row["persona"]:
-                for j, h in enumerate(thresholds):
-                    alarms[j] += len(
-                        run(str(key), str(row["persona"]), other, from_day, days, h, True)
-                    )
+                got = run(str(key), str(row["persona"]), other, from_day, days, True)
+                alarms += [len(hits) for hits in got]
     flaps = alarms / max(steady, 1) / ((days - from_day) / 30.0)
     return {"delays": delays, "flaps": flaps}
 

@@ -581,6 +581,7 @@ def migration_quality(
     flaps = int(on_unchanged.sum())
     months = max((end - start) / DAY / 30.0, 1e-9)
     judged = len(mig) - len(set_aside - right_idx)
+    within = _hits_within(counted, delays_by, end, within_days)
     settled_changes = counted[~young]
     settled_keys = set(
         zip(settled_changes["customer_id"], settled_changes["changed_at"], strict=True)
@@ -609,11 +610,8 @@ def migration_quality(
         "recall_ci95": wilson(len(delays), len(counted)),
         "delay_days": _dist(delays),
         "delays": [round(d, 3) for d in delays],
-        "recall_within": _recall_within(counted, delays_by, end, within_days),
-        "recall_within_ci95": {
-            d: wilson(hit, n)
-            for d, (hit, n) in _hits_within(counted, delays_by, end, within_days).items()
-        },
+        "recall_within": {d: _ratio(hit, n) for d, (hit, n) in within.items()},
+        "recall_within_ci95": {d: wilson(hit, n) for d, (hit, n) in within.items()},
         "crossing": int(sum(crossing)),
         "recall_within_crossing": _recall_within(
             counted[np.array(crossing, dtype=bool)], delays_by, end, within_days
