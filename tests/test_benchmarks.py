@@ -83,13 +83,16 @@ def test_quick_run_writes_every_section(system_redis_url: str, tmp_path: Path) -
     assert "met" in md or "missed" in md
 
 
-def test_the_alert_tuning_grid_writes_a_row_per_setting(redis_url: str, tmp_path: Path) -> None:
-    """A tiny `python -m benchmarks.tune_alerts` (the grid behind the alert defaults)."""
+def test_the_alert_tuning_grid_writes_a_row_per_setting(
+    embedded_redis_url: str, tmp_path: Path
+) -> None:
+    """A tiny `python -m benchmarks.tune_alerts` (the grid behind the alert defaults), on
+    one server: the store contract is what runs on each."""
     from benchmarks import tune_alerts
 
     args = ["--seeds", "5", "--customers", "200", "--days", "60", "--train-day", "45",
             "--margins", "0.1", "0.2", "--dwells", "3", "--out", str(tmp_path),
-            "--redis-url", redis_url]  # fmt: skip
+            "--redis-url", embedded_redis_url]  # fmt: skip
     tune_alerts.main(args)
     doc = json.loads((tmp_path / "tuning.json").read_text())["shapes"]["sudden"]
     # The raw nearest center, the centers' grid, and the evidence at its default threshold.
