@@ -196,3 +196,31 @@ def trained_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return root
+
+
+@pytest.fixture(scope="session")
+def replayed_history(trained_history: Path, embedded_redis_url: str) -> Iterator[str]:
+    """`trained_history` replayed once as a backfill (`segstream replay --backfill`) into a
+    key prefix of its own, returned and deleted afterwards: DIR/alerts.jsonl, DIR/state.csv
+    and every customer's state under the prefix. Shared by the replay and detector tests."""
+    from typer.testing import CliRunner
+
+    from segstream.cli import app
+
+    prefix = f"segstream-test-replayed-{uuid.uuid4().hex[:8]}"
+    env = {"SEGSTREAM_REDIS_URL": embedded_redis_url, "SEGSTREAM_KEY_PREFIX": prefix}
+    root = trained_history
+    result = CliRunner().invoke(
+        app,
+        ["replay", "--events", str(root / "events.jsonl"), "--model",
+         str(root / "models/current"), "--alerts-out", str(root / "alerts.jsonl"),
+         "--state-out", str(root / "state.csv"), "--backfill"],
+        env=env,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    yield prefix
+    client = redis.Redis.from_url(embedded_redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

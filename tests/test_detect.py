@@ -10,20 +10,16 @@ seed-21 history (tests/conftest.py) and weighs every customer's packed assignmen
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
 import redis
-from typer.testing import CliRunner
 
 from models.bundle import ScaledSpace
 from models.catalog import Identity, default_catalog
-from segstream.cli import app
 from stream.decide import CustomerState, Decider, Row, Rules
 from stream.detect import (
     DAY,
@@ -251,29 +247,15 @@ def test_the_state_packs_into_a_few_bytes() -> None:
 
 
 @pytest.fixture(scope="module")
-def replayed_states(trained_history: Path, embedded_redis_url: str) -> list[CustomerState]:
-    """Every customer's assignment state after replaying the seed-21 history (backfilled
-    into a prefix of this module's own, deleted afterwards)."""
-    prefix = f"detect-{uuid.uuid4().hex[:8]}"
-    env = {"SEGSTREAM_REDIS_URL": embedded_redis_url, "SEGSTREAM_KEY_PREFIX": prefix}
-    result = CliRunner().invoke(
-        app,
-        ["replay", "--events", str(trained_history / "events.jsonl"), "--model",
-         str(trained_history / "models/current"), "--alerts-out",
-         str(trained_history / f"{prefix}.jsonl"), "--backfill"],
-        env=env,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+def replayed_states(replayed_history: str, embedded_redis_url: str) -> list[CustomerState]:
+    """Every customer's assignment state after replaying the seed-21 history (its backfill
+    prefix, `replayed_history`)."""
     client = redis.Redis.from_url(embedded_redis_url)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:a:*", count=1000))
-        states = [CustomerState.from_list(msgpack.unpackb(client.get(k))) for k in keys]
+        keys = list(client.scan_iter(match=f"{replayed_history}:a:*", count=1000))
+        return [CustomerState.from_list(msgpack.unpackb(client.get(k))) for k in keys]
     finally:
-        every = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if every:
-            client.delete(*every)
         client.close()
-    return states
 
 
 def test_the_evidence_keeps_the_state_within_the_memory_budget(
