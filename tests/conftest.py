@@ -100,7 +100,12 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 def key_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"segstream-test-{uuid.uuid4().hex[:12]}"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
+    drop_keys(redis_url, prefix)
+
+
+def drop_keys(url: str, prefix: str) -> None:
+    """Delete every key under `prefix` (the system server is shared with other users)."""
+    client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     if keys:
         client.delete(*keys)
@@ -219,8 +224,4 @@ def replayed_history(trained_history: Path, embedded_redis_url: str) -> Iterator
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     yield prefix
-    client = redis.Redis.from_url(embedded_redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    drop_keys(embedded_redis_url, prefix)
