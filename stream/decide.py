@@ -114,9 +114,10 @@ class Rules:
     #: crosses `migration_evidence` nats (`stream.detect`); `centers`: when the nearest
     #: center holds the margin for the dwell (the rule before issue 22).
     migration_detector: str = "evidence"
-    #: 9 rather than 10 since the backtest sets aside alerts on customers silent at the
-    #: history's end (neither right nor flaps): most of what held it at 10 were those.
-    migration_evidence: float = 9.0
+    #: Up to one event a day: a busier customer's threshold adds the log of its event
+    #: rate (`Evidence.threshold_for`). 8 since the threshold follows the rate: at 9 for
+    #: all, the high-activity shape's false alarms held every other shape back.
+    migration_evidence: float = 8.0
     #: The evidence also counts silence at the customer's daily re-score, and a re-score
     #: completes a move whose evidence saw an event of the customer (a quieter segment is
     #: then seen without waiting for the next event); off: silence counts at the next event.
@@ -504,7 +505,7 @@ class Decider:
             # segment is a reactivation at this first event, as before (no migration).
             if self._detect(row, state, features[i], i, prep, out, dist=dist):
                 return
-            began = self._agreeing_evidence(state)
+            began = self._agreeing_evidence(state, prep.terms[prep.at[i]].scale)
             if began is not None:
                 state.candidate_since = began  # the dwell: the evidence's age
                 self._migrate(row, state, state.segment, features[i], out)
@@ -769,17 +770,18 @@ class Decider:
             placed[young] = self.model.early_segment(x[young])
         return {cid: int(seg) for (cid, _), seg in zip(stale, placed.tolist(), strict=True)}
 
-    def _agreeing_evidence(self, state: CustomerState) -> float | None:
+    def _agreeing_evidence(self, state: CustomerState, scale: float) -> float | None:
         """Since when the evidence for the segment a customer was moved to in silence has
-        been building, if it reached `QUIET_AGREEMENT` of the threshold (else None)."""
+        been building, if it reached `QUIET_AGREEMENT` of the customer's threshold (at
+        `scale` times its segment's rates, `Evidence.threshold_for`), else None."""
         assert self.evidence is not None and state.quiet_from is not None
         ids = self.segment_ids
         if state.segment not in ids or state.quiet_from not in ids:
             return None
-        nats, began = self.evidence.level(
-            state.evidence, ids.index(state.quiet_from), ids.index(state.segment)
-        )
-        return began if nats >= QUIET_AGREEMENT * self.evidence.threshold else None
+        before = ids.index(state.quiet_from)
+        nats, began = self.evidence.level(state.evidence, before, ids.index(state.segment))
+        threshold = self.evidence.threshold_for(scale, before)
+        return began if nats >= QUIET_AGREEMENT * threshold else None
 
     def _clear_margin(self, current: int, target: int, dist: np.ndarray) -> bool:
         d_cur = float(dist[self.segment_ids.index(current)])

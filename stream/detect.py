@@ -38,11 +38,13 @@ the customer's baseline counts against both segments, and the decider makes a cr
 whose baseline already fits the destination a correction, not a migration.
 
 The 30- and 90-day windows move slowly after a change; the events themselves do not, so
-the evidence crosses its threshold within days of a sudden switch. The destination is
-the segment with the most evidence. The state is `k` float16 sums and the time of the
-last update, packed into a few bytes (`pack`/`unpack`); it changes at the customer's
-events (silence is accounted for at the next one, or at the daily re-score on the event
-clock), so it is the same whatever the batching.
+the evidence crosses its threshold within days of a sudden switch. A busy customer's
+threshold grows with the log of its event rate (`Evidence.threshold_for`): each event is
+a step of the test, so it would otherwise raise more false alarms a day than a quiet one.
+The destination is the segment with the most evidence. The state is `k` float16 sums and
+the time of the last update, packed into a few bytes (`pack`/`unpack`); it changes at the
+customer's events (silence is accounted for at the next one, or at the daily re-score on
+the event clock), so it is the same whatever the batching.
 
 Imports numpy, the catalog and the bundle's space only; `stream.decide` calls it, the
 engine builds it.
@@ -75,7 +77,7 @@ PRIOR_DAYS: Final = 7.0
 #: basket strong evidence.
 AMOUNT_SIGMA: Final = 1.0
 #: The most evidence (nats, either way) one value can give: no single purchase moves a
-#: customer alone (the default threshold is 9).
+#: customer alone (the default threshold is 8, more for a busy customer).
 AMOUNT_CAP: Final = 4.0
 #: Bounds of a customer's negative-binomial size (`RateProfiles.dispersion`): the upper
 #: one is Poisson for all purposes.
@@ -103,6 +105,13 @@ PRIOR_PAIRS: Final = 20.0
 #: ones the events cannot tell apart (e^2: odds under 7.4 to 1); the caller's preference
 #: (the nearest center) names the destination among them.
 TIE_NATS: Final = 2.0
+#: Up to this event rate (events a day, of the modelled types) a customer's threshold is
+#: the configured one; above it, the configured one plus the log of its rate over this
+#: (`Evidence.threshold_for`). Quieter customers' thresholds do not fall below it: their
+#: baselines rest on few events, and their false alarms do not fall with their rates (with
+#: the log below it too, down to 0.1 a day, low activity's precision fell to 0.85 on seed
+#: 101, docs/migration-detector.md).
+THRESHOLD_RATE: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -564,7 +573,8 @@ class Evidence:
 
     `prepare` computes, for a batch of rows, what does not depend on the customer's state
     (its baseline's terms); `update` then runs the CUSUM of one row in pure Python (k is
-    small), and says which segment crossed `threshold`, if any.
+    small), and says which segment crossed the customer's threshold (`threshold_for`:
+    `threshold` at one event a day), if any.
     """
 
     def __init__(self, profiles: RateProfiles, threshold: float, tenure_col: int) -> None:
@@ -630,6 +640,24 @@ class Evidence:
             )
         ]
 
+    def threshold_for(self, scale: float, current: int) -> float:
+        """The threshold of a customer at `scale` times segment position `current`'s
+        rates: `threshold` up to one event a day (`THRESHOLD_RATE`), plus the log of its
+        rate over that above.
+
+        Each event is a step of the CUSUM, and a CUSUM's false alarms come about once in
+        e^h steps, so at one threshold a customer with three times the events raises
+        three times the false alarms a day, and the busiest customers and products set
+        the threshold of everyone (at 9 nats, the high-activity shape's false alarms held
+        it; the other shapes were slower for it). With the log of the rate added, a busy
+        customer's false alarms a day are about those of one at `THRESHOLD_RATE`, and
+        the threshold of everyone else can be lower (docs/migration-detector.md, A
+        threshold by event rate)."""
+        rate = scale * self._total_list[current]
+        if rate <= THRESHOLD_RATE:
+            return self.threshold
+        return self.threshold + math.log(rate / THRESHOLD_RATE)
+
     def expected(self, segment: int, scale: float, days: float) -> float:
         """How many events a customer at `scale` times segment position `segment`'s
         rates does in `days` (what a silence that long says about that segment)."""
@@ -678,8 +706,9 @@ class Evidence:
         dt = max(at - last, 0.0) / DAY
         valued = self._valued(column, value)
         gap, seg_gap, event, seg_event = terms.gap, terms.seg_gap, terms.event, terms.seg_event
-        cap = 2.0 * self.threshold
-        best, best_sum = None, self.threshold
+        threshold = self.threshold_for(terms.scale, current)
+        cap = 2.0 * threshold
+        best, best_sum = None, threshold
         for s in range(self.k):
             if s == current:
                 sums[s] = 0.0
