@@ -574,7 +574,7 @@ class Evidence:
     `prepare` computes, for a batch of rows, what does not depend on the customer's state
     (its baseline's terms); `update` then runs the CUSUM of one row in pure Python (k is
     small), and says which segment crossed the customer's threshold (`threshold_for`:
-    `threshold` at one event a day), if any.
+    `threshold` up to one event a day, more above), if any.
     """
 
     def __init__(self, profiles: RateProfiles, threshold: float, tenure_col: int) -> None:
