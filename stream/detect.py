@@ -673,6 +673,7 @@ class Evidence:
         value: float | None = None,
         prefer: np.ndarray | None = None,
         identity: tuple[int, Sequence[float], Sequence[float]] | None = None,
+        never: frozenset[int] = frozenset(),
     ) -> tuple[bytes, int | None, float]:
         """One event of the customer at `at` (rate column `column`, None: not modelled,
         as given to `prepare` for `terms`; `value`: the log of its value,
@@ -681,7 +682,8 @@ class Evidence:
         leading evidence has been building (the move's dwell). `identity`: the event's
         value's bit (`ShareProfile.observe`) and its terms (`ShareProfile.terms`), against
         the customer's own share and against its current segment's; a value already
-        counted on the same UTC day adds nothing.
+        counted on the same UTC day adds nothing. `never`: segment positions the
+        evidence runs for but never names (the decider's Lapsing segments).
 
         The destination is the strongest evidence's segment, or, with `prefer` (a rank
         per segment position, lower first: the decider passes the distances of the
@@ -726,10 +728,14 @@ class Evidence:
                 seg += identity[2][s]
             total = min(max(sums[s] + min(own, seg), 0.0), cap)
             sums[s] = total
-            if total >= best_sum:
+            if total >= best_sum and s not in never:
                 best, best_sum = s, total
         if best is not None and prefer is not None:
-            close = [s for s in range(self.k) if s != current and sums[s] >= best_sum - TIE_NATS]
+            close = [
+                s
+                for s in range(self.k)
+                if s != current and s not in never and sums[s] >= best_sum - TIE_NATS
+            ]
             best = min(close, key=lambda s: float(prefer[s]))
         if was <= 0.0:  # a new run of evidence begins with this event
             start = at

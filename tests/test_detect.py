@@ -329,6 +329,7 @@ class Builders:
     churn_threshold: float = 0.5
     early_model: object = None
     churn_model: object = None
+    lapsing_segments: frozenset[int] = frozenset()
 
     def scale(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, dtype=float)[:, :1]
@@ -344,13 +345,20 @@ class Builders:
 
 
 def builder_turns(
-    after: np.ndarray | None, seed: int, *, rescore: bool, days: int = 40
+    after: np.ndarray | None,
+    seed: int,
+    *,
+    rescore: bool,
+    days: int = 40,
+    lapsing: frozenset[int] = frozenset(),
 ) -> list[tuple[float, str, dict[str, object]]]:
     """A steady builder for 10 days, then (from day 10) events at `after`'s rates (None:
     no event at all), driven through `Decider.decide` as the engine does: each event,
-    and each UTC midnight a re-score. Its (day, trigger, body) segment migrations."""
+    and each UTC midnight a re-score. Its (day, trigger, body) segment migrations.
+    `lapsing`: the model's Lapsing segment ids."""
     rules = Rules(migration_evidence=10.0, migration_evidence_rescore=rescore)
-    decider = Decider(Builders(), [1, 2], NAMES, [0], np.zeros(len(NAMES)), rules, PROFILES)
+    model = Builders(lapsing_segments=lapsing)
+    decider = Decider(model, [1, 2], NAMES, [0], np.zeros(len(NAMES)), rules, PROFILES)
     rng = np.random.default_rng(seed)
     events = stream_of(RATES[1], 10, rng)
     if after is not None:
@@ -401,6 +409,16 @@ def test_silence_alone_never_makes_a_migration() -> None:
         assert builder_turns(None, seed, rescore=True, days=60) == []
 
 
+def test_the_evidence_never_migrates_a_customer_into_a_lapsing_segment() -> None:
+    """The same builder turned reader, where the readers are the bundle's Lapsing segment
+    (its silent customers): its evidence for them crosses as before, but a customer whose
+    events point at silence is at churn risk, which the churn alert says; no
+    segment_migration names a Lapsing segment."""
+    for seed in range(5):
+        assert builder_turns(RATES[0], seed, rescore=True)  # readers: a migration
+        assert builder_turns(RATES[0], seed, rescore=True, lapsing=frozenset({1})) == []
+
+
 def with_lulls(
     events: list[tuple[float, int]], lulls: list[tuple[float, float]]
 ) -> list[tuple[float, int]]:
@@ -417,7 +435,6 @@ class TwinBuilders(Builders):
     segment_names: dict[int, str] = field(
         default_factory=lambda: {1: "Readers", 2: "Builders", 3: "Builders (less)"}
     )
-    lapsing_segments: frozenset[int] = frozenset()
 
 
 TWIN_PROFILES = dataclasses.replace(PROFILES, rates=np.vstack([RATES, RATES[1] * 0.9]))
