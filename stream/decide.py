@@ -789,8 +789,8 @@ class Decider:
         `scale` times its segment's rates, `Evidence.threshold_for`), else None."""
         assert self.evidence is not None and state.quiet_from is not None
         ids = self.segment_ids
-        if state.segment not in ids or state.quiet_from not in ids:
-            return None
+        if state.segment not in ids or state.quiet_from not in ids or state.segment in self.lapsing:
+            return None  # into a Lapsing segment: churn's business, as in `_detect`
         before = ids.index(state.quiet_from)
         nats, began = self.evidence.level(state.evidence, before, ids.index(state.segment))
         threshold = self.evidence.threshold_for(scale, before)
