@@ -512,6 +512,13 @@ class Decider:
             if self._detect(row, state, features[i], i, prep, out, dist=dist):
                 return
             began = self._agreeing_evidence(state, prep.terms[prep.at[i]].scale)
+            if began is not None and state.segment in self.lapsing:
+                # Gone quiet, as the evidence agrees: churn's business, as in `_detect`. The
+                # customer stays in the Lapsing segment without a migration alert, and its
+                # way back out of it is a reactivation.
+                state.quiet_from, state.evidence = None, b""
+                state.anchor = _anchor(features[i])
+                return
             if began is not None:
                 state.candidate_since = began  # the dwell: the evidence's age
                 self._migrate(row, state, state.segment, features[i], out)
@@ -789,8 +796,8 @@ class Decider:
         `scale` times its segment's rates, `Evidence.threshold_for`), else None."""
         assert self.evidence is not None and state.quiet_from is not None
         ids = self.segment_ids
-        if state.segment not in ids or state.quiet_from not in ids or state.segment in self.lapsing:
-            return None  # into a Lapsing segment: churn's business, as in `_detect`
+        if state.segment not in ids or state.quiet_from not in ids:
+            return None
         before = ids.index(state.quiet_from)
         nats, began = self.evidence.level(state.evidence, before, ids.index(state.segment))
         threshold = self.evidence.threshold_for(scale, before)

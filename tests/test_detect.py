@@ -417,15 +417,21 @@ def test_the_evidence_never_migrates_a_customer_into_a_lapsing_segment() -> None
     for seed in range(5):
         assert builder_turns(RATES[0], seed, rescore=True)  # readers: a migration
         assert builder_turns(RATES[0], seed, rescore=True, lapsing=frozenset({1})) == []
-    # Nor when the centers moved it there in silence and its next event would settle the
-    # move by the evidence's agreement: it returns where it was.
-    for seed in range(5):
+    # Nor when the centers moved it there in silence and its next event settles the move
+    # by the evidence's agreement: it stays there, placed (`inactivity`), without a
+    # migration, and does not bounce back (`return`) at its events.
+    quiet_moves = 0
+    for seed in range(8):
         rng = np.random.default_rng(700 + seed)
         events = stream_of(RATES[1], 10, rng) + stream_of(RATES[0], 30, rng, start=10)
         kinds = [k for k, _ in centers_run(events, 40, quiet_to=1)]
         assert "segment_migration" in kinds, seed
         alerts = centers_run(events, 40, quiet_to=1, lapsing=frozenset({1}))
         assert "segment_migration" not in [k for k, _ in alerts], (seed, alerts)
+        placed = [(b["placed_by"], b["segment_id"]) for k, b in alerts if k == "segment_assigned"]
+        assert ("return", 2) not in placed, (seed, placed)
+        quiet_moves += ("inactivity", 1) in placed
+    assert quiet_moves >= 4  # the quiet moves did happen
 
 
 def with_lulls(
