@@ -626,7 +626,7 @@ class Decider:
         at churn risk, which the churn alert says; the centers still place a silent
         customer there (`inactivity`), where it stays when the evidence agrees at its
         next event (`_assign`). On the held-out histories moves into a Lapsing
-        segment were 8 of the 75 wrong migration alerts at the shipped threshold, and
+        segment were 9 of the 75 wrong migration alerts at the shipped threshold, and
         none named the segment a changed customer settled in.
         """
         ev = self.evidence
