@@ -116,8 +116,9 @@ class Rules:
     #: center holds the margin for the dwell (the rule before issue 22).
     migration_detector: str = "evidence"
     #: Up to one event a day: a busier customer's threshold adds the log of its event
-    #: rate (`Evidence.threshold_for`). 8 since the threshold follows the rate: at 9 for
-    #: all, the high-activity shape's false alarms held every other shape back.
+    #: rate, or of the destination's when that is quieter (`Evidence.threshold_for`). 8
+    #: since the threshold follows the rate: at 9 for all, the high-activity shape's false
+    #: alarms held every other shape back.
     migration_evidence: float = 8.0
     #: The evidence also counts silence at the customer's daily re-score, and a re-score
     #: completes a move whose evidence saw an event of the customer (a quieter segment is

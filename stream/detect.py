@@ -40,7 +40,8 @@ whose baseline already fits the destination a correction, not a migration.
 The 30- and 90-day windows move slowly after a change; the events themselves do not, so
 the evidence crosses its threshold within days of a sudden switch. A busy customer's
 threshold grows with the log of its event rate (`Evidence.threshold_for`): each event is
-a step of the test, so it would otherwise raise more false alarms a day than a quiet one.
+a step of the test, so it would otherwise raise more false alarms a day than a quiet one;
+for a move to a quieter segment, the slow kind, the rate is the quieter one's.
 The destination is the segment with the most evidence. The state is `k` float16 sums and
 the time of the last update, packed into a few bytes (`pack`/`unpack`); it changes at the
 customer's events (silence is accounted for at the next one, or at the daily re-score on
@@ -640,10 +641,12 @@ class Evidence:
             )
         ]
 
-    def threshold_for(self, scale: float, current: int) -> float:
+    def threshold_for(self, scale: float, current: int, to: int | None = None) -> float:
         """The threshold of a customer at `scale` times segment position `current`'s
-        rates: `threshold` up to one event a day (`THRESHOLD_RATE`), plus the log of its
-        rate over that above.
+        rates, for a move to segment position `to` (None: to a segment at least as busy):
+        `threshold` up to one event a day (`THRESHOLD_RATE`), plus the log of the rate
+        over that above, the lesser of its rate in `current` and the one it would have
+        in `to`.
 
         Each event is a step of the CUSUM, and a CUSUM's false alarms come about once in
         e^h steps, so at one threshold a customer with three times the events raises
@@ -652,8 +655,17 @@ class Evidence:
         it; the other shapes were slower for it). With the log of the rate added, a busy
         customer's false alarms a day are about those of one at `THRESHOLD_RATE`, and
         the threshold of everyone else can be lower (docs/migration-detector.md, A
-        threshold by event rate)."""
+        threshold by event rate).
+
+        A move to a quieter segment is the slow one (its evidence comes mostly from the
+        events that stop coming, about a nat a day for a power user turning big spender
+        against several for the reverse), so a nat of threshold costs it the most days;
+        its threshold follows the quieter rate, which spends the false alarms the busy
+        customer's rate paid for where they buy the most days (the design log, A
+        quieter destination's threshold)."""
         rate = scale * self._total_list[current]
+        if to is not None:
+            rate = min(rate, scale * self._total_list[to])
         if rate <= THRESHOLD_RATE:
             return self.threshold
         return self.threshold + math.log(rate / THRESHOLD_RATE)
@@ -708,9 +720,8 @@ class Evidence:
         dt = max(at - last, 0.0) / DAY
         valued = self._valued(column, value)
         gap, seg_gap, event, seg_event = terms.gap, terms.seg_gap, terms.event, terms.seg_event
-        threshold = self.threshold_for(terms.scale, current)
-        cap = 2.0 * threshold
-        best, best_sum = None, threshold
+        cap = 2.0 * self.threshold_for(terms.scale, current)
+        best, best_sum = None, 0.0
         for s in range(self.k):
             if s == current:
                 sums[s] = 0.0
@@ -728,7 +739,9 @@ class Evidence:
                 seg += identity[2][s]
             total = min(max(sums[s] + min(own, seg), 0.0), cap)
             sums[s] = total
-            if total >= best_sum and s not in never:
+            if s in never or total < best_sum:
+                continue
+            if total >= self.threshold_for(terms.scale, current, s):
                 best, best_sum = s, total
         if best is not None and prefer is not None:
             close = [

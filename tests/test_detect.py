@@ -145,6 +145,42 @@ def test_a_busier_customer_needs_more_evidence_by_the_log_of_its_event_rate() ->
         assert before < threshold <= nats
 
 
+def test_a_busy_customer_turning_quieter_is_judged_at_the_quieter_rate() -> None:
+    """A move to a quieter segment gathers its evidence mostly from the events that stop
+    coming, slowly, so its threshold follows the lesser of the two rates: a builder (2.7
+    events a day) turning reader (0.6) moves when the evidence passes the configured 10
+    nats, not its own 11; the reverse move and the busy customer's other moves keep the
+    log of its rate."""
+    evidence = Evidence(PROFILES, threshold=10.0, tenure_col=TENURE)
+    builder = RATES[1].sum()
+    assert evidence.threshold_for(1.0, 1, 0) == 10.0
+    assert evidence.threshold_for(1.0, 1) == pytest.approx(10.0 + np.log(builder))
+    assert evidence.threshold_for(1.0, 0, 1) == 10.0  # a reader's own rate is under one
+    x = steady_row(RATES[1])
+    columns: list[int | None] = [0, 1, 2, None]
+    prepared = evidence.prepare(np.repeat(x, 4, axis=0), np.ones(4, dtype=int), columns)
+    terms = dict(zip(columns, prepared, strict=True))
+    crossed_between = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        events: list[tuple[float, int | None]] = [
+            *stream_of(RATES[1], 10, rng),
+            *stream_of(RATES[0], 28, rng, start=10),
+            *((float(day), None) for day in range(1, 38)),  # the daily re-scores
+        ]
+        blob, before, nats, fired = b"", 0.0, 0.0, None
+        for day, col in sorted(events, key=lambda e: e[0]):
+            before = nats
+            blob, fired, _ = evidence.update(blob, day * DAY, col, 1, terms[col])
+            nats = evidence.level(blob, 1, 0)[0]
+            if fired is not None:
+                break
+        assert fired == 0
+        assert before < 10.0 <= nats
+        crossed_between += nats < 10.0 + np.log(builder)
+    assert crossed_between >= 3  # fired where the busy customer's own threshold would not (4)
+
+
 def bursty(
     rates: np.ndarray, days: int, rng: np.random.Generator, start: float = 0.0
 ) -> tuple[list[tuple[float, int]], np.ndarray]:
