@@ -199,8 +199,9 @@ class StreamSettings(BaseSettings):
         gt=0,
         description="Evidence (nats of log-likelihood ratio) for another segment that "
         "makes a migration, with the `evidence` detector, for a customer with at most one "
-        "event a day; a busier customer's threshold adds the log of its event rate, so it "
-        "needs more evidence.",
+        "event a day; a busier customer's threshold adds the log of its event rate (for a "
+        "move to a quieter segment, of the rate it would have there), so it needs more "
+        "evidence.",
     )
     migration_evidence_rescore: bool = Field(
         DEFAULT_RULES.migration_evidence_rescore,
