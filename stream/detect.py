@@ -658,11 +658,11 @@ class Evidence:
         threshold by event rate).
 
         A move to a quieter segment is the slow one (its evidence comes mostly from the
-        events that stop coming, about a nat a day for a power user turning big spender
-        against several for the reverse), so a nat of threshold costs it the most days;
-        its threshold follows the quieter rate, which spends the false alarms the busy
-        customer's rate paid for where they buy the most days (the design log, A
-        quieter destination's threshold)."""
+        events that stop coming: on the held-out sudden histories a median 6.9 days from
+        power user to big spender, 1.9 for the reverse), so a nat of threshold costs it
+        the most days; its threshold follows the quieter rate, which spends the false
+        alarms the busy customer's rate paid for where they buy the most days (the design
+        log, A quieter destination's threshold)."""
         rate = scale * self._total_list[current]
         if to is not None:
             rate = min(rate, scale * self._total_list[to])
