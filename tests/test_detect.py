@@ -10,7 +10,7 @@ seed-21 history (tests/conftest.py) and weighs every customer's packed assignmen
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -27,6 +27,7 @@ from stream.detect import (
     Evidence,
     RateProfiles,
     ShareProfile,
+    Terms,
     ValueProfile,
     pack,
     rate_profiles,
@@ -134,15 +135,28 @@ def test_a_busier_customer_needs_more_evidence_by_the_log_of_its_event_rate() ->
     for seed in range(10):
         rng = np.random.default_rng(seed)
         events = stream_of(busy.rates[0], 10, rng) + stream_of(busy.rates[1], 28, rng, start=10)
-        blob, before, nats, fired = b"", 0.0, 0.0, None
-        for day, col in events:
-            before = nats
-            blob, fired, _ = evidence.update(blob, day * DAY, col, 0, terms[col])
-            nats = evidence.level(blob, 0, 1)[0]
-            if fired is not None:
-                break
+        fired, before, nats = first_crossing(evidence, events, dict(enumerate(terms)), 0, 1)
         assert fired == 1
         assert before < threshold <= nats
+
+
+def first_crossing(
+    evidence: Evidence,
+    events: Sequence[tuple[float, int | None]],
+    terms: Mapping[int | None, Terms],
+    segment: int,
+    watch: int,
+) -> tuple[int | None, float, float]:
+    """Feed (day, column) events in order while in `segment` until one crosses: the
+    segment it names, and the evidence for `watch` before that update and after it."""
+    blob, before, nats, fired = b"", 0.0, 0.0, None
+    for day, col in events:
+        before = nats
+        blob, fired, _ = evidence.update(blob, day * DAY, col, segment, terms[col])
+        nats = evidence.level(blob, segment, watch)[0]
+        if fired is not None:
+            break
+    return fired, before, nats
 
 
 def test_a_busy_customer_turning_quieter_is_judged_at_the_quieter_rate() -> None:
@@ -168,13 +182,8 @@ def test_a_busy_customer_turning_quieter_is_judged_at_the_quieter_rate() -> None
             *stream_of(RATES[0], 28, rng, start=10),
             *((float(day), None) for day in range(1, 38)),  # the daily re-scores
         ]
-        blob, before, nats, fired = b"", 0.0, 0.0, None
-        for day, col in sorted(events, key=lambda e: e[0]):
-            before = nats
-            blob, fired, _ = evidence.update(blob, day * DAY, col, 1, terms[col])
-            nats = evidence.level(blob, 1, 0)[0]
-            if fired is not None:
-                break
+        events.sort(key=lambda e: e[0])
+        fired, before, nats = first_crossing(evidence, events, terms, 1, 0)
         assert fired == 0
         assert before < 10.0 <= nats
         crossed_between += nats < 10.0 + np.log(builder)
