@@ -739,7 +739,9 @@ class Evidence:
                 seg += identity[2][s]
             total = min(max(sums[s] + min(own, seg), 0.0), cap)
             sums[s] = total
-            if s in never or total < best_sum:
+            # No segment's threshold is under the configured one: most updates end here,
+            # before the per-destination threshold is worked out.
+            if s in never or total < best_sum or total < self.threshold:
                 continue
             if total >= self.threshold_for(terms.scale, current, s):
                 best, best_sum = s, total
