@@ -103,6 +103,19 @@ def test_the_alert_tuning_grid_writes_a_row_per_setting(
     assert "| 0.2 | 3.0 |" in (tmp_path / "tuning.md").read_text()
 
 
+def test_the_tuning_tables_hold_each_shape_to_its_own_delay_target() -> None:
+    """`seeds_meeting_targets`: a sudden switch must be seen within 3 days (median), a
+    gradual drift within 7 of its midpoint; the other targets are the same for all."""
+    from benchmarks.tune_alerts import meets
+
+    run = {"recall_28d": 0.95, "precision": 0.95, "flap_rate_per_30d": 0.003,
+           "landed": 0.95, "delay_median_days": 4.5}  # fmt: skip
+    assert meets(run, "gradual")
+    assert not meets(run, "sudden") and not meets(run, "seasonal")
+    assert meets(run | {"delay_median_days": 3.0}, "sudden")
+    assert not meets(run | {"delay_median_days": 3.0, "precision": 0.88}, "sudden")
+
+
 def test_kept_sections_do_not_repeat_a_figure_this_run_measured(tmp_path: Path) -> None:
     """`--keep`: latency also reports the worker's memory; the old figure gives way."""
     from benchmarks.common import Figure
