@@ -21,6 +21,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def meets(f: dict[str, float | None], shape: str) -> bool:
+def meets(f: Mapping[str, float | None], shape: str) -> bool:
     """Issue 22's targets for migrations after the training date. The delay's is 7 days
     from the midpoint of a gradual drift and 3 days for every other shape: their changes
     are sudden switches, of other personas, activity or counts."""
