@@ -118,6 +118,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
         _delay_figure(metrics["migrations"], out_dir / FIGURES[1])
         written.append(out_dir / FIGURES[1])
         parts += _migrations_section(metrics["migrations"])
+        parts += _moves_section(metrics["migrations"], metrics.get("segment_names", {}))
     parts += _behaviour_section(metrics["migration_behaviour"])
     written[1].write_text(page("segstream backtest", parts), encoding="utf-8")
     return written
@@ -252,6 +253,32 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "the rows for settled customers give the detector's own speed.</p>",
         table(["figure", "value"], _speed_rows(m)),
         image(FIGURES[1], "detection delay histogram"),
+    ]
+
+
+def _moves_section(m: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+    """The speed of each move between two segments (`segstream.backtest._by_move`)."""
+    moves = m.get("by_move")
+    if not moves:
+        return []
+    within = sorted(moves[0]["recall_within"], key=float)  # metrics.json sorts its keys
+
+    def name(seg: int) -> str:
+        return names.get(str(seg), str(seg))
+
+    rows = [
+        [name(r["from_segment_id"]), name(r["to_segment_id"]), r["changes"], r["detected"],
+         *(number(r["recall_within"][d]) for d in within), number(r["delay_median_days"])]
+        for r in moves
+    ]  # fmt: skip
+    head = ["from", "to", "changes", "detected", *(f"recall within {d} days" for d in within)]
+    return [
+        "<h3>How fast, by move</h3>",
+        "<p class='explain'>The changes that crossed a border, by the segment the customer "
+        "was in and the one it settled in. A move to a busier segment shows in the events "
+        "that start; one to a quieter segment mostly in the events that stop coming, and "
+        "takes longer to tell from a lull.</p>",
+        table([*head, "median delay, days"], rows),
     ]
 
 

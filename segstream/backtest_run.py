@@ -222,6 +222,7 @@ def backtest(
         settling_days=run.rules.early_days + run.rules.migration_dwell_days,
     )
     metrics["model_version"] = bundle.version
+    metrics["segment_names"] = {str(k): v for k, v in sorted(bundle.segment_names.items())}
     metrics["rules"] = {
         "migration_margin": run.rules.migration_margin,
         "migration_dwell_days": run.rules.migration_dwell_days,

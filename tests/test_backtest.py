@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime, timedelta
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,14 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
         assert figure in page
     # What precision leaves out is in the report beside it.
     assert "unresolved alerts" in page and "churn-led alerts" in page
+    # Each move's speed, by the bundle's segment names.
+    moves = metrics(backtested)["migrations"]["by_move"]
+    names = metrics(backtested)["segment_names"]
+    assert (
+        moves and sum(r["changes"] for r in moves) == metrics(backtested)["migrations"]["crossing"]
+    )
+    assert "How fast, by move" in page
+    assert f"<td>{escape(names[str(moves[0]['from_segment_id'])])}</td>" in page
     vol = metrics(backtested)["volumes"]
     assert vol["per_day"]["segment_assigned"] > 0
     assert vol["customers_alerted"]["any"] > 0
@@ -304,6 +313,40 @@ def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     assert got["recall_within"]["7"] == 1.0 and got["recall_within_crossing"]["7"] == 1.0
     assert got["landed_in_target"] == 0.5 and got["detected_staying"] == 1
     assert got["landed_crossing"] == 1.0  # a's alert named where it settled; b's could not
+
+
+def test_the_speed_of_each_move_between_segments_is_reported_apart() -> None:
+    """Four customers change on day 20. a and c leave segment 1 for segment 2 (alerted
+    after 2 and 10 days), d leaves 2 for 1 and is never alerted, b stays nearest 1 (no
+    border crossed, so no move of its own). `by_move` gives each move's changes, recall
+    within d days and median delay: what a user reads to see which moves come late."""
+    day = 86_400.0
+    ids = ["a", "b", "c", "d"]
+    events = pd.DataFrame(
+        {"customer_id": ids * 2, "ts": [0.0] * 4 + [70 * day] * 4, "type": ["session_start"] * 8}
+    )
+    alerts = pd.DataFrame(
+        {"type": ["segment_migration"] * 3, "customer_id": ["a", "b", "c"],
+         "at": [22 * day, 23 * day, 30 * day], "to_segment_id": [2, 2, 2]}
+    )  # fmt: skip
+    truth = pd.DataFrame({"customer_id": ids, "changed_at": [20 * day] * 4, "to_segment": [-1] * 4})
+    days = np.arange(1, 70)
+    before_after = {"a": (1, 2), "b": (1, 1), "c": (1, 2), "d": (2, 1)}
+    scores = pd.DataFrame(
+        {"customer_id": np.repeat(ids, len(days)),
+         "at": np.tile(days, 4) * day,
+         "probability": 0.0,
+         "segment": np.concatenate([np.full(len(days), before_after[c][0]) for c in ids]),
+         "nearest": np.concatenate(
+             [np.where(days < 21, before_after[c][0], before_after[c][1]) for c in ids])}
+    )  # fmt: skip
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day, settled=scores)
+    assert got["crossing"] == 3
+    assert [
+        (r["from_segment_id"], r["to_segment_id"], r["changes"], r["detected"],
+         r["delay_median_days"], r["recall_within"]["7"], r["recall_within"]["28"])
+        for r in got["by_move"]
+    ] == [(1, 2, 2, 2, 6.0, 0.5, 1.0), (2, 1, 1, 0, None, 0.0, 0.0)]  # fmt: skip
 
 
 def test_a_change_while_the_customer_settles_is_counted_apart() -> None:
