@@ -19,7 +19,8 @@ Rules (thresholds in `Rules`):
   settled customer's own events feed a per-customer CUSUM of the evidence for each
   other segment's daily rates (`stream.detect`); when one passes `migration_evidence`,
   the event that crossed it makes the `segment_migration` to that segment, without the
-  margin and dwell (they still settle young customers and move silent ones); with
+  margin and dwell (they still settle young customers, complete a move they began while
+  the customer settled, and move silent ones); with
   `migration_evidence_rescore` the daily re-score counts the silence too, and completes
   a move whose evidence saw an event of the customer and whose destination explains the
   silence since (a quieter segment is then seen without waiting for the next event); it
@@ -43,7 +44,9 @@ Rules (thresholds in `Rules`):
   `segment_assigned` (`placed_by: reactivation`), no `segment_migration`;
 - settling: a move whose candidate appeared while the customer was young, or within
   one dwell after, only refines its placement: `segment_assigned` (`first: false`,
-  `placed_by` the classifier or the centers), no `segment_migration`;
+  `placed_by` the classifier or the centers), no `segment_migration`; it completes even
+  once the evidence governs the customer (the hand-over from the classifier to the
+  centers puts right what the classifier got wrong);
 - model update: at the first evaluation of a customer under a new bundle, the new model
   places the customer's anchor (its features when last settled); a changed segment is a
   `segment_reassigned` (cause `model_update`, both versions), not a migration; the row is
@@ -475,7 +478,8 @@ class Decider:
         `confirm` is set for rows of the customer's own events: only they complete a move.
         With the evidence detector, a settled customer's events feed its evidence and
         only the evidence completes a move; the centers still move a silent customer at
-        its re-scores (`placed_by: inactivity`) and young ones settle as before.
+        its re-scores (`placed_by: inactivity`), young ones settle as before, and a move
+        they began while the customer settled completes as a placement.
         """
         if state.segment is None:
             body = self._base("segment_assigned", row)
@@ -569,8 +573,12 @@ class Decider:
             self._place(row, state, target, features[i], "inactivity", out, keep_evidence=True)
             state.quiet_from, state.anchor = quiet_from, anchor
             return
-        if governed:
-            return  # the evidence decides this customer's moves, not the centers
+        if governed and not self._settling_at(row, state.candidate_since, features[i]):
+            # The evidence decides a settled customer's moves, not the centers. A move the
+            # centers began while it settled (the early-life classifier handing over to
+            # them) still completes, as a placement: the evidence runs against the
+            # customer's own baseline and cannot see a misplacement it was settled into.
+            return
         self._complete(row, state, target, young, features[i], out)
 
     def _prepare(
@@ -687,12 +695,17 @@ class Decider:
         assert self.evidence is not None
         if self.rules.migration_correction <= 0 or _home(state) in self.lapsing:
             return False  # off; out of a Lapsing segment, a reactivation says more
-        tenure = float(x[self._tenure])
-        entered = tenure - (row.at - state.since) / DAY
-        if entered >= self.rules.early_days + self.rules.migration_dwell_days:
+        if not self._settling_at(row, state.since, x):
             return False
-        misfit = self.evidence.profiles.misfit(x, tenure, current, moved)
+        misfit = self.evidence.profiles.misfit(x, float(x[self._tenure]), current, moved)
         return misfit >= self.rules.migration_correction
+
+    def _settling_at(self, row: Row, when: float, x: np.ndarray) -> bool:
+        """Whether the customer of `row` (features `x`) was still settling at time `when`:
+        younger than `early_days` plus one dwell (the early-life classifier's days, then
+        one dwell of the centers)."""
+        tenure_then = float(x[self._tenure]) - (row.at - when) / DAY
+        return tenure_then < self.rules.early_days + self.rules.migration_dwell_days
 
     def _complete(
         self, row: Row, state: CustomerState, target: int, young: bool, x: np.ndarray,
@@ -705,9 +718,7 @@ class Decider:
         started then refines where the customer belongs, it is not a move it made.
         Alerting those as migrations gave many of the false ones in the backtest.
         """
-        held = row.at - state.candidate_since
-        began = x[self._tenure] - held / DAY  # tenure when the candidate appeared
-        if began < self.rules.early_days + self.rules.migration_dwell_days:
+        if self._settling_at(row, state.candidate_since, x):
             placed_by = "early_life_classifier" if young else "nearest_centroid"
             self._place(row, state, target, x, placed_by, out)
         else:
