@@ -83,11 +83,9 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     # What precision leaves out is in the report beside it.
     assert "unresolved alerts" in page and "churn-led alerts" in page
     # Each move's speed, by the bundle's segment names.
-    moves = metrics(backtested)["migrations"]["by_move"]
-    names = metrics(backtested)["segment_names"]
-    assert (
-        moves and sum(r["changes"] for r in moves) == metrics(backtested)["migrations"]["crossing"]
-    )
+    m = metrics(backtested)
+    moves, names = m["migrations"]["by_move"], m["segment_names"]
+    assert moves and sum(r["changes"] for r in moves) == m["migrations"]["crossing"]
     assert "How fast, by move" in page
     assert f"<td>{escape(names[str(moves[0]['from_segment_id'])])}</td>" in page
     vol = metrics(backtested)["volumes"]
