@@ -21,6 +21,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -162,15 +163,19 @@ def test_group_join_takes_a_few_seconds(kafka_broker: KafkaBroker) -> None:
 # --- faust ---------------------------------------------------------------------------------
 
 
-def make_forwarder(app_id: str, broker_url: str, source: str, sink: str) -> faust.App:
+def make_forwarder(
+    app_id: str, broker_url: str, source: str, sink: str, datadir: Path
+) -> faust.App:
     """An app whose agent forwards every input value to `sink`, in batches from take().
 
     ``broker_commit_interval`` is an hour so that the test, not faust's timer, decides when
-    offsets are committed; production keeps the default (2.8 s).
+    offsets are committed; production keeps the default (2.8 s). `datadir`: faust's own
+    files (by default `<app id>-data` in the working directory, the checkout).
     """
     app = faust.App(
         app_id,
         broker=broker_url,
+        datadir=str(datadir),
         store="memory://",
         web_enabled=False,
         autodiscover=False,
@@ -224,7 +229,9 @@ async def running(app: faust.App) -> AsyncIterator[float]:
         await worker.stop()
 
 
-def test_faust_take_forwards_and_commits_only_processed_offsets(kafka_broker: KafkaBroker) -> None:
+def test_faust_take_forwards_and_commits_only_processed_offsets(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
     bootstrap = kafka_broker.bootstrap
     source, sink, app_id = unique("in"), unique("out"), unique("forwarder")
     keys = [f"customer-{i}".encode() for i in range(12)]  # hash to all 4 partitions
@@ -237,7 +244,7 @@ def test_faust_take_forwards_and_commits_only_processed_offsets(kafka_broker: Ka
         reader = AIOKafkaConsumer(sink, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         await reader.start()
         try:
-            app = make_forwarder(app_id, kafka_broker.url, source, sink)
+            app = make_forwarder(app_id, kafka_broker.url, source, sink, tmp_path)
             async with running(app) as join1:
                 app1_out = await read_until(reader, lambda r: len(r) >= len(first), timeout=20)
                 assert sorted(r.value for r in app1_out) == sorted(v for _, v in first)
@@ -256,7 +263,9 @@ def test_faust_take_forwards_and_commits_only_processed_offsets(kafka_broker: Ka
 
             # Restart the same app id: it resumes at the committed offsets.
             await produce(bootstrap, source, second)
-            async with running(make_forwarder(app_id, kafka_broker.url, source, sink)) as join2:
+            async with running(
+                make_forwarder(app_id, kafka_broker.url, source, sink, tmp_path)
+            ) as join2:
                 app2_out = await read_until(reader, lambda r: len(r) >= len(second), timeout=20)
             assert sorted(r.value for r in app2_out) == sorted(v for _, v in second)
             # The worker is stopped, so nothing more can arrive: the sink holds each input once.
@@ -277,7 +286,9 @@ def test_faust_take_forwards_and_commits_only_processed_offsets(kafka_broker: Ka
     print(f"\nfaust worker start incl. group join: first {join1:.2f}s, restart {join2:.2f}s")
 
 
-def test_faust_take_acks_a_batch_even_when_the_body_raises(kafka_broker: KafkaBroker) -> None:
+def test_faust_take_acks_a_batch_even_when_the_body_raises(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
     """A characterization, not a wish: take()'s cleanup acks the batch when the body raises.
 
     The supervisor restarts the agent on new input, and a commit then covers the failed batch,
@@ -290,6 +301,7 @@ def test_faust_take_acks_a_batch_even_when_the_body_raises(kafka_broker: KafkaBr
     app = faust.App(
         app_id,
         broker=kafka_broker.url,
+        datadir=str(tmp_path),
         store="memory://",
         web_enabled=False,
         autodiscover=False,
