@@ -77,18 +77,18 @@ def test_the_shipped_defaults_meet_the_alert_quality_targets(backtested: Path) -
 def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     out = backtested / "bt"
     page = (out / "report.html").read_text()
+    m = metrics(backtested)
     for figure in ("threshold_sweep.png", "migration_delay.png", "daily_volumes.png"):
         assert (out / figure).stat().st_size > 1000
         assert figure in page
     # What precision leaves out is in the report beside it.
     assert "unresolved alerts" in page and "churn-led alerts" in page
     # Each move's speed, by the bundle's segment names.
-    m = metrics(backtested)
     moves, names = m["migrations"]["by_move"], m["segment_names"]
     assert moves and sum(r["changes"] for r in moves) == m["migrations"]["crossing"]
     assert "How fast, by move" in page
     assert f"<td>{escape(names[str(moves[0]['from_segment_id'])])}</td>" in page
-    vol = metrics(backtested)["volumes"]
+    vol = m["volumes"]
     assert vol["per_day"]["segment_assigned"] > 0
     assert vol["customers_alerted"]["any"] > 0
     assert vol["busiest_hour"]["alerts"] > 0
@@ -103,11 +103,11 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
         and b["placed_by"] != "migration"
         and datetime.fromisoformat(b["event_time"].replace("Z", "+00:00")) >= start
     ]
-    placed = metrics(backtested)["migration_behaviour"]["placed_without_migration"]
+    placed = m["migration_behaviour"]["placed_without_migration"]
     assert placed == {k: later.count(k) for k in sorted(set(later))}
     assert sum(placed.values()) > 0 and "segment changes without a migration alert" in page
     # Changes made while the customer settled, apart: the engine's own settling period.
-    mig, rules = metrics(backtested)["migrations"], metrics(backtested)["rules"]
+    mig, rules = m["migrations"], m["rules"]
     assert mig["settling_days"] == rules["early_days"] + rules["migration_dwell_days"]
     assert 0 <= mig["settling"] <= mig["changes"]
     assert mig["delay_days_settled"]["count"] <= mig["detected"]
