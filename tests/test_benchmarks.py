@@ -174,6 +174,28 @@ def test_the_ideal_detector_keeps_lordens_false_alarm_bound_and_slows_with_h() -
     assert np.median(partial["delays"][:, 1]) > np.median(delays[:, 1])  # less to go on
 
 
+def test_where_the_days_go_puts_one_group_of_changes_at_the_ideal_s_speed_at_a_time() -> None:
+    """`--against`: each group's figure is the median of every change with that group's
+    delays taken from the ideal detector and the others' left as shipped, so a slow group
+    moves the median and a group already at the ideal's speed leaves it; a change the
+    shipped detector did not see in time counts as the slowest, until the ideal's delay
+    takes its place."""
+    shipped = np.array([1.0, 2.0, 5.0, 6.0, np.inf])
+    ideal = np.array([1.0, 2.0, 1.5, 6.0, 3.0])
+    got = evidence_limit.days_by_group(
+        shipped, ideal,
+        {
+            "slow": np.array([False, False, True, False, False]),
+            "already ideal": np.array([True, True, False, True, False]),
+            "missed": np.array([False, False, False, False, True]),
+        },
+    )  # fmt: skip
+    assert got["all"] == (5, 5.0)
+    assert got["slow"] == (1, 2.0)
+    assert got["already ideal"] == (3, 5.0)
+    assert got["missed"] == (1, 3.0)
+
+
 def test_the_ideal_detector_reading_features_and_amounts_is_faster_and_still_within_bound() -> None:
     """`--shapes --attributes`: the features each customer uses and what it pays add
     evidence (a sudden switch is seen sooner at the same threshold) without breaking the
