@@ -442,6 +442,11 @@ def _alarms(
     return hits
 
 
+def _history_day(ts: str) -> float:
+    """A generated history's timestamp as days since its start (`DEFAULT_START`)."""
+    return (pd.Timestamp(ts).timestamp() - DEFAULT_START.timestamp()) / 86_400.0
+
+
 def oracle_on_history(
     history: Path, thresholds: np.ndarray, shape: str = "sudden", from_day: int = 100,
     days: int = 150,
@@ -456,21 +461,19 @@ def oracle_on_history(
     rates = shape_rates(SHAPES[shape])
     names = list(PERSONAS)
     truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
-    day0 = DEFAULT_START.timestamp()
     per: dict[str, list[tuple[float, str, dict[str, object]]]] = {}
     with open(history / "events.jsonl") as lines:
         for line in lines:
             e = json.loads(line)
             if e["type"] in RATE_TYPES:
-                at = (pd.Timestamp(e["ts"]).timestamp() - day0) / 86_400.0
                 per.setdefault(e["customer_id"], []).append(
-                    (at, e["type"], e.get("properties") or {})
+                    (_history_day(e["ts"]), e["type"], e.get("properties") or {})
                 )
     for seen in per.values():
         seen.sort(key=lambda e: e[0])
     changes = pd.read_csv(history / "migrations.csv")
     changed_at = {
-        str(c): (pd.Timestamp(t).timestamp() - day0) / 86_400.0
+        str(c): _history_day(t)
         for c, t in zip(changes["customer_id"], changes["changed_at"], strict=True)
     }
 
@@ -538,11 +541,7 @@ def against_backtest(
     """The ideal detector at `h` beside the shipped one's `alerts` of `history`, change by
     change (see the module docstring): a markdown table of `days_by_group`."""
     oracle = oracle_on_history(history, np.array([h]), shape, from_day)
-    day0 = DEFAULT_START.timestamp()
-
-    def day(ts: str) -> float:
-        return (pd.Timestamp(ts).timestamp() - day0) / 86_400.0
-
+    day = _history_day
     changes = pd.read_csv(history / "migrations.csv")
     changes = changes[[day(t) >= from_day for t in changes["changed_at"]]]
     truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
@@ -573,6 +572,8 @@ def against_backtest(
             rates[names.index(str(row["to_persona"]))] < rates[names.index(str(row["persona"]))]
         )
     ideal = oracle["delays"][:, 0]
+    if len(ideal) != len(shipped):  # the oracle keys changes by customer: one change each
+        raise ValueError(f"{history}: a customer changes more than once; --against reads one")
     to_quieter = np.array(quieter)
     got = days_by_group(
         np.array(shipped), ideal,
