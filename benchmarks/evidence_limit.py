@@ -541,27 +541,28 @@ def against_backtest(
     """The ideal detector at `h` beside the shipped one's `alerts` of `history`, change by
     change (see the module docstring): a markdown table of `days_by_group`."""
     oracle = oracle_on_history(history, np.array([h]), shape, from_day)
-    day = _history_day
     changes = pd.read_csv(history / "migrations.csv")
-    changes = changes[[day(t) >= from_day for t in changes["changed_at"]]]
+    changes = changes[[_history_day(t) >= from_day for t in changes["changed_at"]]]
     truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
     first: dict[str, float] = {}
     moved: dict[str, list[float]] = {}
     with open(history / "events.jsonl") as lines:
         for line in lines:
             e = json.loads(line)
-            first.setdefault(e["customer_id"], day(e["ts"]))
+            first.setdefault(e["customer_id"], _history_day(e["ts"]))
     with open(alerts) as lines:
         for line in lines:
             a = json.loads(line)
             if a["type"] == "segment_migration":
-                moved.setdefault(a["customer_id"], []).append(day(a["event_time"]))
+                moved.setdefault(a["customer_id"], []).append(_history_day(a["event_time"]))
     rules = Rules()
     settling_days = rules.early_days + rules.migration_dwell_days
     rates = shape_rates(SHAPES[shape]).sum(axis=1)
     names = list(PERSONAS)
     shipped, young, rescored, quieter = [], [], [], []
-    for cid, at in zip(changes["customer_id"], map(day, changes["changed_at"]), strict=True):
+    for cid, at in zip(
+        changes["customer_id"], map(_history_day, changes["changed_at"]), strict=True
+    ):
         hits = [t for t in moved.get(cid, []) if at <= t <= at + HORIZON_DAYS]
         shipped.append(min(hits) - at if hits else np.inf)
         young.append(at - first[cid] < settling_days)
