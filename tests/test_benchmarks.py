@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from benchmarks import evidence_limit, run
+from benchmarks import evidence_limit, placement, run
 from benchmarks.naive import NaiveEngine
 from benchmarks.report import SECTIONS
 from models.catalog import default_catalog
@@ -194,6 +195,36 @@ def test_where_the_days_go_puts_one_group_of_changes_at_the_ideal_s_speed_at_a_t
     assert got["slow"] == (1, 2.0)
     assert got["already ideal"] == (3, 5.0)
     assert got["missed"] == (1, 3.0)
+
+
+def test_placement_counts_the_settled_customers_a_segment_away_from_their_persona() -> None:
+    """`benchmarks.placement`: at the date, each settled, active customer's segment is its
+    latest placement before it; the customers of a persona away from the segment most of
+    them are in are the wrong ones, and those a migration alert moved are told apart. Too
+    young, churned, and what happens after the date do not count."""
+    truth = pd.DataFrame(
+        [
+            ("a1", "p", "2026-01-01", None), ("a2", "p", "2026-01-01", None),
+            ("a3", "p", "2026-01-01", None), ("a4", "p", "2026-01-01", None),
+            ("a5", "p", "2026-01-01", None), ("b1", "q", "2026-01-01", None),
+            ("b2", "q", "2026-01-01", None), ("b3", "q", "2026-01-01", None),
+            ("c1", "p", "2026-01-01", "2026-04-01"), ("y1", "p", "2026-03-22", None),
+        ],
+        columns=["customer_id", "persona", "first_day", "churn_day"],
+    )  # fmt: skip
+
+    def placed(cid: str, day: int, seg: str, kind: str = "segment_assigned") -> dict[str, object]:
+        at = (pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(days=day)).isoformat()
+        return {"type": kind, "customer_id": cid, "event_time": at, "segment_name": seg}
+
+    alerts = [placed(c, 1, "P") for c in ("a1", "a2", "a3", "a4", "a5", "b3", "c1", "y1")]
+    alerts += [placed(c, 1, "Q") for c in ("b1", "b2")]
+    alerts += [placed("a4", 50, "", "segment_migration"), placed("a4", 50, "Q")]
+    alerts += [placed("c1", 60, "Q"), placed("y1", 85, "Q")]
+    alerts += [placed("a5", 120, "", "segment_migration"), placed("a5", 120, "Q")]
+    got = placement.wrong_segments(truth, alerts, day=100.0, settled_days=45.0)
+    assert (got.settled, got.wrong, got.after_alert) == (8, 2, 1)
+    assert got.customers == ("a4", "b3")
 
 
 def test_the_ideal_detector_reading_features_and_amounts_is_faster_and_still_within_bound() -> None:
