@@ -442,7 +442,7 @@ def _alarms(
     return hits
 
 
-def _history_day(ts: str) -> float:
+def history_day(ts: str) -> float:
     """A generated history's timestamp as days since its start (`DEFAULT_START`)."""
     return (pd.Timestamp(ts).timestamp() - DEFAULT_START.timestamp()) / 86_400.0
 
@@ -467,13 +467,13 @@ def oracle_on_history(
             e = json.loads(line)
             if e["type"] in RATE_TYPES:
                 per.setdefault(e["customer_id"], []).append(
-                    (_history_day(e["ts"]), e["type"], e.get("properties") or {})
+                    (history_day(e["ts"]), e["type"], e.get("properties") or {})
                 )
     for seen in per.values():
         seen.sort(key=lambda e: e[0])
     changes = pd.read_csv(history / "migrations.csv")
     changed_at = {
-        str(c): _history_day(t)
+        str(c): history_day(t)
         for c, t in zip(changes["customer_id"], changes["changed_at"], strict=True)
     }
 
@@ -542,26 +542,26 @@ def against_backtest(
     change (see the module docstring): a markdown table of `days_by_group`."""
     oracle = oracle_on_history(history, np.array([h]), shape, from_day)
     changes = pd.read_csv(history / "migrations.csv")
-    changes = changes[[_history_day(t) >= from_day for t in changes["changed_at"]]]
+    changes = changes[[history_day(t) >= from_day for t in changes["changed_at"]]]
     truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
     first: dict[str, float] = {}
     moved: dict[str, list[float]] = {}
     with open(history / "events.jsonl") as lines:
         for line in lines:
             e = json.loads(line)
-            first.setdefault(e["customer_id"], _history_day(e["ts"]))
+            first.setdefault(e["customer_id"], history_day(e["ts"]))
     with open(alerts) as lines:
         for line in lines:
             a = json.loads(line)
             if a["type"] == "segment_migration":
-                moved.setdefault(a["customer_id"], []).append(_history_day(a["event_time"]))
+                moved.setdefault(a["customer_id"], []).append(history_day(a["event_time"]))
     rules = Rules()
     settling_days = rules.early_days + rules.migration_dwell_days
     rates = shape_rates(SHAPES[shape]).sum(axis=1)
     names = list(PERSONAS)
     shipped, young, rescored, quieter = [], [], [], []
     for cid, at in zip(
-        changes["customer_id"], map(_history_day, changes["changed_at"]), strict=True
+        changes["customer_id"], map(history_day, changes["changed_at"]), strict=True
     ):
         hits = [t for t in moved.get(cid, []) if at <= t <= at + HORIZON_DAYS]
         shipped.append(min(hits) - at if hits else np.inf)

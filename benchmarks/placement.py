@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.evidence_limit import _history_day
+from benchmarks.evidence_limit import history_day
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def wrong_segments(
     segment: dict[str, str] = {}
     alerted: set[str] = set()
     for a in alerts:
-        at = _history_day(str(a["event_time"]))
+        at = history_day(str(a["event_time"]))
         if at >= day:
             continue
         if a["type"] == "segment_assigned":
@@ -52,11 +52,12 @@ def wrong_segments(
         elif a["type"] == "segment_migration":
             alerted.add(str(a["customer_id"]))
     people = truth.set_index("customer_id")
-    first = people["first_day"].map(_history_day)
-    churn = people["churn_day"].map(_history_day, na_action="ignore")
+    first = people["first_day"].map(history_day)
+    churn = people["churn_day"].map(history_day, na_action="ignore")
     keep = (first <= day - settled_days) & ~(churn <= day)  # NaN: never churned
-    people = people[keep & people.index.isin(list(segment))]
-    seg = pd.Series({c: segment[c] for c in people.index}, dtype=object)
+    seg = pd.Series(segment, dtype=object)
+    people = people[keep & people.index.isin(seg.index)]
+    seg = seg[people.index]
     common = seg.groupby(people["persona"]).agg(lambda s: s.value_counts().index[0])
     wrong = seg[seg != people["persona"].map(common)]
     return Placements(
