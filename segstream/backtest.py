@@ -503,6 +503,9 @@ def migration_quality(
     in, from `settled` (customer_id, at, nearest: the raw nearest centroid at each daily
     re-score): the nearest at its last re-score at least `settle_days` after the change.
     `landed_in_target` is the share of detected changes whose last right alert named it.
+    Repeats: `repeated` counts the right alerts after the first on the same change (a
+    customer alerted into a segment, moved back, alerted again): each is right by the
+    rule above, and precision counts it so, but a retention flow fires once per alert.
 
     Borders: a change whose customer settles in the segment it was in at the change (its
     segment at the last re-score before it) crossed no border, and no migration alert
@@ -541,7 +544,7 @@ def migration_quality(
     counted = changes[
         (changes["changed_at"] >= start) & (changes["changed_at"] <= end - min_observed_days * DAY)
     ]
-    delays, landed, with_target, stayed_detected = [], 0, 0, 0
+    delays, landed, with_target, stayed_detected, repeated = [], 0, 0, 0, 0
     landed_crossing, detected_crossing = 0, 0
     delays_by: dict[tuple[str, float], float] = {}
     settled_at, was_in = _settled(settled, counted, settle_days)
@@ -568,6 +571,7 @@ def migration_quality(
         ].sort_values("at")
         if hits.empty:
             continue
+        repeated += len(hits) - 1
         delays.append((float(hits["at"].iloc[0]) - changed) / DAY)
         delays_by[(cid, changed)] = delays[-1]
         if wanted >= 0:
@@ -610,6 +614,7 @@ def migration_quality(
         "precision_all": _ratio(len(right_idx), len(mig)),
         "changes": len(counted),
         "detected": len(delays),
+        "repeated": repeated,
         "recall": _ratio(len(delays), len(counted)),
         "recall_ci95": wilson(len(delays), len(counted)),
         "delay_days": _dist(delays),

@@ -225,7 +225,9 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "customer per 30 days. Precision and the flap rate leave out churn-led alerts (the "
         "customer's events stopped for good soon after) and unresolved ones (no event of "
         "the customer after the alert, and too little history after its last one to tell "
-        "whether it left); precision with them counts both as wrong.</p>",
+        "whether it left); precision with them counts both as wrong. A second alert on "
+        "the same change (the customer moved back and was alerted again) is right too, "
+        "and counted apart as repeated: a flow fires once per alert.</p>",
         _kv(
             [
                 ("alerts", m["alerts"]),
@@ -241,6 +243,7 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("landed in the expected segment", m["landed_in_target"]),
                 ("landed, changes that crossed a border", m.get("landed_crossing")),
                 ("detected changes that stayed in their segment", m.get("detected_staying")),
+                ("repeated alerts (right, after the first on the same change)", m.get("repeated")),
                 ("flap rate per unchanged customer per 30 days", m["flap_rate_per_30d"]),
             ]
         ),

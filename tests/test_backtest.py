@@ -313,6 +313,30 @@ def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     assert got["landed_crossing"] == 1.0  # a's alert named where it settled; b's could not
 
 
+def test_a_second_alert_on_the_same_change_is_counted_as_repeated() -> None:
+    """a changes on day 20 and is alerted into segment 2 on day 23, and again on day 30
+    (moved back in between, as a correction or a return can): both alerts are right, but
+    a retention flow fires twice, so the second is counted apart as repeated. b, alerted
+    once for its change, repeats nothing; c, alerted twice without a change, flaps twice
+    and repeats nothing (repeats are of right alerts)."""
+    day = 86_400.0
+    events = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"] * 2, "ts": [0.0] * 3 + [70 * day] * 3,
+         "type": ["session_start"] * 6}
+    )  # fmt: skip
+    alerts = pd.DataFrame(
+        {"type": ["segment_migration"] * 5, "customer_id": ["a", "a", "b", "c", "c"],
+         "at": [23 * day, 30 * day, 25 * day, 30 * day, 40 * day], "to_segment_id": [2] * 5}
+    )  # fmt: skip
+    truth = pd.DataFrame(
+        {"customer_id": ["a", "b"], "changed_at": [20 * day] * 2, "to_segment": [2, 2]}
+    )
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day)
+    assert (got["right"], got["detected"], got["repeated"]) == (3, 2, 1)
+    assert got["unchanged_alerts"] == 2
+    assert got["delay_days"]["median"] == 4.0  # from the first right alert of each change
+
+
 def test_the_speed_of_each_move_between_segments_is_reported_apart() -> None:
     """Four customers change on day 20. a and c leave segment 1 for segment 2 (alerted
     after 2 and 10 days), d leaves 2 for 1 and is never alerted, b stays nearest 1 (no
