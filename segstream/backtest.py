@@ -503,8 +503,13 @@ def migration_quality(
     in, from `settled` (customer_id, at, nearest: the raw nearest centroid at each daily
     re-score): the nearest at its last re-score at least `settle_days` after the change.
     `landed_in_target` is the share of detected changes whose last right alert named it.
-    Repeats: `repeated` counts the right alerts after the first on the same change (a
-    customer alerted into a segment, moved back, alerted again): each is right by the
+    That is lenient: a change alerted first into a segment on the way (an email reader
+    turning power user, alerted into Support-Heavy, then into Power Users) lands.
+    `landed_alerts` is the share of the right alerts on those changes that named it (what
+    a flow keyed on the destination acts on), and `delay_days_landed` the delay to the
+    first alert that named it.
+    Repeats: `repeated` counts the right alerts after the first on the same change (an
+    alert on the way, or a customer moved back and alerted again): each is right by the
     rule above, and precision counts it so, but a retention flow fires once per alert.
 
     Borders: a change whose customer settles in the segment it was in at the change (its
@@ -545,6 +550,7 @@ def migration_quality(
         (changes["changed_at"] >= start) & (changes["changed_at"] <= end - min_observed_days * DAY)
     ]
     delays, landed, with_target, stayed_detected, repeated = [], 0, 0, 0, 0
+    named_alerts, target_alerts, delays_landed = 0, 0, []
     landed_crossing, detected_crossing = 0, 0
     delays_by: dict[tuple[str, float], float] = {}
     settled_at, was_in = _settled(settled, counted, settle_days)
@@ -575,7 +581,13 @@ def migration_quality(
         delays.append((float(hits["at"].iloc[0]) - changed) / DAY)
         delays_by[(cid, changed)] = delays[-1]
         if wanted >= 0:
-            named = int(float(hits["to_segment_id"].iloc[-1]) == wanted)
+            to = hits["to_segment_id"].to_numpy(dtype=float)
+            target_alerts += len(to)
+            named_alerts += int((to == wanted).sum())
+            if (to == wanted).any():
+                first = float(hits["at"].to_numpy(dtype=float)[to == wanted][0])
+                delays_landed.append((first - changed) / DAY)
+            named = int(to[-1] == wanted)
             with_target += 1
             landed += named
             stayed_detected += int(before == wanted)
@@ -628,6 +640,8 @@ def migration_quality(
         "by_move": _by_move(counted, moves, delays_by, end, within_days),
         "with_target": with_target,
         "landed_in_target": _ratio(landed, with_target),
+        "landed_alerts": _ratio(named_alerts, target_alerts),
+        "delay_days_landed": _dist(delays_landed),
         "landed_crossing": _ratio(landed_crossing, detected_crossing),
         "detected_staying": stayed_detected,
         "unchanged_customers": len(unchanged),

@@ -227,7 +227,10 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "the customer after the alert, and too little history after its last one to tell "
         "whether it left); precision with them counts both as wrong. A second alert on "
         "the same change (the customer moved back and was alerted again) is right too, "
-        "and counted apart as repeated: a flow fires once per alert.</p>",
+        "and counted apart as repeated: a flow fires once per alert. A change is landed "
+        "when its last alert named the segment it settles in; an alert on the way (an "
+        "email reader turning power user, alerted into Support-Heavy first) is right but "
+        "names another, which the share of alerts that named it shows.</p>",
         _kv(
             [
                 ("alerts", m["alerts"]),
@@ -240,7 +243,12 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("detection delay, days", _dist_text(m["delay_days"])),
                 ("changes that crossed a border", m.get("crossing")),
                 *_settling_row(m),
-                ("landed in the expected segment", m["landed_in_target"]),
+                ("landed in the expected segment (its last alert)", m["landed_in_target"]),
+                ("alerts that named the expected segment", m.get("landed_alerts")),
+                (
+                    "delay to the first alert that named it, days",
+                    _dist_text(m["delay_days_landed"]) if "delay_days_landed" in m else None,
+                ),
                 ("landed, changes that crossed a border", m.get("landed_crossing")),
                 ("detected changes that stayed in their segment", m.get("detected_staying")),
                 ("repeated alerts (right, after the first on the same change)", m.get("repeated")),

@@ -337,6 +337,32 @@ def test_a_second_alert_on_the_same_change_is_counted_as_repeated() -> None:
     assert got["delay_days"]["median"] == 4.0  # from the first right alert of each change
 
 
+def test_an_alert_on_the_way_is_right_but_does_not_name_the_destination() -> None:
+    """a changes on day 20 and settles in segment 2; it is alerted into segment 3 on day
+    22 (a segment on the way) and into 2 on day 25. Both alerts are right and the change
+    is landed (its last alert named 2), but only one alert of two named it, the first
+    that did came 5 days after the change, and the second alert is a repeat. b, alerted
+    straight into 2 on day 24, lands with both figures."""
+    day = 86_400.0
+    events = pd.DataFrame(
+        {"customer_id": ["a", "b"] * 2, "ts": [0.0] * 2 + [70 * day] * 2,
+         "type": ["session_start"] * 4}
+    )  # fmt: skip
+    alerts = pd.DataFrame(
+        {"type": ["segment_migration"] * 3, "customer_id": ["a", "a", "b"],
+         "at": [22 * day, 25 * day, 24 * day], "to_segment_id": [3, 2, 2]}
+    )  # fmt: skip
+    truth = pd.DataFrame(
+        {"customer_id": ["a", "b"], "changed_at": [20 * day] * 2, "to_segment": [2, 2]}
+    )
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day)
+    assert got["precision"] == 1.0 and got["landed_in_target"] == 1.0
+    assert got["landed_alerts"] == 0.6667  # 2 of 3 alerts
+    assert got["delay_days"]["median"] == 3.0  # a: 2 days, b: 4 days
+    assert got["delay_days_landed"]["median"] == 4.5  # a: 5 days, b: 4 days
+    assert got["repeated"] == 1
+
+
 def test_the_speed_of_each_move_between_segments_is_reported_apart() -> None:
     """Four customers change on day 20. a and c leave segment 1 for segment 2 (alerted
     after 2 and 10 days), d leaves 2 for 1 and is never alerted, b stays nearest 1 (no
