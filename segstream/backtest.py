@@ -581,13 +581,13 @@ def migration_quality(
         delays.append((float(hits["at"].iloc[0]) - changed) / DAY)
         delays_by[(cid, changed)] = delays[-1]
         if wanted >= 0:
-            to = hits["to_segment_id"].to_numpy(dtype=float)
-            target_alerts += len(to)
-            named_alerts += int((to == wanted).sum())
-            if (to == wanted).any():
-                first = float(hits["at"].to_numpy(dtype=float)[to == wanted][0])
+            hit = hits["to_segment_id"].to_numpy(dtype=float) == wanted
+            target_alerts += len(hit)
+            named_alerts += int(hit.sum())
+            if hit.any():
+                first = float(hits["at"].to_numpy(dtype=float)[hit][0])
                 delays_landed.append((first - changed) / DAY)
-            named = int(to[-1] == wanted)
+            named = int(hit[-1])
             with_target += 1
             landed += named
             stayed_detected += int(before == wanted)
