@@ -81,8 +81,10 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     for figure in ("threshold_sweep.png", "migration_delay.png", "daily_volumes.png"):
         assert (out / figure).stat().st_size > 1000
         assert figure in page
-    # What precision leaves out is in the report beside it.
+    # What precision leaves out is in the report beside it, and what it counts right that
+    # a flow may not want: a second alert on a change, one that names a segment on the way.
     assert "unresolved alerts" in page and "churn-led alerts" in page
+    assert "repeated alerts" in page and "alerts that named the expected segment" in page
     # Each move's speed, by the bundle's segment names.
     moves, names = m["migrations"]["by_move"], m["segment_names"]
     assert moves and sum(r["changes"] for r in moves) == m["migrations"]["crossing"]
