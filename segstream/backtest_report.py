@@ -225,12 +225,13 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "customer per 30 days. Precision and the flap rate leave out churn-led alerts (the "
         "customer's events stopped for good soon after) and unresolved ones (no event of "
         "the customer after the alert, and too little history after its last one to tell "
-        "whether it left); precision with them counts both as wrong. A second alert on "
-        "the same change (the customer moved back and was alerted again) is right too, "
-        "and counted apart as repeated: a flow fires once per alert. A change is landed "
+        "whether it left); precision with them counts both as wrong. A change is landed "
         "when its last alert named the segment it settles in; an alert on the way (an "
         "email reader turning power user, alerted into Support-Heavy first) is right but "
-        "names another, which the share of alerts that named it shows.</p>",
+        "names another, which the share of alerts that named it shows. Each alert after "
+        "the first on the same change (one on the way, or a customer moved back and "
+        "alerted again) is right too, and counted apart as repeated: a flow fires once "
+        "per alert.</p>",
         _kv(
             [
                 ("alerts", m["alerts"]),
