@@ -749,7 +749,10 @@ class Evidence:
             close = [
                 s
                 for s in range(self.k)
-                if s != current and s not in never and sums[s] >= best_sum - TIE_NATS
+                if s != current
+                and s not in never
+                and sums[s] >= best_sum - TIE_NATS
+                and sums[s] >= self.threshold_for(terms.scale, current, s)
             ]
             best = min(close, key=lambda s: float(prefer[s]))
         if was <= 0.0:  # a new run of evidence begins with this event
