@@ -685,6 +685,26 @@ def test_the_nearest_center_names_a_destination_the_events_cannot_tell_apart() -
     assert destination([0.0, 2.0, 1.0, 0.1]) == 2  # segment 3's evidence trails far behind
 
 
+def test_a_near_tie_names_only_a_segment_whose_evidence_crossed() -> None:
+    """The nearest center breaks a near tie only among segments past their own
+    threshold: a segment on the customer's way (its center nearer, its evidence within
+    `TIE_NATS` of the leader's but short of the threshold) is not named, so the alert
+    does not send a flow to a segment the customer only passes through."""
+    quiet = np.array([[0.3, 0.1, 0.2], [0.4, 0.3, 0.2], [0.3, 0.4, 0.2]])  # all <= 1 a day
+    evidence = Evidence(dataclasses.replace(PROFILES, rates=quiet), 8.0, TENURE)
+    step = [0.0, 0.1, 0.1]
+    terms = Terms(step, [0.0] * 3, step, [0.0] * 3, scale=1.0, own_value=0.0)
+    nearer_two = np.array([0.0, 1.0, 0.5])
+
+    def crossing(sums: list[float]) -> int | None:
+        blob = pack(DAY, DAY, sums, current=0)
+        return evidence.update(blob, DAY + 60.0, 0, 0, terms, prefer=nearer_two)[1]
+
+    assert evidence.threshold_for(1.0, 0, 2) == 8.0
+    assert crossing([0.0, 9.0, 7.5]) == 1  # 2 is 1.4 nats behind, but at 7.6 of 8
+    assert crossing([0.0, 9.0, 8.0]) == 2  # both crossed: the nearer center names it
+
+
 # Two segments of the same rates that use different features (the identity's values).
 IDENTITY = Identity(0, "feature_used", "feature", 90, 30)
 POOLS = [{"feature_used.feature": {v: 0.3 for v in pool}} for pool in ("abc", "def")]
