@@ -54,6 +54,36 @@ def metrics(root: Path) -> dict[str, Any]:
     return data
 
 
+# Hand-made histories for `migration_quality`, in days.
+
+
+def seen_on(days: dict[str, list[float]]) -> pd.DataFrame:
+    """Session starts: each customer's event days, in time order."""
+    rows = sorted(((d * DAY, c) for c, ds in days.items() for d in ds), key=lambda r: r[0])
+    return pd.DataFrame(
+        {"customer_id": [c for _, c in rows], "ts": [t for t, _ in rows], "type": "session_start"}
+    )
+
+
+def migrations(*alerted: tuple[str, float, int]) -> pd.DataFrame:
+    """Migration alerts, each (customer, day, segment it names)."""
+    return pd.DataFrame(
+        {"type": "segment_migration", "customer_id": [c for c, _, _ in alerted],
+         "at": [d * DAY for _, d, _ in alerted], "to_segment_id": [s for _, _, s in alerted]}
+    )  # fmt: skip
+
+
+def changed(on: float, to: dict[str, int], started: dict[str, float] | None = None) -> pd.DataFrame:
+    """The truth: customers who change on day `on` and the segment each settles in (-1:
+    read off the re-scores), with the day each drift started if `started`."""
+    truth = pd.DataFrame(
+        {"customer_id": list(to), "changed_at": on * DAY, "to_segment": list(to.values())}
+    )
+    if started is not None:
+        truth["started_at"] = [started[c] * DAY for c in to]
+    return truth
+
+
 def test_the_shipped_defaults_meet_the_alert_quality_targets(backtested: Path) -> None:
     m = metrics(backtested)
     mig, churn = m["migrations"], m["churn"]
@@ -237,26 +267,16 @@ def test_an_alert_in_a_drifts_first_half_caught_it_early() -> None:
     """A gradual change (drift from day 10, midpoint day 20): an alert on day 15 caught it
     early (delay -5 days from the midpoint, right, within 7 days); one before the drift
     began is wrong, as is any alert on a customer whose truth has no start column."""
-    day = 86_400.0
-    events = pd.DataFrame(
-        {"customer_id": ["a", "b", "c"] * 2, "ts": [0.0] * 3 + [60 * day] * 3,
-         "type": ["session_start"] * 6}
-    )  # fmt: skip
-    alerts = pd.DataFrame(
-        {"type": ["segment_migration"] * 3, "customer_id": ["a", "b", "c"],
-         "at": [15 * day, 5 * day, 15 * day], "to_segment_id": [1, 1, 1]}
-    )  # fmt: skip
-    truth = pd.DataFrame(
-        {"customer_id": ["a", "b", "c"], "changed_at": [20 * day] * 3,
-         "started_at": [10 * day, 10 * day, 20 * day], "to_segment": [1, 1, 1]}
-    )  # fmt: skip
-    got = migration_quality(alerts, truth, events, start=0.0, end=60 * day)
+    events = seen_on({"a": [0, 60], "b": [0, 60], "c": [0, 60]})
+    alerts = migrations(("a", 15, 1), ("b", 5, 1), ("c", 15, 1))
+    truth = changed(20, {"a": 1, "b": 1, "c": 1}, started={"a": 10, "b": 10, "c": 20})
+    got = migration_quality(alerts, truth, events, start=0.0, end=60 * DAY)
     assert got["right"] == 1 and got["detected"] == 1  # a's, in the drift
     assert got["delays"] == [-5.0]
     assert got["recall_within"]["7"] == round(1 / 3, 4)
     # Without started_at an alert before changed_at is wrong, as before.
     plain = migration_quality(alerts, truth.drop(columns="started_at"), events, start=0.0,
-                              end=60 * day)  # fmt: skip
+                              end=60 * DAY)  # fmt: skip
     assert plain["right"] == 0
 
 
@@ -266,18 +286,10 @@ def test_an_alert_on_a_customer_silent_at_the_end_of_the_history_is_unresolved()
     so its alert is unresolved, neither right nor a flap; b came back on day 58 (a flap);
     c has been silent since day 30 (gone for good: churn-led). `precision_all` counts the
     three as wrong."""
-    day = 86_400.0
-    events = pd.DataFrame(
-        {"customer_id": ["a", "b", "c", "a", "b", "b", "d"],
-         "ts": [0.0, 0.0, 30 * day, 54 * day, 54 * day, 58 * day, 60 * day],
-         "type": ["session_start"] * 7}
-    )  # fmt: skip
-    alerts = pd.DataFrame(
-        {"type": ["segment_migration"] * 4, "customer_id": ["a", "b", "c", "d"],
-         "at": [55 * day, 55 * day, 55 * day, 45 * day], "to_segment_id": [1, 1, 1, 1]}
-    )  # fmt: skip
-    truth = pd.DataFrame({"customer_id": ["d"], "changed_at": [40 * day], "to_segment": [1]})
-    got = migration_quality(alerts, truth, events, start=0.0, end=60 * day)
+    events = seen_on({"a": [0, 54], "b": [0, 54, 58], "c": [30], "d": [60]})
+    alerts = migrations(("a", 55, 1), ("b", 55, 1), ("c", 55, 1), ("d", 45, 1))
+    truth = changed(40, {"d": 1})
+    got = migration_quality(alerts, truth, events, start=0.0, end=60 * DAY)
     assert (got["right"], got["churn_led"], got["unresolved"]) == (1, 1, 1)
     assert got["unchanged_alerts"] == 1  # b's alone
     assert got["precision"] == 0.5 and got["precision_all"] == 0.25
@@ -288,27 +300,18 @@ def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     re-scores put it in segment 1 before the change and nearest segment 2 from then on,
     crossed a border; b stays nearest segment 1 (a partial change that never crosses),
     so its alert cannot land. Recall and landing over the crossing changes count a only."""
-    day = 86_400.0
-    events = pd.DataFrame(
-        {"customer_id": ["a", "b"] * 2, "ts": [0.0] * 2 + [70 * day] * 2,
-         "type": ["session_start"] * 4}
-    )  # fmt: skip
-    alerts = pd.DataFrame(
-        {"type": ["segment_migration"] * 2, "customer_id": ["a", "b"],
-         "at": [23 * day] * 2, "to_segment_id": [2, 2]}
-    )  # fmt: skip
-    truth = pd.DataFrame(
-        {"customer_id": ["a", "b"], "changed_at": [20 * day] * 2, "to_segment": [-1, -1]}
-    )
+    events = seen_on({"a": [0, 70], "b": [0, 70]})
+    alerts = migrations(("a", 23, 2), ("b", 23, 2))
+    truth = changed(20, {"a": -1, "b": -1})
     days = np.arange(1, 70)
     scores = pd.DataFrame(
         {"customer_id": ["a"] * len(days) + ["b"] * len(days),
-         "at": np.r_[days, days] * day,
+         "at": np.r_[days, days] * DAY,
          "probability": 0.0,
          "segment": np.r_[np.where(days < 23, 1, 2), np.where(days < 23, 1, 2)],
          "nearest": np.r_[np.where(days < 21, 1, 2), np.ones(len(days), dtype=int)]}
     )  # fmt: skip
-    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day, settled=scores)
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * DAY, settled=scores)
     assert (got["changes"], got["detected"], got["crossing"]) == (2, 2, 1)
     assert got["recall_within"]["7"] == 1.0 and got["recall_within_crossing"]["7"] == 1.0
     assert got["landed_in_target"] == 0.5 and got["detected_staying"] == 1
@@ -321,19 +324,10 @@ def test_a_second_alert_on_the_same_change_is_counted_as_repeated() -> None:
     a retention flow fires twice, so the second is counted apart as repeated. b, alerted
     once for its change, repeats nothing; c, alerted twice without a change, flaps twice
     and repeats nothing (repeats are of right alerts)."""
-    day = 86_400.0
-    events = pd.DataFrame(
-        {"customer_id": ["a", "b", "c"] * 2, "ts": [0.0] * 3 + [70 * day] * 3,
-         "type": ["session_start"] * 6}
-    )  # fmt: skip
-    alerts = pd.DataFrame(
-        {"type": ["segment_migration"] * 5, "customer_id": ["a", "a", "b", "c", "c"],
-         "at": [23 * day, 30 * day, 25 * day, 30 * day, 40 * day], "to_segment_id": [2] * 5}
-    )  # fmt: skip
-    truth = pd.DataFrame(
-        {"customer_id": ["a", "b"], "changed_at": [20 * day] * 2, "to_segment": [2, 2]}
-    )
-    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day)
+    events = seen_on({"a": [0, 70], "b": [0, 70], "c": [0, 70]})
+    alerts = migrations(("a", 23, 2), ("a", 30, 2), ("b", 25, 2), ("c", 30, 2), ("c", 40, 2))
+    truth = changed(20, {"a": 2, "b": 2})
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * DAY)
     assert (got["right"], got["detected"], got["repeated"]) == (3, 2, 1)
     assert got["unchanged_alerts"] == 2
     assert got["delay_days"]["median"] == 4.0  # from the first right alert of each change
@@ -345,19 +339,10 @@ def test_an_alert_on_the_way_is_right_but_does_not_name_the_destination() -> Non
     is landed (its last alert named 2), but only one alert of two named it, the first
     that did came 5 days after the change, and the second alert is a repeat. b, alerted
     straight into 2 on day 24, lands with both figures."""
-    day = 86_400.0
-    events = pd.DataFrame(
-        {"customer_id": ["a", "b"] * 2, "ts": [0.0] * 2 + [70 * day] * 2,
-         "type": ["session_start"] * 4}
-    )  # fmt: skip
-    alerts = pd.DataFrame(
-        {"type": ["segment_migration"] * 3, "customer_id": ["a", "a", "b"],
-         "at": [22 * day, 25 * day, 24 * day], "to_segment_id": [3, 2, 2]}
-    )  # fmt: skip
-    truth = pd.DataFrame(
-        {"customer_id": ["a", "b"], "changed_at": [20 * day] * 2, "to_segment": [2, 2]}
-    )
-    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day)
+    events = seen_on({"a": [0, 70], "b": [0, 70]})
+    alerts = migrations(("a", 22, 3), ("a", 25, 2), ("b", 24, 2))
+    truth = changed(20, {"a": 2, "b": 2})
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * DAY)
     assert got["precision"] == 1.0 and got["landed_in_target"] == 1.0
     assert got["landed_alerts"] == 0.6667  # 2 of 3 alerts
     assert got["delay_days"]["median"] == 3.0  # a: 2 days, b: 4 days
@@ -370,27 +355,21 @@ def test_the_speed_of_each_move_between_segments_is_reported_apart() -> None:
     after 2 and 10 days), d leaves 2 for 1 and is never alerted, b stays nearest 1 (no
     border crossed, so no move of its own). `by_move` gives each move's changes, recall
     within d days and median delay: what a user reads to see which moves come late."""
-    day = 86_400.0
     ids = ["a", "b", "c", "d"]
-    events = pd.DataFrame(
-        {"customer_id": ids * 2, "ts": [0.0] * 4 + [70 * day] * 4, "type": ["session_start"] * 8}
-    )
-    alerts = pd.DataFrame(
-        {"type": ["segment_migration"] * 3, "customer_id": ["a", "b", "c"],
-         "at": [22 * day, 23 * day, 30 * day], "to_segment_id": [2, 2, 2]}
-    )  # fmt: skip
-    truth = pd.DataFrame({"customer_id": ids, "changed_at": [20 * day] * 4, "to_segment": [-1] * 4})
+    events = seen_on({c: [0, 70] for c in ids})
+    alerts = migrations(("a", 22, 2), ("b", 23, 2), ("c", 30, 2))
+    truth = changed(20, {c: -1 for c in ids})
     days = np.arange(1, 70)
     before_after = {"a": (1, 2), "b": (1, 1), "c": (1, 2), "d": (2, 1)}
     scores = pd.DataFrame(
         {"customer_id": np.repeat(ids, len(days)),
-         "at": np.tile(days, 4) * day,
+         "at": np.tile(days, 4) * DAY,
          "probability": 0.0,
          "segment": np.concatenate([np.full(len(days), before_after[c][0]) for c in ids]),
          "nearest": np.concatenate(
              [np.where(days < 21, before_after[c][0], before_after[c][1]) for c in ids])}
     )  # fmt: skip
-    got = migration_quality(alerts, truth, events, start=0.0, end=70 * day, settled=scores)
+    got = migration_quality(alerts, truth, events, start=0.0, end=70 * DAY, settled=scores)
     assert got["crossing"] == 3
     assert [
         (r["from_segment_id"], r["to_segment_id"], r["changes"], r["detected"],
@@ -405,25 +384,16 @@ def test_a_change_while_the_customer_settles_is_counted_apart() -> None:
     dwell) a customer takes to settle, so the engine placed it rather than migrating it,
     and its alert came on day 55. The settled figures leave c out; without
     `settling_days` the split is absent."""
-    day = 86_400.0
-    events = pd.DataFrame(
-        {"customer_id": ["a", "b", "c"] * 2, "ts": [0.0, 5 * day, 20 * day] + [90 * day] * 3,
-         "type": ["session_start"] * 6}
-    )  # fmt: skip
-    alerts = pd.DataFrame(
-        {"type": ["segment_migration"] * 3, "customer_id": ["a", "b", "c"],
-         "at": [42 * day, 44 * day, 55 * day], "to_segment_id": [1, 1, 1]}
-    )  # fmt: skip
-    truth = pd.DataFrame(
-        {"customer_id": ["a", "b", "c"], "changed_at": [40 * day] * 3, "to_segment": [1] * 3}
-    )
-    got = migration_quality(alerts, truth, events, start=0.0, end=90 * day, settling_days=33.0)
+    events = seen_on({"a": [0, 90], "b": [5, 90], "c": [20, 90]})
+    alerts = migrations(("a", 42, 1), ("b", 44, 1), ("c", 55, 1))
+    truth = changed(40, {"a": 1, "b": 1, "c": 1})
+    got = migration_quality(alerts, truth, events, start=0.0, end=90 * DAY, settling_days=33.0)
     assert got["delays"] == [2.0, 4.0, 15.0] and got["delay_days"]["median"] == 4.0
     assert (got["settling"], got["settling_days"]) == (1, 33.0)
     assert got["delay_days_settled"]["count"] == 2 and got["delay_days_settled"]["median"] == 3.0
     assert got["recall_within"]["7"] == round(2 / 3, 4)
     assert got["recall_within_settled"]["7"] == 1.0
-    plain = migration_quality(alerts, truth, events, start=0.0, end=90 * day)
+    plain = migration_quality(alerts, truth, events, start=0.0, end=90 * DAY)
     assert "settling" not in plain and "delay_days_settled" not in plain
 
 
