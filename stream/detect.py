@@ -707,7 +707,9 @@ class Evidence:
         the customer did not settle in. A segment short of its threshold is not named:
         the features still hold the weeks before the change, so its nearer center is
         often a segment on the customer's way (on the 1,500-customer sudden histories
-        the landing of alerts rose from 0.87-0.91 to 0.88-0.92, docs/migration-detector.md)."""
+        the landing of alerts rose from 0.87-0.91 to 0.88-0.92, docs/migration-detector.md).
+        A crossing into a busier segment waits while a segment short of its threshold
+        overtakes it (`_overtaking`)."""
         found = unpack(blob, current, self.k)
         if found is None:
             return pack(at, at, [0.0] * self.k, current), None, at
@@ -725,6 +727,7 @@ class Evidence:
         gap, seg_gap, event, seg_event = terms.gap, terms.seg_gap, terms.event, terms.seg_event
         cap = 2.0 * self.threshold_for(terms.scale, current)
         best, best_sum = None, 0.0
+        gained = [0.0] * self.k
         for s in range(self.k):
             if s == current:
                 sums[s] = 0.0
@@ -740,7 +743,8 @@ class Evidence:
             if identity is not None:
                 own += identity[1][s]
                 seg += identity[2][s]
-            total = min(max(sums[s] + min(own, seg), 0.0), cap)
+            gained[s] = min(own, seg)
+            total = min(max(sums[s] + gained[s], 0.0), cap)
             sums[s] = total
             # No segment's threshold is under the configured one: most updates end here,
             # before the per-destination threshold is worked out.
@@ -748,6 +752,8 @@ class Evidence:
                 continue
             if total >= self.threshold_for(terms.scale, current, s):
                 best, best_sum = s, total
+        if best is not None and self._overtaking(best, current, sums, gained, terms.scale, never):
+            best = None
         if best is not None and prefer is not None:
             close = [
                 s
@@ -761,6 +767,39 @@ class Evidence:
         if was <= 0.0:  # a new run of evidence begins with this event
             start = at
         return pack(max(at, last), start, sums, current, seen), best, start
+
+    def _overtaking(
+        self,
+        best: int,
+        current: int,
+        sums: Sequence[float],
+        gained: Sequence[float],
+        scale: float,
+        never: frozenset[int],
+    ) -> bool:
+        """Whether a crossing into segment position `best`, busier than `current`, waits:
+        another segment within `TIE_NATS` of it, short of its own threshold, gained more
+        at this update (`gained`), so the events point past `best`.
+
+        A customer drifting from a quiet segment to a busy one passes the segments whose
+        rates lie between: on gradual seed 52 an email reader turning power user crosses
+        into Big Spenders first (31 events in 30 days, against the readers' 27), so its
+        first alert named a segment it only passes through. Held, it is alerted once, a
+        few hours later, into the segment it settles in. A move to a quieter segment is
+        not held: there an event is evidence against the destination, so a rival that
+        gains at the event only delays the alert until the silence builds the evidence
+        again (held both ways, alerts came up to 3.5 days later,
+        docs/migration-detector.md, Hold a crossing into a busier segment)."""
+        if self._total_list[best] <= self._total_list[current]:
+            return False
+        return any(
+            s not in (current, best)
+            and s not in never
+            and sums[s] >= sums[best] - TIE_NATS
+            and gained[s] > gained[best]
+            and sums[s] < self.threshold_for(scale, current, s)
+            for s in range(self.k)
+        )
 
     def level(self, blob: bytes, current: int, segment: int) -> tuple[float, float]:
         """The evidence (nats) for segment position `segment` in a state packed while in

@@ -705,6 +705,41 @@ def test_a_near_tie_names_only_a_segment_whose_evidence_crossed() -> None:
     assert crossing([0.0, 9.0, 8.0]) == 2  # both crossed: the nearer center names it
 
 
+def test_a_crossing_into_a_busier_segment_waits_for_a_rival_that_overtakes_it() -> None:
+    """A customer turning busier passes the segments whose rates lie between: a crossing
+    into a busier segment waits while a rival within `TIE_NATS`, short of its threshold,
+    gains more at the event, and the alert names the rival once it crosses. A crossing
+    into a quieter segment never waits: there the silence, not the events, is the
+    evidence, and a hold would cost days."""
+    # Totals a day: 0.6 (0), 0.9 (1: between), 1.0 (2: the busiest); all at threshold 8.
+    rates = np.array([[0.3, 0.1, 0.2], [0.4, 0.3, 0.2], [0.3, 0.5, 0.2]])
+    evidence = Evidence(dataclasses.replace(PROFILES, rates=rates), 8.0, TENURE)
+    assert all(evidence.threshold_for(1.0, c, s) == 8.0 for c in range(3) for s in range(3))
+    nearer_two = np.array([1.0, 1.0, 0.5])
+
+    def update(
+        sums: list[float], step: list[float], current: int = 0, at: float = DAY + 60.0
+    ) -> tuple[bytes, int | None]:
+        terms = Terms(step, [0.0] * 3, step, [0.0] * 3, scale=1.0, own_value=0.0)
+        blob = pack(DAY, DAY, sums, current=current)
+        new, fired, _ = evidence.update(blob, at, 0, current, terms, prefer=nearer_two)
+        return new, fired
+
+    # 1 crosses (8.05) while 2, 1 nat behind, gains three times as much: held.
+    blob, fired = update([0.0, 7.95, 7.0], [0.0, 0.1, 0.3])
+    assert fired is None
+    # The next event carries 2 past its threshold too: the alert names 2, once.
+    found = unpack(blob, 0, 3)
+    assert found is not None
+    _, fired = update(found[2], [0.0, 0.1, 0.8])
+    assert fired == 2
+    # A rival that gains less, or is beyond TIE_NATS, does not hold the crossing.
+    assert update([0.0, 7.95, 7.0], [0.0, 0.3, 0.1])[1] == 1
+    assert update([0.0, 7.95, 5.0], [0.0, 0.1, 0.3])[1] == 1
+    # From the busiest segment, 0 (quieter) crosses while 1 gains more: not held.
+    assert update([7.95, 7.0, 0.0], [0.1, 0.3, 0.0], current=2)[1] == 0
+
+
 # Two segments of the same rates that use different features (the identity's values).
 IDENTITY = Identity(0, "feature_used", "feature", 90, 30)
 POOLS = [{"feature_used.feature": {v: 0.3 for v in pool}} for pool in ("abc", "def")]
