@@ -788,8 +788,8 @@ class Evidence:
         few hours later, into the segment it settles in. A move to a quieter segment is
         not held: there an event is evidence against the destination, so a rival that
         gains at the event only delays the alert until the silence builds the evidence
-        again (held both ways, alerts came up to 3.5 days later,
-        docs/migration-detector.md, Hold a crossing into a busier segment)."""
+        again (held both ways, alerts came up to 3.5 days later: docs/migration-detector.md,
+        A crossing into a busier segment waits for a rival that overtakes it)."""
         if self._total_list[best] <= self._total_list[current]:
             return False
         return any(

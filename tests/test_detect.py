@@ -717,12 +717,10 @@ def test_a_crossing_into_a_busier_segment_waits_for_a_rival_that_overtakes_it() 
     assert all(evidence.threshold_for(1.0, c, s) == 8.0 for c in range(3) for s in range(3))
     nearer_two = np.array([1.0, 1.0, 0.5])
 
-    def update(
-        sums: list[float], step: list[float], current: int = 0, at: float = DAY + 60.0
-    ) -> tuple[bytes, int | None]:
+    def update(sums: list[float], step: list[float], current: int = 0) -> tuple[bytes, int | None]:
         terms = Terms(step, [0.0] * 3, step, [0.0] * 3, scale=1.0, own_value=0.0)
         blob = pack(DAY, DAY, sums, current=current)
-        new, fired, _ = evidence.update(blob, at, 0, current, terms, prefer=nearer_two)
+        new, fired, _ = evidence.update(blob, DAY + 60.0, 0, current, terms, prefer=nearer_two)
         return new, fired
 
     # 1 crosses (8.05) while 2, 1 nat behind, gains three times as much: held.
