@@ -114,11 +114,13 @@ def classify(history: Path, out: Path, crossings: list[dict[str, Any]]) -> list[
         dest = position.index(xs[-1]["to_segment_name"])
         at = datetime.fromisoformat(xs[0]["event_time"].replace("Z", "+00:00")).timestamp()
         seen = [c for c in by_time.get(round(at, 3), []) if c["named"] == named]
-        found.append((_class(seen[0], named, dest) if seen else "no crossing", who))
+        found.append((where_it_stood(seen[0], named, dest) if seen else "no crossing", who))
     return found
 
 
-def _class(c: dict[str, Any], named: int, dest: int) -> str:
+def where_it_stood(c: dict[str, Any], named: int, dest: int) -> str:
+    """The class of a first alert naming segment position `named` whose change settled in
+    `dest`, from the crossing `c` that made it (`record_crossings`)."""
     sums, lead = c["sums"], max(c["sums"])
     way = "into busier" if c["total"][named] > c["total"][c["current"]] else "into quieter"
     if sums[dest] >= c["threshold"][dest] and sums[dest] >= lead - detect.TIE_NATS:

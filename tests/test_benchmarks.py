@@ -104,6 +104,37 @@ def test_the_alert_tuning_grid_writes_a_row_per_setting(
     assert "| 0.2 | 3.0 |" in (tmp_path / "tuning.md").read_text()
 
 
+def test_a_first_alert_on_the_way_is_classed_by_where_the_destination_stood() -> None:
+    """`benchmarks.alerts_on_the_way`: the design log's classes of the first alerts that
+    named a segment the customer only passed through (0 current, 1 named, 2 settled in)."""
+    from benchmarks.alerts_on_the_way import where_it_stood
+
+    def crossing(sums: list[float], gained: list[float], current: int = 0) -> dict[str, object]:
+        return {"current": current, "sums": sums, "gained": gained,
+                "threshold": [8.0, 8.0, 8.0], "total": [1.0, 2.0, 3.0]}  # fmt: skip
+
+    led = where_it_stood(crossing([0.0, 9.0, 9.5], [0.0, 1.0, 1.0]), 1, 2)
+    assert led == "in the tie, the nearer center named another (destination led); into busier"
+    trailed = where_it_stood(crossing([0.0, 9.5, 9.0], [0.0, 1.0, 1.0]), 1, 2)
+    assert "(destination trailed)" in trailed
+    short = where_it_stood(crossing([0.0, 9.0, 7.5], [0.0, 0.5, 1.0]), 1, 2)
+    assert short == "within TIE_NATS, short of its threshold, gaining more; into busier"
+    far = where_it_stood(crossing([0.0, 9.0, 6.0], [0.0, 0.5, 1.0], current=2), 1, 0)
+    assert far == "beyond TIE_NATS; into quieter"
+
+
+def test_tracing_the_crossings_leaves_the_detector_as_it_was(tmp_path: Path) -> None:
+    """The tool wraps two methods of `Evidence` for one backtest; a failed backtest must
+    not leave them wrapped in the process."""
+    from benchmarks.alerts_on_the_way import record_crossings
+    from stream.detect import Evidence
+
+    before = (Evidence.update, Evidence._overtaking)
+    with pytest.raises(RuntimeError, match="backtest of"):
+        record_crossings(tmp_path / "missing", tmp_path / "out", "redis://127.0.0.1:1/0")
+    assert (Evidence.update, Evidence._overtaking) == before
+
+
 def test_the_tuning_tables_hold_each_shape_to_its_own_delay_target() -> None:
     """`seeds_meeting_targets`: a sudden switch must be seen within 3 days (median), a
     gradual drift within 7 of its midpoint; the other targets are the same for all.
