@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="folder for the backtests, one subfolder per history",
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     for i, history in enumerate(args.histories):
