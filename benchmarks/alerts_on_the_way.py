@@ -30,7 +30,8 @@ import argparse
 import csv
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,32 @@ from models.bundle import load_bundle
 from models.catalog import default_catalog
 from segstream.cli import app as segstream_app
 from stream import detect
+
+
+@contextmanager
+def wrapped(owner: type, **methods: Callable[..., Any]) -> Iterator[None]:
+    """Replace methods of `owner` for the block (a diagnostic's recording around the shipped
+    code); the originals come back even when the block fails."""
+    saved = {name: getattr(owner, name) for name in methods}
+    for name, method in methods.items():
+        setattr(owner, name, method)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(owner, name, method)
+
+
+def backtest(history: Path, out: Path, redis_url: str) -> None:
+    """`segstream backtest` of a `segstream generate` folder's events, bundle and truth into
+    `out`, in this process (so wrapped methods are the ones it runs)."""
+    result = CliRunner().invoke(segstream_app, [
+        "backtest", "--events", str(history / "events.jsonl"),
+        "--model", str(history / "models/current"),
+        "--truth", str(history / "migrations.csv"), "--out", str(out),
+    ], env={"SEGSTREAM_REDIS_URL": redis_url})  # fmt: skip
+    if result.exit_code != 0:
+        raise RuntimeError(f"backtest of {history} failed: {result.output[-500:]}")
 
 
 def record_crossings(history: Path, out: Path, redis_url: str) -> list[dict[str, Any]]:
@@ -73,19 +100,8 @@ def record_crossings(history: Path, out: Path, redis_url: str) -> list[dict[str,
             found.append({"at": at, "current": current, "named": result[1], **stash})
         return result
 
-    detect.Evidence._overtaking = overtaking_seen  # type: ignore[method-assign]
-    detect.Evidence.update = update_seen  # type: ignore[method-assign]
-    try:
-        result = CliRunner().invoke(segstream_app, [
-            "backtest", "--events", str(history / "events.jsonl"),
-            "--model", str(history / "models/current"),
-            "--truth", str(history / "migrations.csv"), "--out", str(out),
-        ], env={"SEGSTREAM_REDIS_URL": redis_url})  # fmt: skip
-    finally:
-        detect.Evidence._overtaking = overtaking  # type: ignore[method-assign]
-        detect.Evidence.update = update  # type: ignore[method-assign]
-    if result.exit_code != 0:
-        raise RuntimeError(f"backtest of {history} failed: {result.output[-500:]}")
+    with wrapped(detect.Evidence, _overtaking=overtaking_seen, update=update_seen):
+        backtest(history, out, redis_url)
     return found
 
 

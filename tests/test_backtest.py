@@ -421,3 +421,46 @@ def test_the_intervals_cover_what_they_claim() -> None:
             covered.append(sum(w for w, ok in zip(pmf, inside, strict=True) if ok))
             assert wilson(round(n * p), n) != [0.0, 1.0]
     assert min(covered) >= 0.92 and np.mean(covered) >= 0.945
+
+
+def test_an_evidence_trace_shows_the_crossing_behind_a_migration_alert(
+    backtested: Path, embedded_redis_url: str, tmp_path: Path
+) -> None:
+    """`benchmarks.trace_evidence` (the design log's per-customer traces): its update at a
+    migration alert's event names the alert's segment past its threshold, each update's
+    terms add up to the change of the evidence it shows, and the detector is left as it
+    was."""
+    from benchmarks.trace_evidence import TERMS, trace
+    from models.bundle import load_bundle
+    from models.catalog import default_catalog
+    from stream.decide import Decider
+    from stream.detect import Evidence
+
+    alerts = [json.loads(line) for line in (backtested / "bt/alerts.jsonl").open()]
+    moved = next(
+        a for a in alerts
+        if a["type"] == "segment_migration" and not a["event_time"].endswith("T00:00:00Z")
+    )  # fmt: skip
+    bundle = load_bundle(backtested / "models/current", default_catalog())
+    position = [int(i) for i in bundle.space.segment_ids].index(moved["to_segment_id"])
+    methods = (Decider._detect, Evidence.update)
+
+    updates = trace(
+        backtested, moved["customer_id"], tmp_path / "bt", embedded_redis_url,
+        since=moved["event_time"][:10],
+    )  # fmt: skip
+
+    assert (Decider._detect, Evidence.update) == methods
+    at = datetime.fromisoformat(moved["event_time"].replace("Z", "+00:00")).timestamp()
+    crossing = [u for u in updates if abs(u["at"] - at) < 1e-3]
+    assert [u["named"] for u in crossing] == [position]
+    assert crossing[0]["sums"][position] >= crossing[0]["threshold"][position]
+    checked = 0
+    for u in updates:
+        for s, after in enumerate(u["sums"]):
+            if u["before"] is None or s == u["current"] or not 0.0 < after < u["threshold"][s]:
+                continue  # no state yet, the own segment, or at the floor or the cap
+            own, seg = (sum(u[t][s][i] for t in TERMS) for i in (0, 1))
+            assert after == pytest.approx(u["before"][s] + min(own, seg), abs=0.02)
+            checked += 1
+    assert checked > 0
