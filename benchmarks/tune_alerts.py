@@ -38,7 +38,8 @@ from stream.settings import StreamSettings
 FIGURES = (
     "precision", "precision_all", "recall", "recall_7d", "recall_14d", "recall_28d",
     "flap_rate_per_30d", "delay_median_days", "landed", "landed_alerts",
-    "delay_landed_median_days", "repeated", "crossing_share",
+    "delay_landed_median_days", "repeated", "clear_alerts", "landed_alerts_clear",
+    "landed_alerts_near", "crossing_share",
     "recall_28d_crossing", "landed_crossing", "settling_share", "delay_settled_median_days",
     "recall_28d_settled", "churn_precision",
 )  # fmt: skip
@@ -68,6 +69,9 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
         "landed_alerts": mig.get("landed_alerts"),
         "delay_landed_median_days": mig.get("delay_days_landed", {}).get("median"),
         "repeated": mig.get("repeated"),
+        "clear_alerts": mig.get("clear_alerts"),
+        "landed_alerts_clear": mig.get("landed_alerts_clear"),
+        "landed_alerts_near": mig.get("landed_alerts_near"),
         "crossing_share": round(mig["crossing"] / mig["changes"], 3) if mig["changes"] else None,
         "recall_28d_crossing": mig["recall_within_crossing"].get("28"),
         "landed_crossing": mig.get("landed_crossing"),

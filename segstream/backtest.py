@@ -477,6 +477,7 @@ def migration_quality(
     within_days: Sequence[float] = RECALL_WITHIN,
     settle_days: float = 28.0,
     settling_days: float | None = None,
+    clear_nats: float | None = None,
 ) -> dict[str, Any]:
     """Migration alerts against the truth (customer_id, changed_at, to_segment and
     optionally started_at: `read_truth`).
@@ -526,6 +527,13 @@ def migration_quality(
     migration: its first migration alert waits until the customer has settled. `settling`
     counts those changes; `delay_days_settled` and `recall_within_settled` are the delay
     and `recall_within` over the others, the speed the detector itself gives.
+
+    Runner-up: with `clear_nats` (the engine's `stream.detect.TIE_NATS`), the right alerts
+    of `landed_alerts` are split by their `evidence_lead_nats` (the evidence detector's
+    lead of the named segment over the runner-up): `clear_alerts` is the share of them
+    led by at least `clear_nats`, `landed_alerts_clear` and `landed_alerts_near` the
+    landing of those and of the rest (an alert without a lead, made by the centers, is in
+    neither).
     """
     mig = in_window(alerts, "segment_migration", start, end).copy()
     history_end = float(events["ts"].max())
@@ -551,6 +559,8 @@ def migration_quality(
     ]
     delays, landed, with_target, stayed_detected, repeated = [], 0, 0, 0, 0
     named_alerts, target_alerts, delays_landed = 0, 0, []
+    # Right alerts with a target, led by at least clear_nats / by less: [alerts, named].
+    clear, near = [0, 0], [0, 0]
     landed_crossing, detected_crossing = 0, 0
     delays_by: dict[tuple[str, float], float] = {}
     settled_at, was_in = _settled(settled, counted, settle_days)
@@ -584,6 +594,11 @@ def migration_quality(
             hit = hits["to_segment_id"].to_numpy(dtype=float) == wanted
             target_alerts += len(hit)
             named_alerts += int(hit.sum())
+            if clear_nats is not None and "evidence_lead_nats" in hits:
+                lead = pd.to_numeric(hits["evidence_lead_nats"], errors="coerce").to_numpy()
+                for part, pick in ((clear, lead >= clear_nats), (near, lead < clear_nats)):
+                    part[0] += int(pick.sum())
+                    part[1] += int((hit & pick).sum())
             if hit.any():
                 first = float(hits["at"].to_numpy(dtype=float)[hit][0])
                 delays_landed.append((first - changed) / DAY)
@@ -641,6 +656,15 @@ def migration_quality(
         "with_target": with_target,
         "landed_in_target": _ratio(landed, with_target),
         "landed_alerts": _ratio(named_alerts, target_alerts),
+        **(
+            {
+                "clear_alerts": _ratio(clear[0], target_alerts),
+                "landed_alerts_clear": _ratio(clear[1], clear[0]),
+                "landed_alerts_near": _ratio(near[1], near[0]),
+            }
+            if clear_nats is not None
+            else {}
+        ),
         "delay_days_landed": _dist(delays_landed),
         "landed_crossing": _ratio(landed_crossing, detected_crossing),
         "detected_staying": stayed_detected,
@@ -823,9 +847,10 @@ def evaluate(
     qualifying_types: Sequence[str] = (),
     truth: pd.DataFrame | None = None,
     settling_days: float | None = None,
+    clear_nats: float | None = None,
 ) -> dict[str, Any]:
     """Every figure of a backtest (what `metrics.json` holds), alerts in [start, end];
-    `settling_days`: see `migration_quality`."""
+    `settling_days`, `clear_nats`: see `migration_quality`."""
     out: dict[str, Any] = {
         "window": {"from": _iso(start), "to": _iso(end), "days": round((end - start) / DAY, 3)},
         "volumes": volumes(alerts, start, end),
@@ -853,5 +878,6 @@ def evaluate(
             qualifying_types=qualifying_types,
             settled=scores if "nearest" in scores else None,
             settling_days=settling_days,
+            clear_nats=clear_nats,
         )
     return out

@@ -246,6 +246,7 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 *_settling_row(m),
                 ("landed in the expected segment (its last alert)", m["landed_in_target"]),
                 ("alerts that named the expected segment", m.get("landed_alerts")),
+                *_runner_up_rows(m),
                 (
                     "delay to the first alert that named it, days",
                     _dist_text(m["delay_days_landed"]) if "delay_days_landed" in m else None,
@@ -299,6 +300,16 @@ def _settling_row(m: Mapping[str, Any]) -> list[tuple[str, Any]]:
         return []
     days = f"{m['settling_days']:g}"
     return [(f"changes while the customer settled (younger than {days} days)", m["settling"])]
+
+
+def _runner_up_rows(m: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if m.get("clear_alerts") is None:
+        return []
+    return [
+        ("alerts whose segment led the runner-up clearly (evidence_lead_nats)", m["clear_alerts"]),
+        ("  of those, named the expected segment", m["landed_alerts_clear"]),
+        ("  of the near ties, named the expected segment", m["landed_alerts_near"]),
+    ]
 
 
 def _behaviour_section(b: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ import pandas as pd
 from models.eventfile import read_events
 from models.mapping import HistoryMapping
 from stream.decide import Rules
+from stream.detect import TIE_NATS
 from stream.engine import BatchResult, Engine
 from stream.health import HealthMonitor
 from stream.replay import ReplaySummary, replay
@@ -220,6 +221,7 @@ def backtest(
         qualifying_types=run.qualifying_types,
         truth=changes,
         settling_days=run.rules.early_days + run.rules.migration_dwell_days,
+        clear_nats=TIE_NATS,
     )
     metrics["model_version"] = bundle.version
     metrics["segment_names"] = {str(k): v for k, v in sorted(bundle.segment_names.items())}

@@ -677,7 +677,8 @@ class Decider:
         if self._misplaced(row, state, x, current, moved):
             self._place(row, state, target, x, "correction", out)
         else:
-            self._migrate(row, state, target, x, out)
+            rival = ev.runner_up(state.evidence, current, moved, self._lapsing_at)
+            self._migrate(row, state, target, x, out, rival)
         return True
 
     def _misplaced(
@@ -822,8 +823,13 @@ class Decider:
         return d_cur > 0 and (d_cur - d_new) / d_cur >= self.rules.migration_margin
 
     def _migrate(
-        self, row: Row, state: CustomerState, target: int, x: np.ndarray, out: Decisions
-    ) -> None:
+        self, row: Row, state: CustomerState, target: int, x: np.ndarray, out: Decisions,
+        rival: tuple[int | None, float] | None = None,
+    ) -> None:  # fmt: skip
+        """A migration alert to `target`, and the move. `rival`: for a move the evidence
+        named at its crossing, the runner-up's segment position and the named segment's
+        lead over it (`Evidence.runner_up`); None for a move the centers made or one
+        settled after a silence."""
         before = np.frombuffer(state.anchor, dtype=np.float32).astype(float) if state.anchor else x
         # The features that moved most in the model's own (scaled) units drove the move.
         move = self.model.scale(x[None, :])[0] - self.model.scale(before[None, :])[0]
@@ -854,10 +860,24 @@ class Decider:
             to_segment_name=self._name(target),
             dwell_days=round((row.at - state.candidate_since) / DAY, 3),
             drivers=drivers,
+            **self._runner_up(rival),
         )
         out.alerts.append(Alert("segment_migration", row.customer_id, body))
         state.segment = source
         self._place(row, state, target, x, "migration", out)
+
+    def _runner_up(self, rival: tuple[int | None, float] | None) -> dict[str, Any]:
+        """A migration alert's runner-up fields: how clearly the events chose its segment.
+        Under `stream.detect.TIE_NATS` of lead they had not yet told the two apart, and
+        such alerts name a segment the customer only passes through far more often (the
+        README, Alert quality)."""
+        if rival is None:
+            return {"evidence_lead_nats": None, "runner_up_segment_id": None,
+                    "runner_up_segment_name": None}  # fmt: skip
+        position, lead = rival
+        segment = None if position is None else self.segment_ids[position]
+        return {"evidence_lead_nats": round(lead, 2), "runner_up_segment_id": segment,
+                "runner_up_segment_name": self._name(segment)}  # fmt: skip
 
     def _churn(self, row: Row, state: CustomerState, p: float, out: Decisions) -> None:
         threshold = self.model.churn_threshold

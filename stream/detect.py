@@ -801,6 +801,29 @@ class Evidence:
             for s in range(self.k)
         )
 
+    def runner_up(
+        self, blob: bytes, current: int, named: int, never: frozenset[int] = frozenset()
+    ) -> tuple[int | None, float]:
+        """After an update that named segment position `named` (in a state packed while in
+        `current`): the other segment with the most evidence (not `current`, not one of
+        `never`) and by how many nats `named` leads it (its whole evidence when there is
+        none). Under `TIE_NATS` the events had not told the two apart when the alert went
+        out, and the nearest center chose (`update`); a negative lead is a center that
+        chose the segment behind. Read only when an alert goes out, off the hot path.
+
+        >>> flat = RateProfiles(("a",), False, np.ones((3, 1)), (0,), (0,), 90.0, 30.0, 30.0)
+        >>> e = Evidence(flat, 8.0, 0)
+        >>> e.runner_up(pack(0.0, 0.0, [0.0, 9.0, 7.5], 0), 0, 1)
+        (2, 1.5)
+        """
+        found = unpack(blob, current, self.k)
+        sums = found[2] if found is not None else [0.0] * self.k
+        others = [s for s in range(self.k) if s not in (current, named) and s not in never]
+        if not others:
+            return None, sums[named]
+        rival = max(others, key=lambda s: sums[s])
+        return rival, sums[named] - sums[rival]
+
     def level(self, blob: bytes, current: int, segment: int) -> tuple[float, float]:
         """The evidence (nats) for segment position `segment` in a state packed while in
         `current`, and since when the leading evidence has been building ((0, 0) when

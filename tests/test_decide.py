@@ -115,6 +115,7 @@ def test_migration_needs_the_margin_and_the_dwell() -> None:
     move = c.alerts[1][1]
     assert (move["from_segment_id"], move["to_segment_id"]) == (1, 2)
     assert move["dwell_days"] == 3.0
+    assert move["evidence_lead_nats"] is None  # the centers moved it, not the evidence
     drivers = move["drivers"]
     assert isinstance(drivers, list) and drivers[0]["feature"] == "x"
     assert (drivers[0]["before"], drivers[0]["after"]) == (1.0, 8.0)

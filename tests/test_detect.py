@@ -446,6 +446,27 @@ def test_a_move_to_a_quieter_segment_is_seen_at_the_rescore_before_its_next_even
     assert np.median(delays[True]) <= np.median(delays[False]) - 0.5, delays
 
 
+def test_a_migration_alert_says_how_clearly_the_events_chose_its_segment() -> None:
+    """`evidence_lead_nats` on a migration the evidence named: the named segment's evidence
+    over the runner-up's (with two segments there is none, and the lead is all of its
+    evidence, past the threshold; a move the centers made has none:
+    tests/test_decide.py)."""
+    _, _, body = builder_turns(RATES[0], 3, rescore=True)[0]
+    assert body["evidence_lead_nats"] >= 10.0  # the threshold of `builder_turns`
+    assert (body["runner_up_segment_id"], body["runner_up_segment_name"]) == (None, None)
+
+
+def test_the_runner_up_is_the_strongest_other_segment_the_evidence_may_name() -> None:
+    """`Evidence.runner_up`: the lead is negative when the nearest center named a segment
+    behind in a near tie, and a segment the evidence never names (a Lapsing one) is no
+    runner-up."""
+    rates = np.array([[0.3, 0.1, 0.2], [1.0, 1.5, 0.2], [1.0, 1.4, 0.2], [0.1, 0.1, 0.1]])
+    evidence = Evidence(dataclasses.replace(PROFILES, rates=rates), 8.0, TENURE)
+    blob = pack(DAY, DAY, [0.0, 9.0, 9.5, 12.0], current=0)
+    assert evidence.runner_up(blob, 0, 1, never=frozenset({3})) == (2, -0.5)
+    assert evidence.runner_up(blob, 0, 1) == (3, -3.0)
+
+
 def test_silence_alone_never_makes_a_migration() -> None:
     """A builder who stops for good piles up evidence for the quieter segment at every
     re-score, but no event of its came after the evidence began: that is churn's
