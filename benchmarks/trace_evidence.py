@@ -100,6 +100,7 @@ def _record(
         counted = identity is not None and same_day and bool(seen & (1 << identity[0]))
     valued = ev._valued(column, value)
     typical = ev._log_typical
+    feature = identity if identity is not None and not counted else None
     zero = (0.0, 0.0)
     per: dict[str, list[tuple[float, float]]] = {name: [] for name in TERMS}
     for s in range(ev.k):
@@ -114,8 +115,7 @@ def _record(
             if valued is not None
             else zero
         )
-        uses = identity is not None and not counted
-        per["feature"].append((identity[1][s], identity[2][s]) if uses and identity else zero)
+        per["feature"].append((feature[1][s], feature[2][s]) if feature is not None else zero)
     return {
         "at": row.at,
         "trigger": row.kind or "re-score",
