@@ -28,10 +28,12 @@ from typing import Any
 
 from benchmarks.common import HistoryFile, machine, redis_server
 from benchmarks.training import bundle_dir, train_once
+from models.events import parse_time
 from offline.history import generate
 from offline.shapes import SHAPE_HELP, SHAPES
 from offline.synthetic import DEFAULT_START, write_history
-from segstream.backtest_run import backtest
+from segstream.backtest import migration_quality, read_truth
+from segstream.backtest_run import HistoryRun, backtest, events_table
 from stream.decide import Rules
 from stream.settings import StreamSettings
 
@@ -41,7 +43,7 @@ FIGURES = (
     "delay_landed_median_days", "repeated", "clear_alerts", "landed_alerts_clear",
     "landed_alerts_near", "crossing_share",
     "recall_28d_crossing", "landed_crossing", "settling_share", "delay_settled_median_days",
-    "recall_28d_settled", "churn_precision",
+    "recall_28d_settled", "churn_precision", "landed_alerts_at_judge_end",
 )  # fmt: skip
 #: Detectors compared: the raw nearest center (no margin, no dwell), the centers with
 #: hysteresis (the rules before issue 22, over --margins x --dwells), and the evidence
@@ -132,6 +134,15 @@ def main(argv: list[str] | None = None) -> None:
         help="Migrations from this day (default: the shape's own window).",
     )
     parser.add_argument("--migrate-to-day", type=int, default=None)
+    parser.add_argument(
+        "--judge-to-day",
+        type=int,
+        default=None,
+        help="Judge the alerts until this day (default: the history's last event). With "
+        "--days past it, the segment a changed customer settles in is read after its "
+        "90-day window has turned over; landed_alerts_at_judge_end keeps the label read at "
+        "this day, for comparison.",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/tuning"))
     parser.add_argument("--redis-url", default=None)
     parser.add_argument(
@@ -197,10 +208,16 @@ def _old_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for shape in doc["shapes"].values() for r in shape["runs"]]
 
 
+def as_of(day: int) -> str:
+    """Day `day` of a generated history, as RFC 3339."""
+    return (DEFAULT_START + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, Any]]:
     """Every (shape, seed, margin, dwell) backtest's figures."""
     runs: list[dict[str, Any]] = []
     grid = configs(args)
+    judge_end = None if args.judge_to_day is None else as_of(args.judge_to_day)
     for shape, seed in itertools.product(args.shapes, args.seeds):
         root = args.out / shape / f"seed-{seed}"
         if not (args.reuse and bundle_dir(root / "models").exists()):
@@ -211,24 +228,47 @@ def tune(args: argparse.Namespace, settings: StreamSettings) -> list[dict[str, A
                 )
             made = generate(args.customers, args.days, seed=seed, shape=chosen)
             write_history(made, root)
-            as_of = (DEFAULT_START + timedelta(days=args.train_day)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            history = HistoryFile(args.customers, args.days, root / "events.jsonl", 0, as_of)
+            history = HistoryFile(
+                args.customers, args.days, root / "events.jsonl", 0, as_of(args.train_day)
+            )
             train_once(history, root / "models")
         for detector, rules in grid:
             t0 = time.perf_counter()
             margin, dwell = rules.migration_margin, rules.migration_dwell_days
             evidence = rules.migration_evidence if detector.startswith("evidence") else 0.0
-            metrics, _ = backtest(
+            metrics, run = backtest(
                 settings, root / "events.jsonl", bundle_dir(root / "models"),
                 root / f"bt-{detector}-{margin}-{dwell}-{evidence}",
-                truth=root / "migrations.csv", rules=rules,
+                truth=root / "migrations.csv", rules=rules, end=judge_end,
             )  # fmt: skip
             f = figures(metrics)
+            if judge_end is not None:
+                f["landed_alerts_at_judge_end"] = landing_read_at(
+                    run, root, parse_time(as_of(args.train_day)), parse_time(judge_end)
+                )
             runs.append({"shape": shape, "seed": seed, "detector": detector, "margin": margin,
                          "dwell_days": dwell, "evidence": evidence, **f})  # fmt: skip
             print(f"{shape} seed {seed} {detector} margin {margin} dwell {dwell} evidence "
                   f"{evidence}: {f} ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     return runs
+
+
+def landing_read_at(run: HistoryRun, root: Path, start: float, end: float) -> float | None:
+    """`landed_alerts` of a backtest judged until `end`, with where each changed customer
+    settles read at its last re-score before `end` instead of at the history's end."""
+    table = events_table(root / "events.jsonl")
+    m = migration_quality(
+        run.alerts,
+        read_truth(root / "migrations.csv", table["customer_id"].unique(), run.segment_names),
+        table,
+        start=start,
+        end=end,
+        silence_days=run.churn_horizon_days,
+        qualifying_types=run.qualifying_types,
+        settled=run.scores[run.scores["at"] <= end],
+    )
+    landed: float | None = m.get("landed_alerts")
+    return landed
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -286,7 +326,9 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
         "(the rest crossed no border), recall_28d_crossing and landed_crossing: recall within "
         "28 days and landed over them; settling_share: changes of customers younger than "
         "early_days + one dwell at the change (placed, not migrated, until they settle), "
-        "delay_settled_median_days and recall_28d_settled: over the others. "
+        "delay_settled_median_days and recall_28d_settled: over the others; "
+        "landed_alerts_at_judge_end (with --judge-to-day): landed_alerts with where the "
+        "customer settles read at the judged window's end, not the history's. "
         "Targets (issue 22): precision >= 0.9, recall within 28 days >= 0.9, flap <= 0.01 "
         "per 30 d, landed_alerts >= 0.9, median delay <= 3 days (sudden) or 7 (from a gradual "
         "drift's midpoint). One table per shape (`offline/shapes.py`).",
