@@ -503,6 +503,11 @@ def migration_quality(
     Destination: a change without `to_segment` is judged against the segment it settles
     in, from `settled` (customer_id, at, nearest: the raw nearest centroid at each daily
     re-score): the nearest at its last re-score at least `settle_days` after the change.
+    `settled_read_days` is how long after each change that re-score came. Read before the
+    longest feature window (90 days in the default catalog) has passed since the change,
+    the customer's features still hold weeks of its old behaviour, and the nearest center
+    can be a segment it is only passing: on a history that runs on past the change, judge
+    the weeks after it with `end`; the settled segment is still read at the history's end.
     `landed_in_target` is the share of detected changes whose last right alert named it.
     That is lenient: a change alerted first into a segment on the way (an email reader
     turning power user, alerted into Support-Heavy, then into Power Users) lands.
@@ -563,7 +568,7 @@ def migration_quality(
     clear, near = [0, 0], [0, 0]
     landed_crossing, detected_crossing = 0, 0
     delays_by: dict[tuple[str, float], float] = {}
-    settled_at, was_in = _settled(settled, counted, settle_days)
+    settled_at, was_in, read_days = _settled(settled, counted, settle_days)
     crossing: list[bool] = []  # per counted change: settled in another segment than before
     moves: dict[tuple[int, int], list[int]] = {}  # (before, settled in) -> counted changes
     young = np.zeros(len(counted), dtype=bool)  # per counted change: the customer settling
@@ -654,6 +659,7 @@ def migration_quality(
         ),
         "by_move": _by_move(counted, moves, delays_by, end, within_days),
         "with_target": with_target,
+        "settled_read_days": _dist(read_days),
         "landed_in_target": _ratio(landed, with_target),
         "landed_alerts": _ratio(named_alerts, target_alerts),
         **(
@@ -750,28 +756,30 @@ def _hits_within(
 
 def _settled(
     settled: pd.DataFrame | None, counted: pd.DataFrame, settle_days: float
-) -> tuple[dict[tuple[str, float], int], dict[tuple[str, float], int]]:
+) -> tuple[dict[tuple[str, float], int], dict[tuple[str, float], int], list[float]]:
     """(customer, change) -> the raw nearest centroid at the customer's last re-score at
-    least `settle_days` after the change (absent when the history stops before); and ->
+    least `settle_days` after the change (absent when the history stops before); ->
     the segment it was in at its last re-score before the change (absent before its
-    first)."""
+    first); and the days from each change to the re-score its settled segment was read at.
+    """
     if settled is None or settled.empty or counted.empty:
-        return {}, {}
+        return {}, {}, []
     ordered = settled.sort_values("at", kind="stable")
     last = ordered.groupby("customer_id").tail(1)
     when = dict(zip(last["customer_id"], last["at"].astype(float), strict=True))
     nearest = dict(zip(last["customer_id"], last["nearest"].astype(int), strict=True))
     by_customer = {cid: g for cid, g in ordered.groupby("customer_id", sort=False)}
-    out, before = {}, {}
+    out, before, read = {}, {}, []
     for cid, changed in zip(counted["customer_id"], counted["changed_at"], strict=True):
         if cid in when and when[cid] >= changed + settle_days * DAY:
             out[(cid, float(changed))] = int(nearest[cid])
+            read.append((when[cid] - float(changed)) / DAY)
         mine = by_customer.get(cid)
         if mine is not None:
             earlier = mine[mine["at"].astype(float) <= changed]
             if not earlier.empty and pd.notna(earlier["segment"].iloc[-1]):
                 before[(cid, float(changed))] = int(earlier["segment"].iloc[-1])
-    return out, before
+    return out, before, read
 
 
 def migration_behaviour(

@@ -231,7 +231,10 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
         "names another, which the share of alerts that named it shows. Each alert after "
         "the first on the same change (one on the way, or a customer moved back and "
         "alerted again) is right too, and counted apart as repeated: a flow fires once "
-        "per alert.</p>",
+        "per alert. Where a customer settles is its nearest center at its last re-score: read "
+        "before its longest feature window has passed since the change, its features still "
+        "hold weeks of its old behaviour and landing reads low; on a longer history, judge "
+        "the weeks after the change with --to.</p>",
         _kv(
             [
                 ("alerts", m["alerts"]),
@@ -244,6 +247,10 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ("detection delay, days", _dist_text(m["delay_days"])),
                 ("changes that crossed a border", m.get("crossing")),
                 *_settling_row(m),
+                (
+                    "where it settles read, days after the change",
+                    _dist_text(m["settled_read_days"]) if "settled_read_days" in m else None,
+                ),
                 ("landed in the expected segment (its last alert)", m["landed_in_target"]),
                 ("alerts that named the expected segment", m.get("landed_alerts")),
                 *_runner_up_rows(m),

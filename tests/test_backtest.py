@@ -316,6 +316,31 @@ def test_a_change_that_settles_where_it_was_crossed_no_border() -> None:
     assert got["recall_within"]["7"] == 1.0 and got["recall_within_crossing"]["7"] == 1.0
     assert got["landed_in_target"] == 0.5 and got["detected_staying"] == 1
     assert got["landed_crossing"] == 1.0  # a's alert named where it settled; b's could not
+    assert got["settled_read_days"]["median"] == 49.0  # the last re-score, day 69
+
+
+def test_where_a_customer_settles_is_read_once_its_old_behaviour_has_left_its_windows() -> None:
+    """a changes on day 20 and settles in segment 2, but while its longest window still
+    holds its old behaviour its nearest center is segment 3, a segment it only passes
+    (from day 21 to day 59). Its alert into 2 on day 24 lands on a history that runs to
+    day 120, with the alerts judged until day 60 as on one that ends there; on a history
+    that ends on day 55 the nearest center then reads 3, and the same alert does not."""
+    events = seen_on({"a": [0, 120]})
+    alerts = migrations(("a", 24, 2))
+    truth = changed(20, {"a": -1})
+    days = np.arange(1, 120)
+    scores = pd.DataFrame(
+        {"customer_id": "a", "at": days * DAY, "probability": 0.0,
+         "segment": np.where(days < 24, 1, 2),
+         "nearest": np.select([days < 21, days < 60], [1, 3], 2)}
+    )  # fmt: skip
+    long = migration_quality(alerts, truth, events, start=0.0, end=60 * DAY, settled=scores)
+    assert long["landed_alerts"] == 1.0 and long["settled_read_days"]["median"] == 99.0
+    short = migration_quality(
+        alerts, truth, seen_on({"a": [0, 55]}), start=0.0, end=55 * DAY,
+        settled=scores[scores["at"] <= 55 * DAY],
+    )  # fmt: skip
+    assert short["landed_alerts"] == 0.0 and short["settled_read_days"]["median"] == 35.0
 
 
 def test_a_second_alert_on_the_same_change_is_counted_as_repeated() -> None:
