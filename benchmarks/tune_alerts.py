@@ -41,7 +41,7 @@ FIGURES = (
     "precision", "precision_all", "recall", "recall_7d", "recall_14d", "recall_28d",
     "flap_rate_per_30d", "delay_median_days", "landed", "landed_alerts",
     "delay_landed_median_days", "repeated", "clear_alerts", "landed_alerts_clear",
-    "landed_alerts_near", "crossing_share",
+    "landed_alerts_near", "landed_alerts_near_either", "crossing_share",
     "recall_28d_crossing", "landed_crossing", "settling_share", "delay_settled_median_days",
     "recall_28d_settled", "churn_precision", "landed_alerts_at_judge_end",
 )  # fmt: skip
@@ -74,6 +74,7 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
         "clear_alerts": mig.get("clear_alerts"),
         "landed_alerts_clear": mig.get("landed_alerts_clear"),
         "landed_alerts_near": mig.get("landed_alerts_near"),
+        "landed_alerts_near_either": mig.get("landed_alerts_near_either"),
         "crossing_share": round(mig["crossing"] / mig["changes"], 3) if mig["changes"] else None,
         "recall_28d_crossing": mig["recall_within_crossing"].get("28"),
         "landed_crossing": mig.get("landed_crossing"),

@@ -538,7 +538,9 @@ def migration_quality(
     lead of the named segment over the runner-up): `clear_alerts` is the share of them
     led by at least `clear_nats`, `landed_alerts_clear` and `landed_alerts_near` the
     landing of those and of the rest (an alert without a lead, made by the centers, is in
-    neither).
+    neither). `landed_alerts_near_either` is the share of the near ties whose segment or
+    runner-up (`runner_up_segment_id`) is where the customer settles: the two
+    destinations a flow can prepare for.
     """
     mig = in_window(alerts, "segment_migration", start, end).copy()
     history_end = float(events["ts"].max())
@@ -566,6 +568,7 @@ def migration_quality(
     named_alerts, target_alerts, delays_landed = 0, 0, []
     # Right alerts with a target, led by at least clear_nats / by less: [alerts, named].
     clear, near = [0, 0], [0, 0]
+    near_either = 0  # near ties whose segment or runner-up is where the customer settles
     landed_crossing, detected_crossing = 0, 0
     delays_by: dict[tuple[str, float], float] = {}
     settled_at, was_in, read_days = _settled(settled, counted, settle_days)
@@ -604,6 +607,10 @@ def migration_quality(
                 for part, pick in ((clear, lead >= clear_nats), (near, lead < clear_nats)):
                     part[0] += int(pick.sum())
                     part[1] += int((hit & pick).sum())
+                if "runner_up_segment_id" in hits:
+                    runner = pd.to_numeric(hits["runner_up_segment_id"], errors="coerce")
+                    either = hit | (runner.to_numpy(dtype=float) == wanted)
+                    near_either += int((either & (lead < clear_nats)).sum())
             if hit.any():
                 first = float(hits["at"].to_numpy(dtype=float)[hit][0])
                 delays_landed.append((first - changed) / DAY)
@@ -667,6 +674,7 @@ def migration_quality(
                 "clear_alerts": _ratio(clear[0], target_alerts),
                 "landed_alerts_clear": _ratio(clear[1], clear[0]),
                 "landed_alerts_near": _ratio(near[1], near[0]),
+                "landed_alerts_near_either": _ratio(near_either, near[0]),
             }
             if clear_nats is not None
             else {}

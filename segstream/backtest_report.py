@@ -316,6 +316,10 @@ def _runner_up_rows(m: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("alerts whose segment led the runner-up clearly (evidence_lead_nats)", m["clear_alerts"]),
         ("  of those, named the expected segment", m["landed_alerts_clear"]),
         ("  of the near ties, named the expected segment", m["landed_alerts_near"]),
+        (
+            "  of the near ties, named it as the segment or the runner-up",
+            m.get("landed_alerts_near_either"),
+        ),
     ]
 
 

@@ -379,16 +379,20 @@ def test_alerts_are_split_by_how_clearly_the_events_chose_their_segment() -> Non
     """The evidence detector's `evidence_lead_nats` (the named segment's lead over the
     runner-up) splits the landing of alerts: a flow can tell an alert the events chose
     clearly from a near tie the nearest center broke. a's first alert, a near tie (0.4
-    nats), names a segment on the way; its second and b's (clear leads) land; c's alert
-    came from the centers (no lead) and is in neither part."""
+    nats), names a segment on the way, its runner-up the destination; its second and b's
+    (clear leads) land; c's alert came from the centers (no lead) and is in neither
+    part."""
     events = seen_on({"a": [0, 70], "b": [0, 70], "c": [0, 70]})
     alerts = migrations(("a", 22, 3), ("a", 25, 2), ("b", 24, 2), ("c", 24, 2))
     alerts["evidence_lead_nats"] = [0.4, 5.0, 2.0, None]
+    alerts["runner_up_segment_id"] = [2, 3, 1, None]
     truth = changed(20, {"a": 2, "b": 2, "c": 2})
     got = migration_quality(alerts, truth, events, start=0.0, end=70 * DAY, clear_nats=2.0)
     assert got["landed_alerts"] == 0.75  # 3 of 4
     assert got["clear_alerts"] == 0.5  # a's second and b's, of 4
     assert (got["landed_alerts_clear"], got["landed_alerts_near"]) == (1.0, 0.0)
+    # a's near tie named a segment on the way, with the destination as its runner-up.
+    assert got["landed_alerts_near_either"] == 1.0
     without = migration_quality(alerts, truth, events, start=0.0, end=70 * DAY)
     assert "clear_alerts" not in without
 
