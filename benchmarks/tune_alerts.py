@@ -9,6 +9,14 @@ migration margin and dwell, against the history's own migration truth. Writes
     python -m benchmarks.tune_alerts --out benchmarks/tuning
     python -m benchmarks.tune_alerts --shapes all --out benchmarks/tuning-shapes
 
+With `--judge-to-day` the alerts are judged until that day, and a history generated
+longer (`--days`) reads where each changed customer settles at its end, once its 90-day
+window holds only the new behaviour (session 39, docs/migration-detector.md):
+
+    python -m benchmarks.tune_alerts --shapes sudden gradual --seeds 31 32 33 \
+        --customers 300 --days 250 --migrate-from-day 100 --migrate-to-day 122 \
+        --judge-to-day 150 --detectors evidence --out benchmarks/tuning-long
+
 The seeds are not the test suite's (21): `tests/test_backtest.py` checks the chosen
 defaults on a history they were not tuned on. Redis: `--redis-url`, else 127.0.0.1:6379
 if it answers, else an embedded Valkey; under scratch key prefixes that are deleted.
@@ -313,7 +321,8 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
     lines = [
         f"# Alert tuning: {len(shapes)} history shapes, {len(seeds)} seeds "
         f"({', '.join(map(str, seeds))}), {args.customers} customers x {args.days} days, "
-        f"trained at day {args.train_day}",
+        f"trained at day {args.train_day}"
+        + ("" if args.judge_to_day is None else f", judged until day {args.judge_to_day}"),
         "",
         "Medians over the seeds; migrations judged after the training date against the "
         "history's truth; precision leaves out churn-led alerts (the customer left for "
