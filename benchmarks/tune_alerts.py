@@ -58,8 +58,11 @@ FIGURES = (
 #: (`stream.detect`, over --evidence thresholds), the evidence counting silence only
 #: at the next event (`evidence-event`: the detector before the re-score updates), and the
 #: evidence without corrections (`evidence-uncorrected`: every crossing a migration, the
-#: detector before `Rules.migration_correction`).
-DETECTORS = ("nearest", "rules", "evidence", "evidence-event", "evidence-uncorrected")
+#: detector before `Rules.migration_correction`), and the evidence whose near ties wait
+#: (`evidence-tie-wait`: `Rules.migration_tie_wait`, opt-in).
+DETECTORS = (
+    "nearest", "rules", "evidence", "evidence-event", "evidence-uncorrected", "evidence-tie-wait"
+)  # fmt: skip
 
 
 def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -205,6 +208,11 @@ def configs(args: argparse.Namespace) -> list[tuple[str, Rules]]:
     if "evidence-uncorrected" in args.detectors:
         out += [
             ("evidence-uncorrected", Rules(migration_evidence=e, migration_correction=0.0))
+            for e in args.evidence
+        ]
+    if "evidence-tie-wait" in args.detectors:
+        out += [
+            ("evidence-tie-wait", Rules(migration_evidence=e, migration_tie_wait=True))
             for e in args.evidence
         ]
     return out

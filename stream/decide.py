@@ -134,6 +134,11 @@ class Rules:
     #: migration. 0: off. On the 54 held-out backtests it took those below precision 0.9
     #: from 6 to 3, for one right alert (docs/migration-detector.md, Corrections).
     migration_correction: float = 9.0
+    #: A near tie (segments that crossed within `TIE_NATS` of each other) waits until the
+    #: leader is `TIE_NATS` past its threshold. Off by default: on the held-out histories
+    #: it lands more alerts where customers settle and costs the sudden shape up to 1.4
+    #: days (docs/migration-detector.md, session 39).
+    migration_tie_wait: bool = False
 
 
 class CustomerState:
@@ -342,7 +347,7 @@ class Decider:
         self.has_churn = getattr(model, "churn_model", True) is not None
         # Without rate profiles (a catalog that counts no event types) the centers decide.
         self.evidence = (
-            Evidence(profiles, rules.migration_evidence, self._tenure)
+            Evidence(profiles, rules.migration_evidence, self._tenure, rules.migration_tie_wait)
             if profiles is not None and rules.migration_detector == "evidence"
             else None
         )

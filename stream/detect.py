@@ -578,10 +578,13 @@ class Evidence:
     `threshold` up to one event a day, more above), if any.
     """
 
-    def __init__(self, profiles: RateProfiles, threshold: float, tenure_col: int) -> None:
+    def __init__(
+        self, profiles: RateProfiles, threshold: float, tenure_col: int, tie_wait: bool = False
+    ) -> None:
         self.profiles = profiles
         self.threshold = threshold
         self.tenure_col = tenure_col
+        self.tie_wait = tie_wait
         total = profiles.rates.sum(axis=1)
         self._total_list = total.tolist()
         self._total = total
@@ -708,6 +711,10 @@ class Evidence:
         the features still hold the weeks before the change, so its nearer center is
         often a segment on the customer's way (on the 1,500-customer sudden histories
         the landing of alerts rose from 0.87-0.91 to 0.88-0.92, docs/migration-detector.md).
+        With `tie_wait`, a near tie among crossed segments waits until the leader is
+        `TIE_NATS` past its own threshold, and the leader alone is named if the others
+        fell behind by then: the alerts land where customers settle more often, for hours
+        to days of delay (docs/migration-detector.md, session 39).
         A crossing into a busier segment waits while a segment short of its threshold
         overtakes it (`_overtaking`)."""
         found = unpack(blob, current, self.k)
@@ -763,7 +770,11 @@ class Evidence:
                 and sums[s] >= best_sum - TIE_NATS
                 and sums[s] >= self.threshold_for(terms.scale, current, s)
             ]
-            best = min(close, key=lambda s: float(prefer[s]))
+            waited = best_sum >= self.threshold_for(terms.scale, current, best) + TIE_NATS
+            if self.tie_wait and len(close) > 1 and not waited:
+                best = None  # a near tie the next events may still separate
+            else:
+                best = min(close, key=lambda s: float(prefer[s]))
         if was <= 0.0:  # a new run of evidence begins with this event
             start = at
         return pack(max(at, last), start, sums, current, seen), best, start

@@ -218,6 +218,13 @@ class StreamSettings(BaseSettings):
         "while settling, is a correction (`segment_assigned`, `placed_by: correction`), not "
         "a migration; 0: off.",
     )
+    migration_tie_wait: bool = Field(
+        DEFAULT_RULES.migration_tie_wait,
+        description="With the `evidence` detector, a near tie (segments whose evidence "
+        "crossed within 2 nats of each other) waits until the leader is 2 nats past its "
+        "threshold, so more alerts name where the customer settles, hours to days later; "
+        "off: the nearest center names one at once, and the alert names the runner-up.",
+    )
     churn_cooldown_days: float = Field(
         DEFAULT_RULES.churn_cooldown_days,
         ge=0,
@@ -272,6 +279,7 @@ class StreamSettings(BaseSettings):
             migration_evidence=self.migration_evidence,
             migration_evidence_rescore=self.migration_evidence_rescore,
             migration_correction=self.migration_correction,
+            migration_tie_wait=self.migration_tie_wait,
             churn_cooldown_days=self.churn_cooldown_days,
             dormant_days=self.dormant_days,
         )

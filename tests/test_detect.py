@@ -35,6 +35,7 @@ from stream.detect import (
     unpack,
 )
 from stream.fold import value_number
+from stream.settings import StreamSettings
 
 # Two segments over (session_start, feature_used, other): readers and builders.
 RATES = np.array([[0.3, 0.1, 0.2], [1.0, 1.5, 0.2]])
@@ -724,6 +725,40 @@ def test_a_near_tie_names_only_a_segment_whose_evidence_crossed() -> None:
     assert evidence.threshold_for(1.0, 0, 2) == 8.0
     assert crossing([0.0, 9.0, 7.5]) == 1  # 2 is 1.4 nats behind, but at 7.6 of 8
     assert crossing([0.0, 9.0, 8.0]) == 2  # both crossed: the nearer center names it
+
+
+def test_tie_wait_holds_a_near_tie_until_the_leader_is_tie_nats_past_its_threshold() -> None:
+    """`SEGSTREAM_MIGRATION_TIE_WAIT`: two segments that both crossed within `TIE_NATS` of
+    each other name nothing until the leader is `TIE_NATS` past its own threshold (the
+    events of those hours often tell them apart). Then the leader alone is named if the
+    other fell behind, else the nearest center names one of the two."""
+    quiet = np.array([[0.3, 0.1, 0.2], [0.4, 0.3, 0.2], [0.3, 0.4, 0.2]])  # all <= 1 a day
+    profiles = dataclasses.replace(PROFILES, rates=quiet)
+    step = [0.0, 0.1, 0.1]
+    terms = Terms(step, [0.0] * 3, step, [0.0] * 3, scale=1.0, own_value=0.0)
+    nearer_two = np.array([0.0, 1.0, 0.5])
+
+    def crossing(sums: list[float], tie_wait: bool = True) -> int | None:
+        evidence = Evidence(profiles, 8.0, TENURE, tie_wait=tie_wait)
+        blob = pack(DAY, DAY, sums, current=0)
+        return evidence.update(blob, DAY + 60.0, 0, 0, terms, prefer=nearer_two)[1]
+
+    assert crossing([0.0, 9.0, 8.0]) is None  # both crossed, 1 nat apart: it waits
+    assert crossing([0.0, 9.0, 8.0], tie_wait=False) == 2  # the default names it at once
+    assert crossing([0.0, 10.0, 9.0]) == 2  # 2 nats past: the nearer center names it
+    assert crossing([0.0, 10.0, 7.9]) == 1  # the other fell behind: the leader
+    assert crossing([0.0, 9.0, 7.5]) == 1  # no tie (2 short of its threshold): at once
+
+
+def test_the_tie_wait_setting_reaches_the_detector(monkeypatch: pytest.MonkeyPatch) -> None:
+    def evidence(rules: Rules) -> Evidence:
+        decider = Decider(Builders(), [1, 2], NAMES, [0], np.zeros(len(NAMES)), rules, PROFILES)
+        assert decider.evidence is not None
+        return decider.evidence
+
+    assert not evidence(Rules()).tie_wait
+    monkeypatch.setenv("SEGSTREAM_MIGRATION_TIE_WAIT", "true")
+    assert evidence(StreamSettings().rules()).tie_wait
 
 
 def test_a_crossing_into_a_busier_segment_waits_for_a_rival_that_overtakes_it() -> None:
