@@ -770,8 +770,11 @@ class Evidence:
                 and sums[s] >= best_sum - TIE_NATS
                 and sums[s] >= self.threshold_for(terms.scale, current, s)
             ]
-            waited = best_sum >= self.threshold_for(terms.scale, current, best) + TIE_NATS
-            if self.tie_wait and len(close) > 1 and not waited:
+            if (
+                self.tie_wait
+                and len(close) > 1
+                and best_sum < self.threshold_for(terms.scale, current, best) + TIE_NATS
+            ):
                 best = None  # a near tie the next events may still separate
             else:
                 best = min(close, key=lambda s: float(prefer[s]))
