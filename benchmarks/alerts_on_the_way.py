@@ -9,8 +9,9 @@ the shipped one, unchanged), and, for each change alerted more than once, classi
 first alert by where the segment of its last alert (the destination) stood:
 
 - in the tie: the destination had crossed its own threshold, within `TIE_NATS` of the
-  leader, and the nearest center named another segment (the class tells whether it led,
-  or was equal: at the cap of twice the threshold);
+  leader, and another segment was named (the class tells whether the destination led,
+  or was equal: at the cap of twice the threshold; until session 40 the nearest center
+  named a near tie, since then its leader);
 - within `TIE_NATS`, short of its threshold (gaining more or less at that update);
 - beyond `TIE_NATS`: the segment on the way led by itself;
 - no crossing: the alert came from a placement or a correction, not from the evidence.
@@ -141,7 +142,7 @@ def where_it_stood(c: dict[str, Any], named: int, dest: int) -> str:
     way = "into busier" if c["total"][named] > c["total"][c["current"]] else "into quieter"
     if sums[dest] >= c["threshold"][dest] and sums[dest] >= lead - detect.TIE_NATS:
         led = "destination led" if sums[dest] >= sums[named] else "destination trailed"
-        return f"in the tie, the nearer center named another ({led}); {way}"
+        return f"in the tie, another named ({led}); {way}"
     if sums[dest] >= sums[named] - detect.TIE_NATS:
         more = "more" if c["gained"][dest] > c["gained"][named] else "less"
         return f"within TIE_NATS, short of its threshold, gaining {more}; {way}"

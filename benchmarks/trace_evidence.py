@@ -63,12 +63,12 @@ def trace(
 
     def update_seen(
         self: detect.Evidence, blob: bytes, at: float, column: int | None, current: int,
-        terms: detect.Terms, value: float | None = None, prefer: Any = None,
+        terms: detect.Terms, value: float | None = None,
         identity: tuple[int, Sequence[float], Sequence[float]] | None = None,
         never: frozenset[int] = frozenset(),
     ) -> tuple[bytes, int | None, float]:  # fmt: skip
         result = update(
-            self, blob, at, column, current, terms, value, prefer=prefer, identity=identity,
+            self, blob, at, column, current, terms, value, identity=identity,
             never=never,
         )  # fmt: skip
         row = now[-1] if now else None

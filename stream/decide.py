@@ -519,7 +519,7 @@ class Decider:
             # wrong alerts here: a customer between two segments of nearly the same
             # profile crossed their border at every lull. A customer back from a Lapsing
             # segment is a reactivation at this first event, as before (no migration).
-            if self._detect(row, state, features[i], i, prep, out, dist=dist):
+            if self._detect(row, state, features[i], i, prep, out):
                 return
             began = self._agreeing_evidence(state, prep.terms[prep.at[i]].scale)
             if began is not None and state.segment in self.lapsing:
@@ -548,7 +548,7 @@ class Decider:
         if (
             governed
             and prep is not None
-            and self._detect(row, state, features[i], i, prep, out, confirm=confirm, dist=dist)
+            and self._detect(row, state, features[i], i, prep, out, confirm=confirm)
         ):
             return
         if target == state.segment:
@@ -622,12 +622,12 @@ class Decider:
 
     def _detect(
         self, row: Row, state: CustomerState, x: np.ndarray, i: int, prep: _Prepared,
-        out: Decisions, *, dist: np.ndarray, confirm: bool = True,
+        out: Decisions, *, confirm: bool = True,
     ) -> bool:  # fmt: skip
         """Feed one event (`confirm`) or a daily re-score (the silence since the last
         update) to the customer's evidence; migrate when it crosses (True), to the
-        segment with the most evidence or, among those the evidence cannot tell apart,
-        the one whose center is nearest (`dist`, `Evidence.update`).
+        segment with the most evidence among those past their threshold
+        (`Evidence.update`).
 
         A re-score completes a move only when an event of the customer came after the
         evidence began, and the destination explains the silence since its last event
@@ -661,8 +661,8 @@ class Decider:
         if seen is not None and shares is not None:
             identity = (seen[1], *shares.terms(seen[0], current, row.own))
         state.evidence, moved, began = ev.update(
-            state.evidence, row.at, column, current, terms, value, prefer=dist,
-            identity=identity, never=self._lapsing_at,
+            state.evidence, row.at, column, current, terms, value, identity=identity,
+            never=self._lapsing_at,
         )  # fmt: skip
         if not confirm and (
             moved is None

@@ -102,9 +102,9 @@ SHARE_CAP: Final = 4.0
 #: (Day, value) pairs of a prior mixed into a customer's own shares: the segments' shares
 #: weighted by how well each explains its days (`ShareProfile.own_shares`).
 PRIOR_PAIRS: Final = 20.0
-#: Segments whose evidence is within this many nats of the leader's when it crosses are
-#: ones the events cannot tell apart (e^2: odds under 7.4 to 1); the caller's preference
-#: (the nearest center) names the destination among those of them that crossed too.
+#: Segments whose evidence is within this many nats of the leader's when it crosses are a
+#: near tie (e^2: odds under 7.4 to 1): the alert names the leader and carries the
+#: runner-up (`Evidence.runner_up`), and with `tie_wait` the alert waits.
 TIE_NATS: Final = 2.0
 #: Up to this event rate (events a day, of the modelled types) a customer's threshold is
 #: the configured one; above it, the configured one plus the log of its rate over this
@@ -686,7 +686,6 @@ class Evidence:
         current: int,
         terms: Terms,
         value: float | None = None,
-        prefer: np.ndarray | None = None,
         identity: tuple[int, Sequence[float], Sequence[float]] | None = None,
         never: frozenset[int] = frozenset(),
     ) -> tuple[bytes, int | None, float]:
@@ -700,21 +699,17 @@ class Evidence:
         counted on the same UTC day adds nothing. `never`: segment positions the
         evidence runs for but never names (the decider's Lapsing segments).
 
-        The destination is the strongest evidence's segment, or, with `prefer` (a rank
-        per segment position, lower first: the decider passes the distances of the
-        customer's features to the centers), the preferred one among those within
-        `TIE_NATS` of it that crossed their own threshold. Two segments with nearly the
-        same rates (a bundle's "Big Spenders (regular)" and "(irregular)") gain nearly
-        the same evidence, and which crossed first was a coin toss: on the high-activity
-        shape's held-out seeds 32 and 33 it made 3 of the 5 alerts that named a segment
-        the customer did not settle in. A segment short of its threshold is not named:
-        the features still hold the weeks before the change, so its nearer center is
-        often a segment on the customer's way (on the 1,500-customer sudden histories
-        the landing of alerts rose from 0.87-0.91 to 0.88-0.92, docs/migration-detector.md).
+        The destination is the segment with the most evidence among those past their own
+        threshold. Within `TIE_NATS` of it the events have not told the segments apart
+        well, and until session 40 the nearest center named one of those: the features
+        still hold the weeks before the change, so the nearer center is often a segment
+        the customer only passes, and judged where customers settle (read once their
+        90-day windows have turned over) the leader landed more of the alerts (up in 28
+        of 87 backtests, down in 10) with fewer alerts on the way (docs/migration-
+        detector.md, session 40). A segment short of its own threshold is never named.
         With `tie_wait`, a near tie among crossed segments waits until the leader is
-        `TIE_NATS` past its own threshold, and the leader alone is named if the others
-        fell behind by then: the alerts land where customers settle more often, for hours
-        to days of delay (docs/migration-detector.md, session 39).
+        `TIE_NATS` past its own threshold: the alerts land where customers settle more
+        often, for hours to days of delay (docs/migration-detector.md, session 39).
         A crossing into a busier segment waits while a segment short of its threshold
         overtakes it (`_overtaking`)."""
         found = unpack(blob, current, self.k)
@@ -761,23 +756,19 @@ class Evidence:
                 best, best_sum = s, total
         if best is not None and self._overtaking(best, current, sums, gained, terms.scale, never):
             best = None
-        if best is not None and prefer is not None:
-            close = [
-                s
-                for s in range(self.k)
-                if s != current
+        if (
+            best is not None
+            and self.tie_wait
+            and best_sum < self.threshold_for(terms.scale, current, best) + TIE_NATS
+            and any(
+                s not in (best, current)
                 and s not in never
                 and sums[s] >= best_sum - TIE_NATS
                 and sums[s] >= self.threshold_for(terms.scale, current, s)
-            ]
-            if (
-                self.tie_wait
-                and len(close) > 1
-                and best_sum < self.threshold_for(terms.scale, current, best) + TIE_NATS
-            ):
-                best = None  # a near tie the next events may still separate
-            else:
-                best = min(close, key=lambda s: float(prefer[s]))
+                for s in range(self.k)
+            )
+        ):
+            best = None  # a near tie the next events may still separate
         if was <= 0.0:  # a new run of evidence begins with this event
             start = at
         return pack(max(at, last), start, sums, current, seen), best, start
@@ -821,9 +812,10 @@ class Evidence:
         """After an update that named segment position `named` (in a state packed while in
         `current`): the other segment with the most evidence (not `current`, not one of
         `never`) and by how many nats `named` leads it (its whole evidence when there is
-        none). Under `TIE_NATS` the events had not told the two apart when the alert went
-        out, and the nearest center chose (`update`); a negative lead is a center that
-        chose the segment behind. Read only when an alert goes out, off the hot path.
+        none). Under `TIE_NATS` the events had not told the two apart well when the alert
+        went out (`update`); a negative lead is a runner-up with more evidence that had not
+        crossed its own, higher threshold. Read only when an alert goes out, off the hot
+        path.
 
         >>> flat = RateProfiles(("a",), False, np.ones((3, 1)), (0,), (0,), 90.0, 30.0, 30.0)
         >>> e = Evidence(flat, 8.0, 0)

@@ -223,7 +223,7 @@ class StreamSettings(BaseSettings):
         description="With the `evidence` detector, a near tie (segments whose evidence "
         "crossed within 2 nats of each other) waits until the leader is 2 nats past its "
         "threshold, so more alerts name where the customer settles, hours to days later; "
-        "off: the nearest center names one at once, and the alert names the runner-up.",
+        "off: the leader is named at once, and the alert names the runner-up.",
     )
     churn_cooldown_days: float = Field(
         DEFAULT_RULES.churn_cooldown_days,

@@ -19,18 +19,19 @@ from tests.shape_backtest import Bounds, check_migrations, shape_fixture
 #: recall within 28 days / median delay / landing of the changes by their last alert /
 #: landing of the alerts. partial 0.86 / 0.011 / 0.80 / 7.7 / 0.71 / 0.71 (only purchases
 #: change: a move the other behaviours contradict; 30 % of its changes cross no border);
-#: close 0.96 / 0.003 / 0.83 / 8.0 / 0.88 / 0.88 (personas near each other: the bundle
-#: holds two Big Spenders segments of nearly the same rates); far 0.86 / 0.013 / 1.00 / 2.4
-#: / 0.97 / 0.91. Far and partial miss the precision and flap targets on this seed's long
-#: history (on their 150-day ones 0.97 / 0.003 and 0.96 / 0.003; medians over seeds 31 to 53
-#: in the README). The median delay is over the detected changes: it rises where later
-#: changes are detected too (read it with the recall).
+#: close 0.96 / 0.003 / 0.83 / 8.0 / 0.80 / 0.80 (personas near each other: the bundle
+#: holds two Big Spenders segments of nearly the same rates; 0.88 when the nearest center
+#: broke a near tie, before session 40); far 0.86 / 0.013 / 1.00 / 2.4 / 1.00 / 0.97. Far
+#: and partial miss the precision and flap targets on this seed's long history (on their
+#: 150-day ones 0.97 / 0.003 and 0.96 / 0.003; medians over seeds 31 to 53 in the README).
+#: The median delay is over the detected changes: it rises where later changes are
+#: detected too (read it with the recall).
 BOUNDS = {
     "partial": Bounds(
         precision=0.8, flap=0.015, recall=0.7, delay=10.0, landed=0.65, landed_alerts=0.65
     ),
     "close": Bounds(
-        precision=0.9, flap=0.01, recall=0.75, delay=10.0, landed=0.8, landed_alerts=0.8
+        precision=0.9, flap=0.01, recall=0.75, delay=10.0, landed=0.75, landed_alerts=0.75
     ),
     "far": Bounds(precision=0.8, flap=0.02, recall=0.9, delay=3.0, landed=0.9, landed_alerts=0.9),
 }

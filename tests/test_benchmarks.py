@@ -114,7 +114,7 @@ def test_a_first_alert_on_the_way_is_classed_by_where_the_destination_stood() ->
                 "threshold": [8.0, 8.0, 8.0], "total": [1.0, 2.0, 3.0]}  # fmt: skip
 
     led = where_it_stood(crossing([0.0, 9.0, 9.5], [0.0, 1.0, 1.0]), 1, 2)
-    assert led == "in the tie, the nearer center named another (destination led); into busier"
+    assert led == "in the tie, another named (destination led); into busier"
     trailed = where_it_stood(crossing([0.0, 9.5, 9.0], [0.0, 1.0, 1.0]), 1, 2)
     assert "(destination trailed)" in trailed
     short = where_it_stood(crossing([0.0, 9.0, 7.5], [0.0, 0.5, 1.0]), 1, 2)

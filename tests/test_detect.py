@@ -24,6 +24,7 @@ from stream.decide import CustomerState, Decider, Row, Rules
 from stream.detect import (
     DAY,
     SHARE_CAP,
+    TIE_NATS,
     Evidence,
     RateProfiles,
     ShareProfile,
@@ -681,71 +682,65 @@ def test_the_default_baseline_leaves_out_the_profile_window() -> None:
     assert [catalog.names[c] for c in profiles.recent_cols] == ["sessions_30d"]
 
 
-def test_the_nearest_center_names_a_destination_the_events_cannot_tell_apart() -> None:
+def test_a_near_tie_names_the_segment_with_the_most_evidence() -> None:
     """A reader turns builder where the bundle has two builder segments 2 % apart: the
-    evidence for both crosses together, and the caller's preference (the distances to
-    the centers) names the one; a segment whose evidence clearly trails is never chosen
-    for being preferred."""
+    evidence for both crosses together, and the alert names the one with more of it, with
+    the other as its runner-up (what a flow can prepare for too)."""
     rates = np.vstack([RATES, RATES[1] * 1.02, [3.0, 0.05, 0.05]])
     profiles = dataclasses.replace(PROFILES, rates=rates)
     evidence = Evidence(profiles, threshold=10.0, tenure_col=TENURE)
     x = steady_row(RATES[0])
     terms = [evidence.prepare(x, np.array([0]), [c])[0] for c in range(3)]
     rng = np.random.default_rng(7)
-    events = stream_of(RATES[0], 10, rng) + stream_of(RATES[1], 28, rng, start=10)
-
-    def destination(prefer: list[float]) -> int | None:
-        blob, rank = b"", np.array(prefer)
-        for day, col in events:
-            blob, fired, _ = evidence.update(blob, day * DAY, col, 0, terms[col], prefer=rank)
-            if fired is not None:
-                return fired
-        return None
-
-    assert destination([0.0, 1.0, 2.0, 0.5]) == 1
-    assert destination([0.0, 2.0, 1.0, 0.5]) == 2
-    assert destination([0.0, 2.0, 1.0, 0.1]) == 2  # segment 3's evidence trails far behind
+    blob, fired = b"", None
+    for day, col in stream_of(RATES[0], 10, rng) + stream_of(RATES[1], 28, rng, start=10):
+        blob, fired, _ = evidence.update(blob, day * DAY, col, 0, terms[col])
+        if fired is not None:
+            break
+    found = unpack(blob, 0, 4)
+    assert fired in (1, 2) and found is not None
+    sums = found[2]
+    other = 3 - fired
+    assert sums[fired] >= sums[other] >= sums[fired] - TIE_NATS  # a near tie, and its leader
+    assert evidence.runner_up(blob, 0, fired)[0] == other
 
 
 def test_a_near_tie_names_only_a_segment_whose_evidence_crossed() -> None:
-    """The nearest center breaks a near tie only among segments past their own
-    threshold: a segment on the customer's way (its center nearer, its evidence within
-    `TIE_NATS` of the leader's but short of the threshold) is not named, so the alert
-    does not send a flow to a segment the customer only passes through."""
+    """A segment short of its own threshold is never named: within `TIE_NATS` of the
+    leader, not past its threshold, it is often a segment on the customer's way."""
     quiet = np.array([[0.3, 0.1, 0.2], [0.4, 0.3, 0.2], [0.3, 0.4, 0.2]])  # all <= 1 a day
     evidence = Evidence(dataclasses.replace(PROFILES, rates=quiet), 8.0, TENURE)
     step = [0.0, 0.1, 0.1]
     terms = Terms(step, [0.0] * 3, step, [0.0] * 3, scale=1.0, own_value=0.0)
-    nearer_two = np.array([0.0, 1.0, 0.5])
 
     def crossing(sums: list[float]) -> int | None:
         blob = pack(DAY, DAY, sums, current=0)
-        return evidence.update(blob, DAY + 60.0, 0, 0, terms, prefer=nearer_two)[1]
+        return evidence.update(blob, DAY + 60.0, 0, 0, terms)[1]
 
     assert evidence.threshold_for(1.0, 0, 2) == 8.0
-    assert crossing([0.0, 9.0, 7.5]) == 1  # 2 is 1.4 nats behind, but at 7.6 of 8
-    assert crossing([0.0, 9.0, 8.0]) == 2  # both crossed: the nearer center names it
+    assert crossing([0.0, 9.0, 7.5]) == 1  # 2 is 1.4 nats behind, at 7.6 of 8
+    assert crossing([0.0, 7.5, 7.8]) is None  # neither past 8
+    assert crossing([0.0, 8.0, 9.0]) == 2  # both crossed: the leader
 
 
 def test_tie_wait_holds_a_near_tie_until_the_leader_is_tie_nats_past_its_threshold() -> None:
     """`SEGSTREAM_MIGRATION_TIE_WAIT`: two segments that both crossed within `TIE_NATS` of
     each other name nothing until the leader is `TIE_NATS` past its own threshold (the
     events of those hours often tell them apart). Then the leader alone is named if the
-    other fell behind, else the nearest center names one of the two."""
+    other fell behind, else the leader with its runner-up."""
     quiet = np.array([[0.3, 0.1, 0.2], [0.4, 0.3, 0.2], [0.3, 0.4, 0.2]])  # all <= 1 a day
     profiles = dataclasses.replace(PROFILES, rates=quiet)
     step = [0.0, 0.1, 0.1]
     terms = Terms(step, [0.0] * 3, step, [0.0] * 3, scale=1.0, own_value=0.0)
-    nearer_two = np.array([0.0, 1.0, 0.5])
 
     def crossing(sums: list[float], tie_wait: bool = True) -> int | None:
         evidence = Evidence(profiles, 8.0, TENURE, tie_wait=tie_wait)
         blob = pack(DAY, DAY, sums, current=0)
-        return evidence.update(blob, DAY + 60.0, 0, 0, terms, prefer=nearer_two)[1]
+        return evidence.update(blob, DAY + 60.0, 0, 0, terms)[1]
 
-    assert crossing([0.0, 9.0, 8.0]) is None  # both crossed, 1 nat apart: it waits
-    assert crossing([0.0, 9.0, 8.0], tie_wait=False) == 2  # the default names it at once
-    assert crossing([0.0, 10.0, 9.0]) == 2  # 2 nats past: the nearer center names it
+    assert crossing([0.0, 8.0, 9.0]) is None  # both crossed, 1 nat apart: it waits
+    assert crossing([0.0, 8.0, 9.0], tie_wait=False) == 2  # the default names it at once
+    assert crossing([0.0, 9.0, 10.0]) == 2  # 2 nats past: the leader
     assert crossing([0.0, 10.0, 7.9]) == 1  # the other fell behind: the leader
     assert crossing([0.0, 9.0, 7.5]) == 1  # no tie (2 short of its threshold): at once
 
@@ -764,28 +759,27 @@ def test_the_tie_wait_setting_reaches_the_detector(monkeypatch: pytest.MonkeyPat
 def test_a_crossing_into_a_busier_segment_waits_for_a_rival_that_overtakes_it() -> None:
     """A customer turning busier passes the segments whose rates lie between: a crossing
     into a busier segment waits while a rival within `TIE_NATS`, short of its threshold,
-    gains more at the event, and the alert names the rival once it crosses. A crossing
+    gains more at the event, and the alert names the rival once it crosses and leads. A crossing
     into a quieter segment never waits: there the silence, not the events, is the
     evidence, and a hold would cost days."""
     # Totals a day: 0.6 (0), 0.9 (1: between), 1.0 (2: the busiest); all at threshold 8.
     rates = np.array([[0.3, 0.1, 0.2], [0.4, 0.3, 0.2], [0.3, 0.5, 0.2]])
     evidence = Evidence(dataclasses.replace(PROFILES, rates=rates), 8.0, TENURE)
     assert all(evidence.threshold_for(1.0, c, s) == 8.0 for c in range(3) for s in range(3))
-    nearer_two = np.array([1.0, 1.0, 0.5])
 
     def update(sums: list[float], step: list[float], current: int = 0) -> tuple[bytes, int | None]:
         terms = Terms(step, [0.0] * 3, step, [0.0] * 3, scale=1.0, own_value=0.0)
         blob = pack(DAY, DAY, sums, current=current)
-        new, fired, _ = evidence.update(blob, DAY + 60.0, 0, current, terms, prefer=nearer_two)
+        new, fired, _ = evidence.update(blob, DAY + 60.0, 0, current, terms)
         return new, fired
 
     # 1 crosses (8.05) while 2, 1 nat behind, gains three times as much: held.
     blob, fired = update([0.0, 7.95, 7.0], [0.0, 0.1, 0.3])
     assert fired is None
-    # The next event carries 2 past its threshold too: the alert names 2, once.
+    # The next event carries 2 past its threshold and past 1: the alert names 2, once.
     found = unpack(blob, 0, 3)
     assert found is not None
-    _, fired = update(found[2], [0.0, 0.1, 0.8])
+    _, fired = update(found[2], [0.0, 0.1, 1.0])
     assert fired == 2
     # A rival that gains less, or is beyond TIE_NATS, does not hold the crossing.
     assert update([0.0, 7.95, 7.0], [0.0, 0.3, 0.1])[1] == 1
