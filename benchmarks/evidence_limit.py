@@ -50,9 +50,13 @@ one's alerts of the same history (a `segstream backtest` folder's `alerts.jsonl`
 by change, and asks where the shipped detector's days go: for each group of changes (the
 customer settling at the change, the first alert at a daily re-score, moves to a quieter
 or a busier persona) the median delay of all changes if that group's delays were the
-ideal's (`days_by_group`). Pick `--at-h` where the ideal's false alarms are the backtest's.
+ideal's (`days_by_group`). Pick `--at-h` where the ideal's false alarms are the backtest's,
+or give the backtest's flap rate as `--at-flaps` and the ideal runs at the lowest h of its
+grid whose false alarms are no more (`h_at_flaps`): the comparison at equal false alarms.
 
     python -m benchmarks.evidence_limit --history data/sudden --against data/sudden/bt --at-h 9
+    python -m benchmarks.evidence_limit --history data/sudden --against data/sudden/bt \
+        --at-flaps 0.0027
 
 Pure: reads the truth CSV or a history's files only, or simulates.
 """
@@ -517,6 +521,24 @@ def oracle_on_history(
     return {"delays": delays, "flaps": flaps}
 
 
+HISTORY_THRESHOLDS = np.arange(7.0, 12.01, 0.5)  # the ideal's grid on a history's events
+
+
+def h_at_flaps(thresholds: np.ndarray, flaps: np.ndarray, rate: float) -> float:
+    """The lowest threshold whose false alarms (`flaps`, per threshold) are at most `rate`,
+    or, when none is, the one with the fewest: the ideal detector at a backtest's own false
+    alarms. A history's unchanged customers make a few alarms at most, so the grid's false
+    alarms move in steps and `rate` lands between them.
+
+    >>> h_at_flaps(np.array([8.0, 9.0, 10.0]), np.array([0.01, 0.004, 0.0]), 0.005)
+    9.0
+    >>> h_at_flaps(np.array([8.0, 9.0]), np.array([0.01, 0.004]), 0.0)
+    9.0
+    """
+    ok = np.flatnonzero(flaps <= max(rate, float(flaps.min())))
+    return float(thresholds[ok[0]])
+
+
 def days_by_group(
     shipped: np.ndarray, ideal: np.ndarray, groups: dict[str, np.ndarray]
 ) -> dict[str, tuple[int, float]]:
@@ -656,6 +678,11 @@ def main(argv: list[str] | None = None) -> None:
         "--at-h", type=float, default=SHIPPED_H,
         help="With --against: the ideal detector's threshold (nats).",
     )  # fmt: skip
+    parser.add_argument(
+        "--at-flaps", type=float, default=None,
+        help="With --against, instead of --at-h: the backtest's flap rate (migration alerts "
+        "per unchanged customer per 30 days); the ideal runs where its false alarms are no more.",
+    )  # fmt: skip
     parser.add_argument("--moves", type=int, default=2000, help="Customers simulated per shape.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -676,10 +703,15 @@ def main(argv: list[str] | None = None) -> None:
         print(shapes_table(args.moves, args.seed, args.attributes))
         return
     if args.history is not None and args.against is not None:
-        print(against_backtest(args.history, args.against / "alerts.jsonl", args.at_h, args.shape))
+        h = args.at_h
+        if args.at_flaps is not None:
+            grid = oracle_on_history(args.history, HISTORY_THRESHOLDS, args.shape, args.from_day)
+            h = h_at_flaps(HISTORY_THRESHOLDS, grid["flaps"], args.at_flaps)
+        alerts = args.against / "alerts.jsonl"
+        print(against_backtest(args.history, alerts, h, args.shape, args.from_day))
         return
     if args.history is not None:
-        thresholds = np.arange(7.0, 11.01, 0.5)
+        thresholds = HISTORY_THRESHOLDS
         oracle = oracle_on_history(args.history, thresholds, args.shape, args.from_day)
         print(
             "| h | median delay (d) | recall 7 d | 28 d | alarms per unchanged customer per 30 d |"

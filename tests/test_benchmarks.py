@@ -231,6 +231,19 @@ def test_where_the_days_go_puts_one_group_of_changes_at_the_ideal_s_speed_at_a_t
     assert got["missed"] == (1, 3.0)
 
 
+def test_the_ideal_detector_runs_at_the_backtest_s_own_false_alarms() -> None:
+    """`--at-flaps`: the ideal detector is compared at the lowest threshold of its grid
+    whose false alarms are no more than the backtest's, so it is not given more false
+    alarms than the shipped detector spent; where even its highest threshold alarms more,
+    it runs at the threshold with the fewest."""
+    thresholds = np.array([7.0, 7.5, 8.0, 8.5, 9.0])
+    flaps = np.array([0.03, 0.014, 0.014, 0.007, 0.0035])
+    assert evidence_limit.h_at_flaps(thresholds, flaps, 0.014) == 7.5
+    assert evidence_limit.h_at_flaps(thresholds, flaps, 0.0079) == 8.5
+    assert evidence_limit.h_at_flaps(thresholds, flaps, 0.0027) == 9.0
+    assert evidence_limit.h_at_flaps(thresholds, flaps, 0.0) == 9.0
+
+
 def test_placement_counts_the_settled_customers_a_segment_away_from_their_persona() -> None:
     """`benchmarks.placement`: at the date, each settled, active customer's segment is its
     latest placement before it; the customers of a persona away from the segment most of
