@@ -40,8 +40,8 @@ personas (the customer's multiplier read off its 90 days before), the days betwe
 as they pass, from each change and, for every unchanged customer, against every other
 persona from the judged window's start. Its delays and false alarms are on the very events
 a backtest of that history judges, so the two can be compared threshold by threshold
-(`oracle_on_history`; shapes whose rates are flat and switch at once: sudden, close, far,
-low- and high-activity).
+(`oracle_on_history`; shapes whose rates switch at once and whose counts are Poisson:
+sudden, close, far, low- and high-activity, and seasonal, whose weekends it reads).
 
     python -m benchmarks.evidence_limit --history data/sudden [--shape sudden]
 
@@ -389,7 +389,7 @@ def estimated_baseline(
 
 #: Shapes `oracle_on_history` reads right: flat rates (no weekends, no overdispersion) that
 #: switch at once and entirely.
-ORACLE_SHAPES = ("sudden", "close", "far", "low-activity", "high-activity")
+ORACLE_SHAPES = ("sudden", "close", "far", "low-activity", "high-activity", "seasonal")
 
 
 def _event_term(
@@ -419,22 +419,27 @@ def _event_term(
 
 def _alarms(
     events: list[tuple[float, float]], start: float, end: float, drift: float, h: float,
-    restart: bool,
+    restart: bool, week: Callable[[float], float] | None = None,
 ) -> list[float]:  # fmt: skip
     """The times (days) a CUSUM run from `start` to `end` over `events` ((day, term),
     sorted) reaches `h`, with `drift` nats lost per day between them (negative: silence
     is evidence, and the sum may cross between two events); only the first, unless
-    `restart` (then it starts again from 0 after each)."""
+    `restart` (then it starts again from 0 after each). `week`: the drift's factor on the
+    day a time falls in (a seasonal history's weekend rates); the silence is then summed
+    day by day."""
     s, last, hits = 0.0, start, []
     for t, term in [*((t, x) for t, x in events if start <= t < end), (end, None)]:
-        gap = t - last
-        while drift < 0 and s - drift * gap >= h:  # crosses in the silence before t
-            used = (h - s) / -drift
-            hits.append(last + used)
-            if not restart:
-                return hits
-            s, last, gap = 0.0, last + used, gap - used
-        s, last = max(s - drift * gap, 0.0), t
+        while last < t:  # the silence before t, in pieces of one drift
+            stop = t if week is None else min(t, math.floor(last) + 1.0)
+            d = drift if week is None else drift * week(last)
+            if d < 0 and s - d * (stop - last) >= h:  # crosses in this piece
+                last += (h - s) / -d
+                hits.append(last)
+                if not restart:
+                    return hits
+                s = 0.0
+                continue
+            s, last = max(s - d * (stop - last), 0.0), stop
         if term is None:
             break
         s = max(s + term, 0.0)
@@ -463,6 +468,14 @@ def oracle_on_history(
     if shape not in ORACLE_SHAPES:
         raise ValueError(f"--shape {shape}: the oracle reads only {', '.join(ORACLE_SHAPES)}")
     rates = shape_rates(SHAPES[shape])
+    weekday = DEFAULT_START.weekday()
+    week: Callable[[float], float] | None = None
+    if SHAPES[shape].weekend != 1.0:
+        # Every rate is scaled alike on weekends: an event's ratio is unchanged, the
+        # silence's evidence (the drift) and the expected counts scale with it.
+        def week(day: float) -> float:
+            return float(weekend_factor(SHAPES[shape], weekday, np.array(math.floor(day))))
+
     names = list(PERSONAS)
     truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
     per: dict[str, list[tuple[float, str, dict[str, object]]]] = {}
@@ -486,7 +499,8 @@ def oracle_on_history(
         first = seen[0][0] if seen else until
         span = max(min(90.0, until - first), 1.0)
         count = sum(1 for t, _, _ in seen if until - span <= t < until)
-        return max(count / float(rates[names.index(persona)].sum() * span), 0.05)
+        expected = span if week is None else span * (5.0 + 2.0 * SHAPES[shape].weekend) / 7.0
+        return max(count / float(rates[names.index(persona)].sum() * expected), 0.05)
 
     def run(
         cid: str, old: str, new: str, start: float, end: float, restart: bool
@@ -495,7 +509,7 @@ def oracle_on_history(
         m = multiplier(cid, old, start)
         drift = m * float(rates[names.index(new)].sum() - rates[names.index(old)].sum())
         terms = [(t, _event_term(k, p, new, old, rates)) for t, k, p in per.get(cid, [])]
-        return [_alarms(terms, start, end, drift, h, restart) for h in thresholds]
+        return [_alarms(terms, start, end, drift, h, restart, week) for h in thresholds]
 
     rows = []
     for cid, at in changed_at.items():

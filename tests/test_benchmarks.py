@@ -332,19 +332,36 @@ def test_the_cusum_crosses_in_silence_at_the_time_the_evidence_reaches_the_thres
     assert evidence_limit._alarms([(4.0, 9.0)], 0.0, 10.0, 0.5, 3.0, restart=False) == [4.0]
 
 
+def test_the_cusum_counts_a_quieter_weekend_s_silence_for_less() -> None:
+    """`_alarms` with `week`: on a seasonal history every rate is halved on weekends, so a
+    silent weekend says half as much as a silent weekday. From a Saturday (day 0) at 1 nat
+    per weekday, 3 nats are reached on Tuesday (day 3 + 1 = 4) instead of day 3; the day
+    is looked up where the silence is, not where it began."""
+
+    def week(day: float) -> float:
+        return 0.5 if math.floor(day) % 7 in (0, 1) else 1.0
+
+    assert evidence_limit._alarms([], 0.0, 10.0, -1.0, 3.0, False, week) == [4.0]
+    assert evidence_limit._alarms([], 0.0, 10.0, -1.0, 3.0, False) == [3.0]
+    # An event's term is the same whatever the day: 1 nat by Monday's start, +2 there.
+    assert evidence_limit._alarms([(2.0, 2.0)], 0.0, 10.0, -1.0, 3.0, False, week) == [2.0]
+
+
+@pytest.mark.parametrize("name", ["sudden", "seasonal"])
 def test_the_oracle_on_a_history_sees_its_changes_and_alarms_less_as_h_rises(
-    tmp_path: Path,
+    tmp_path: Path, name: str
 ) -> None:
-    """`--history`: the ideal detector on a generated sudden history's own events detects
-    nearly every change within 28 days at a low threshold; each change is detected no
-    earlier at a higher one (a sum that reaches 12 nats has passed 6) and the unchanged
-    customers raise fewer alarms. Shapes it cannot read right are refused by name."""
-    shape = SHAPES["sudden"].with_options(migrate_from_day=100, migrate_to_day=122)
+    """`--history`: the ideal detector on a generated sudden (or seasonal: weekends at half
+    the rates) history's own events detects nearly every change within 28 days at a low
+    threshold; each change is detected no earlier at a higher one (a sum that reaches 12
+    nats has passed 6) and the unchanged customers raise fewer alarms. Shapes it cannot
+    read right are refused by name."""
+    shape = SHAPES[name].with_options(migrate_from_day=100, migrate_to_day=122)
     write_history(generate_history(200, 150, seed=5, shape=shape), tmp_path)
-    got = evidence_limit.oracle_on_history(tmp_path, np.array([6.0, 12.0]))
+    got = evidence_limit.oracle_on_history(tmp_path, np.array([6.0, 12.0]), shape=name)
     low, high = got["delays"][:, 0], got["delays"][:, 1]
     assert len(low) >= 10 and np.mean(low <= 28) >= 0.9
     assert np.all(high >= low)
     assert got["flaps"][1] < got["flaps"][0]
-    with pytest.raises(ValueError, match="seasonal"):
-        evidence_limit.oracle_on_history(tmp_path, np.array([9.0]), shape="seasonal")
+    with pytest.raises(ValueError, match="overdispersed"):
+        evidence_limit.oracle_on_history(tmp_path, np.array([9.0]), shape="overdispersed")
