@@ -40,8 +40,9 @@ personas (the customer's multiplier read off its 90 days before), the days betwe
 as they pass, from each change and, for every unchanged customer, against every other
 persona from the judged window's start. Its delays and false alarms are on the very events
 a backtest of that history judges, so the two can be compared threshold by threshold
-(`oracle_on_history`; shapes whose rates switch at once and whose counts are Poisson:
-sudden, close, far, low- and high-activity, and seasonal, whose weekends it reads).
+(`oracle_on_history`; shapes whose rates switch at once: sudden, close, far, low- and
+high-activity, seasonal, whose weekends it reads, and overdispersed, whose negative-binomial
+days it reads as `day_llr` does).
 
     python -m benchmarks.evidence_limit --history data/sudden [--shape sudden]
 
@@ -170,6 +171,22 @@ def day_llr(counts: np.ndarray, new: np.ndarray, old: np.ndarray, dispersion: fl
     step = np.log((r + old) / (r + new))
     nb: np.ndarray = (counts * (np.log(new / old) + step) + r * step).sum(axis=-1)
     return nb
+
+
+def count_terms(new: np.ndarray, old: np.ndarray, dispersion: float) -> tuple[np.ndarray, float]:
+    """`day_llr` split as a CUSUM read event by event needs it: a term per event of each
+    type (the last axis) and the nats lost per day (the drift), so that a day's events'
+    terms minus the drift are that day's log-likelihood ratio.
+
+    >>> terms, drift = count_terms(np.array([2.0]), np.array([1.0]), 0.0)
+    >>> round(float(terms[0]), 3), drift
+    (0.693, 1.0)
+    """
+    if dispersion <= 0:
+        return np.log(new / old), float((new - old).sum())
+    r = 1.0 / dispersion
+    step = np.log((r + old) / (r + new))
+    return np.log(new / old) + step, float(-r * step.sum())
 
 
 def _cusum(llr: np.ndarray, thresholds: np.ndarray, restart: bool) -> np.ndarray:
@@ -389,19 +406,19 @@ def estimated_baseline(
 
 #: Shapes `oracle_on_history` reads right: flat rates (no weekends, no overdispersion) that
 #: switch at once and entirely.
-ORACLE_SHAPES = ("sudden", "close", "far", "low-activity", "high-activity", "seasonal")
+ORACLE_SHAPES = (
+    "sudden", "close", "far", "low-activity", "high-activity", "seasonal", "overdispersed",
+)  # fmt: skip
 
 
 def _event_term(
-    kind: str, props: dict[str, object], new: str, old: str, rates: np.ndarray
+    kind: str, props: dict[str, object], new: str, old: str, counts: np.ndarray
 ) -> float:
-    """What one event tells the ideal detector, persona `new` against `old` (`rates`: the
-    shape's, personas in `PERSONAS` order): its type's log rate ratio, and for a
+    """What one event tells the ideal detector, persona `new` against `old` (`counts`: the
+    per-event count terms of each type, `count_terms`): its type's count term, and for a
     feature_used event its feature's and for a purchase its amount's log-likelihood ratio
     (each capped at `ATTRIBUTE_CAP`, as `attribute_llr`)."""
-    names = list(PERSONAS)
-    j = RATE_TYPES.index(kind)
-    term = math.log(rates[names.index(new), j] / rates[names.index(old), j])
+    term = float(counts[RATE_TYPES.index(kind)])
     value = props.get("feature") if kind == "feature_used" else props.get("amount")
     if kind == "feature_used" and value in FEATURES:
         f = FEATURES.index(str(value))
@@ -507,8 +524,10 @@ def oracle_on_history(
     ) -> list[list[float]]:
         """Per threshold, the alarms of the CUSUM of persona `new` against `old`."""
         m = multiplier(cid, old, start)
-        drift = m * float(rates[names.index(new)].sum() - rates[names.index(old)].sum())
-        terms = [(t, _event_term(k, p, new, old, rates)) for t, k, p in per.get(cid, [])]
+        counts, drift = count_terms(
+            m * rates[names.index(new)], m * rates[names.index(old)], SHAPES[shape].dispersion
+        )
+        terms = [(t, _event_term(k, p, new, old, counts)) for t, k, p in per.get(cid, [])]
         return [_alarms(terms, start, end, drift, h, restart, week) for h in thresholds]
 
     rows = []

@@ -332,6 +332,22 @@ def test_the_cusum_crosses_in_silence_at_the_time_the_evidence_reaches_the_thres
     assert evidence_limit._alarms([(4.0, 9.0)], 0.0, 10.0, 0.5, 3.0, restart=False) == [4.0]
 
 
+@pytest.mark.parametrize("dispersion", [0.0, 1.0])
+def test_read_event_by_event_a_day_s_evidence_is_its_log_likelihood_ratio(
+    dispersion: float,
+) -> None:
+    """`count_terms`: the ideal detector on a history adds a term per event and loses a
+    drift per day; over a whole day that is the day's log-likelihood ratio of its counts
+    (`day_llr`), Poisson or negative binomial, so reading the overdispersed shape's events
+    one by one scores each day as the simulation does."""
+    new, old = np.array([0.3, 1.8, 0.02]), np.array([1.0, 0.2, 0.45])
+    terms, drift = evidence_limit.count_terms(new, old, dispersion)
+    for counts in ([0.0, 0.0, 0.0], [1.0, 3.0, 0.0], [0.0, 1.0, 2.0]):
+        day = np.array(counts)
+        expected = evidence_limit.day_llr(day, new, old, dispersion)
+        assert float(day @ terms) - drift == pytest.approx(float(expected))
+
+
 def test_the_cusum_counts_a_quieter_weekend_s_silence_for_less() -> None:
     """`_alarms` with `week`: on a seasonal history every rate is halved on weekends, so a
     silent weekend says half as much as a silent weekday. From a Saturday (day 0) at 1 nat
@@ -347,15 +363,15 @@ def test_the_cusum_counts_a_quieter_weekend_s_silence_for_less() -> None:
     assert evidence_limit._alarms([(2.0, 2.0)], 0.0, 10.0, -1.0, 3.0, False, week) == [2.0]
 
 
-@pytest.mark.parametrize("name", ["sudden", "seasonal"])
+@pytest.mark.parametrize("name", ["sudden", "seasonal", "overdispersed"])
 def test_the_oracle_on_a_history_sees_its_changes_and_alarms_less_as_h_rises(
     tmp_path: Path, name: str
 ) -> None:
     """`--history`: the ideal detector on a generated sudden (or seasonal: weekends at half
-    the rates) history's own events detects nearly every change within 28 days at a low
-    threshold; each change is detected no earlier at a higher one (a sum that reaches 12
-    nats has passed 6) and the unchanged customers raise fewer alarms. Shapes it cannot
-    read right are refused by name."""
+    the rates; or overdispersed: negative-binomial days) history's own events detects
+    nearly every change within 28 days at a low threshold; each change is detected no
+    earlier at a higher one (a sum that reaches 12 nats has passed 6) and the unchanged
+    customers raise fewer alarms. Shapes it cannot read right are refused by name."""
     shape = SHAPES[name].with_options(migrate_from_day=100, migrate_to_day=122)
     write_history(generate_history(200, 150, seed=5, shape=shape), tmp_path)
     got = evidence_limit.oracle_on_history(tmp_path, np.array([6.0, 12.0]), shape=name)
@@ -363,5 +379,5 @@ def test_the_oracle_on_a_history_sees_its_changes_and_alarms_less_as_h_rises(
     assert len(low) >= 10 and np.mean(low <= 28) >= 0.9
     assert np.all(high >= low)
     assert got["flaps"][1] < got["flaps"][0]
-    with pytest.raises(ValueError, match="overdispersed"):
-        evidence_limit.oracle_on_history(tmp_path, np.array([9.0]), shape="overdispersed")
+    with pytest.raises(ValueError, match="gradual"):
+        evidence_limit.oracle_on_history(tmp_path, np.array([9.0]), shape="gradual")
