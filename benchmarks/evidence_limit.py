@@ -404,8 +404,8 @@ def estimated_baseline(
     return out
 
 
-#: Shapes `oracle_on_history` reads right: flat rates (no weekends, no overdispersion) that
-#: switch at once and entirely.
+#: Shapes `oracle_on_history` reads right: rates that switch at once and entirely, flat or
+#: scaled alike on weekends, with Poisson or negative-binomial days.
 ORACLE_SHAPES = (
     "sudden", "close", "far", "low-activity", "high-activity", "seasonal", "overdispersed",
 )  # fmt: skip
@@ -493,6 +493,9 @@ def oracle_on_history(
         def week(day: float) -> float:
             return float(weekend_factor(SHAPES[shape], weekday, np.array(math.floor(day))))
 
+    # The share of a plain day's counts an average day holds (a week's mean factor).
+    week_mean = float(weekend_factor(SHAPES[shape], weekday, np.arange(7)).mean())
+
     names = list(PERSONAS)
     truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
     per: dict[str, list[tuple[float, str, dict[str, object]]]] = {}
@@ -516,8 +519,7 @@ def oracle_on_history(
         first = seen[0][0] if seen else until
         span = max(min(90.0, until - first), 1.0)
         count = sum(1 for t, _, _ in seen if until - span <= t < until)
-        expected = span if week is None else span * (5.0 + 2.0 * SHAPES[shape].weekend) / 7.0
-        return max(count / float(rates[names.index(persona)].sum() * expected), 0.05)
+        return max(count / float(rates[names.index(persona)].sum() * span * week_mean), 0.05)
 
     def run(
         cid: str, old: str, new: str, start: float, end: float, restart: bool
@@ -591,11 +593,17 @@ def days_by_group(
 
 
 def against_backtest(
-    history: Path, alerts: Path, h: float, shape: str = "sudden", from_day: int = 100
-) -> str:
-    """The ideal detector at `h` beside the shipped one's `alerts` of `history`, change by
-    change (see the module docstring): a markdown table of `days_by_group`."""
-    oracle = oracle_on_history(history, np.array([h]), shape, from_day)
+    history: Path, alerts: Path, h: float, shape: str = "sudden", from_day: int = 100,
+    at_flaps: float | None = None,
+) -> str:  # fmt: skip
+    """The ideal detector at `h` (or, with `at_flaps`, at `h_at_flaps` of its grid) beside
+    the shipped one's `alerts` of `history`, change by change (see the module docstring): a
+    markdown table of `days_by_group`."""
+    thresholds = np.array([h]) if at_flaps is None else HISTORY_THRESHOLDS
+    oracle = oracle_on_history(history, thresholds, shape, from_day)
+    if at_flaps is not None:
+        h = h_at_flaps(thresholds, oracle["flaps"], at_flaps)
+    j = int(np.flatnonzero(thresholds == h)[0])
     changes = pd.read_csv(history / "migrations.csv")
     changes = changes[[history_day(t) >= from_day for t in changes["changed_at"]]]
     truth = pd.read_csv(history / "truth.csv", dtype=str).set_index("customer_id")
@@ -627,7 +635,7 @@ def against_backtest(
         quieter.append(
             rates[names.index(str(row["to_persona"]))] < rates[names.index(str(row["persona"]))]
         )
-    ideal = oracle["delays"][:, 0]
+    ideal = oracle["delays"][:, j]
     if len(ideal) != len(shipped):  # the oracle keys changes by customer: one change each
         raise ValueError(f"{history}: a customer changes more than once; --against reads one")
     to_quieter = np.array(quieter)
@@ -641,7 +649,7 @@ def against_backtest(
         },
     )  # fmt: skip
     rows = [
-        f"The ideal detector at h = {h:g}: {oracle['flaps'][0]:.4f} false alarms per unchanged "
+        f"The ideal detector at h = {h:g}: {oracle['flaps'][j]:.4f} false alarms per unchanged "
         f"customer per 30 days; median delay {np.median(ideal):.2f} days over the "
         f"{len(ideal)} changes from day {from_day} (inf where none within {HORIZON_DAYS} days).",
         "",
@@ -736,12 +744,12 @@ def main(argv: list[str] | None = None) -> None:
         print(shapes_table(args.moves, args.seed, args.attributes))
         return
     if args.history is not None and args.against is not None:
-        h = args.at_h
-        if args.at_flaps is not None:
-            grid = oracle_on_history(args.history, HISTORY_THRESHOLDS, args.shape, args.from_day)
-            h = h_at_flaps(HISTORY_THRESHOLDS, grid["flaps"], args.at_flaps)
         alerts = args.against / "alerts.jsonl"
-        print(against_backtest(args.history, alerts, h, args.shape, args.from_day))
+        print(
+            against_backtest(
+                args.history, alerts, args.at_h, args.shape, args.from_day, args.at_flaps
+            )
+        )
         return
     if args.history is not None:
         thresholds = HISTORY_THRESHOLDS
