@@ -46,6 +46,17 @@ days it reads as `day_llr` does).
 
     python -m benchmarks.evidence_limit --history data/sudden [--shape sudden]
 
+`--race` (with `--history`) runs a change's CUSUM against every other persona, not only
+the one the customer turned into, and names the first to cross: the share of its alarms
+that named the customer's new persona is what the backtest's `landed_first` asks of the
+shipped detector's first alert. Beside it: whether, at that alarm, the new persona's
+log-likelihood since the change led (naming by a known change time), and how often the new
+persona's CUSUM leads 3 to 14 days after the change (naming by the leader then, at any
+threshold). It reads gradual histories too (from each drift's start, the delay from its
+midpoint): which persona a drift's days favour, and when.
+
+    python -m benchmarks.evidence_limit --history data/gradual --shape gradual --race
+
 `--against BT` (with `--history`) sets the ideal detector at `--at-h` beside the shipped
 one's alerts of the same history (a `segstream backtest` folder's `alerts.jsonl`), change
 by change, and asks where the shipped detector's days go: for each group of changes (the
@@ -409,6 +420,12 @@ def estimated_baseline(
 ORACLE_SHAPES = (
     "sudden", "close", "far", "low-activity", "high-activity", "seasonal", "overdispersed",
 )  # fmt: skip
+#: And with `race`: a gradual drift too. The alternatives are the personas' own rates, so
+#: the race asks which persona the days of a drift favour first, not how fast a detector
+#: that knew the drift's path would be.
+RACE_SHAPES = (*ORACLE_SHAPES, "gradual")
+#: Days after a change (a drift's midpoint) at which the race asks which persona leads.
+LEAD_DAYS = (3.0, 5.0, 7.0, 10.0, 14.0)
 
 
 def _event_term(
@@ -468,6 +485,50 @@ def _alarms(
     return hits
 
 
+def _sum_since(
+    events: list[tuple[float, float]], start: float, t: float, drift: float,
+    week: Callable[[float], float] | None = None,
+) -> float:  # fmt: skip
+    """The log-likelihood ratio of the days from `start` to `t` (the events' terms, the
+    last one at `t` included, and the drift over the silence), never reset to 0: the
+    evidence of one persona since a known change, which a CUSUM's running sum is not.
+
+    >>> _sum_since([(1.0, 2.0), (3.0, 5.0)], 0.0, 3.0, 1.0)
+    4.0
+    """
+    return sum(x for te, x in events if start <= te <= t) - _silence(start, t, drift, week)
+
+
+def _cusum_at(
+    events: list[tuple[float, float]], start: float, t: float, drift: float,
+    week: Callable[[float], float] | None = None,
+) -> float:  # fmt: skip
+    """A CUSUM's running sum at `t`, run from `start` over `events` (the last one at `t`
+    included), reset to 0 wherever it would fall below.
+
+    >>> _cusum_at([(1.0, 2.0), (3.0, 5.0)], 0.0, 3.0, 1.0)  # 0, then 2, then 0 + 5
+    5.0
+    """
+    s, last = 0.0, start
+    for te, x in events:
+        if start <= te <= t:
+            s = max(max(s - _silence(last, te, drift, week), 0.0) + x, 0.0)
+            last = te
+    return max(s - _silence(last, t, drift, week), 0.0)
+
+
+def _silence(start: float, t: float, drift: float, week: Callable[[float], float] | None) -> float:
+    """The drift over the days from `start` to `t`, at each day's factor of `week`."""
+    if week is None:
+        return drift * max(t - start, 0.0)
+    total, last = 0.0, start
+    while last < t:
+        stop = min(t, math.floor(last) + 1.0)
+        total += drift * week(last) * (stop - last)
+        last = stop
+    return total
+
+
 def history_day(ts: str) -> float:
     """A generated history's timestamp as days since its start (`DEFAULT_START`)."""
     return (pd.Timestamp(ts).timestamp() - DEFAULT_START.timestamp()) / 86_400.0
@@ -475,15 +536,27 @@ def history_day(ts: str) -> float:
 
 def oracle_on_history(
     history: Path, thresholds: np.ndarray, shape: str = "sudden", from_day: int = 100,
-    days: int = 150,
+    days: int = 150, race: bool = False,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """The ideal detector on a generated history's own events (see the module docstring):
     per threshold, the delays (days; inf: none within `HORIZON_DAYS`) of the migrations on
     or after `from_day`, and the alarms per unchanged customer (no change, no churn, seen
     30 days before `from_day`) per 30 days against every other persona from `from_day`
-    to `days` (a CUSUM started again after each alarm)."""
-    if shape not in ORACLE_SHAPES:
-        raise ValueError(f"--shape {shape}: the oracle reads only {', '.join(ORACLE_SHAPES)}")
+    to `days` (a CUSUM started again after each alarm).
+
+    With `race`, a change's CUSUM runs against every other persona, not only the one the
+    customer turns into, and the first to cross is the alarm: `landed` says, per change
+    and threshold, whether it named the persona the customer turned into (what the
+    shipped detector's `landed_first` asks of its first alert), and `landed_since` whether,
+    at that alarm, that persona's log-likelihood since the change was the highest of all
+    (how a detector that knew when the change began would name it); `led` says, per change
+    and `LEAD_DAYS` after it, whether that persona's CUSUM led every other's (what a
+    detector that named its leader then would name, at any threshold). A gradual change's
+    runs start at its drift's start and its delays count from the midpoint, as the
+    backtest's."""
+    readable = RACE_SHAPES if race else ORACLE_SHAPES
+    if shape not in readable:
+        raise ValueError(f"--shape {shape}: the oracle reads only {', '.join(readable)}")
     rates = shape_rates(SHAPES[shape])
     weekday = DEFAULT_START.weekday()
     week: Callable[[float], float] | None = None
@@ -513,6 +586,8 @@ def oracle_on_history(
         str(c): history_day(t)
         for c, t in zip(changes["customer_id"], changes["changed_at"], strict=True)
     }
+    started = changes["started_at"] if "started_at" in changes else changes["changed_at"]
+    started_at = dict(zip(map(str, changes["customer_id"]), map(history_day, started), strict=True))
 
     def multiplier(cid: str, persona: str, until: float) -> float:
         seen = per.get(cid, [])
@@ -521,24 +596,64 @@ def oracle_on_history(
         count = sum(1 for t, _, _ in seen if until - span <= t < until)
         return max(count / float(rates[names.index(persona)].sum() * span * week_mean), 0.05)
 
-    def run(
-        cid: str, old: str, new: str, start: float, end: float, restart: bool
-    ) -> list[list[float]]:
-        """Per threshold, the alarms of the CUSUM of persona `new` against `old`."""
+    def terms_of(
+        cid: str, old: str, new: str, start: float
+    ) -> tuple[list[tuple[float, float]], float]:
+        """Each event's term of persona `new` against `old`, and the drift per day."""
         m = multiplier(cid, old, start)
         counts, drift = count_terms(
             m * rates[names.index(new)], m * rates[names.index(old)], SHAPES[shape].dispersion
         )
-        terms = [(t, _event_term(k, p, new, old, counts)) for t, k, p in per.get(cid, [])]
+        return [(t, _event_term(k, p, new, old, counts)) for t, k, p in per.get(cid, [])], drift
+
+    def run(
+        cid: str, old: str, new: str, start: float, end: float, restart: bool
+    ) -> list[list[float]]:
+        """Per threshold, the alarms of the CUSUM of persona `new` against `old`."""
+        terms, drift = terms_of(cid, old, new, start)
         return [_alarms(terms, start, end, drift, h, restart, week) for h in thresholds]
 
-    rows = []
+    rows, landed, best, leaders = [], [], [], []
     for cid, at in changed_at.items():
         if at < from_day:
             continue
         row = truth.loc[cid]
-        got = run(cid, str(row["persona"]), str(row["to_persona"]), at, at + HORIZON_DAYS, False)
-        rows.append([g[0] - at if g else np.inf for g in got])
+        old, new, start = str(row["persona"]), str(row["to_persona"]), started_at[cid]
+        rivals = [p for p in names if p != old] if race else [new]
+        read = [terms_of(cid, old, p, start) for p in rivals]
+        # Per threshold, the first alarm of each rival: (time, is the destination).
+        firsts = [
+            [(g[0], p == new) if g else (np.inf, False)
+             for g in (_alarms(terms, start, at + HORIZON_DAYS, drift, h, False, week)
+                       for h in thresholds)]
+            for p, (terms, drift) in zip(rivals, read, strict=True)
+        ]  # fmt: skip
+        # Two rivals crossing at one event: the tuple order names the one that is not the
+        # destination, so a tie never counts as landed.
+        first = [min(by_rival) for by_rival in zip(*firsts, strict=True)]
+        rows.append([t - at for t, _ in first])
+        landed.append([hit for _, hit in first])
+        # At each alarm, does the new persona's log-likelihood since the change lead every
+        # other's (a tie does not)?
+        since = []
+        for t, _ in first:
+            sums = {
+                p: _sum_since(terms, start, t, drift, week) if np.isfinite(t) else 0.0
+                for p, (terms, drift) in zip(rivals, read, strict=True)
+            }
+            mine = sums.pop(new)
+            since.append(bool(np.isfinite(t)) and all(mine > x for x in sums.values()))
+        best.append(since)
+        if race:  # which persona's CUSUM leads `LEAD_DAYS` after the change
+            leading = []
+            for d in LEAD_DAYS:
+                sums = {
+                    p: _cusum_at(terms, start, at + d, drift, week)
+                    for p, (terms, drift) in zip(rivals, read, strict=True)
+                }
+                mine = sums.pop(new)
+                leading.append(all(mine > x for x in sums.values()))
+            leaders.append(leading)
     delays = np.array(rows, dtype=float).reshape(-1, len(thresholds))
     alarms, steady = np.zeros(len(thresholds)), 0
     for key, row in truth.iterrows():
@@ -553,7 +668,12 @@ def oracle_on_history(
                 got = run(str(key), str(row["persona"]), other, from_day, days, True)
                 alarms += [len(hits) for hits in got]
     flaps = alarms / max(steady, 1) / ((days - from_day) / 30.0)
-    return {"delays": delays, "flaps": flaps}
+    landing = np.array(landed, dtype=bool).reshape(-1, len(thresholds))
+    named = np.array(best, dtype=bool).reshape(-1, len(thresholds))
+    led = np.array(leaders, dtype=bool).reshape(len(leaders), len(LEAD_DAYS))
+    return {
+        "delays": delays, "flaps": flaps, "landed": landing, "landed_since": named, "led": led,
+    }  # fmt: skip
 
 
 HISTORY_THRESHOLDS = np.arange(7.0, 12.01, 0.5)  # the ideal's grid on a history's events
@@ -712,6 +832,11 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--shape", default="sudden", help="With --history: the history's shape.")
     parser.add_argument(
+        "--race", action="store_true",
+        help="With --history: every persona is an alternative, the first to cross is named; "
+        "adds the share of alarms that named the customer's new persona (reads gradual too).",
+    )  # fmt: skip
+    parser.add_argument(
         "--against", type=Path, default=None,
         help="With --history: a backtest folder of it; where the shipped detector's days go.",
     )  # fmt: skip
@@ -753,16 +878,33 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.history is not None:
         thresholds = HISTORY_THRESHOLDS
-        oracle = oracle_on_history(args.history, thresholds, args.shape, args.from_day)
-        print(
-            "| h | median delay (d) | recall 7 d | 28 d | alarms per unchanged customer per 30 d |"
+        oracle = oracle_on_history(
+            args.history, thresholds, args.shape, args.from_day, race=args.race
         )
-        print("|---|---|---|---|---|")
+        landing = (
+            " the alarm named the new persona | it led by its likelihood since the change |"
+            if args.race
+            else ""
+        )
+        print(
+            "| h | median delay (d) | recall 7 d | 28 d | alarms per unchanged customer per 30 d "
+            f"|{landing}"
+        )
+        print("|---|---|---|---|---|" + ("---|---|" if args.race else ""))
         for j, h in enumerate(thresholds):
             d = oracle["delays"][:, j]
+            cells = [f"{np.median(d):.2f}", f"{np.mean(d <= 7):.2f}", f"{np.mean(d <= 28):.2f}"]
+            cells.append(f"{oracle['flaps'][j]:.4f}")
+            if args.race:
+                seen = np.isfinite(d)
+                for key in ("landed", "landed_since"):
+                    cells.append(f"{oracle[key][seen, j].mean():.3f}" if seen.any() else "-")
+            print(f"| {h:g} | " + " | ".join(cells) + " |")
+        if args.race:
+            led = oracle["led"].mean(axis=0)
             print(
-                f"| {h:g} | {np.median(d):.2f} | {np.mean(d <= 7):.2f} | {np.mean(d <= 28):.2f} "
-                f"| {oracle['flaps'][j]:.4f} |"
+                "\nThe new persona's CUSUM leads every other's, days after the change: "
+                + ", ".join(f"{d:g} d: {x:.3f}" for d, x in zip(LEAD_DAYS, led, strict=True))
             )
         return
     names = list(PERSONAS)

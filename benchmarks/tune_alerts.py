@@ -47,7 +47,7 @@ from stream.settings import StreamSettings
 
 FIGURES = (
     "precision", "precision_all", "recall", "recall_7d", "recall_14d", "recall_28d",
-    "flap_rate_per_30d", "delay_median_days", "landed", "landed_alerts",
+    "flap_rate_per_30d", "delay_median_days", "landed", "landed_alerts", "landed_first",
     "delay_landed_median_days", "repeated", "clear_alerts", "landed_alerts_clear",
     "landed_alerts_near", "landed_alerts_near_either", "crossing_share",
     "recall_28d_crossing", "landed_crossing", "settling_share", "delay_settled_median_days",
@@ -80,6 +80,7 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
         "delay_median_days": mig["delay_days"]["median"],
         "landed": mig["landed_in_target"],
         "landed_alerts": mig.get("landed_alerts"),
+        "landed_first": mig.get("landed_first"),
         "delay_landed_median_days": mig.get("delay_days_landed", {}).get("median"),
         "repeated": mig.get("repeated"),
         "clear_alerts": mig.get("clear_alerts"),
@@ -338,7 +339,8 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], facts: dict[str,
         "precision_all counts them as wrong; recall_Nd: detected within N days of the "
         "change; landed: share of detected changes whose last alert named the segment the "
         "customer settled in; landed_alerts: share of their right alerts that named it "
-        "(an alert into a segment on the way does not), delay_landed_median_days: to the "
+        "(an alert into a segment on the way does not), landed_first: share of detected "
+        "changes whose first right alert named it, delay_landed_median_days: to the "
         "first that did; repeated: right alerts after the first on the same change; "
         "crossing_share: changes whose customer settled in another segment than it was in "
         "(the rest crossed no border), recall_28d_crossing and landed_crossing: recall within "

@@ -512,8 +512,9 @@ def migration_quality(
     That is lenient: a change alerted first into a segment on the way (an email reader
     turning power user, alerted into Support-Heavy, then into Power Users) lands.
     `landed_alerts` is the share of the right alerts on those changes that named it (what
-    a flow keyed on the destination acts on), and `delay_days_landed` the delay to the
-    first alert that named it.
+    a flow keyed on the destination acts on), `landed_first` the share of those changes
+    whose first right alert named it (what a flow that acts once per change acts on), and
+    `delay_days_landed` the delay to the first alert that named it.
     Repeats: `repeated` counts the right alerts after the first on the same change (an
     alert on the way, or a customer moved back and alerted again): each is right by the
     rule above, and precision counts it so, but a retention flow fires once per alert.
@@ -565,7 +566,7 @@ def migration_quality(
         (changes["changed_at"] >= start) & (changes["changed_at"] <= end - min_observed_days * DAY)
     ]
     delays, landed, with_target, stayed_detected, repeated = [], 0, 0, 0, 0
-    named_alerts, target_alerts, delays_landed = 0, 0, []
+    named_alerts, target_alerts, delays_landed, first_named = 0, 0, [], 0
     # Right alerts with a target, led by at least clear_nats / by less: [alerts, named].
     clear, near = [0, 0], [0, 0]
     near_either = 0  # near ties whose segment or runner-up is where the customer settles
@@ -615,6 +616,7 @@ def migration_quality(
                 first = float(hits["at"].to_numpy(dtype=float)[hit][0])
                 delays_landed.append((first - changed) / DAY)
             named = int(hit[-1])
+            first_named += int(hit[0])
             with_target += 1
             landed += named
             stayed_detected += int(before == wanted)
@@ -669,6 +671,7 @@ def migration_quality(
         "settled_read_days": _dist(read_days),
         "landed_in_target": _ratio(landed, with_target),
         "landed_alerts": _ratio(named_alerts, target_alerts),
+        "landed_first": _ratio(first_named, with_target),
         **(
             {
                 "clear_alerts": _ratio(clear[0], target_alerts),

@@ -363,13 +363,15 @@ def test_an_alert_on_the_way_is_right_but_does_not_name_the_destination() -> Non
     22 (a segment on the way) and into 2 on day 25. Both alerts are right and the change
     is landed (its last alert named 2), but only one alert of two named it, the first
     that did came 5 days after the change, and the second alert is a repeat. b, alerted
-    straight into 2 on day 24, lands with both figures."""
+    straight into 2 on day 24, lands with every figure; of the two changes' first alerts,
+    one named the destination."""
     events = seen_on({"a": [0, 70], "b": [0, 70]})
     alerts = migrations(("a", 22, 3), ("a", 25, 2), ("b", 24, 2))
     truth = changed(20, {"a": 2, "b": 2})
     got = migration_quality(alerts, truth, events, start=0.0, end=70 * DAY)
     assert got["precision"] == 1.0 and got["landed_in_target"] == 1.0
     assert got["landed_alerts"] == 0.6667  # 2 of 3 alerts
+    assert got["landed_first"] == 0.5  # a's first alert named a segment on the way
     assert got["delay_days"]["median"] == 3.0  # a: 2 days, b: 4 days
     assert got["delay_days_landed"]["median"] == 4.5  # a: 5 days, b: 4 days
     assert got["repeated"] == 1

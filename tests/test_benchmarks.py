@@ -381,3 +381,35 @@ def test_the_oracle_on_a_history_sees_its_changes_and_alarms_less_as_h_rises(
     assert got["flaps"][1] < got["flaps"][0]
     with pytest.raises(ValueError, match="gradual"):
         evidence_limit.oracle_on_history(tmp_path, np.array([9.0]), shape="gradual")
+
+
+@pytest.mark.parametrize("name", ["sudden", "gradual"])
+def test_the_race_names_the_first_persona_to_cross(tmp_path: Path, name: str) -> None:
+    """`--race`: every persona runs against the customer's old one and the first to cross
+    is the alarm. It comes no later than the destination's own CUSUM (the destination is
+    one of the rivals) and, where it is earlier, it named another persona. On a sudden
+    history most first alarms name the persona the customer turned into. A gradual one
+    (refused without the race) is read from each drift's start: mostly no later than read
+    from its midpoint (a CUSUM started earlier is never lower on the same terms; the
+    customer's multiplier, read off the 90 days before the start, moves them a little),
+    and earlier for some."""
+    shape = SHAPES[name].with_options(migrate_from_day=100, migrate_to_day=122)
+    write_history(generate_history(200, 150, seed=5, shape=shape), tmp_path)
+    h = np.array([8.0, 12.0])
+    race = evidence_limit.oracle_on_history(tmp_path, h, shape=name, race=True)
+    assert race["landed"].shape == race["delays"].shape
+    assert np.mean(np.isfinite(race["delays"][:, 1])) >= 0.9
+    if name == "gradual":
+        changes = pd.read_csv(tmp_path / "migrations.csv")
+        changes.drop(columns="started_at").to_csv(tmp_path / "migrations.csv", index=False)
+        late = evidence_limit.oracle_on_history(tmp_path, h, shape=name, race=True)
+        assert np.mean(race["delays"] <= late["delays"]) >= 0.9
+        assert np.any(race["delays"] < late["delays"])
+        return
+    own = evidence_limit.oracle_on_history(tmp_path, h, shape=name)
+    assert np.all(race["delays"] <= own["delays"])
+    assert not np.any(race["landed"] & (race["delays"] < own["delays"]))
+    assert race["landed"][:, 1].mean() >= 0.8
+    # Two weeks after a sudden switch the new persona leads nearly always.
+    assert race["led"].shape == (len(race["delays"]), len(evidence_limit.LEAD_DAYS))
+    assert race["led"][:, -1].mean() >= 0.9
