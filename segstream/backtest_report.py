@@ -253,6 +253,7 @@ def _migrations_section(m: Mapping[str, Any]) -> list[str]:
                 ),
                 ("landed in the expected segment (its last alert)", m["landed_in_target"]),
                 ("alerts that named the expected segment", m.get("landed_alerts")),
+                ("changes whose first alert named it", m.get("landed_first")),
                 *_runner_up_rows(m),
                 (
                     "delay to the first alert that named it, days",

@@ -115,6 +115,7 @@ def test_the_report_holds_the_plots_and_the_volumes(backtested: Path) -> None:
     # a flow may not want: a second alert on a change, one that names a segment on the way.
     assert "unresolved alerts" in page and "churn-led alerts" in page
     assert "repeated alerts" in page and "alerts that named the expected segment" in page
+    assert "changes whose first alert named it" in page
     # Each move's speed, by the bundle's segment names.
     moves, names = m["migrations"]["by_move"], m["segment_names"]
     assert moves and sum(r["changes"] for r in moves) == m["migrations"]["crossing"]
