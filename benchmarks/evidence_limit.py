@@ -499,6 +499,15 @@ def _sum_since(
     return sum(x for te, x in events if start <= te <= t) - _silence(start, t, drift, week)
 
 
+def _leads(name: str, scores: dict[str, float]) -> bool:
+    """Whether `name`'s score is above every other's (a tie is not a lead).
+
+    >>> _leads("a", {"a": 2.0, "b": 1.0}), _leads("a", {"a": 2.0, "b": 2.0})
+    (True, False)
+    """
+    return all(scores[name] > x for p, x in scores.items() if p != name)
+
+
 def _cusum_at(
     events: list[tuple[float, float]], start: float, t: float, drift: float,
     week: Callable[[float], float] | None = None,
@@ -633,27 +642,19 @@ def oracle_on_history(
         first = [min(by_rival) for by_rival in zip(*firsts, strict=True)]
         rows.append([t - at for t, _ in first])
         landed.append([hit for _, hit in first])
-        # At each alarm, does the new persona's log-likelihood since the change lead every
-        # other's (a tie does not)?
-        since = []
-        for t, _ in first:
-            sums = {
-                p: _sum_since(terms, start, t, drift, week) if np.isfinite(t) else 0.0
-                for p, (terms, drift) in zip(rivals, read, strict=True)
-            }
-            mine = sums.pop(new)
-            since.append(bool(np.isfinite(t)) and all(mine > x for x in sums.values()))
-        best.append(since)
-        if race:  # which persona's CUSUM leads `LEAD_DAYS` after the change
-            leading = []
-            for d in LEAD_DAYS:
-                sums = {
-                    p: _cusum_at(terms, start, at + d, drift, week)
-                    for p, (terms, drift) in zip(rivals, read, strict=True)
-                }
-                mine = sums.pop(new)
-                leading.append(all(mine > x for x in sums.values()))
-            leaders.append(leading)
+        if not race:
+            continue
+        pairs = list(zip(rivals, read, strict=True))
+        # At each alarm, the log-likelihood since the change; `LEAD_DAYS` after it, the CUSUM.
+        best.append([
+            bool(np.isfinite(t))
+            and _leads(new, {p: _sum_since(e, start, t, dr, week) for p, (e, dr) in pairs})
+            for t, _ in first
+        ])  # fmt: skip
+        leaders.append([
+            _leads(new, {p: _cusum_at(e, start, at + d, dr, week) for p, (e, dr) in pairs})
+            for d in LEAD_DAYS
+        ])  # fmt: skip
     delays = np.array(rows, dtype=float).reshape(-1, len(thresholds))
     alarms, steady = np.zeros(len(thresholds)), 0
     for key, row in truth.iterrows():
@@ -669,7 +670,7 @@ def oracle_on_history(
                 alarms += [len(hits) for hits in got]
     flaps = alarms / max(steady, 1) / ((days - from_day) / 30.0)
     landing = np.array(landed, dtype=bool).reshape(-1, len(thresholds))
-    named = np.array(best, dtype=bool).reshape(-1, len(thresholds))
+    named = np.array(best, dtype=bool).reshape(len(best), len(thresholds))
     led = np.array(leaders, dtype=bool).reshape(len(leaders), len(LEAD_DAYS))
     return {
         "delays": delays, "flaps": flaps, "landed": landing, "landed_since": named, "led": led,
