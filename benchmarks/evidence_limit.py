@@ -162,6 +162,8 @@ def ideal_delays(
 
 def shape_rates(shape: HistoryShape) -> np.ndarray:
     """The personas' daily rates (personas, types) in a history of `shape`."""
+    if shape.persona_spread:
+        raise ValueError("a history with redrawn personas: the ideal knows only `PERSONAS`")
     rates = np.array([p.rates for p in PERSONAS.values()])
     scaled: np.ndarray = separate(rates, shape.separation) * shape.activity
     return scaled
@@ -791,7 +793,7 @@ def shapes_table(moves: int, seed: int, attributes: bool = False) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, shape in SHAPES.items():
-        if shape.kind == "retail":
+        if shape.kind == "retail" or shape.persona_spread:
             continue
         got = ideal_on_shape(shape, thresholds, moves, np.random.default_rng(seed), attributes)
         ok = np.flatnonzero(got["flaps"] <= FLAP_TARGET)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -224,6 +224,43 @@ def separate(rates: np.ndarray, separation: float) -> np.ndarray:
     return scaled
 
 
+#: `Persona`'s rate fields, in `RATE_TYPES` order.
+_RATE_FIELDS = (
+    "sessions", "feature_uses", "purchases", "support_tickets", "email_opens", "page_views",
+)  # fmt: skip
+
+
+def redrawn_personas(shape: HistoryShape, seed: int) -> list[Persona]:
+    """The personas of a history of `shape` and `seed`: `PERSONAS`, or with
+    `shape.persona_spread` each rate and purchase amount median multiplied by its own
+    lognormal factor, drawn from a stream of its own (the rest of the history's draws stay
+    as they are). The feature pools and amount spreads stay.
+
+    >>> spread = HistoryShape(persona_spread=0.7)
+    >>> redrawn_personas(HistoryShape(), 1) == list(PERSONAS.values())
+    True
+    >>> redrawn_personas(spread, 1) == redrawn_personas(spread, 1) != redrawn_personas(spread, 2)
+    True
+    """
+    personas = list(PERSONAS.values())
+    if shape.persona_spread == 0.0:
+        return personas
+    draw = np.random.default_rng((seed, 3)).lognormal(
+        0.0, shape.persona_spread, (len(personas), len(RATE_TYPES) + 1)
+    )
+    return [
+        replace(
+            p,
+            **{
+                name: getattr(p, name) * float(factor)
+                for name, factor in zip(_RATE_FIELDS, draw[i, :-1], strict=True)
+            },
+            amount_median=p.amount_median * float(draw[i, -1]),
+        )
+        for i, p in enumerate(personas)
+    ]
+
+
 @dataclass(frozen=True)
 class _Patterns:
     """Behaviour patterns (the personas, then any shift patterns) as lookup tables."""
@@ -234,9 +271,9 @@ class _Patterns:
     pool_size: np.ndarray
 
     @classmethod
-    def build(cls, shifts: Sequence[Shift], shape: HistoryShape) -> _Patterns:
+    def build(cls, shifts: Sequence[Shift], shape: HistoryShape, seed: int = 0) -> _Patterns:
         patterns = {s.name: s.into for s in shifts}  # shifted patterns follow the personas
-        specs = [*PERSONAS.values(), *patterns.values()]
+        specs = [*redrawn_personas(shape, seed), *patterns.values()]
         rates = np.array([p.rates for p in specs])
         rates[: len(PERSONAS)] = separate(rates[: len(PERSONAS)], shape.separation)
         if shape.activity != 1.0:
@@ -573,7 +610,7 @@ def generate_history(
     rng = np.random.default_rng(seed)
     shape_rng = np.random.default_rng((seed, 2))  # draws only non-default shapes make
     start_us = _start_us(start)
-    patterns = _Patterns.build(shifts, shape)
+    patterns = _Patterns.build(shifts, shape, seed)
     cs = _draw_customers(
         seed, days, churn_share, migrate_share, shifts, shape, rng, shape_rng, patterns, customers
     )

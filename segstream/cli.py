@@ -190,6 +190,13 @@ def generate(
             "DISPERSION x mean^2 (overdispersed: 1); 0 is Poisson."
         ),
     ] = None,
+    persona_spread: Annotated[
+        float | None,
+        typer.Option(
+            help="Above 0, each seed redraws the personas: every rate and purchase amount "
+            "median x a lognormal factor with this sigma (redrawn: 0.7)."
+        ),
+    ] = None,
     migrate_from_day: Annotated[
         int | None,
         typer.Option(
@@ -227,6 +234,7 @@ def generate(
             activity=activity,
             weekend=weekend,
             dispersion=dispersion,
+            persona_spread=persona_spread,
             migrate_from_day=migrate_from_day,
             migrate_to_day=migrate_to_day,
         )
