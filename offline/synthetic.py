@@ -271,7 +271,7 @@ class _Patterns:
     pool_size: np.ndarray
 
     @classmethod
-    def build(cls, shifts: Sequence[Shift], shape: HistoryShape, seed: int = 0) -> _Patterns:
+    def build(cls, shifts: Sequence[Shift], shape: HistoryShape, seed: int) -> _Patterns:
         patterns = {s.name: s.into for s in shifts}  # shifted patterns follow the personas
         specs = [*redrawn_personas(shape, seed), *patterns.values()]
         rates = np.array([p.rates for p in specs])
