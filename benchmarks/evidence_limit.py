@@ -78,7 +78,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -465,17 +465,16 @@ def _alarms(
     day by day."""
     s, last, hits = 0.0, start, []
     for t, term in [*((t, x) for t, x in events if start <= t < end), (end, None)]:
-        while last < t:  # the silence before t, in pieces of one drift
-            stop = t if week is None else min(t, math.floor(last) + 1.0)
-            d = drift if week is None else drift * week(last)
-            if d < 0 and s - d * (stop - last) >= h:  # crosses in this piece
-                last += (h - s) / -d
-                hits.append(last)
+        for begin, stop, factor in _pieces(last, t, week):  # the silence before t
+            d, at = drift * factor, begin
+            while d < 0 and s - d * (stop - at) >= h:  # crosses in this piece
+                at += (h - s) / -d
+                hits.append(at)
                 if not restart:
                     return hits
                 s = 0.0
-                continue
-            s, last = max(s - d * (stop - last), 0.0), stop
+            s = max(s - d * (stop - at), 0.0)
+        last = max(last, t)
         if term is None:
             break
         s = max(s + term, 0.0)
@@ -530,14 +529,23 @@ def _cusum_at(
 
 def _silence(start: float, t: float, drift: float, week: Callable[[float], float] | None) -> float:
     """The drift over the days from `start` to `t`, at each day's factor of `week`."""
-    if week is None:
-        return drift * max(t - start, 0.0)
-    total, last = 0.0, start
+    return sum(drift * factor * (stop - at) for at, stop, factor in _pieces(start, t, week))
+
+
+def _pieces(
+    start: float, t: float, week: Callable[[float], float] | None
+) -> Iterator[tuple[float, float, float]]:
+    """The time from `start` to `t` as (from, to, factor of the drift): one piece at 1,
+    or with `week` one per day at that day's factor.
+
+    >>> list(_pieces(0.5, 2.25, lambda day: 0.5 if day >= 1 else 1.0))
+    [(0.5, 1.0, 1.0), (1.0, 2.0, 0.5), (2.0, 2.25, 0.5)]
+    """
+    last = start
     while last < t:
-        stop = min(t, math.floor(last) + 1.0)
-        total += drift * week(last) * (stop - last)
+        stop = t if week is None else min(t, math.floor(last) + 1.0)
+        yield last, stop, 1.0 if week is None else week(last)
         last = stop
-    return total
 
 
 def history_day(ts: str) -> float:

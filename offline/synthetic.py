@@ -59,6 +59,12 @@ DEFAULT_SHAPE = HistoryShape()
 _HMS = [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(86_400)]
 
 
+#: `Persona`'s rate fields, in `RATE_TYPES` order.
+_RATE_FIELDS = (
+    "sessions", "feature_uses", "purchases", "support_tickets", "email_opens", "page_views",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Persona:
     """Mean per-day event rates of one behavioural segment, purchase amounts, feature pool."""
@@ -76,14 +82,7 @@ class Persona:
     @property
     def rates(self) -> tuple[float, ...]:
         """Per-day rates in `RATE_TYPES` order."""
-        return (
-            self.sessions,
-            self.feature_uses,
-            self.purchases,
-            self.support_tickets,
-            self.email_opens,
-            self.page_views,
-        )
+        return tuple(getattr(self, name) for name in _RATE_FIELDS)
 
 
 # Each persona dominates at least one rolling count, so k-means can tell them apart.
@@ -222,12 +221,6 @@ def separate(rates: np.ndarray, separation: float) -> np.ndarray:
     moved = np.exp(logs.mean(axis=0) + separation * (logs - logs.mean(axis=0)))
     scaled: np.ndarray = moved * (rates.mean(axis=0) / moved.mean(axis=0))
     return scaled
-
-
-#: `Persona`'s rate fields, in `RATE_TYPES` order.
-_RATE_FIELDS = (
-    "sessions", "feature_uses", "purchases", "support_tickets", "email_opens", "page_views",
-)  # fmt: skip
 
 
 def redrawn_personas(shape: HistoryShape, seed: int) -> list[Persona]:
